@@ -1,0 +1,416 @@
+"""The Route resource: how requests reach a backend, synchronously or through Pub/Sub.
+
+Read by the translator (``apx.controllers.translate``), the CRD generator and,
+through the IR, by every renderer. A Route points at a Product (who may call
+how much) and at one version of a PolicyBundle (auth, authz, transforms), and
+optionally carries a ``canary`` block that the canary controller walks through
+step by step. The controller's progress lives in ``status.canary``, never in
+the spec, so GitOps tools see no drift.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from .common import (
+    DNS_LABEL_PATTERN,
+    ApxModel,
+    Condition,
+    DeletionPolicy,
+    Duration,
+    HeaderName,
+    HttpMethod,
+    LocalObjectReference,
+    SemVer,
+    cel,
+    cel_rules,
+    duration_ms,
+)
+
+RouteMode = Literal["sync", "async"]
+RetryOn = Literal[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+]
+
+HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(:[0-9]{1,5})?$"
+
+ONE_HEADER_MATCHER_MESSAGE = "set exactly one of exact, prefix, regex or present"
+PATH_XOR_PREFIX_MESSAGE = "set either path or pathPrefix, not both"
+ONE_BACKEND_MESSAGE = "set exactly one of service or url"
+ASYNC_NEEDS_WORKER_MESSAGE = "mode async needs a worker"
+SYNC_FORBIDS_WORKER_MESSAGE = "worker is only used when mode is async"
+STEPS_INCREASING_MESSAGE = "canary steps must be strictly increasing"
+CANARY_CHANGES_SOMETHING_MESSAGE = "canary must change something: set backend, worker or policyVersion"
+SYNC_CANARY_WORKER_MESSAGE = "canary.worker is only used when mode is async"
+MAX_BACKOFF_MESSAGE = "maximumBackoff must not be shorter than minimumBackoff"
+
+
+class PolicyReference(ApxModel):
+    """A PolicyBundle by name and the version this Route is pinned to."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="PolicyBundle name.")]
+    version: SemVer = Field(description="Pinned version; must be the bundle's current (N) or previous (N-1) version.")
+
+
+class HeaderMatch(ApxModel):
+    """Match a request header; exactly one matcher must be set."""
+
+    model_config = ApxModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "[has(self.exact), has(self.prefix), has(self.regex), has(self.present)]"
+                ".filter(x, x).size() == 1",
+                ONE_HEADER_MATCHER_MESSAGE,
+            )
+        )
+    }
+
+    name: HeaderName = Field(description="Header name (case-insensitive).")
+    exact: str | None = Field(default=None, max_length=1024, description="Header value equals this.")
+    prefix: str | None = Field(default=None, max_length=1024, description="Header value starts with this.")
+    regex: str | None = Field(default=None, max_length=1024, description="Header value matches this RE2 regex.")
+    present: bool | None = Field(default=None, description="Header is present (true) or absent (false).")
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> HeaderMatch:
+        chosen = [v is not None for v in (self.exact, self.prefix, self.regex, self.present)]
+        if sum(chosen) != 1:
+            raise ValueError(ONE_HEADER_MATCHER_MESSAGE)
+        return self
+
+
+class RouteMatch(ApxModel):
+    """Which requests this Route takes."""
+
+    model_config = ApxModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("!(has(self.path) && has(self.pathPrefix))", PATH_XOR_PREFIX_MESSAGE, ".path")
+        )
+    }
+
+    hosts: list[Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]] = Field(
+        min_length=1, max_length=16, description="Host names (`api.example.com`, `*.example.com`)."
+    )
+    path_prefix: Annotated[str, Field(pattern=r"^/", max_length=1024)] | None = Field(
+        default=None, description="Path prefix; `/` when neither path nor pathPrefix is set."
+    )
+    path: Annotated[str, Field(pattern=r"^/", max_length=1024)] | None = Field(
+        default=None, description="Exact path."
+    )
+    methods: list[HttpMethod] = Field(default_factory=list, description="Allowed methods; empty means any.")
+    headers: list[HeaderMatch] = Field(default_factory=list, max_length=16, description="Header matchers (all must match).")
+
+    @model_validator(mode="after")
+    def _path_xor_prefix(self) -> RouteMatch:
+        if self.path is not None and self.path_prefix is not None:
+            raise ValueError(f"path: {PATH_XOR_PREFIX_MESSAGE}")
+        return self
+
+    @property
+    def effective_path_prefix(self) -> str | None:
+        if self.path is not None:
+            return None
+        return self.path_prefix or "/"
+
+
+class ServiceBackend(ApxModel):
+    """A Kubernetes Service in the Route's namespace."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Service name.")]
+    port: int = Field(ge=1, le=65535, description="Service port.")
+
+
+class Backend(ApxModel):
+    """Where requests go: a Service in the namespace or a URL."""
+
+    model_config = ApxModel.model_config | {
+        "json_schema_extra": cel_rules(cel("has(self.service) != has(self.url)", ONE_BACKEND_MESSAGE))
+    }
+
+    service: ServiceBackend | None = Field(default=None, description="A Service in the Route's namespace.")
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2048)] | None = Field(
+        default=None, description="An http(s) URL outside the cluster."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Backend:
+        if (self.service is None) == (self.url is None):
+            raise ValueError(ONE_BACKEND_MESSAGE)
+        return self
+
+
+class ResourceList(ApxModel):
+    """CPU and memory quantities."""
+
+    cpu: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=16)] | None = None
+    memory: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", max_length=16)] | None = None
+
+
+class Resources(ApxModel):
+    """Container resource requests and limits."""
+
+    requests: ResourceList = Field(
+        default_factory=lambda: ResourceList(cpu="100m", memory="128Mi"), description="Requests."
+    )
+    limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="256Mi"), description="Limits.")
+
+
+class Worker(ApxModel):
+    """The worker Deployment that consumes an async Route's subscription."""
+
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(description="Container image.")
+    replicas: int = Field(default=2, ge=0, le=500, description="Worker replicas (stable track).")
+    resources: Resources = Field(default_factory=Resources, description="Container resources.")
+    max_outstanding_messages: int = Field(
+        default=100, ge=1, le=10_000, description="Flow control: messages a replica holds at once."
+    )
+
+
+class CanaryWorker(ApxModel):
+    """The canary track's worker: a new image, optionally its own replica count."""
+
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(description="Canary image.")
+    replicas: int | None = Field(default=None, ge=0, le=500, description="Canary replicas; default: the stable count.")
+
+
+class RetryBackoff(ApxModel):
+    """Exponential back-off between retries."""
+
+    base_interval: Duration = Field(default="25ms", description="First back-off.")
+    max_interval: Duration = Field(default="250ms", description="Largest back-off.")
+
+
+class Retries(ApxModel):
+    """Retry policy for sync routes (Envoy retry policy)."""
+
+    attempts: int = Field(default=2, ge=0, le=10, description="Retries after the first try; 0 disables retries.")
+    per_try_timeout: Duration | None = Field(default=None, description="Timeout of each try.")
+    retry_on: list[RetryOn] = Field(
+        default_factory=lambda: ["5xx", "reset", "connect-failure"],
+        description="Conditions that trigger a retry.",
+    )
+    retriable_status_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=list, description="Status codes retried when retryOn has `retriable-status-codes`."
+    )
+    backoff: RetryBackoff = Field(default_factory=RetryBackoff, description="Back-off between retries.")
+
+
+class AsyncDelivery(ApxModel):
+    """Pub/Sub delivery settings of an async Route."""
+
+    model_config = ApxModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "duration(self.maximumBackoff) >= duration(self.minimumBackoff)",
+                MAX_BACKOFF_MESSAGE,
+                ".maximumBackoff",
+            )
+        )
+    }
+
+    max_delivery_attempts: int = Field(
+        default=5, ge=5, le=100, description="Deliveries before a message goes to the dead-letter topic (5–100)."
+    )
+    minimum_backoff: Duration = Field(default="10s", description="Smallest redelivery delay (0s–600s).")
+    maximum_backoff: Duration = Field(default="600s", description="Largest redelivery delay (0s–600s).")
+    ack_deadline_seconds: int = Field(default=60, ge=10, le=600, description="Ack deadline of the subscription.")
+    ordering: bool = Field(default=True, description="Deliver each tenant's messages in order (ordering key = tenant).")
+    backlog_limit: int = Field(
+        default=10_000, ge=1, le=100_000_000, description="Backlog above which the gateway answers 503."
+    )
+    result_ttl: Duration = Field(default="1h", description="How long results stay readable at /status/{id}.")
+    message_retention: Duration = Field(default="168h", description="How long unacked messages are kept (10m–744h).")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> AsyncDelivery:
+        if duration_ms(self.maximum_backoff) < duration_ms(self.minimum_backoff):
+            raise ValueError(f"maximumBackoff: {MAX_BACKOFF_MESSAGE}")
+        for name, value in (("minimumBackoff", self.minimum_backoff), ("maximumBackoff", self.maximum_backoff)):
+            if duration_ms(value) > 600_000:
+                raise ValueError(f"{name}: must be at most 600s (Pub/Sub limit)")
+        retention = duration_ms(self.message_retention)
+        if not 600_000 <= retention <= 744 * 3_600_000:
+            raise ValueError("messageRetention: must be between 10m and 744h (Pub/Sub limit)")
+        return self
+
+
+class Analysis(ApxModel):
+    """How a canary step is judged: canary metrics against thresholds and against stable."""
+
+    min_success_rate: float = Field(default=0.99, ge=0.0, le=1.0, description="Lowest acceptable canary success rate.")
+    max_latency_p99_ms: int = Field(default=500, ge=1, le=600_000, description="Highest acceptable canary p99 latency.")
+    max_success_rate_drop: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Largest allowed drop of canary success rate below stable."
+    )
+    max_latency_ratio: float = Field(
+        default=1.5, ge=1.0, le=100.0, description="Largest allowed canary p99 / stable p99."
+    )
+    min_samples: int = Field(
+        default=100, ge=1, le=10_000_000, description="Requests a track needs in a window before it is judged."
+    )
+    failure_threshold: int = Field(
+        default=2, ge=1, le=100, description="Consecutive failed checks that trigger a rollback."
+    )
+    max_no_data_checks: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Consecutive checks without enough samples before the canary halts (never counted as failure).",
+    )
+
+
+class Stickiness(ApxModel):
+    """Keep each tenant on one track while the canary runs."""
+
+    by: Literal["tenant", "none"] = Field(default="tenant", description="`tenant` (sticky) or `none` (per request).")
+
+
+class Canary(ApxModel):
+    """A progressive rollout of a new backend, worker image and/or policy version."""
+
+    model_config = ApxModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "has(self.backend) || has(self.worker) || has(self.policyVersion)",
+                CANARY_CHANGES_SOMETHING_MESSAGE,
+            ),
+            cel(
+                "self.steps.isSorted() && self.steps.all(s, self.steps.exists_one(t, t == s))",
+                STEPS_INCREASING_MESSAGE,
+                ".steps",
+            ),
+        )
+    }
+
+    backend: Backend | None = Field(default=None, description="New backend for the canary track.")
+    worker: CanaryWorker | None = Field(default=None, description="New worker image for the canary track (async).")
+    policy_version: SemVer | None = Field(
+        default=None, description="New PolicyBundle version for the canary track (N while stable stays on N-1)."
+    )
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [10, 25, 50, 100],
+        min_length=1,
+        max_length=20,
+        description="Canary traffic weights in percent, strictly increasing, each at most 100.",
+    )
+    interval: Duration = Field(default="1m", description="Time between analysis checks / steps.")
+    analysis: Analysis = Field(default_factory=Analysis, description="Promotion and rollback criteria.")
+    stickiness: Stickiness = Field(default_factory=Stickiness, description="Tenant stickiness.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> Canary:
+        if self.backend is None and self.worker is None and self.policy_version is None:
+            raise ValueError(CANARY_CHANGES_SOMETHING_MESSAGE)
+        for previous, current in zip(self.steps, self.steps[1:], strict=False):
+            if current <= previous:
+                raise ValueError(f"steps: {STEPS_INCREASING_MESSAGE}: {self.steps}")
+        return self
+
+
+class RouteSpec(ApxModel):
+    """Desired state of a Route."""
+
+    model_config = ApxModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel("self.mode != 'async' || has(self.worker)", ASYNC_NEEDS_WORKER_MESSAGE, ".worker"),
+            cel("self.mode == 'async' || !has(self.worker)", SYNC_FORBIDS_WORKER_MESSAGE, ".worker"),
+            cel(
+                "self.mode == 'async' || !has(self.canary) || !has(self.canary.worker)",
+                SYNC_CANARY_WORKER_MESSAGE,
+                ".canary.worker",
+            ),
+        )
+    }
+
+    product_ref: LocalObjectReference = Field(description="The Product this Route belongs to (same namespace).")
+    policy_ref: PolicyReference = Field(description="The PolicyBundle and pinned version applied to requests.")
+    match: RouteMatch = Field(description="Which requests this Route takes.")
+    mode: RouteMode = Field(default="sync", description="`sync`: proxied; `async`: queued to Pub/Sub, 202 + status.")
+    backend: Backend = Field(description="Upstream that serves requests (sync) or that workers call (async).")
+    worker: Worker | None = Field(default=None, description="Worker Deployment for async routes.")
+    timeout: Duration = Field(default="30s", description="Request timeout (sync) or upstream call timeout (async).")
+    retries: Retries = Field(default_factory=Retries, description="Retry policy for sync routes.")
+    async_: AsyncDelivery = Field(
+        default_factory=AsyncDelivery, alias="async", description="Pub/Sub delivery settings for async routes."
+    )
+    canary: Canary | None = Field(default=None, description="Progressive rollout of a new version.")
+    deletion_policy: DeletionPolicy = Field(
+        default="Retain",
+        description="`Retain` (default) keeps Pub/Sub topics and results when the Route is deleted; `Delete` removes them.",
+    )
+
+    @model_validator(mode="after")
+    def _mode_rules(self) -> RouteSpec:
+        if self.mode == "async" and self.worker is None:
+            raise ValueError(f"worker: {ASYNC_NEEDS_WORKER_MESSAGE}")
+        if self.mode == "sync" and self.worker is not None:
+            raise ValueError(f"worker: {SYNC_FORBIDS_WORKER_MESSAGE}")
+        if self.mode == "sync" and self.canary is not None and self.canary.worker is not None:
+            raise ValueError(f"canary.worker: {SYNC_CANARY_WORKER_MESSAGE}")
+        return self
+
+
+CanaryPhase = Literal["Pending", "Progressing", "Halted", "Promoted", "RolledBack"]
+
+
+class TrackMetrics(ApxModel):
+    """Metric values of one track in one analysis window."""
+
+    model_config = ApxModel.model_config | {"extra": "allow"}
+
+    requests: float | None = None
+    success_rate: float | None = None
+    latency_p99_ms: float | None = None
+
+
+class CanaryDecision(ApxModel):
+    """The last analysis decision and the numbers behind it."""
+
+    model_config = ApxModel.model_config | {"extra": "allow"}
+
+    result: Literal["advance", "hold", "promote", "rollback", "no-data"]
+    reason: str = ""
+    at: str | None = None
+    canary: TrackMetrics | None = None
+    stable: TrackMetrics | None = None
+
+
+class CanaryStatus(ApxModel):
+    """Progress of the canary controller; the translator reads ``weight`` from here."""
+
+    model_config = ApxModel.model_config | {"extra": "allow"}
+
+    phase: CanaryPhase = "Pending"
+    revision: str | None = Field(default=None, description="Hash of the canary block this progress belongs to.")
+    step: int = Field(default=0, ge=0, description="Index of the current step.")
+    weight: int = Field(default=0, ge=0, le=100, description="Current canary traffic weight in percent.")
+    failed_checks: int = Field(default=0, ge=0)
+    no_data_checks: int = Field(default=0, ge=0)
+    last_decision: CanaryDecision | None = None
+    last_transition_time: str | None = None
+
+
+class RouteStatus(ApxModel):
+    """Observed state of a Route, written by the operator only."""
+
+    model_config = ApxModel.model_config | {"extra": "allow"}
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    message: str | None = None
+    reason: str | None = None
+    policy_artifact: str | None = Field(default=None, description="`name@version@sha256:…` applied to stable.")
+    canary_weight: int | None = Field(default=None, description="Canary weight in percent (printer column).")
+    canary: CanaryStatus | None = None
+    topics: list[str] = Field(default_factory=list)
+    subscriptions: list[str] = Field(default_factory=list)
+    deployments: list[str] = Field(default_factory=list)
+    rule_set_version: str | None = None
