@@ -1,0 +1,174 @@
+"""Names of every derived object: Envoy clusters, Redis keys, Pub/Sub topics, Kubernetes objects.
+
+One module so the translator (status summaries), the renderers and later the
+appliers and dataplane agree on names without re-deriving them. Pure.
+
+Length limits are enforced here: a name that would be too long keeps a
+readable prefix and ends with a short hash of the full name, so it stays
+unique and stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+PUBSUB_NAME_MAX = 255
+K8S_NAME_MAX = 63
+
+_PUBSUB_ILLEGAL = re.compile(r"[^A-Za-z0-9\-_.~+%]")
+_K8S_ILLEGAL = re.compile(r"[^a-z0-9-]")
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    """A stable hex digest prefix used to keep long names unique."""
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _fit(name: str, limit: int) -> str:
+    if len(name) <= limit:
+        return name
+    suffix = short_hash(name)
+    return f"{name[: limit - len(suffix) - 1].rstrip('-.')}-{suffix}"
+
+
+def k8s_name(*parts: str, limit: int = K8S_NAME_MAX) -> str:
+    """A DNS-1123 label built from parts (lower-cased, illegal characters replaced)."""
+    raw = "-".join(p for p in parts if p)
+    cleaned = _K8S_ILLEGAL.sub("-", raw.lower()).strip("-")
+    return _fit(cleaned, limit).strip("-")
+
+
+def pubsub_name(*parts: str) -> str:
+    """A legal Pub/Sub topic/subscription id: starts with a letter, 3–255 chars, never `goog…`."""
+    cleaned = _PUBSUB_ILLEGAL.sub("-", "-".join(p for p in parts if p))
+    if not cleaned[:1].isalpha() or cleaned.lower().startswith("goog"):
+        cleaned = f"apx-{cleaned}"
+    return _fit(cleaned, PUBSUB_NAME_MAX)
+
+
+# --- Envoy -----------------------------------------------------------------
+
+LISTENER_NAME = "apx-http"
+ROUTE_CONFIG_NAME = "apx-routes"
+RATE_LIMIT_DOMAIN = "apx"
+RATE_LIMIT_CLUSTER = "apx-ratelimit"
+ASYNC_GATEWAY_CLUSTER = "apx-gateway"
+POLICY_VERSION_HEADER = "x-apx-policy-version"
+TENANT_HEADER = "x-apx-tenant"
+PLAN_HEADER = "x-apx-plan"
+TRACK_HEADER = "x-apx-track"
+ROUTE_HEADER = "x-apx-route"
+PRODUCT_HEADER = "x-apx-product"
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def service_cluster(namespace: str, service: str, port: int) -> str:
+    """Envoy cluster for a Service backend (shared by every route that uses it)."""
+    return f"svc/{namespace}/{service}:{port}"
+
+
+def url_cluster(scheme: str, host: str, port: int) -> str:
+    """Envoy cluster for a URL backend."""
+    return f"url/{scheme}/{host}:{port}"
+
+
+def envoy_route_name(namespace: str, route: str) -> str:
+    return f"{namespace}/{route}"
+
+
+def virtual_host_name(host: str) -> str:
+    return f"vh/{host}"
+
+
+# --- Redis -------------------------------------------------------------------
+# Every key of one product's rule set shares the hash tag {ns/product}, so one
+# Lua script or MULTI can touch them together on Redis Cluster. Counters of one
+# request share the tag {ns/product/tenant}: all descriptors of a request
+# (tenant, tier, API key, quota, concurrency, credits) are judged in one round trip.
+
+REDIS_PREFIX = "apx"
+
+
+def product_tag(product_key: str) -> str:
+    return "{" + product_key + "}"
+
+
+def ruleset_key(product_key: str, version: str) -> str:
+    """Hash of the rules of one rule-set version of a product (immutable once written)."""
+    return f"{REDIS_PREFIX}:rules:{product_tag(product_key)}:v:{version}"
+
+
+def ruleset_current_key(product_key: str) -> str:
+    """String holding the live rule-set version of a product; switched atomically."""
+    return f"{REDIS_PREFIX}:rules:{product_tag(product_key)}:current"
+
+
+def ruleset_versions_key(product_key: str) -> str:
+    """Sorted set of the versions written for a product (score = write order), for cleanup."""
+    return f"{REDIS_PREFIX}:rules:{product_tag(product_key)}:versions"
+
+
+def counter_tag(product_key: str, tenant: str) -> str:
+    return "{" + f"{product_key}/{tenant}" + "}"
+
+
+def counter_key(product_key: str, tenant: str, descriptor: str) -> str:
+    """Counter of one descriptor (``tenant``, ``apikey:<id>``, ``quota``, ``concurrency``, ``credits``)."""
+    return f"{REDIS_PREFIX}:c:{counter_tag(product_key, tenant)}:{descriptor}"
+
+
+ROUTE_TABLE_TAG = "{routes}"
+
+
+def route_table_key(version: str) -> str:
+    """Hash: route key → JSON route entry, read by the async gateway."""
+    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:v:{version}"
+
+
+def route_table_current_key() -> str:
+    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:current"
+
+
+# --- Pub/Sub -----------------------------------------------------------------
+
+
+def request_topic(namespace: str, product: str, route: str, region: str, track: str = "stable",
+                  tenant: str | None = None) -> str:
+    """Request topic of one route in one region, per track (and per tenant for namespace isolation)."""
+    parts = ["apx", namespace, product, route, region]
+    if tenant is not None:
+        parts += ["t", tenant]
+    if track != "stable":
+        parts.append(track)
+    return pubsub_name(*parts)
+
+
+def dead_letter_topic(topic: str) -> str:
+    return _fit(f"{topic}.dlq", PUBSUB_NAME_MAX)
+
+
+def worker_subscription(topic: str) -> str:
+    return _fit(f"{topic}.workers", PUBSUB_NAME_MAX)
+
+
+def dead_letter_subscription(topic: str) -> str:
+    return _fit(f"{topic}.dlq.inspect", PUBSUB_NAME_MAX)
+
+
+# --- Kubernetes --------------------------------------------------------------
+
+
+def worker_deployment(route: str, track: str, pool: str | None = None) -> str:
+    """Deployment of a route's worker; ``pool`` names a dedicated plan's pool."""
+    return k8s_name("apx-worker", route, pool or "", track)
+
+
+def envoy_snapshot_configmap() -> str:
+    return "apx-envoy-snapshot"
+
+
+def policy_artifact_configmap(bundle: str, version: str, digest: str) -> str:
+    """Immutable ConfigMap holding one compiled policy artifact."""
+    hex_digest = digest.split(":", 1)[-1]
+    return k8s_name("apx-policy", bundle, version.replace(".", "-").replace("+", "-"), hex_digest[:10])

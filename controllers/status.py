@@ -1,0 +1,102 @@
+"""Status documents of APX resources, following kstatus conventions.
+
+Built by the translator (what each resource *would* get) and finished by the
+operator (which knows whether the appliers succeeded) or by ``apx translate``
+offline. Pure: the time of a transition is passed in, never read.
+
+kstatus rules applied here: ``observedGeneration`` always set; ``Ready`` is the
+summary condition; ``Reconciling`` is True while work is in progress;
+``Stalled`` is True when progress needs a human (an invalid spec or a missing
+reference). A condition's ``lastTransitionTime`` only moves when its status changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Phase = Literal["Ready", "Reconciling", "Stalled"]
+
+
+@dataclass(slots=True)
+class ResourceStatus:
+    """The status one source object gets; ``summary`` holds kind-specific fields (camelCase)."""
+
+    kind: str
+    key: str
+    generation: int
+    phase: Phase
+    reason: str
+    message: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stalled(self) -> bool:
+        return self.phase == "Stalled"
+
+    def to_dict(
+        self, now: str | None = None, previous_conditions: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The ``status`` object to write (camelCase)."""
+        conditions = build_conditions(self, now, previous_conditions or [])
+        status: dict[str, Any] = {
+            "observedGeneration": self.generation,
+            "conditions": conditions,
+            "reason": self.reason,
+            "message": self.message,
+        }
+        status.update(self.summary)
+        return status
+
+
+def _condition(kind: str, status: str, reason: str, message: str, generation: int) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def build_conditions(
+    status: ResourceStatus, now: str | None, previous: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    generation = status.generation
+    if status.phase == "Ready":
+        conditions = [
+            _condition("Ready", "True", status.reason, status.message, generation),
+            _condition("Reconciling", "False", status.reason, "", generation),
+            _condition("Stalled", "False", status.reason, "", generation),
+        ]
+    elif status.phase == "Reconciling":
+        conditions = [
+            _condition("Ready", "False", status.reason, status.message, generation),
+            _condition("Reconciling", "True", status.reason, status.message, generation),
+            _condition("Stalled", "False", status.reason, "", generation),
+        ]
+    else:
+        conditions = [
+            _condition("Ready", "False", status.reason, status.message, generation),
+            _condition("Reconciling", "False", status.reason, "", generation),
+            _condition("Stalled", "True", status.reason, status.message, generation),
+        ]
+    if now is not None:
+        before = {c.get("type"): c for c in previous}
+        for condition in conditions:
+            old = before.get(condition["type"])
+            if old is not None and old.get("status") == condition["status"] and old.get("lastTransitionTime"):
+                condition["lastTransitionTime"] = old["lastTransitionTime"]
+            else:
+                condition["lastTransitionTime"] = now
+    return conditions
+
+
+def ready(kind: str, key: str, generation: int, message: str, summary: dict[str, Any] | None = None) -> ResourceStatus:
+    return ResourceStatus(kind, key, generation, "Ready", "Ready", message, summary or {})
+
+
+def stalled(
+    kind: str, key: str, generation: int, reason: str, message: str, summary: dict[str, Any] | None = None
+) -> ResourceStatus:
+    return ResourceStatus(kind, key, generation, "Stalled", reason, message, summary or {})
