@@ -40,7 +40,7 @@ def k8s_name(*parts: str, limit: int = K8S_NAME_MAX) -> str:
 
 
 def pubsub_name(*parts: str) -> str:
-    """A legal Pub/Sub topic/subscription id: starts with a letter, 3–255 chars, never `goog…`."""
+    """A legal Pub/Sub topic/subscription id: starts with a letter, 3-255 chars, never `goog…`."""
     cleaned = _PUBSUB_ILLEGAL.sub("-", "-".join(p for p in parts if p))
     if not cleaned[:1].isalpha() or cleaned.lower().startswith("goog"):
         cleaned = f"apx-{cleaned}"
@@ -81,6 +81,16 @@ def virtual_host_name(host: str) -> str:
     return f"vh/{host}"
 
 
+def jwks_cluster(scheme: str, host: str, port: int) -> str:
+    """Envoy cluster that fetches JSON Web Key Sets from one host (shared by every JWT provider there)."""
+    return f"jwks/{scheme}/{host}:{port}"
+
+
+def jwt_provider(bundle_key: str, jwt_digest: str) -> str:
+    """JWT provider of a PolicyBundle's JWT settings; versions with identical settings share it."""
+    return f"{bundle_key}/jwt-{jwt_digest[:10]}"
+
+
 # --- Redis -------------------------------------------------------------------
 # Every key of one product's rule set shares the hash tag {ns/product}, so one
 # Lua script or MULTI can touch them together on Redis Cluster. Counters of one
@@ -109,6 +119,11 @@ def ruleset_versions_key(product_key: str) -> str:
     return f"{REDIS_PREFIX}:rules:{product_tag(product_key)}:versions"
 
 
+def api_key_table_key(product_key: str) -> str:
+    """Hash: API-key id (sha256 prefix of the key) → JSON ``{"tenant": …}``; written by key management."""
+    return f"{REDIS_PREFIX}:apikeys:{product_tag(product_key)}"
+
+
 def counter_tag(product_key: str, tenant: str) -> str:
     return "{" + f"{product_key}/{tenant}" + "}"
 
@@ -130,11 +145,17 @@ def route_table_current_key() -> str:
     return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:current"
 
 
+def route_table_versions_key() -> str:
+    """Sorted set of the route-table versions written (score = write order), for cleanup."""
+    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:versions"
+
+
 # --- Pub/Sub -----------------------------------------------------------------
 
 
-def request_topic(namespace: str, product: str, route: str, region: str, track: str = "stable",
-                  tenant: str | None = None) -> str:
+def request_topic(
+    namespace: str, product: str, route: str, region: str, track: str = "stable", tenant: str | None = None
+) -> str:
     """Request topic of one route in one region, per track (and per tenant for namespace isolation)."""
     parts = ["apx", namespace, product, route, region]
     if tenant is not None:
@@ -172,3 +193,33 @@ def policy_artifact_configmap(bundle: str, version: str, digest: str) -> str:
     """Immutable ConfigMap holding one compiled policy artifact."""
     hex_digest = digest.split(":", 1)[-1]
     return k8s_name("apx-policy", bundle, version.replace(".", "-").replace("+", "-"), hex_digest[:10])
+
+
+_GCP_LABEL_ILLEGAL = re.compile(r"[^a-z0-9_-]")
+_K8S_LABEL_ILLEGAL = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def gcp_label_value(text: str) -> str:
+    """A legal Google Cloud label value: lowercase ``[a-z0-9_-]``, at most 63 characters.
+
+    ``/`` (as in ``namespace/name``) becomes ``_``: DNS labels never contain
+    ``_``, so the namespace/name boundary stays unambiguous.
+    """
+    cleaned = _GCP_LABEL_ILLEGAL.sub("-", text.lower().replace("/", "_"))
+    return _fit(cleaned, 63)
+
+
+def k8s_label_value(text: str) -> str:
+    """A legal Kubernetes label value: ``[A-Za-z0-9_.-]``, alphanumeric at both ends, at most 63 chars."""
+    cleaned = _K8S_LABEL_ILLEGAL.sub("_", text)
+    return _fit(cleaned, K8S_NAME_MAX).strip("_.-")
+
+
+def dataplane_configmap() -> str:
+    """ConfigMap (per namespace with async Routes) with the Pub/Sub project and optional emulator host."""
+    return "apx-dataplane"
+
+
+def dataplane_secret() -> str:
+    """Secret (per namespace with async Routes) holding the Redis URL workers store results in."""
+    return "apx-dataplane"

@@ -59,7 +59,7 @@ class CompiledPolicy:
             version=self.version,
             digest=self.digest,
             artifact=self.artifact,
-            compat=self.compat,  # type: ignore[arg-type]
+            compat="breaking" if self.compat == "breaking" else "backward",
             spec=self.spec.model_dump(by_alias=True, mode="json", exclude_none=True),
         )
 
@@ -131,7 +131,20 @@ class ServedPolicies:
         return (self.current,) if self.previous is None else (self.current, self.previous)
 
 
-def resolve_history(name: str, applies: list[PolicyBundleSpec], served: list[ServedVersion]) -> ServedPolicies:
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """What is served after folding a history, and the first rejected apply if any.
+
+    A rejected apply never takes down what was served before it: ``served``
+    then holds the last good state (which may be ``None`` when nothing was
+    ever valid).
+    """
+
+    served: ServedPolicies | None
+    error: PolicyHistoryError | None
+
+
+def resolve_history(name: str, applies: list[PolicyBundleSpec], served: list[ServedVersion]) -> HistoryResult:
     """Fold a bundle's history into what is served.
 
     ``served`` is what the live object's status says is served (N first), the
@@ -144,14 +157,30 @@ def resolve_history(name: str, applies: list[PolicyBundleSpec], served: list[Ser
         if entry.spec is None:
             continue
         history.append(compile_policy(name, PolicyBundleSpec.model_validate(entry.spec)))
-    for spec in applies:
+    error: PolicyHistoryError | None = None
+    for position, spec in enumerate(applies):
         compiled = compile_policy(name, spec)
+        known = next((h for h in history if h.version == compiled.version), None)
+        replayed = position < len(applies) - 1
+        if replayed and known is not None and known is not history[-1]:
+            # Re-applying a version that is already served (e.g. N-1 replayed
+            # from the operator's memory) is not a new apply, unless its content changed.
+            try:
+                check_transition(known, compiled)
+            except PolicyHistoryError as exc:
+                error = exc
+                break
+            continue
         if history:
-            check_transition(history[-1], compiled)
+            try:
+                check_transition(history[-1], compiled)
+            except PolicyHistoryError as exc:
+                error = exc
+                break
             if compiled.version == history[-1].version:
                 continue
         history.append(compiled)
     if not history:
-        raise PolicyHistoryError("spec", "no version to serve")
+        return HistoryResult(served=None, error=error or PolicyHistoryError("spec", "no version to serve"))
     previous = history[-2] if len(history) > 1 else None
-    return ServedPolicies(current=history[-1], previous=previous)
+    return HistoryResult(served=ServedPolicies(current=history[-1], previous=previous), error=error)

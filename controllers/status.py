@@ -92,7 +92,9 @@ def build_conditions(
     return conditions
 
 
-def ready(kind: str, key: str, generation: int, message: str, summary: dict[str, Any] | None = None) -> ResourceStatus:
+def ready(
+    kind: str, key: str, generation: int, message: str, summary: dict[str, Any] | None = None
+) -> ResourceStatus:
     return ResourceStatus(kind, key, generation, "Ready", "Ready", message, summary or {})
 
 

@@ -43,15 +43,18 @@ from .ir import (
     TrackIR,
     WorkerIR,
 )
-from .models.common import duration_ms
-from .models.policy import PolicyBundleSpec, ServedVersion
-from .models.product import QUOTA_PERIOD_SECONDS
+from .models.common import DNS_LABEL_PATTERN, DURATION_PATTERN, SEMVER_PATTERN, duration_ms
+from .models.policy import CIDR_PATTERN, ServedVersion
+from .models.product import QUOTA_PERIOD_SECONDS, REGION_PATTERN
 from .models.resources import RESOURCE_MODELS, PolicyBundle, Product, Route
 from .models.route import Backend, Canary, CanaryStatus, RouteSpec, Worker
-from .policy_artifacts import CompiledPolicy, PolicyHistoryError, ServedPolicies, canonical_json, resolve_history
+from .policy_artifacts import CompiledPolicy, ServedPolicies, canonical_json, resolve_history
 from .status import ResourceStatus, ready, stalled
 
 APX_KINDS = frozenset(RESOURCE_MODELS)
+# Marks a PolicyBundle document as an earlier apply of the same object (the
+# operator passes versions it served before, so they stay N-1).
+HISTORY_ANNOTATION = "apx.dev/applied-before"
 
 # Offline objects have no uid; ownerReferences need one. A name-based UUID is
 # stable across runs and clearly not a server-assigned one.
@@ -74,6 +77,15 @@ class TranslateResult:
 # --- errors ------------------------------------------------------------------
 
 _RELATIVE_FIELD = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\])?(?:\.[A-Za-z_][\w]*(?:\[\d+\])?)*): (.*)$", re.S)
+
+
+PATTERN_MESSAGES = {
+    DURATION_PATTERN: "must be a duration such as 30s, 250ms or 1m30s",
+    SEMVER_PATTERN: "must be a semantic version such as 1.3.0",
+    REGION_PATTERN: "must be a region name such as europe-west1",
+    CIDR_PATTERN: "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
+    DNS_LABEL_PATTERN: "must be a lowercase DNS label (a-z, 0-9, '-')",
+}
 
 
 def _join_loc(loc: Iterable[int | str]) -> str:
@@ -102,6 +114,9 @@ def format_validation_error(exc: ValidationError) -> list[str]:
             if relative:
                 path = f"{path}.{relative.group(1)}" if path else relative.group(1)
                 message = relative.group(2)
+        elif kind == "string_pattern_mismatch":
+            pattern = str((error.get("ctx") or {}).get("pattern", ""))
+            message = PATTERN_MESSAGES.get(pattern, message)
         elif kind == "extra_forbidden":
             message = "unknown field"
         elif kind == "missing":
@@ -156,7 +171,9 @@ def _backend_ir(namespace: str, backend: Backend) -> BackendIR:
     )
 
 
-def _worker_ir(worker: Worker | None, image: str | None = None, replicas: int | None = None) -> WorkerIR | None:
+def _worker_ir(
+    worker: Worker | None, image: str | None = None, replicas: int | None = None
+) -> WorkerIR | None:
     if worker is None:
         return None
     requests = worker.resources.requests.model_dump(exclude_none=True)
@@ -180,7 +197,9 @@ def _product_ir(product: Product) -> ProductIR:
             tier=plan.tier,
             requests_per_second=plan.rate_limit.requests_per_second,
             burst=plan.rate_limit.effective_burst,
-            api_key_requests_per_second=plan.api_key_rate_limit.requests_per_second if plan.api_key_rate_limit else None,
+            api_key_requests_per_second=plan.api_key_rate_limit.requests_per_second
+            if plan.api_key_rate_limit
+            else None,
             api_key_burst=plan.api_key_rate_limit.effective_burst if plan.api_key_rate_limit else None,
             quota_requests=plan.quota.requests if plan.quota else None,
             quota_period_seconds=QUOTA_PERIOD_SECONDS[plan.quota.period] if plan.quota else None,
@@ -199,10 +218,14 @@ def _product_ir(product: Product) -> ProductIR:
                 id=tenant.id,
                 plan=tenant.plan,
                 tier=base.tier,
-                requests_per_second=tenant.rate_limit.requests_per_second if tenant.rate_limit else base.requests_per_second,
+                requests_per_second=tenant.rate_limit.requests_per_second
+                if tenant.rate_limit
+                else base.requests_per_second,
                 burst=tenant.rate_limit.effective_burst if tenant.rate_limit else base.burst,
                 quota_requests=quota.requests if quota else base.quota_requests,
-                quota_period_seconds=QUOTA_PERIOD_SECONDS[quota.period] if quota else base.quota_period_seconds,
+                quota_period_seconds=QUOTA_PERIOD_SECONDS[quota.period]
+                if quota
+                else base.quota_period_seconds,
                 region=tenant.region,
             )
         )
@@ -271,7 +294,9 @@ def translate(
             ignored.append((kind, key))
             continue
         generation = _generation(raw)
-        generations[(kind, key)] = generation
+        is_history = (meta.get("annotations") or {}).get(HISTORY_ANNOTATION) == "true"
+        if not is_history or (kind, key) not in generations:
+            generations[(kind, key)] = generation
         try:
             parsed = RESOURCE_MODELS[kind].model_validate(raw)
         except ValidationError as exc:
@@ -296,40 +321,64 @@ def translate(
     served_by_bundle: dict[str, ServedPolicies] = {}
     policy_irs: dict[str, dict[str, PolicyIR]] = {}
     for key, applies in sorted(bundle_applies.items()):
-        applies.sort(key=lambda b: semver.Version.parse(b.spec.version))
+        # Documents marked as earlier applies (the operator's memory of versions
+        # it served) come first; the rest are ordered by version, so several
+        # documents of one bundle given offline read as successive applies.
+        earlier = [b for b in applies if b.metadata.annotations.get(HISTORY_ANNOTATION) == "true"]
+        current = [b for b in applies if b.metadata.annotations.get(HISTORY_ANNOTATION) != "true"] or earlier[-1:]
+        earlier.sort(key=lambda b: semver.Version.parse(b.spec.version))
+        current.sort(key=lambda b: semver.Version.parse(b.spec.version))
+        applies = [b for b in earlier if b not in current] + current
         latest = applies[-1]
         generation = generations[("PolicyBundle", key)]
         served_status: list[ServedVersion] = latest.status.served_versions if latest.status else []
-        try:
-            served = resolve_history(latest.metadata.name, [b.spec for b in applies], served_status)
-        except PolicyHistoryError as exc:
-            statuses[("PolicyBundle", key)] = stalled("PolicyBundle", key, generation, "InvalidVersion", str(exc))
+        history = resolve_history(latest.metadata.name, [b.spec for b in applies], served_status)
+        served = history.served
+        if served is None:
+            message = str(history.error) if history.error else "spec: no version to serve"
+            statuses[("PolicyBundle", key)] = stalled(
+                "PolicyBundle", key, generation, "InvalidVersion", message
+            )
             continue
         served_by_bundle[key] = served
         ref = _ref("PolicyBundle", latest.metadata)
         policy_irs[key] = {
-            compiled.version: _policy_ir(ref, compiled, compiled is served.current) for compiled in served.versions
+            compiled.version: _policy_ir(ref, compiled, compiled is served.current)
+            for compiled in served.versions
         }
         versions = ", ".join(
             f"{c.version} ({'N' if c is served.current else 'N-1'})" for c in served.versions
         )
-        statuses[("PolicyBundle", key)] = ready(
-            "PolicyBundle",
-            key,
-            generation,
-            f"serving {versions}",
-            {
-                "artifact": served.current.artifact,
-                "servedVersions": [c.served_version().model_dump(by_alias=True, exclude_none=True) for c in served.versions],
-            },
-        )
+        summary = {
+            "artifact": served.current.artifact,
+            "servedVersions": [
+                c.served_version().model_dump(by_alias=True, exclude_none=True) for c in served.versions
+            ],
+        }
+        if history.error is not None:
+            # The rejected apply is reported; what was served before keeps serving.
+            statuses[("PolicyBundle", key)] = stalled(
+                "PolicyBundle",
+                key,
+                generation,
+                "InvalidVersion",
+                f"{history.error}; still serving {versions}",
+                summary,
+            )
+        else:
+            statuses[("PolicyBundle", key)] = ready(
+                "PolicyBundle", key, generation, f"serving {versions}", summary
+            )
 
     # 3. Products.
     product_irs: dict[str, ProductIR] = {}
     for key, product in sorted(products.items()):
         product_irs[key] = _product_ir(product)
         statuses[("Product", key)] = ready(
-            "Product", key, generations[("Product", key)], "rules and topics are up to date",
+            "Product",
+            key,
+            generations[("Product", key)],
+            "rules and topics are up to date",
             {"plans": [p.name for p in product.spec.plans]},
         )
 
@@ -341,25 +390,38 @@ def translate(
         generation = generations[("Route", key)]
         try:
             route_ir = _route_ir(
-                route, products, product_irs, bundle_applies, served_by_bundle, policy_irs, statuses,
+                route,
+                products,
+                product_irs,
+                bundle_applies,
+                served_by_bundle,
+                policy_irs,
+                statuses,
                 (canary_states or {}).get(key),
             )
         except _RouteError as exc:
             statuses[("Route", key)] = stalled("Route", key, generation, exc.reason, exc.message)
             continue
         conflict = next(
-            (claimed[k] for k in (_match_key(route.spec, h) for h in route.spec.match.hosts) if k in claimed), None
+            (claimed[k] for k in (_match_key(route.spec, h) for h in route.spec.match.hosts) if k in claimed),
+            None,
         )
         if conflict is not None:
             statuses[("Route", key)] = stalled(
-                "Route", key, generation, "MatchConflict",
-                f"spec.match: the same hosts/path/methods/headers are already served by Route {conflict} (older wins)",
+                "Route",
+                key,
+                generation,
+                "MatchConflict",
+                f"spec.match: the same hosts/path/methods/headers are already served by Route {conflict} "
+                "(older wins)",
             )
             continue
         for host in route.spec.match.hosts:
             claimed[_match_key(route.spec, host)] = key
         route_irs.append(route_ir)
-        statuses[("Route", key)] = ready("Route", key, generation, _route_message(route_ir), _route_summary(route_ir))
+        statuses[("Route", key)] = ready(
+            "Route", key, generation, _route_message(route_ir), _route_summary(route_ir)
+        )
 
     route_irs.sort(key=lambda r: r.key)
     by_product: dict[str, list[RouteIR]] = {}
@@ -403,9 +465,13 @@ def _served_policy(
         if ("PolicyBundle", bundle_key) in statuses:
             bundle_status = statuses[("PolicyBundle", bundle_key)]
             raise _RouteError(
-                "PolicyNotReady", f"{field_path}: PolicyBundle {name!r} is not ready: {bundle_status.message}"
+                "PolicyNotReady",
+                f"spec.policyRef.name: PolicyBundle {name!r} is not ready: {bundle_status.message}",
             )
-        raise _RouteError("PolicyNotFound", f"{field_path}: PolicyBundle {name!r} not found in namespace {namespace!r}")
+        raise _RouteError(
+            "PolicyNotFound",
+            f"spec.policyRef.name: PolicyBundle {name!r} not found in namespace {namespace!r}",
+        )
     served = served_by_bundle[bundle_key]
     policy = policy_irs[bundle_key].get(version)
     if policy is None:
@@ -435,7 +501,8 @@ def _route_ir(
         if ("Product", product_key) in statuses:
             message = statuses[("Product", product_key)].message
             raise _RouteError(
-                "ProductNotReady", f"spec.productRef.name: Product {spec.product_ref.name!r} is not ready: {message}"
+                "ProductNotReady",
+                f"spec.productRef.name: Product {spec.product_ref.name!r} is not ready: {message}",
             )
         raise _RouteError(
             "ProductNotFound",
@@ -456,7 +523,11 @@ def _route_ir(
         canary_policy = stable_policy
         if canary.policy_version is not None:
             canary_policy = _served_policy(
-                "spec.canary.policyVersion", namespace, spec.policy_ref.name, canary.policy_version, *policy_args
+                "spec.canary.policyVersion",
+                namespace,
+                spec.policy_ref.name,
+                canary.policy_version,
+                *policy_args,
             )
         revision = canary_revision(canary)
         state = canary_override or (route.status.canary if route.status else None)
@@ -504,8 +575,13 @@ def _route_ir(
             headers=tuple(
                 HeaderMatchIR(
                     name=h.name.lower(),
-                    kind="exact" if h.exact is not None else "prefix" if h.prefix is not None
-                    else "regex" if h.regex is not None else "present",
+                    kind="exact"
+                    if h.exact is not None
+                    else "prefix"
+                    if h.prefix is not None
+                    else "regex"
+                    if h.regex is not None
+                    else "present",
                     value=h.exact or h.prefix or h.regex or "",
                     present=bool(h.present) if h.present is not None else True,
                 )
@@ -532,7 +608,11 @@ def _route_ir(
             message_retention_ms=duration_ms(delivery.message_retention),
         ),
         stable=TrackIR(
-            name="stable", weight=stable_weight, backend=stable_backend, policy=stable_policy, worker=stable_worker
+            name="stable",
+            weight=stable_weight,
+            backend=stable_backend,
+            policy=stable_policy,
+            worker=stable_worker,
         ),
         canary=canary_track,
         canary_state=canary_ir,
@@ -542,7 +622,8 @@ def _route_ir(
 
 def _route_message(route: RouteIR) -> str:
     policy = route.stable.policy
-    text = f"{route.mode} route on {', '.join(route.match.hosts)} with policy {policy.bundle.name}@{policy.version}"
+    hosts = ", ".join(route.match.hosts)
+    text = f"{route.mode} route on {hosts} with policy {policy.bundle.name}@{policy.version}"
     if route.canary is not None and route.canary_state is not None:
         text += f"; canary {route.canary_state.phase} at {route.canary.weight}%"
     return text

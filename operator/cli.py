@@ -1,1 +1,151 @@
-"""x"""
+"""The ``apx`` command line: ``apx translate`` (offline, no cluster) and ``apx operator run``.
+
+Entry point of the ``apx`` console script. ``translate`` reads YAML files or
+folders, runs the same pure pipeline the operator runs (models → IR →
+renderers) and prints every derived object plus the status each source object
+would get.
+
+Exit codes: 0 when every resource would be Ready, 1 when any would be Stalled
+(messages on stderr), 2 when the input cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apx.controllers.pipeline import SECTIONS, compile_resources
+
+EXIT_READY = 0
+EXIT_STALLED = 1
+EXIT_UNREADABLE = 2
+
+
+class InputError(Exception):
+    """The input cannot be read or is not Kubernetes YAML."""
+
+
+def _yaml_files(path: Path) -> Iterator[Path]:
+    if path.is_dir():
+        # Only the folder itself: samples/ and samples/invalid/ are separate inputs.
+        yield from sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    elif path.is_file():
+        yield path
+    else:
+        raise InputError(f"{path}: no such file or directory")
+
+
+def load_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Every YAML document (a mapping) in the given files/folders, in order; ``-`` reads stdin."""
+    documents: list[dict[str, Any]] = []
+    for raw in paths:
+        sources: list[tuple[str, str]] = []
+        if raw == "-":
+            sources.append(("<stdin>", sys.stdin.read()))
+        else:
+            for file in _yaml_files(Path(raw)):
+                try:
+                    sources.append((str(file), file.read_text(encoding="utf-8")))
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise InputError(f"{file}: {exc}") from exc
+        for name, text in sources:
+            try:
+                loaded = list(yaml.safe_load_all(text))
+            except yaml.YAMLError as exc:
+                raise InputError(f"{name}: not valid YAML: {exc}") from exc
+            for index, document in enumerate(loaded):
+                if document is None:
+                    continue
+                if not isinstance(document, dict):
+                    raise InputError(f"{name}: document {index + 1} is not a mapping")
+                if document.get("kind") == "List" and isinstance(document.get("items"), list):
+                    documents.extend(item for item in document["items"] if isinstance(item, dict))
+                else:
+                    documents.append(document)
+    return documents
+
+
+def _parse_only(value: str) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [part for part in chosen if part not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    return chosen
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apx", description="APX: API management on Kubernetes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    translate = commands.add_parser(
+        "translate",
+        help="print what the operator would produce for some YAML, with no cluster",
+        description=(
+            "Translate Products, Routes and PolicyBundles into Envoy, Redis, Pub/Sub and Kubernetes "
+            "objects plus the status each source would get. Several documents of one PolicyBundle "
+            "are taken as successive applies, ordered by version (N and N-1 are served)."
+        ),
+    )
+    translate.add_argument(
+        "-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+        help="YAML file or folder (repeatable; - for stdin)",
+    )
+    translate.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="output format")
+    translate.add_argument(
+        "--only", type=_parse_only, default=SECTIONS, metavar="SECTIONS",
+        help=f"comma-separated subset of {','.join(SECTIONS)}",
+    )
+    translate.add_argument("--project", default="apx-local", help="Google Cloud project for Pub/Sub names")
+    translate.add_argument(
+        "--operator-namespace", default="apx-system", help="namespace of the Envoy snapshot ConfigMap"
+    )
+    operator = commands.add_parser("operator", help="run the operator")
+    operator_commands = operator.add_subparsers(dest="operator_command", required=True)
+    from apx.operator.main import build_parser as build_operator_parser
+
+    build_operator_parser(
+        operator_commands.add_parser(
+            "run", help="run the operator against the current cluster", description="Run the APX operator."
+        )
+    )
+    return parser
+
+
+def _translate(args: argparse.Namespace) -> int:
+    try:
+        documents = load_documents(args.paths)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    compiled = compile_resources(documents, project=args.project, operator_namespace=args.operator_namespace)
+    output = compiled.to_json(args.only)
+    if args.output == "json":
+        sys.stdout.write(json.dumps(output, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(output, sort_keys=True, default_flow_style=False, width=120))
+    stalled = compiled.stalled_messages()
+    for line in stalled:
+        print(f"stalled: {line}", file=sys.stderr)
+    for kind, key in compiled.result.ignored:
+        print(f"ignored: {kind or '<no kind>'} {key} is not an APX resource", file=sys.stderr)
+    return EXIT_STALLED if stalled else EXIT_READY
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "translate":
+        return _translate(args)
+    if args.command == "operator":
+        from apx.operator.main import run_from_args
+
+        return run_from_args(args)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

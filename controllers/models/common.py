@@ -115,7 +115,9 @@ class Condition(ApxModel):
     reason: str = Field(default="", description="One CamelCase word for machines.")
     message: str = Field(default="", description="What happened, naming the field at fault.")
     observed_generation: int | None = Field(default=None, description="Generation this condition is about.")
-    last_transition_time: str | None = Field(default=None, description="When `status` last changed (RFC 3339).")
+    last_transition_time: str | None = Field(
+        default=None, description="When `status` last changed (RFC 3339)."
+    )
 
 
 class ObjectMeta(BaseModel):

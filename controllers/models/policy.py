@@ -82,14 +82,18 @@ class Auth(ApxModel):
 
     model_config = ApxModel.model_config | {
         "json_schema_extra": cel_rules(
-            cel("has(self.jwt) || has(self.apiKey) || (has(self.allowAnonymous) && self.allowAnonymous)",
-                AUTH_REQUIRED_MESSAGE)
+            cel(
+                "has(self.jwt) || has(self.apiKey) || (has(self.allowAnonymous) && self.allowAnonymous)",
+                AUTH_REQUIRED_MESSAGE,
+            )
         )
     }
 
     jwt: Jwt | None = Field(default=None, description="JWT authentication.")
     api_key: ApiKey | None = Field(default=None, description="API-key authentication.")
-    allow_anonymous: bool = Field(default=False, description="Admit requests with no credential (tenant `anonymous`).")
+    allow_anonymous: bool = Field(
+        default=False, description="Admit requests with no credential (tenant `anonymous`)."
+    )
 
     @model_validator(mode="after")
     def _something(self) -> Auth:
@@ -101,7 +105,9 @@ class Auth(ApxModel):
 class AuthzRule(ApxModel):
     """Allow requests on these methods/paths when the caller holds all scopes."""
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][-a-z0-9]*$", max_length=63)] = Field(description="Rule name.")
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][-a-z0-9]*$", max_length=63)] = Field(
+        description="Rule name."
+    )
     methods: list[HttpMethod] = Field(default_factory=list, description="Methods; empty means any.")
     paths: list[Annotated[str, Field(pattern=r"^/", max_length=1024)]] = Field(
         default_factory=lambda: ["/"], description="Path prefixes."
@@ -114,7 +120,9 @@ class AuthzRule(ApxModel):
 class Authz(ApxModel):
     """What the caller may do. Rules are allow rules; anything unmatched gets `defaultAction`."""
 
-    default_action: Literal["allow", "deny"] = Field(default="deny", description="Action when no rule matches.")
+    default_action: Literal["allow", "deny"] = Field(
+        default="deny", description="Action when no rule matches."
+    )
     rules: list[AuthzRule] = Field(default_factory=list, max_length=100, description="Allow rules.")
 
 
@@ -128,7 +136,9 @@ class HeaderValue(ApxModel):
 class HeaderTransform(ApxModel):
     """Headers to set and to remove."""
 
-    set: list[HeaderValue] = Field(default_factory=list, max_length=32, description="Set (overwrite) these headers.")
+    set: list[HeaderValue] = Field(
+        default_factory=list, max_length=32, description="Set (overwrite) these headers."
+    )
     remove: list[HeaderName] = Field(default_factory=list, max_length=32, description="Remove these headers.")
 
     @model_validator(mode="after")
@@ -147,6 +157,10 @@ class Headers(ApxModel):
     response: HeaderTransform = Field(default_factory=HeaderTransform)
 
 
+def _default_cors_methods() -> list[HttpMethod]:
+    return ["GET", "POST"]
+
+
 class Cors(ApxModel):
     """Cross-origin resource sharing."""
 
@@ -160,10 +174,14 @@ class Cors(ApxModel):
         )
     }
 
+    # Bounded because a CEL rule scans this list and the API server refuses
+    # rules over unbounded lists (64 is Gateway API's CORS limit).
     allow_origins: list[Annotated[str, Field(pattern=r"^(\*|https?://[^\s/]+)$", max_length=512)]] = Field(
-        min_length=1, description="Origins allowed, or `*`."
+        min_length=1, max_length=64, description="Origins allowed, or `*`."
     )
-    allow_methods: list[HttpMethod] = Field(default_factory=lambda: ["GET", "POST"], description="Methods allowed.")
+    allow_methods: list[HttpMethod] = Field(
+        default_factory=_default_cors_methods, description="Methods allowed."
+    )
     allow_headers: list[HeaderName] = Field(default_factory=list, description="Request headers allowed.")
     expose_headers: list[HeaderName] = Field(default_factory=list, description="Response headers exposed.")
     max_age_seconds: int = Field(default=600, ge=0, le=86_400, description="Preflight cache time.")
@@ -206,7 +224,9 @@ class PolicyBundleSpec(ApxModel):
     version: SemVer = Field(description="Semantic version of this policy content.")
     compat: Compat = Field(
         default="backward",
-        description="`backward`: callers of the previous version keep working; `breaking` needs a major bump.",
+        description=(
+            "`backward`: callers of the previous version keep working; `breaking` needs a major bump."
+        ),
     )
     auth: Auth = Field(description="Authentication.")
     authz: Authz = Field(default_factory=Authz, description="Authorization rules.")
@@ -216,12 +236,16 @@ class PolicyBundleSpec(ApxModel):
         default_factory=list, max_length=256, description="Client CIDRs allowed; empty allows all."
     )
     rate_limit: RateLimitPolicy = Field(default_factory=RateLimitPolicy, description="Rate-limit behaviour.")
-    observability: PolicyObservability = Field(default_factory=PolicyObservability, description="Tracing, PII, labels.")
+    observability: PolicyObservability = Field(
+        default_factory=PolicyObservability, description="Tracing, PII, labels."
+    )
     rollout_window: Duration = Field(
-        default="24h", description="How long the previous version (N-1) stays served after a new version lands."
+        default="24h",
+        description="How long the previous version (N-1) stays served after a new version lands.",
     )
     deletion_policy: DeletionPolicy = Field(
-        default="Retain", description="`Retain` keeps the artifact ConfigMaps on deletion; `Delete` removes them."
+        default="Retain",
+        description="`Retain` keeps the artifact ConfigMaps on deletion; `Delete` removes them.",
     )
 
 

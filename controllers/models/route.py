@@ -57,7 +57,9 @@ class PolicyReference(ApxModel):
     """A PolicyBundle by name and the version this Route is pinned to."""
 
     name: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="PolicyBundle name.")]
-    version: SemVer = Field(description="Pinned version; must be the bundle's current (N) or previous (N-1) version.")
+    version: SemVer = Field(
+        description="Pinned version; must be the bundle's current (N) or previous (N-1) version."
+    )
 
 
 class HeaderMatch(ApxModel):
@@ -76,7 +78,9 @@ class HeaderMatch(ApxModel):
     name: HeaderName = Field(description="Header name (case-insensitive).")
     exact: str | None = Field(default=None, max_length=1024, description="Header value equals this.")
     prefix: str | None = Field(default=None, max_length=1024, description="Header value starts with this.")
-    regex: str | None = Field(default=None, max_length=1024, description="Header value matches this RE2 regex.")
+    regex: str | None = Field(
+        default=None, max_length=1024, description="Header value matches this RE2 regex."
+    )
     present: bool | None = Field(default=None, description="Header is present (true) or absent (false).")
 
     @model_validator(mode="after")
@@ -106,7 +110,9 @@ class RouteMatch(ApxModel):
         default=None, description="Exact path."
     )
     methods: list[HttpMethod] = Field(default_factory=list, description="Allowed methods; empty means any.")
-    headers: list[HeaderMatch] = Field(default_factory=list, max_length=16, description="Header matchers (all must match).")
+    headers: list[HeaderMatch] = Field(
+        default_factory=list, max_length=16, description="Header matchers (all must match)."
+    )
 
     @model_validator(mode="after")
     def _path_xor_prefix(self) -> RouteMatch:
@@ -151,7 +157,9 @@ class ResourceList(ApxModel):
     """CPU and memory quantities."""
 
     cpu: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=16)] | None = None
-    memory: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", max_length=16)] | None = None
+    memory: (
+        Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", max_length=16)] | None
+    ) = None
 
 
 class Resources(ApxModel):
@@ -166,7 +174,9 @@ class Resources(ApxModel):
 class Worker(ApxModel):
     """The worker Deployment that consumes an async Route's subscription."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(description="Container image.")
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(
+        description="Container image."
+    )
     replicas: int = Field(default=2, ge=0, le=500, description="Worker replicas (stable track).")
     resources: Resources = Field(default_factory=Resources, description="Container resources.")
     max_outstanding_messages: int = Field(
@@ -177,8 +187,16 @@ class Worker(ApxModel):
 class CanaryWorker(ApxModel):
     """The canary track's worker: a new image, optionally its own replica count."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(description="Canary image.")
-    replicas: int | None = Field(default=None, ge=0, le=500, description="Canary replicas; default: the stable count.")
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(
+        description="Canary image."
+    )
+    replicas: int | None = Field(
+        default=None, ge=0, le=500, description="Canary replicas; default: the stable count."
+    )
+
+
+def _default_retry_on() -> list[RetryOn]:
+    return ["5xx", "reset", "connect-failure"]
 
 
 class RetryBackoff(ApxModel):
@@ -191,10 +209,12 @@ class RetryBackoff(ApxModel):
 class Retries(ApxModel):
     """Retry policy for sync routes (Envoy retry policy)."""
 
-    attempts: int = Field(default=2, ge=0, le=10, description="Retries after the first try; 0 disables retries.")
+    attempts: int = Field(
+        default=2, ge=0, le=10, description="Retries after the first try; 0 disables retries."
+    )
     per_try_timeout: Duration | None = Field(default=None, description="Timeout of each try.")
     retry_on: list[RetryOn] = Field(
-        default_factory=lambda: ["5xx", "reset", "connect-failure"],
+        default_factory=_default_retry_on,
         description="Conditions that trigger a retry.",
     )
     retriable_status_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
@@ -217,23 +237,35 @@ class AsyncDelivery(ApxModel):
     }
 
     max_delivery_attempts: int = Field(
-        default=5, ge=5, le=100, description="Deliveries before a message goes to the dead-letter topic (5–100)."
+        default=5,
+        ge=5,
+        le=100,
+        description="Deliveries before a message goes to the dead-letter topic (5-100).",
     )
-    minimum_backoff: Duration = Field(default="10s", description="Smallest redelivery delay (0s–600s).")
-    maximum_backoff: Duration = Field(default="600s", description="Largest redelivery delay (0s–600s).")
-    ack_deadline_seconds: int = Field(default=60, ge=10, le=600, description="Ack deadline of the subscription.")
-    ordering: bool = Field(default=True, description="Deliver each tenant's messages in order (ordering key = tenant).")
+    minimum_backoff: Duration = Field(default="10s", description="Smallest redelivery delay (0s-600s).")
+    maximum_backoff: Duration = Field(default="600s", description="Largest redelivery delay (0s-600s).")
+    ack_deadline_seconds: int = Field(
+        default=60, ge=10, le=600, description="Ack deadline of the subscription."
+    )
+    ordering: bool = Field(
+        default=True, description="Deliver each tenant's messages in order (ordering key = tenant)."
+    )
     backlog_limit: int = Field(
         default=10_000, ge=1, le=100_000_000, description="Backlog above which the gateway answers 503."
     )
     result_ttl: Duration = Field(default="1h", description="How long results stay readable at /status/{id}.")
-    message_retention: Duration = Field(default="168h", description="How long unacked messages are kept (10m–744h).")
+    message_retention: Duration = Field(
+        default="168h", description="How long unacked messages are kept (10m-744h)."
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> AsyncDelivery:
         if duration_ms(self.maximum_backoff) < duration_ms(self.minimum_backoff):
             raise ValueError(f"maximumBackoff: {MAX_BACKOFF_MESSAGE}")
-        for name, value in (("minimumBackoff", self.minimum_backoff), ("maximumBackoff", self.maximum_backoff)):
+        for name, value in (
+            ("minimumBackoff", self.minimum_backoff),
+            ("maximumBackoff", self.maximum_backoff),
+        ):
             if duration_ms(value) > 600_000:
                 raise ValueError(f"{name}: must be at most 600s (Pub/Sub limit)")
         retention = duration_ms(self.message_retention)
@@ -245,8 +277,12 @@ class AsyncDelivery(ApxModel):
 class Analysis(ApxModel):
     """How a canary step is judged: canary metrics against thresholds and against stable."""
 
-    min_success_rate: float = Field(default=0.99, ge=0.0, le=1.0, description="Lowest acceptable canary success rate.")
-    max_latency_p99_ms: int = Field(default=500, ge=1, le=600_000, description="Highest acceptable canary p99 latency.")
+    min_success_rate: float = Field(
+        default=0.99, ge=0.0, le=1.0, description="Lowest acceptable canary success rate."
+    )
+    max_latency_p99_ms: int = Field(
+        default=500, ge=1, le=600_000, description="Highest acceptable canary p99 latency."
+    )
     max_success_rate_drop: float = Field(
         default=0.01, ge=0.0, le=1.0, description="Largest allowed drop of canary success rate below stable."
     )
@@ -254,7 +290,10 @@ class Analysis(ApxModel):
         default=1.5, ge=1.0, le=100.0, description="Largest allowed canary p99 / stable p99."
     )
     min_samples: int = Field(
-        default=100, ge=1, le=10_000_000, description="Requests a track needs in a window before it is judged."
+        default=100,
+        ge=1,
+        le=10_000_000,
+        description="Requests a track needs in a window before it is judged.",
     )
     failure_threshold: int = Field(
         default=2, ge=1, le=100, description="Consecutive failed checks that trigger a rollback."
@@ -263,14 +302,18 @@ class Analysis(ApxModel):
         default=5,
         ge=1,
         le=1000,
-        description="Consecutive checks without enough samples before the canary halts (never counted as failure).",
+        description=(
+            "Consecutive checks without enough samples before the canary halts (never counted as failure)."
+        ),
     )
 
 
 class Stickiness(ApxModel):
     """Keep each tenant on one track while the canary runs."""
 
-    by: Literal["tenant", "none"] = Field(default="tenant", description="`tenant` (sticky) or `none` (per request).")
+    by: Literal["tenant", "none"] = Field(
+        default="tenant", description="`tenant` (sticky) or `none` (per request)."
+    )
 
 
 class Canary(ApxModel):
@@ -291,9 +334,12 @@ class Canary(ApxModel):
     }
 
     backend: Backend | None = Field(default=None, description="New backend for the canary track.")
-    worker: CanaryWorker | None = Field(default=None, description="New worker image for the canary track (async).")
+    worker: CanaryWorker | None = Field(
+        default=None, description="New worker image for the canary track (async)."
+    )
     policy_version: SemVer | None = Field(
-        default=None, description="New PolicyBundle version for the canary track (N while stable stays on N-1)."
+        default=None,
+        description="New PolicyBundle version for the canary track (N while stable stays on N-1).",
     )
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default_factory=lambda: [10, 25, 50, 100],
@@ -330,21 +376,34 @@ class RouteSpec(ApxModel):
         )
     }
 
-    product_ref: LocalObjectReference = Field(description="The Product this Route belongs to (same namespace).")
-    policy_ref: PolicyReference = Field(description="The PolicyBundle and pinned version applied to requests.")
+    product_ref: LocalObjectReference = Field(
+        description="The Product this Route belongs to (same namespace)."
+    )
+    policy_ref: PolicyReference = Field(
+        description="The PolicyBundle and pinned version applied to requests."
+    )
     match: RouteMatch = Field(description="Which requests this Route takes.")
-    mode: RouteMode = Field(default="sync", description="`sync`: proxied; `async`: queued to Pub/Sub, 202 + status.")
+    mode: RouteMode = Field(
+        default="sync", description="`sync`: proxied; `async`: queued to Pub/Sub, 202 + status."
+    )
     backend: Backend = Field(description="Upstream that serves requests (sync) or that workers call (async).")
     worker: Worker | None = Field(default=None, description="Worker Deployment for async routes.")
-    timeout: Duration = Field(default="30s", description="Request timeout (sync) or upstream call timeout (async).")
+    timeout: Duration = Field(
+        default="30s", description="Request timeout (sync) or upstream call timeout (async)."
+    )
     retries: Retries = Field(default_factory=Retries, description="Retry policy for sync routes.")
     async_: AsyncDelivery = Field(
-        default_factory=AsyncDelivery, alias="async", description="Pub/Sub delivery settings for async routes."
+        default_factory=AsyncDelivery,
+        alias="async",
+        description="Pub/Sub delivery settings for async routes.",
     )
     canary: Canary | None = Field(default=None, description="Progressive rollout of a new version.")
     deletion_policy: DeletionPolicy = Field(
         default="Retain",
-        description="`Retain` (default) keeps Pub/Sub topics and results when the Route is deleted; `Delete` removes them.",
+        description=(
+            "`Retain` (default) keeps Pub/Sub topics and results when the Route is deleted; "
+            "`Delete` removes them."
+        ),
     )
 
     @model_validator(mode="after")
@@ -389,7 +448,9 @@ class CanaryStatus(ApxModel):
     model_config = ApxModel.model_config | {"extra": "allow"}
 
     phase: CanaryPhase = "Pending"
-    revision: str | None = Field(default=None, description="Hash of the canary block this progress belongs to.")
+    revision: str | None = Field(
+        default=None, description="Hash of the canary block this progress belongs to."
+    )
     step: int = Field(default=0, ge=0, description="Index of the current step.")
     weight: int = Field(default=0, ge=0, le=100, description="Current canary traffic weight in percent.")
     failed_checks: int = Field(default=0, ge=0)
@@ -407,7 +468,9 @@ class RouteStatus(ApxModel):
     conditions: list[Condition] = Field(default_factory=list)
     message: str | None = None
     reason: str | None = None
-    policy_artifact: str | None = Field(default=None, description="`name@version@sha256:…` applied to stable.")
+    policy_artifact: str | None = Field(
+        default=None, description="`name@version@sha256:…` applied to stable."
+    )
     canary_weight: int | None = Field(default=None, description="Canary weight in percent (printer column).")
     canary: CanaryStatus | None = None
     topics: list[str] = Field(default_factory=list)

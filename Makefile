@@ -1,0 +1,42 @@
+# APX developer entry points. `make demo` and `make test` are the README's two commands.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PACKAGES := -p apx.controllers -p apx.operator
+
+.PHONY: install test unit lint typecheck gen bench demo translate clean
+
+install:
+	@bash hack/install.sh
+
+# The whole suite: lint + type check + every test.
+test: install lint
+	$(PY) -m pytest -q
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+lint: install typecheck
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy cannot follow setuptools' package-dir mapping, so it checks a tree of
+# symlinks (.typecheck/apx/{controllers,operator,...}) that mirrors the installed layout.
+typecheck: install
+	@bash hack/typecheck-tree.sh
+	$(VENV)/bin/mypy $(PACKAGES)
+
+gen: install
+	$(PY) hack/gen.py
+
+bench: install
+	$(PY) bench/run.py
+
+# The main job (offline for now): translate the samples and show the status each would get.
+demo: install
+	$(VENV)/bin/apx translate -f samples/ --only status
+	@echo
+	@echo "Full output (Envoy, Redis, Pub/Sub, Kubernetes): $(VENV)/bin/apx translate -f samples/ -o json"
+
+clean:
+	rm -rf $(VENV) .typecheck .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,133 @@
+{{/*
+Names, labels and shared snippets of the APX chart.
+*/}}
+
+{{- define "apx.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-apx, or <release> when it already contains the chart name. */}}
+{{- define "apx.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "apx.operatorName" -}}
+{{ include "apx.fullname" . }}-operator
+{{- end }}
+
+{{- define "apx.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object; pass (dict "ctx" $ "component" "operator"). */}}
+{{- define "apx.labels" -}}
+helm.sh/chart: {{ include "apx.chart" .ctx }}
+{{ include "apx.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: apx
+{{- end }}
+
+{{- define "apx.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "apx.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "apx.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "apx.operatorName" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "apx.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* Namespaces that get a Role in namespaced mode: the watched ones and the release namespace. */}}
+{{- define "apx.roleNamespaces" -}}
+{{- $namespaces := concat (list .Release.Namespace) .Values.watchNamespaces | uniq }}
+{{- toJson $namespaces }}
+{{- end }}
+
+{{- define "apx.webhookSecretName" -}}
+{{- default "apx-webhook-tls" .Values.admission.tls.existingSecret }}
+{{- end }}
+
+{{/* Fail early on value combinations the schema cannot express well. */}}
+{{- define "apx.validate" -}}
+{{- if and (eq .Values.rbac.scope "namespaced") (empty .Values.watchNamespaces) }}
+{{- fail "rbac.scope=namespaced needs watchNamespaces: the operator can only watch namespaces it has a Role in" }}
+{{- end }}
+{{- if and (eq .Values.admission.mode "managed") (ne .Values.rbac.scope "cluster") }}
+{{- fail "admission.mode=managed needs rbac.scope=cluster: kopf manages the cluster-scoped ValidatingWebhookConfiguration apx.dev" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The restricted Pod Security Standard, for every pod of the chart.
+runAsUser/runAsGroup/fsGroup come from values (null leaves them to the platform).
+*/}}
+{{- define "apx.podSecurityContext" -}}
+runAsNonRoot: true
+{{- with .Values.securityContext.runAsUser }}
+runAsUser: {{ . }}
+{{- end }}
+{{- with .Values.securityContext.runAsGroup }}
+runAsGroup: {{ . }}
+{{- end }}
+{{- with .Values.securityContext.fsGroup }}
+fsGroup: {{ . }}
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "apx.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Redis URL and Pub/Sub settings as container env, shared by the operator and the dataplane. */}}
+{{- define "apx.backendEnv" -}}
+- name: APX_REDIS_URL
+{{- if .Values.redis.existingSecret.name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret.name }}
+      key: {{ .Values.redis.existingSecret.key }}
+{{- else }}
+  value: {{ .Values.redis.url | quote }}
+{{- end }}
+- name: APX_PUBSUB_PROJECT
+  value: {{ .Values.pubsub.project | quote }}
+{{- with .Values.pubsub.emulatorHost }}
+- name: PUBSUB_EMULATOR_HOST
+  value: {{ . | quote }}
+{{- end }}
+- name: APX_LOG_LEVEL
+  value: {{ .Values.operator.logLevel | quote }}
+- name: APX_JSON_LOGS
+  value: {{ .Values.operator.jsonLogs | quote }}
+{{- with .Values.operator.otlpEndpoint }}
+- name: APX_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,144 @@
+"""Redis applier: publishes versioned rule sets and the route table, switching versions atomically.
+
+Called by the operator's reconciler with the Redis renderer's output. A rule
+set is written under a content-addressed key (its version is the hash of its
+content), then the ``current`` pointer is switched — all in one Lua script, so
+a reader sees either the old or the new complete rule set, never half of one.
+The previous version is kept (a reader may have fetched the old pointer a
+moment ago); older versions are deleted. Every key one script touches shares
+a hash tag, so this works on Redis Cluster.
+
+Idempotent: publishing the version that is already current does nothing;
+re-running after a crash at any point completes the switch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+# KEYS: 1 version hash, 2 current pointer, 3 version log (zset), 4 sequence counter
+# ARGV: 1 version, 2 versions to keep, 3 prefix of version hashes, 4.. field/value pairs
+# Old version hashes are derived from the prefix inside the script; they share
+# the hash tag of KEYS, so they live in the same cluster slot.
+_PUBLISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  for i = 4, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1])
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[3], seq, ARGV[1])
+local keep = tonumber(ARGV[2])
+local stale = redis.call('ZRANGE', KEYS[3], 0, -(keep + 1))
+for _, version in ipairs(stale) do
+  if version ~= ARGV[1] then
+    redis.call('DEL', ARGV[3] .. version)
+    redis.call('ZREM', KEYS[3], version)
+  end
+end
+return 1
+"""
+
+# KEYS: 1 current pointer, 2 version log, 3 sequence counter; ARGV: 1 prefix of version hashes
+_DROP = """
+local versions = redis.call('ZRANGE', KEYS[2], 0, -1)
+for _, version in ipairs(versions) do
+  redis.call('DEL', ARGV[1] .. version)
+end
+local current = redis.call('GET', KEYS[1])
+if current then
+  redis.call('DEL', ARGV[1] .. current)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return #versions
+"""
+
+
+class RedisUnavailable(Exception):
+    """Redis could not be reached or refused the write."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionedKeys:
+    """The keys of one versioned document family (a product's rule set, or the route table)."""
+
+    version_prefix: str  # prefix + version = the hash of that version
+    current: str
+    versions: str
+
+    @property
+    def sequence(self) -> str:
+        return self.versions + ":seq"
+
+    def version_key(self, version: str) -> str:
+        return self.version_prefix + version
+
+
+class RedisApplier:
+    """Publishes and drops versioned hashes in Redis."""
+
+    def __init__(self, url: str, keep_versions: int = 2) -> None:
+        self.url = url
+        self.keep_versions = keep_versions
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+        )
+        self._publish = self._client.register_script(_PUBLISH)
+        self._drop = self._client.register_script(_DROP)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+
+    async def current_version(self, keys: VersionedKeys) -> str | None:
+        try:
+            value = await self._client.get(keys.current)
+            if value is None or not await self._client.exists(keys.version_key(str(value))):
+                # A pointer to a missing hash (someone deleted keys) counts as no version: republish.
+                return None
+            return str(value)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+
+    async def publish(self, keys: VersionedKeys, version: str, fields: Mapping[str, str]) -> bool:
+        """Write ``fields`` as ``version`` and make it current; True when the pointer moved."""
+        args: list[str] = [version, str(self.keep_versions), keys.version_prefix]
+        for name in sorted(fields):
+            args += [name, fields[name]]
+        try:
+            moved = await self._publish(
+                keys=[keys.version_key(version), keys.current, keys.versions, keys.sequence], args=args
+            )
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+        return bool(moved)
+
+    async def drop(self, keys: VersionedKeys) -> int:
+        """Delete every version of a family (used for deletionPolicy: Delete)."""
+        try:
+            return int(await self._drop(keys=[keys.current, keys.versions, keys.sequence], args=[keys.version_prefix]))
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+
+    async def delete_pattern(self, pattern: str) -> int:
+        """Delete keys matching a pattern with SCAN (counters of a deleted product)."""
+        deleted = 0
+        try:
+            async for key in self._client.scan_iter(match=pattern, count=500):
+                deleted += int(await self._client.delete(key))
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+        return deleted

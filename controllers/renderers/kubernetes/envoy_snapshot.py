@@ -1,0 +1,40 @@
+"""The ConfigMap holding the Envoy snapshot, in the operator's namespace.
+
+Pure. Called by ``render_kubernetes`` (this package) with the document the
+Envoy renderer produced. The xDS server serves the same snapshot; the
+ConfigMap lets Envoys without ADS (and people) read it, and lets a restarted
+operator serve the last good snapshot before its first reconcile.
+
+It has no ownerReferences on purpose: it aggregates Routes of every
+namespace, and an ownerReference cannot point across namespaces. Its lifetime
+is the operator installation's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ... import names
+from ...policy_artifacts import canonical_json
+from .common import MANAGED_BY, metadata
+
+
+def snapshot_version(snapshot: dict[str, Any], content: str) -> str:
+    """The snapshot's own ``version`` when it has one, else a hash of its stored content."""
+    version = snapshot.get("version")
+    if isinstance(version, str | int) and not isinstance(version, bool) and str(version):
+        return str(version)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def render_envoy_snapshot(snapshot: dict[str, Any], operator_namespace: str) -> dict[str, Any]:
+    labels = {**MANAGED_BY, "app.kubernetes.io/name": "apx", "app.kubernetes.io/component": "envoy-snapshot"}
+    # Compact canonical JSON: a ConfigMap holds at most 1 MiB.
+    content = canonical_json(snapshot)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(names.envoy_snapshot_configmap(), operator_namespace, labels),
+        "data": {"snapshot.json": content, "version": snapshot_version(snapshot, content)},
+    }

@@ -1,0 +1,287 @@
+"""Render the Pub/Sub plan: request topics, dead-letter topics and subscriptions of async Routes.
+
+Pure. Called through ``apx.controllers.renderers.registry`` (golden files,
+``apx translate``) and by the Pub/Sub applier, which creates or updates each
+object with the admin API. ``route_topics`` is the single place that decides
+which topics a Route has; the Redis route table (what the async gateway
+publishes to), the worker Deployments (what workers consume) and the
+translator's status summaries all call it, so they cannot disagree.
+
+Topics of one async Route:
+
+* one **shared** request topic per product region x track (``stable``, and
+  ``canary`` whenever the Route has a canary track, even at weight 0, so the
+  topic exists before the first step shifts traffic and keeps draining after
+  a rollback);
+* one **tenant** topic per track for every known tenant whose plan isolates it
+  (``isolation: namespace`` or ``dedicated``): in the tenant's home region when
+  it has one, otherwise in every product region. Namespace-isolated tenant
+  topics are consumed by the Route's shared worker pool; dedicated-plan tenant
+  topics are consumed by that plan's dedicated pool (``TopicPlan.pool``).
+  Tenants not listed in the Product have no topic of their own and use the
+  shared topic, whatever plan their credentials claim.
+
+Every request topic gets a dead-letter topic, a worker subscription (ordering,
+ack deadline, retry and dead-letter policies from the Route) and a
+subscription on the dead-letter topic for inspection (without one, Pub/Sub
+would drop dead letters: a topic keeps nothing for subscriptions that do not
+exist). Both subscriptions never expire (an idle Route must not lose its queue).
+
+Residency is enforced twice: the Product model rejects regions outside its
+residency, and every topic's ``message_storage_policy`` pins it to its region;
+this module re-checks each region and raises ``ResidencyViolation`` rather
+than render a topic that Pub/Sub would store outside the residency. Topics of
+a product with a residency (not ``GLOBAL``) also set ``enforce_in_transit``,
+so messages are published and delivered only through endpoints in that
+region (gateways and workers use locational endpoints for them).
+
+Output field names follow ``google.pubsub.v1.Topic`` / ``Subscription``
+(snake_case, as the Python client accepts them); durations are
+``{"seconds": n}`` (plus ``nanos`` when not whole), resource names are full
+paths ``projects/<project>/topics/<id>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import names
+from ..ir import IR, RouteIR, TenantIR
+from ..models.product import region_allowed
+
+DEFAULT_PROJECT = "apx-local"
+
+# Pub/Sub caps a subscription's retention at 7 days; a topic may keep messages
+# for 31 days, and unacked messages then live for the longer of the two. A
+# Route's retention (10m-744h) goes on the subscription, capped, and on the
+# topic only when it exceeds the cap: topic retention also keeps *acked*
+# messages, which costs storage nobody asked for below 7 days.
+SUBSCRIPTION_RETENTION_MAX_SECONDS = 7 * 24 * 3600
+# Dead letters are read by people, not by a worker: keep them as long as a
+# subscription can and give a reader a minute per message.
+DEAD_LETTER_ACK_DEADLINE_SECONDS = 60
+
+ISOLATED = frozenset({"namespace", "dedicated"})
+# Residencies that restrict where data may go: their topics also refuse
+# publishes and pulls from outside the region (``enforce_in_transit``), so
+# gateways and workers must use the regional endpoint of the topic's region.
+RESTRICTED_RESIDENCIES = frozenset({"US", "EU", "ASIA"})
+
+
+class ResidencyViolation(ValueError):
+    """A topic would be stored in a region its product's residency forbids."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPlan:
+    """One request topic of a Route and everything derived from it (ids, not full paths)."""
+
+    route: str  # "<ns>/<name>"
+    product: str  # "<ns>/<name>"
+    residency: str
+    region: str
+    track: str  # "stable" | "canary"
+    tenant: str | None  # set for per-tenant topics
+    pool: str | None  # dedicated plan whose pool consumes this topic; None: the Route's shared pool
+    topic: str
+    dead_letter_topic: str
+    subscription: str
+    dead_letter_subscription: str
+
+
+def _tenant_regions(tenant: TenantIR, regions: tuple[str, ...]) -> tuple[str, ...]:
+    return (tenant.region,) if tenant.region is not None else regions
+
+
+def _check_residency(plan: TopicPlan) -> None:
+    if not region_allowed(plan.residency, plan.region):
+        raise ResidencyViolation(
+            f"route {plan.route}: topic {plan.topic} would be stored in {plan.region}, "
+            f"outside the {plan.residency} residency of product {plan.product}"
+        )
+
+
+def _topic_plan(
+    route: RouteIR, region: str, track: str, tenant: TenantIR | None, pool: str | None
+) -> TopicPlan:
+    ref = route.ref
+    topic = names.request_topic(
+        ref.namespace, route.product.ref.name, ref.name, region, track, tenant.id if tenant else None
+    )
+    plan = TopicPlan(
+        route=route.key,
+        product=route.product.key,
+        residency=route.product.residency,
+        region=region,
+        track=track,
+        tenant=tenant.id if tenant else None,
+        pool=pool,
+        topic=topic,
+        dead_letter_topic=names.dead_letter_topic(topic),
+        subscription=names.worker_subscription(topic),
+        dead_letter_subscription=names.dead_letter_subscription(topic),
+    )
+    _check_residency(plan)
+    return plan
+
+
+def route_topics(route: RouteIR) -> list[TopicPlan]:
+    """Every request topic of a Route, sorted by topic id; empty for sync Routes.
+
+    Raises ``ResidencyViolation`` if a topic's region lies outside the
+    product's residency (which a validated Product never allows).
+    """
+    if route.mode != "async":
+        return []
+    product = route.product
+    plans = {plan.name: plan for plan in product.plans}
+    topics: list[TopicPlan] = []
+    for track in route.tracks:
+        for region in product.regions:
+            topics.append(_topic_plan(route, region, track.name, None, None))
+        for tenant in product.tenants:
+            isolation = plans[tenant.plan].isolation
+            if isolation not in ISOLATED:
+                continue
+            pool = tenant.plan if isolation == "dedicated" else None
+            for region in _tenant_regions(tenant, product.regions):
+                topics.append(_topic_plan(route, region, track.name, tenant, pool))
+    return sorted(topics, key=lambda t: t.topic)
+
+
+def topics_for_route(route: RouteIR) -> list[str]:
+    """Request topic ids of a Route (for status summaries)."""
+    return [plan.topic for plan in route_topics(route)]
+
+
+def subscriptions_for_route(route: RouteIR) -> list[str]:
+    """Worker subscription ids of a Route (for status summaries)."""
+    return [plan.subscription for plan in route_topics(route)]
+
+
+# --- admin API documents ---------------------------------------------------------
+
+
+def _duration(ms: int) -> dict[str, int]:
+    seconds, rest = divmod(ms, 1000)
+    value = {"seconds": seconds}
+    if rest:
+        value["nanos"] = rest * 1_000_000
+    return value
+
+
+def _topic_path(project: str, topic: str) -> str:
+    return f"projects/{project}/topics/{topic}"
+
+
+def _subscription_path(project: str, subscription: str) -> str:
+    return f"projects/{project}/subscriptions/{subscription}"
+
+
+def _labels(plan: TopicPlan, kind: str) -> dict[str, str]:
+    labels = {
+        "apx-managed-by": "apx",
+        "apx-kind": kind,
+        "apx-product": names.gcp_label_value(plan.product),
+        "apx-route": names.gcp_label_value(plan.route),
+        "apx-track": names.gcp_label_value(plan.track),
+        "apx-region": names.gcp_label_value(plan.region),
+        "apx-residency": names.gcp_label_value(plan.residency),
+    }
+    if plan.tenant is not None:
+        labels["apx-tenant"] = names.gcp_label_value(plan.tenant)
+    if plan.pool is not None:
+        labels["apx-pool"] = names.gcp_label_value(plan.pool)
+    return labels
+
+
+def _topic(project: str, topic_id: str, plan: TopicPlan, kind: str, retention_ms: int) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "name": _topic_path(project, topic_id),
+        "labels": _labels(plan, kind),
+        "message_storage_policy": {
+            "allowed_persistence_regions": [plan.region],
+            "enforce_in_transit": plan.residency in RESTRICTED_RESIDENCIES,
+        },
+    }
+    if retention_ms > SUBSCRIPTION_RETENTION_MAX_SECONDS * 1000:
+        document["message_retention_duration"] = _duration(retention_ms)
+    return document
+
+
+def _subscriptions(project: str, route: RouteIR, plan: TopicPlan) -> list[dict[str, Any]]:
+    delivery = route.delivery
+    retention = _duration(min(delivery.message_retention_ms, SUBSCRIPTION_RETENTION_MAX_SECONDS * 1000))
+    worker = {
+        "name": _subscription_path(project, plan.subscription),
+        "topic": _topic_path(project, plan.topic),
+        "labels": _labels(plan, "worker"),
+        "ack_deadline_seconds": delivery.ack_deadline_seconds,
+        "enable_message_ordering": delivery.ordering,
+        "retry_policy": {
+            "minimum_backoff": _duration(delivery.minimum_backoff_ms),
+            "maximum_backoff": _duration(delivery.maximum_backoff_ms),
+        },
+        "dead_letter_policy": {
+            "dead_letter_topic": _topic_path(project, plan.dead_letter_topic),
+            "max_delivery_attempts": delivery.max_delivery_attempts,
+        },
+        "message_retention_duration": retention,
+        "expiration_policy": {},
+    }
+    inspection = {
+        "name": _subscription_path(project, plan.dead_letter_subscription),
+        "topic": _topic_path(project, plan.dead_letter_topic),
+        "labels": _labels(plan, "dead-letter-inspection"),
+        "ack_deadline_seconds": DEAD_LETTER_ACK_DEADLINE_SECONDS,
+        "enable_message_ordering": False,
+        "message_retention_duration": _duration(SUBSCRIPTION_RETENTION_MAX_SECONDS * 1000),
+        "expiration_policy": {},
+    }
+    return [worker, inspection]
+
+
+@dataclass(frozen=True, slots=True)
+class PubSubOutput:
+    """Topics and subscriptions to create, each an admin API document, sorted by name."""
+
+    project: str
+    plans: tuple[TopicPlan, ...]
+    topics: tuple[dict[str, Any], ...]
+    subscriptions: tuple[dict[str, Any], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "topics": list(self.topics),
+            "subscriptions": list(self.subscriptions),
+            "routes": {
+                route: sorted(p.topic for p in self.plans if p.route == route)
+                for route in sorted({p.route for p in self.plans})
+            },
+        }
+
+
+def render_pubsub(ir: IR, project: str = DEFAULT_PROJECT) -> PubSubOutput:
+    """Every topic and subscription of the IR's async Routes in ``project``."""
+    plans: list[TopicPlan] = []
+    topics: dict[str, dict[str, Any]] = {}
+    subscriptions: dict[str, dict[str, Any]] = {}
+    for route in sorted(ir.routes, key=lambda r: r.key):
+        retention = route.delivery.message_retention_ms
+        for plan in route_topics(route):
+            plans.append(plan)
+            for document in (
+                _topic(project, plan.topic, plan, "request", retention),
+                _topic(project, plan.dead_letter_topic, plan, "dead-letter", retention),
+            ):
+                topics[document["name"]] = document
+            for document in _subscriptions(project, route, plan):
+                subscriptions[document["name"]] = document
+    return PubSubOutput(
+        project=project,
+        plans=tuple(sorted(plans, key=lambda p: (p.route, p.topic))),
+        topics=tuple(topics[name] for name in sorted(topics)),
+        subscriptions=tuple(subscriptions[name] for name in sorted(subscriptions)),
+    )

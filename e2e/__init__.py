@@ -1,0 +1,8 @@
+"""End-to-end test infrastructure and suites of APX.
+
+Installed as ``apx.e2e``. The subpackage :mod:`apx.e2e.kubeemu` is the emulated
+Kubernetes API server that the local stack (``hack/kubeemu-up.sh``), the e2e
+suites and the operator's API-level tests run against when no real cluster is
+available; the suites run unchanged against a real cluster when ``KUBECONFIG``
+points at one.
+"""

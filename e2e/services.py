@@ -1,0 +1,216 @@
+"""Start and stop the real services APX runs against: Redis, the Pub/Sub emulator, Prometheus.
+
+Used by the test fixtures (``tests/conftest.py``), the e2e suites, the
+benchmarks and the local stack (``python -m apx.e2e.stack``). Every service
+runs on a free loopback port with its own data directory, in its own process
+group, and is stopped by its PID. Missing Debian packages (redis-server,
+prometheus) are installed with apt-get when running as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PUBSUB_EMULATOR_CANDIDATES = (
+    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
+    "/usr/share/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
+    "/opt/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
+)
+
+
+class ServiceError(RuntimeError):
+    """A service could not be installed or started; the message says what to do."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, timeout: float, process: subprocess.Popen[bytes] | None = None, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServiceError(f"{what or 'service'} exited with code {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise ServiceError(f"{what or 'service'} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+_apt_updated = False
+
+
+def apt_install(package: str, binary: str, no_recommends: bool = False) -> str:
+    """Return the path of ``binary``, installing the Debian ``package`` first if needed."""
+    global _apt_updated
+    found = shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ServiceError(
+            f"{binary} is missing; install the Debian package {package!r} (apt-get install {package})"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if not _apt_updated:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+        _apt_updated = True
+    command = ["apt-get", "install", "-y", "-qq"]
+    if no_recommends:
+        command.append("--no-install-recommends")
+    # Package scripts may try to start the service; with no init system that
+    # fails harmlessly, and we start our own instance anyway.
+    subprocess.run([*command, package], check=True, env=env, stdout=subprocess.DEVNULL)
+    found = shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
+    if not found:
+        raise ServiceError(f"installed {package} but {binary} is still missing")
+    return found
+
+
+@dataclass
+class Service:
+    """A running service: its address, PID and data directory."""
+
+    name: str
+    port: int
+    pid: int
+    data_dir: Path
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop_pid(self.pid, timeout)
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid``, then SIGKILL after ``timeout``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                finished, _ = os.waitpid(pid, os.WNOHANG)
+                if finished:
+                    return
+            except ChildProcessError:
+                # Not our child (started by another process): poll for existence.
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.05)
+
+
+def _spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+
+
+def start_redis(data_dir: Path, port: int | None = None) -> Service:
+    binary = apt_install("redis-server", "redis-server")
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "redis.log"
+    process = _spawn(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            "--protected-mode",
+            "no",
+        ],
+        log,
+    )
+    wait_for_port(port, 10, process, "redis-server")
+    return Service("redis", port, process.pid, data_dir, log)
+
+
+def pubsub_emulator_binary() -> str:
+    for candidate in PUBSUB_EMULATOR_CANDIDATES:
+        if Path(candidate).exists():
+            return candidate
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        sdk = Path(os.path.realpath(gcloud)).parent.parent
+        candidate = sdk / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+        if candidate.exists():
+            return str(candidate)
+    raise ServiceError(
+        "the Pub/Sub emulator is missing: install the Google Cloud CLI with its pubsub-emulator component"
+    )
+
+
+def start_pubsub_emulator(data_dir: Path, port: int | None = None) -> Service:
+    binary = pubsub_emulator_binary()
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "pubsub.log"
+    env = {**os.environ, "JAVA_TOOL_OPTIONS": os.environ.get("JAVA_TOOL_OPTIONS", "-Xmx512m")}
+    process = _spawn([binary, "--host=127.0.0.1", f"--port={port}"], log, env)
+    wait_for_port(port, 60, process, "Pub/Sub emulator")
+    return Service("pubsub", port, process.pid, data_dir, log)
+
+
+def start_prometheus(data_dir: Path, config: str, port: int | None = None) -> Service:
+    binary = apt_install("prometheus", "prometheus", no_recommends=True)
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_file = data_dir / "prometheus.yml"
+    config_file.write_text(config)
+    log = data_dir / "prometheus.log"
+    process = _spawn(
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={data_dir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        log,
+    )
+    wait_for_port(port, 20, process, "prometheus")
+    return Service("prometheus", port, process.pid, data_dir, log)
+
+
+@contextlib.contextmanager
+def running(service: Service) -> Iterator[Service]:
+    try:
+        yield service
+    finally:
+        service.stop()

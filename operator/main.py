@@ -1,0 +1,187 @@
+"""Start the APX operator: ``apx-operator`` (also ``apx operator run``).
+
+Parses flags over ``APX_*`` environment variables, sets up logging, metrics,
+tracing and the appliers, registers the kopf handlers and runs kopf with the
+reconciler loop beside it. Exits cleanly on SIGTERM/SIGINT (kopf handles the
+signals); never exits because a dependency is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from apx.controllers.appliers.kube import KubeClient, discover_connection
+from apx.controllers.appliers.pubsub import PubSubApplier
+from apx.controllers.appliers.redis_rules import RedisApplier
+
+from . import tracing
+from .handlers import FINALIZER, register
+from .metrics import OperatorMetrics
+from .reconciler import Reconciler
+from .settings import OperatorSettings
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and kopf's object reference if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        k8s = getattr(record, "k8s_ref", None)
+        if isinstance(k8s, dict):
+            entry["object"] = k8s
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: OperatorSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.json_logs:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    # The emulator and Pub/Sub client are chatty at INFO.
+    for noisy in ("aiohttp.access", "google", "grpc", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="apx-operator", description="Run the APX operator (flags override APX_* environment variables)."
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", help="watch this namespace (repeat)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    parser.add_argument("--redis-url", help="Redis URL (APX_REDIS_URL)")
+    parser.add_argument("--pubsub-project", help="Google Cloud project (APX_PUBSUB_PROJECT)")
+    parser.add_argument("--pubsub-emulator-host", help="Pub/Sub emulator host:port (PUBSUB_EMULATOR_HOST)")
+    parser.add_argument("--operator-namespace", help="namespace of operator-wide objects (APX_OPERATOR_NAMESPACE)")
+    parser.add_argument("--resync-seconds", type=float, help="full resync period (APX_RESYNC_SECONDS)")
+    parser.add_argument("--worker-limit", type=int, help="concurrent API writes (APX_WORKER_LIMIT)")
+    parser.add_argument("--liveness-port", type=int, help="port of /healthz, 0 disables (APX_LIVENESS_PORT)")
+    parser.add_argument("--metrics-port", type=int, help="port of /metrics, 0 disables (APX_METRICS_PORT)")
+    parser.add_argument("--admission", choices=("none", "managed"), help="validating webhook mode (APX_ADMISSION)")
+    parser.add_argument("--webhook-port", type=int, help="webhook server port (APX_WEBHOOK_PORT)")
+    parser.add_argument("--webhook-cert", help="webhook TLS certificate file")
+    parser.add_argument("--webhook-key", help="webhook TLS key file")
+    parser.add_argument("--json-logs", action="store_true", default=None, help="log JSON lines (APX_JSON_LOGS)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (APX_LOG_LEVEL)")
+    parser.add_argument("--otlp-endpoint", help="OTLP/HTTP traces endpoint (APX_OTLP_ENDPOINT)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    settings = OperatorSettings.from_env()
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if name in OperatorSettings.model_fields and value is not None
+    }
+    if getattr(args, "all_namespaces", False):
+        overrides["namespaces"] = []
+    return settings.model_copy(update=overrides)
+
+
+async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | None = None) -> None:
+    """Run kopf and the reconciler until stopped."""
+    if settings.pubsub_emulator_host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = settings.pubsub_emulator_host
+    metrics = OperatorMetrics()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+    tracing.configure(otlp_endpoint=settings.otlp_endpoint)
+    kube = KubeClient(discover_connection())
+    redis = RedisApplier(settings.redis_url, keep_versions=3)
+    pubsub = PubSubApplier()
+    reconciler = Reconciler(settings, kube, redis, pubsub, metrics=metrics, tracer=tracing.tracer())
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler, admission=settings.admission == "managed")
+
+    @kopf.on.login(registry=registry)  # type: ignore[arg-type]
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same discovery the appliers use: service account in a pod, else KUBECONFIG.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)  # type: ignore[arg-type]
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        # Progress and diff-base go to status (declared in the CRDs), never to
+        # annotations of the user's object: GitOps tools see no drift.
+        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 60
+
+    if settings.admission == "managed":
+        admission_settings = kopf.WebhookServer(
+            port=settings.webhook_port, certfile=settings.webhook_cert, pkeyfile=settings.webhook_key
+        )
+
+        @kopf.on.startup(registry=registry)  # type: ignore[arg-type]
+        def configure_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.admission.server = admission_settings
+            settings.admission.managed = "apx.dev"
+
+    loop_task = asyncio.create_task(_reconcile_forever(reconciler))
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,
+            stop_flag=stop_flag,
+            standalone=True,
+        )
+    finally:
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        await kube.close()
+        await redis.close()
+        pubsub.close()
+
+
+async def _reconcile_forever(reconciler: Reconciler) -> None:
+    # kopf cancels tasks created during its run on exit; this one is ours and
+    # is cancelled by run_operator itself.
+    await reconciler.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_from_args(build_parser().parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings)
+    logging.getLogger("apx.operator").info(
+        "starting APX operator (namespaces: %s, redis: %s, pubsub project: %s)",
+        ",".join(settings.namespaces) or "all",
+        settings.redis_url,
+        settings.pubsub_project,
+    )
+    asyncio.run(run_operator(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,653 @@
+"""The reconciler: keeps Redis, Pub/Sub and Kubernetes in the state the APX objects declare.
+
+Fed by the kopf handlers in ``apx.operator.handlers`` (which only record what
+they saw) and run as one background loop by ``apx.operator.main``.
+
+Why one level-triggered loop over all objects instead of one handler per
+object: everything APX renders is a function of *all* objects (a Product
+change re-renders every Route that references it, the Envoy snapshot spans
+every namespace, a Route created before its Product becomes Ready when the
+Product appears). So each pass runs the pure pipeline over the whole store,
+then hands each applier only what changed since the last successful apply.
+A periodic full pass (``resync_seconds``) re-applies everything, which repairs
+drift (a deleted topic, a flushed Redis, an edited Deployment).
+
+Safety rules:
+* the loop starts only after a full LIST of all three kinds, so it never
+  renders from a partial store (which would prune what is serving);
+* a failing dependency marks the affected objects ``Reconciling`` with the
+  dependency named, retries with back-off, and never deletes anything;
+* only objects labelled ``app.kubernetes.io/managed-by: apx`` are pruned, and
+  only while their APX owner still exists (deleted owners are left to
+  Kubernetes' garbage collector);
+* deletion of Redis keys and Pub/Sub topics follows ``deletionPolicy`` and
+  happens only from a finalizer (``finalize``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+
+from apx.controllers import names
+from apx.controllers.appliers.kube import KINDS, Invalid, KubeClient, KubeError, Unavailable
+from apx.controllers.appliers.pubsub import PubSubApplier, PubSubUnavailable
+from apx.controllers.appliers.redis_rules import RedisApplier, RedisUnavailable, VersionedKeys
+from apx.controllers.pipeline import Compiled, compile_resources
+from apx.controllers.status import ResourceStatus
+from apx.controllers.translate import HISTORY_ANNOTATION
+
+from .metrics import OperatorMetrics
+from .settings import OperatorSettings
+
+logger = logging.getLogger("apx.operator")
+
+APX_KINDS = ("Product", "Route", "PolicyBundle")
+MANAGED_BY = "app.kubernetes.io/managed-by=apx"
+PRUNABLE_KINDS = ("Deployment", "Service", "ConfigMap")
+# Summary keys the operator writes; a key missing from a new status is sent as
+# null so a merge-patch removes it (e.g. topics of a Route that became sync).
+SUMMARY_KEYS = (
+    "ruleSetVersion",
+    "topics",
+    "subscriptions",
+    "deployments",
+    "routes",
+    "plans",
+    "policyArtifact",
+    "canaryWeight",
+    "canary",
+    "artifact",
+    "servedVersions",
+)
+CONTROLLERS = {"Product": "product", "Route": "route", "PolicyBundle": "policybundle"}
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+
+
+def _resource_version(body: Mapping[str, Any]) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _digest(document: Any) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class DependencyProblem:
+    """Why an object is not Ready although its spec is fine."""
+
+    reason: str
+    message: str
+    stalled: bool = False  # True when retrying cannot fix it (e.g. Pub/Sub forbids the change)
+
+
+@dataclass(slots=True)
+class PassReport:
+    """What one pass did; used by tests, benchmarks and metrics."""
+
+    duration: float = 0.0
+    redis_published: int = 0
+    pubsub_ensured: int = 0
+    manifests_applied: int = 0
+    manifests_pruned: int = 0
+    statuses_written: int = 0
+    problems: dict[tuple[str, str], DependencyProblem] = field(default_factory=dict)
+
+
+class Reconciler:
+    """Owns the store of APX objects and the applied-state caches."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        kube: KubeClient,
+        redis: RedisApplier,
+        pubsub: PubSubApplier,
+        metrics: OperatorMetrics | None = None,
+        tracer: trace.Tracer | None = None,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.redis = redis
+        self.pubsub = pubsub
+        self.metrics = metrics or OperatorMetrics()
+        self.tracer = tracer or trace.get_tracer("apx.operator")
+        self.clock = clock
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.deleting: dict[tuple[str, str], dict[str, Any]] = {}
+        self._cleaned: set[tuple[str, str]] = set()
+        self._dirty = asyncio.Event()
+        self._full_requested = True
+        self._listed = False
+        self._applied_rule_sets: dict[str, str] = {}
+        self._applied_route_table: str | None = None
+        self._applied_pubsub: set[str] = set()
+        self._applied_manifests: dict[tuple[str, str, str], str] = {}
+        self._written_status: dict[tuple[str, str], str] = {}
+        self._last_phase: dict[tuple[str, str], str] = {}
+        self._policy_history: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._served_policies: dict[tuple[str, str], set[str]] = {}
+        self._backoff = 0.0
+        self.last_pass: PassReport | None = None
+        self.last_error: str | None = None
+        self.passes = 0
+
+    # --- inputs from kopf --------------------------------------------------------
+
+    def observe(self, kind: str, body: Mapping[str, Any]) -> None:
+        """Record the latest body of an object (from a watch event)."""
+        key = (kind, _key(body))
+        current = self.objects.get(key)
+        if current is not None and _resource_version(current) > _resource_version(body) > 0:
+            return  # an older event arriving after a newer LIST
+        if kind == "PolicyBundle" and current is not None:
+            self._remember_policy_version(key, current, body)
+        self.objects[key] = dict(body)
+        if (body.get("metadata") or {}).get("deletionTimestamp") is None:
+            self.deleting.pop(key, None)
+        self.metrics.workqueue_adds.labels(name=CONTROLLERS[kind]).inc()
+        self._dirty.set()
+
+    def _remember_policy_version(
+        self, key: tuple[str, str], previous: Mapping[str, Any], body: Mapping[str, Any]
+    ) -> None:
+        """Keep a served version the spec just moved away from, so it stays N-1.
+
+        The status also records served versions, but a new version can arrive
+        before the status of the previous one was written (two applies in a
+        row). Only versions that were actually served are kept: an invalid
+        apply must not poison the history.
+        """
+        old_version = str((previous.get("spec") or {}).get("version", ""))
+        new_version = str((body.get("spec") or {}).get("version", ""))
+        if old_version and old_version != new_version and old_version in self._served_policies.get(key, ()):
+            history = self._policy_history.setdefault(key, {})
+            remembered = {k: v for k, v in previous.items() if k != "status"}
+            meta = dict(remembered.get("metadata") or {})
+            meta["annotations"] = {**(meta.get("annotations") or {}), HISTORY_ANNOTATION: "true"}
+            remembered["metadata"] = meta
+            history[old_version] = remembered
+            # N and N-1 are what is served; older history is only needed to order applies.
+            for stale in sorted(history, key=_version_key)[:-2]:
+                history.pop(stale)
+
+    def forget(self, kind: str, key: str) -> None:
+        """The object is gone from the API (after its finalizer was removed)."""
+        self.objects.pop((kind, key), None)
+        self.deleting.pop((kind, key), None)
+        self._policy_history.pop((kind, key), None)
+        self._cleaned.discard((kind, key))
+        self._written_status.pop((kind, key), None)
+        self._dirty.set()
+
+    async def finalize(self, kind: str, body: Mapping[str, Any], timeout: float = 30.0) -> None:
+        """Clean up what a deleted object owns (per deletionPolicy); raises TimeoutError if not done yet."""
+        key = (kind, _key(body))
+        self.deleting[key] = dict(body)
+        self.objects[key] = dict(body)
+        self._cleaned.discard(key)
+        self._dirty.set()
+        deadline = time.monotonic() + timeout
+        while key not in self._cleaned:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cleanup of {kind} {key[1]} not finished: {self.last_error or 'still working'}")
+            await asyncio.sleep(0.05)
+
+    def request_full_pass(self) -> None:
+        self._full_requested = True
+        self._dirty.set()
+
+    # --- the loop -------------------------------------------------------------------
+
+    async def list_all(self) -> None:
+        """Seed the store with a full LIST of every APX kind (retries until the API answers)."""
+        delay = 0.5
+        while True:
+            try:
+                namespaces = self.settings.namespaces or [None]
+                for kind in APX_KINDS:
+                    for namespace in namespaces:
+                        for body in await self.kube.list(kind, namespace):
+                            body.setdefault("kind", kind)
+                            body.setdefault("apiVersion", "apx.dev/v1alpha1")
+                            self.observe(kind, body)
+                self._listed = True
+                return
+            except KubeError as exc:
+                self.last_error = f"listing APX objects: {exc}"
+                logger.warning("cannot list APX objects yet: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Reconcile until ``stop`` is set: on every change, and fully every ``resync_seconds``."""
+        stop = stop or asyncio.Event()
+        if not self._listed:
+            await self.list_all()
+        next_full = time.monotonic() + self.settings.resync_seconds
+        while not stop.is_set():
+            timeout = max(0.0, next_full - time.monotonic())
+            if self._backoff:
+                timeout = min(timeout, self._backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=timeout)
+            if stop.is_set():
+                return
+            if self.settings.debounce_seconds:
+                await asyncio.sleep(self.settings.debounce_seconds)
+            self._dirty.clear()
+            full = self._full_requested or time.monotonic() >= next_full
+            if full:
+                next_full = time.monotonic() + self.settings.resync_seconds
+            self._full_requested = False
+            try:
+                report = await self.reconcile_once(full=full)
+            except Exception as exc:  # never crash-loop: report, back off, try again
+                logger.exception("reconcile pass failed")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
+                self._full_requested = True
+                continue
+            if report.problems:
+                self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
+                # A dependency failed: retry everything it touched on the next pass.
+                self._full_requested = True
+                self._dirty.set() if self._backoff == 0 else None
+            else:
+                self._backoff = 0.0
+
+    # --- one pass -----------------------------------------------------------------
+
+    async def reconcile_once(self, full: bool = False) -> PassReport:
+        started = time.perf_counter()
+        report = PassReport()
+        if full:
+            self._applied_rule_sets.clear()
+            self._applied_route_table = None
+            self._applied_pubsub.clear()
+            self._applied_manifests.clear()
+            self._written_status.clear()
+        live = [body for key, body in sorted(self.objects.items()) if key not in self.deleting]
+        live += [
+            document
+            for key, history in sorted(self._policy_history.items())
+            if key in self.objects and key not in self.deleting
+            for document in history.values()
+        ]
+        self.metrics.workqueue_depth.labels(name="apx").set(len(self.objects))
+        with self.tracer.start_as_current_span("apx.reconcile.pass") as span:
+            span.set_attribute("apx.objects", len(live))
+            span.set_attribute("apx.full", full)
+            compiled = compile_resources(
+                live, project=self.settings.pubsub_project, operator_namespace=self.settings.operator_namespace
+            )
+            owners = self._owners_of_deleting() if self.deleting else None
+            await self._apply_redis(compiled, report, full)
+            await self._apply_pubsub(compiled, report)
+            await self._apply_kubernetes(compiled, report, full)
+            if self.deleting:
+                await self._cleanup_deleted(owners or {}, report)
+            await self._write_statuses(compiled, report)
+        for (kind, object_key), status in compiled.statuses.items():
+            if kind == "PolicyBundle":
+                served = status.summary.get("servedVersions") or []
+                self._served_policies[(kind, object_key)] = {str(v["version"]) for v in served}
+        report.duration = time.perf_counter() - started
+        self.metrics.pass_duration.observe(report.duration)
+        self.last_pass = report
+        self.passes += 1
+        self.last_error = next(iter(p.message for p in report.problems.values()), None)
+        return report
+
+    # --- Redis ---------------------------------------------------------------------
+
+    async def _apply_redis(self, compiled: Compiled, report: PassReport, full: bool) -> None:
+        try:
+            for rule_set in compiled.redis.rule_sets:
+                if self._applied_rule_sets.get(rule_set.product) == rule_set.version:
+                    continue
+                keys = VersionedKeys(
+                    version_prefix=rule_set.key[: -len(rule_set.version)],
+                    current=rule_set.current_key,
+                    versions=rule_set.versions_key,
+                )
+                if full or await self.redis.current_version(keys) != rule_set.version:
+                    await self.redis.publish(keys, rule_set.version, dict(rule_set.fields))
+                    report.redis_published += 1
+                self._applied_rule_sets[rule_set.product] = rule_set.version
+            table = compiled.redis.route_table
+            if self._applied_route_table != table.version:
+                keys = VersionedKeys(
+                    version_prefix=table.key[: -len(table.version)],
+                    current=table.current_key,
+                    versions=names.route_table_versions_key(),
+                )
+                await self.redis.publish(keys, table.version, dict(table.entries))
+                self._applied_route_table = table.version
+                report.redis_published += 1
+            self.metrics.dependency_up.labels(dependency="redis").set(1)
+        except RedisUnavailable as exc:
+            self.metrics.dependency_up.labels(dependency="redis").set(0)
+            self._applied_rule_sets.clear()
+            self._applied_route_table = None
+            problem = DependencyProblem("RedisUnavailable", f"{exc}; retrying")
+            for product in compiled.ir.products:
+                report.problems[("Product", product.key)] = problem
+            for route in compiled.ir.routes:
+                report.problems[("Route", route.key)] = problem
+
+    # --- Pub/Sub ---------------------------------------------------------------------
+
+    async def _apply_pubsub(self, compiled: Compiled, report: PassReport) -> None:
+        plan = compiled.pubsub
+        route_of_topic: dict[str, str] = {}
+        for topic_plan in plan.plans:
+            for topic_id in (topic_plan.topic, topic_plan.dead_letter_topic):
+                route_of_topic[f"projects/{plan.project}/topics/{topic_id}"] = topic_plan.route
+        by_route: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        for topic in plan.topics:
+            route = route_of_topic.get(str(topic["name"]), "")
+            by_route.setdefault(route, ([], []))[0].append(topic)
+        for subscription in plan.subscriptions:
+            route = route_of_topic.get(str(subscription["topic"]), "")
+            by_route.setdefault(route, ([], []))[1].append(subscription)
+        for route_key, (topics, subscriptions) in sorted(by_route.items()):
+            digests = {_digest(d) for d in (*topics, *subscriptions)}
+            if digests <= self._applied_pubsub:
+                continue
+            try:
+                problems = await self.pubsub.ensure(topics, subscriptions)
+            except PubSubUnavailable as exc:
+                self.metrics.dependency_up.labels(dependency="pubsub").set(0)
+                problem = DependencyProblem("PubSubUnavailable", f"{exc}; retrying")
+                for other, _ in by_route.items():
+                    report.problems[("Route", other)] = problem
+                return
+            self.metrics.dependency_up.labels(dependency="pubsub").set(1)
+            report.pubsub_ensured += len(topics) + len(subscriptions)
+            if problems:
+                report.problems[("Route", route_key)] = DependencyProblem(
+                    "PubSubChangeRejected", "; ".join(f"{p.resource}: {p.message}" for p in problems), stalled=True
+                )
+            else:
+                self._applied_pubsub |= digests
+
+    # --- Kubernetes ------------------------------------------------------------------
+
+    async def _apply_kubernetes(self, compiled: Compiled, report: PassReport, full: bool) -> None:
+        semaphore = asyncio.Semaphore(self.settings.worker_limit)
+        desired: set[tuple[str, str, str]] = set()
+
+        async def apply_one(manifest: Mapping[str, Any]) -> None:
+            meta = manifest["metadata"]
+            identity = (str(manifest["kind"]), str(meta.get("namespace", "")), str(meta["name"]))
+            digest = _digest(manifest)
+            if self._applied_manifests.get(identity) == digest:
+                return
+            async with semaphore:
+                try:
+                    await self.kube.apply(manifest)
+                except Invalid as exc:
+                    owner = _owner_key(manifest)
+                    if owner is not None:
+                        report.problems[owner] = DependencyProblem(
+                            "ManifestRejected", f"{identity[0]} {identity[1]}/{identity[2]}: {exc.message}", True
+                        )
+                    return
+                except Unavailable as exc:
+                    owner = _owner_key(manifest)
+                    problem = DependencyProblem("KubernetesUnavailable", f"{exc}; retrying")
+                    if owner is not None:
+                        report.problems[owner] = problem
+                    return
+            self._applied_manifests[identity] = digest
+            report.manifests_applied += 1
+
+        for manifest in compiled.kubernetes.manifests:
+            meta = manifest["metadata"]
+            desired.add((str(manifest["kind"]), str(meta.get("namespace", "")), str(meta["name"])))
+        await asyncio.gather(*(apply_one(m) for m in compiled.kubernetes.manifests))
+        if full or self.deleting:
+            await self._prune(desired, report)
+
+    async def _prune(self, desired: set[tuple[str, str, str]], report: PassReport) -> None:
+        existing_owners = {
+            str((body.get("metadata") or {}).get("uid"))
+            for key, body in self.objects.items()
+            if key not in self.deleting
+        }
+        namespaces = self.settings.namespaces or [None]
+        for kind in PRUNABLE_KINDS:
+            for namespace in namespaces:
+                try:
+                    items = await self.kube.list(kind, namespace, label_selector=MANAGED_BY)
+                except KubeError as exc:
+                    logger.warning("cannot list %s for pruning: %s", kind, exc)
+                    return
+                for item in items:
+                    meta = item.get("metadata") or {}
+                    identity = (kind, str(meta.get("namespace", "")), str(meta.get("name")))
+                    if identity in desired:
+                        continue
+                    owner_uids = {
+                        str(ref.get("uid"))
+                        for ref in meta.get("ownerReferences") or []
+                        if str(ref.get("apiVersion", "")).startswith("apx.dev/")
+                    }
+                    # Only prune children of live owners; a deleted owner's children go by garbage collection.
+                    if not owner_uids or not owner_uids <= existing_owners:
+                        continue
+                    await self.kube.delete(kind, identity[1], identity[2])
+                    self._applied_manifests.pop(identity, None)
+                    report.manifests_pruned += 1
+
+    # --- deletion --------------------------------------------------------------------
+
+    def _owners_of_deleting(self) -> dict[tuple[str, str], Compiled]:
+        """Render once *with* the objects being deleted, to know what they own."""
+        everything = [body for _, body in sorted(self.objects.items())]
+        compiled = compile_resources(
+            everything, project=self.settings.pubsub_project, operator_namespace=self.settings.operator_namespace
+        )
+        return dict.fromkeys(self.deleting, compiled)
+
+    async def _cleanup_deleted(self, owners: Mapping[tuple[str, str], Compiled], report: PassReport) -> None:
+        for key, body in list(self.deleting.items()):
+            if key in self._cleaned:
+                continue
+            kind, object_key = key
+            policy = ((body.get("spec") or {}).get("deletionPolicy")) or "Retain"
+            compiled = owners.get(key)
+            try:
+                if policy == "Delete" and compiled is not None:
+                    if kind == "Product":
+                        rule_set = next((r for r in compiled.redis.rule_sets if r.product == object_key), None)
+                        if rule_set is not None:
+                            await self.redis.drop(
+                                VersionedKeys(
+                                    rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key
+                                )
+                            )
+                            self._applied_rule_sets.pop(object_key, None)
+                        await self.redis.delete_pattern(f"{names.REDIS_PREFIX}:c:{{{object_key}/*")
+                    if kind in ("Route", "Product"):
+                        plans = [
+                            p
+                            for p in compiled.pubsub.plans
+                            if (p.route == object_key if kind == "Route" else p.product == object_key)
+                        ]
+                        project = compiled.pubsub.project
+                        subscriptions = [
+                            f"projects/{project}/subscriptions/{s}"
+                            for p in plans
+                            for s in (p.subscription, p.dead_letter_subscription)
+                        ]
+                        topics = [
+                            f"projects/{project}/topics/{t}" for p in plans for t in (p.topic, p.dead_letter_topic)
+                        ]
+                        await self.pubsub.delete(topics, subscriptions)
+                        self._applied_pubsub.clear()
+                self._cleaned.add(key)
+            except (RedisUnavailable, PubSubUnavailable) as exc:
+                report.problems[key] = DependencyProblem("CleanupPending", f"{exc}; retrying")
+
+    # --- status ------------------------------------------------------------------------
+
+    async def _write_statuses(self, compiled: Compiled, report: PassReport) -> None:
+        now = self.clock()
+        semaphore = asyncio.Semaphore(self.settings.worker_limit)
+
+        async def write(key: tuple[str, str], status: ResourceStatus) -> None:
+            body = self.objects.get(key)
+            if body is None or key in self.deleting:
+                return
+            problem = report.problems.get(key)
+            if problem is not None and not status.stalled:
+                status = ResourceStatus(
+                    status.kind,
+                    status.key,
+                    status.generation,
+                    "Stalled" if problem.stalled else "Reconciling",
+                    problem.reason,
+                    problem.message,
+                    status.summary,
+                )
+            previous = (body.get("status") or {}) if isinstance(body.get("status"), dict) else {}
+            document = status.to_dict(now, previous.get("conditions") or [])
+            for summary_key in SUMMARY_KEYS:
+                if summary_key not in document and summary_key in previous:
+                    document[summary_key] = None
+            comparable = {k: v for k, v in document.items() if v is not None}
+            digest = _digest(_without_times(comparable))
+            if self._written_status.get(key) == digest or _same_status(previous, comparable):
+                self._written_status[key] = digest
+                return
+            kind, object_key = key
+            namespace, name = object_key.split("/", 1)
+            controller = CONTROLLERS[kind]
+            with self.tracer.start_as_current_span(f"apx.reconcile.{controller}") as span:
+                span.set_attribute("k8s.namespace.name", namespace)
+                span.set_attribute("apx.kind", kind)
+                span.set_attribute("apx.name", name)
+                span.set_attribute("apx.generation", status.generation)
+                span.set_attribute("apx.phase", status.phase)
+                async with semaphore:
+                    try:
+                        updated = await self.kube.patch_status(kind, namespace, name, document)
+                    except KubeError as exc:
+                        self.metrics.reconcile_errors.labels(controller=controller).inc()
+                        self.metrics.reconcile_total.labels(controller=controller, result="error").inc()
+                        logger.warning("cannot write status of %s %s: %s", kind, object_key, exc)
+                        return
+            self._written_status[key] = digest
+            if updated:
+                self.observe(kind, {**updated, "kind": kind})
+            report.statuses_written += 1
+            result = "success" if status.phase == "Ready" else ("error" if status.stalled else "requeue")
+            self.metrics.reconcile_total.labels(controller=controller, result=result).inc()
+            if status.phase != "Ready":
+                self.metrics.reconcile_errors.labels(controller=controller).inc()
+            await self._event_on_transition(key, body, status)
+
+        await asyncio.gather(*(write(key, status) for key, status in sorted(compiled.statuses.items())))
+
+    async def _event_on_transition(self, key: tuple[str, str], body: Mapping[str, Any], status: ResourceStatus) -> None:
+        """Post a Kubernetes Event when the phase changes (not on every pass)."""
+        previous = self._last_phase.get(key) or _phase_of(body.get("status") or {})
+        self._last_phase[key] = status.phase
+        if previous == status.phase and status.phase == "Ready":
+            return
+        if previous == status.phase and status.reason == (body.get("status") or {}).get("reason"):
+            return
+        meta = body.get("metadata") or {}
+        event_type = "Normal" if status.phase == "Ready" else "Warning"
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace", "default")},
+            "involvedObject": {
+                "apiVersion": "apx.dev/v1alpha1",
+                "kind": key[0],
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace", "default"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": status.reason,
+            "message": status.message[:1024],
+            "type": event_type,
+            "source": {"component": "apx-operator"},
+            "firstTimestamp": self.clock(),
+            "lastTimestamp": self.clock(),
+            "count": 1,
+        }
+        try:
+            await self.kube.create(event)
+        except KubeError as exc:
+            logger.info("cannot post event for %s %s: %s", key[0], key[1], exc)
+
+    def health(self) -> dict[str, Any]:
+        """Liveness details for kopf's probe endpoint."""
+        return {
+            "listed": self._listed,
+            "passes": self.passes,
+            "objects": len(self.objects),
+            "last_error": self.last_error,
+        }
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    core = version.split("-", 1)[0].split("+", 1)[0]
+    return tuple(int(part) if part.isdigit() else 0 for part in core.split("."))
+
+
+def _owner_key(manifest: Mapping[str, Any]) -> tuple[str, str] | None:
+    meta = manifest.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if str(ref.get("apiVersion", "")).startswith("apx.dev/") and ref.get("kind") in KINDS:
+            return (str(ref["kind"]), f"{meta.get('namespace', 'default')}/{ref['name']}")
+    return None
+
+
+def _phase_of(status: Mapping[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Stalled" and condition.get("status") == "True":
+            return "Stalled"
+        if condition.get("type") == "Ready" and condition.get("status") == "True":
+            return "Ready"
+    return "Reconciling" if status.get("conditions") else None
+
+
+def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
+    cleaned = dict(status)
+    cleaned["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
+    ]
+    return cleaned
+
+
+def _same_status(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    comparable_previous = {k: v for k, v in previous.items() if k in new and v is not None}
+    return _without_times(comparable_previous) == _without_times(new) and set(new) <= set(previous)

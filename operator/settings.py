@@ -1,0 +1,52 @@
+"""Operator settings from environment variables (``APX_*``) and command-line flags.
+
+Read by ``apx.operator.main`` when the operator starts; passed down to the
+reconciler and the appliers. Flags override environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class OperatorSettings(BaseModel):
+    """Everything the operator can be told at start."""
+
+    namespaces: list[str] = Field(default_factory=list, description="Watched namespaces; empty = all namespaces.")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for rule sets and route table.")
+    pubsub_project: str = Field(default="apx-local", description="Google Cloud project of the Pub/Sub topics.")
+    pubsub_emulator_host: str | None = Field(default=None, description="host:port of the Pub/Sub emulator.")
+    operator_namespace: str = Field(default="apx-system", description="Namespace of operator-wide objects.")
+    resync_seconds: float = Field(default=60.0, gt=0, description="Period of the drift-repairing full resync.")
+    debounce_seconds: float = Field(default=0.02, ge=0, description="Coalesce bursts of events into one pass.")
+    worker_limit: int = Field(default=16, ge=1, description="Concurrent API writes per pass.")
+    liveness_port: int = Field(default=8080, ge=0, le=65535, description="Port of /healthz (0 disables).")
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="Port of /metrics (0 disables).")
+    admission: Literal["none", "managed"] = Field(
+        default="none", description="`managed`: serve the validating webhook and register it with the cluster."
+    )
+    webhook_port: int = Field(default=9443, ge=1, le=65535)
+    webhook_cert: str | None = Field(default=None, description="TLS certificate for the webhook server.")
+    webhook_key: str | None = Field(default=None, description="TLS key for the webhook server.")
+    json_logs: bool = Field(default=False, description="Log one JSON object per line.")
+    log_level: str = Field(default="INFO")
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint for traces; none = no export.")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        source = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name, field in cls.model_fields.items():
+            raw = source.get(f"APX_{name.upper()}")
+            if raw is None:
+                continue
+            if field.annotation in (list[str],):
+                values[name] = [part for part in raw.split(",") if part]
+            else:
+                values[name] = raw
+        if "pubsub_emulator_host" not in values and source.get("PUBSUB_EMULATOR_HOST"):
+            values["pubsub_emulator_host"] = source["PUBSUB_EMULATOR_HOST"]
+        return cls.model_validate(values)
