@@ -5,7 +5,7 @@
 Prints translate time, render time, the baseline (``SerializeToString`` of
 every resource the render produced — what protobuf alone costs for the same
 output), the ratio render / baseline, and peak RSS. Targets: translate +
-render ≤ 2 s for 10,000 routes over 100 products; render ≤ 5× the baseline.
+render ≤ 2 s for 10,000 routes over 100 products; render ≤ 5 times the baseline.
 Times are the best of ``--repeat`` runs (the machine is shared and noisy).
 """
 
@@ -16,7 +16,9 @@ import gc
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -25,15 +27,18 @@ from workload import generate_documents
 from apx.controllers.renderers.envoy import render_envoy
 from apx.controllers.translate import translate
 
+T = TypeVar("T")
 
-def _best(fn, repeat):  # type: ignore[no-untyped-def]
+
+def _best(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
     best = float("inf")
-    result = None
+    result: T | None = None
     for _ in range(repeat):
         gc.collect()
         start = time.perf_counter()
         result = fn()
         best = min(best, time.perf_counter() - start)
+    assert result is not None
     return best, result
 
 

@@ -14,7 +14,7 @@ benchmark sees the same objects):
 * one PolicyBundle per product, applied twice (1.0.0 then 1.1.0, backward
   compatible), so N and N-1 are both served; auth rotates between JWT,
   JWT + API key, API key only and anonymous; CORS on half, IP allowlists on a
-  quarter, failure mode closed on a fifth; 2–4 authz rules;
+  quarter, failure mode closed on a fifth; 2 or 3 authz rules;
 * routes round-robin over products: 80 % sync / 20 % async (with workers),
   5 % URL backends (some with a path), exact paths on 1 in 7, methods on half,
   header matchers (exact / prefix / regex / present) on a fifth, a second

@@ -28,6 +28,8 @@ RULES: tuple[Rule, ...] = (
          "server-side apply worker Deployments; prune ones no longer wanted"),
     Rule("", ("services", "configmaps"), ("get", "list", "watch", "create", "patch", "delete"),
          "worker metrics Services, the Envoy snapshot and policy-artifact ConfigMaps"),
+    Rule("", ("secrets",), ("get", "create", "patch"),
+         "the apx-dataplane Secret (Redis URL) in namespaces with async Routes; never read others"),
     Rule("", ("events",), ("create", "patch"), "Events on status transitions"),
     Rule("events.k8s.io", ("events",), ("create", "patch"), "kopf posts Events through either API"),
     Rule("", ("namespaces",), ("get", "list", "watch"), "kopf follows namespaces in cluster-wide mode",

@@ -274,7 +274,6 @@ class Reconciler:
                 self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
                 # A dependency failed: retry everything it touched on the next pass.
                 self._full_requested = True
-                self._dirty.set() if self._backoff == 0 else None
             else:
                 self._backoff = 0.0
 
@@ -425,12 +424,44 @@ class Reconciler:
             self._applied_manifests[identity] = digest
             report.manifests_applied += 1
 
-        for manifest in compiled.kubernetes.manifests:
+        manifests = [*compiled.kubernetes.manifests, *self._dataplane_settings(compiled)]
+        for manifest in manifests:
             meta = manifest["metadata"]
             desired.add((str(manifest["kind"]), str(meta.get("namespace", "")), str(meta["name"])))
-        await asyncio.gather(*(apply_one(m) for m in compiled.kubernetes.manifests))
+        await asyncio.gather(*(apply_one(m) for m in manifests))
         if full or self.deleting:
             await self._prune(desired, report)
+
+    def _dataplane_settings(self, compiled: Compiled) -> list[dict[str, Any]]:
+        """Per namespace with async Routes: where workers find Redis and Pub/Sub (a ConfigMap and a Secret).
+
+        Not owned by any one Route (several share them), so they carry the
+        managed-by label but no ownerReference and are never pruned.
+        """
+        labels = {"app.kubernetes.io/managed-by": "apx", "app.kubernetes.io/part-of": "apx"}
+        data = {"pubsub-project": self.settings.pubsub_project}
+        if self.settings.pubsub_emulator_host:
+            data["pubsub-emulator-host"] = self.settings.pubsub_emulator_host
+        manifests: list[dict[str, Any]] = []
+        for namespace in sorted({r.ref.namespace for r in compiled.ir.routes if r.mode == "async"}):
+            manifests.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": names.dataplane_configmap(), "namespace": namespace, "labels": labels},
+                    "data": data,
+                }
+            )
+            manifests.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": names.dataplane_secret(), "namespace": namespace, "labels": labels},
+                    "type": "Opaque",
+                    "stringData": {"redis-url": self.settings.redis_url},
+                }
+            )
+        return manifests
 
     async def _prune(self, desired: set[tuple[str, str, str]], report: PassReport) -> None:
         existing_owners = {

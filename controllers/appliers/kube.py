@@ -78,6 +78,7 @@ KINDS: dict[str, ResourceKind] = {
     for kind in (
         ResourceKind("v1", "ConfigMap", "configmaps"),
         ResourceKind("v1", "Service", "services"),
+        ResourceKind("v1", "Secret", "secrets"),
         ResourceKind("v1", "Event", "events"),
         ResourceKind("v1", "Namespace", "namespaces", namespaced=False),
         ResourceKind("apps/v1", "Deployment", "deployments"),

@@ -20,10 +20,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.api_core import retry as gretry
 from google.cloud import pubsub_v1
 from google.protobuf import field_mask_pb2
 
 _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError)
+# Every admin call is bounded: the client's default retry for some methods
+# waits for the channel to come up and can hang for minutes when the
+# service is down, which would stall the whole reconcile pass.
+_CALL: dict[str, Any] = {
+    "timeout": 8.0,
+    "retry": gretry.Retry(
+        initial=0.1,
+        maximum=1.0,
+        multiplier=2.0,
+        timeout=8.0,
+        predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted),
+    ),
+}
 _MUTABLE_SUBSCRIPTION_FIELDS = (
     "ack_deadline_seconds",
     "retry_policy",
@@ -140,9 +154,9 @@ class PubSubApplier:
     def _ensure_topic(self, topic: Mapping[str, Any]) -> None:
         request = _to_request(topic)
         try:
-            self._publisher.create_topic(request=request, timeout=10)
+            self._publisher.create_topic(request=request, **_CALL)
         except gexc.AlreadyExists:
-            live = self._publisher.get_topic(request={"topic": request["name"]}, timeout=10)
+            live = self._publisher.get_topic(request={"topic": request["name"]}, **_CALL)
             if request.get("labels") and dict(live.labels) != dict(request["labels"]):
                 try:
                     self._publisher.update_topic(
@@ -150,7 +164,7 @@ class PubSubApplier:
                             "topic": {"name": request["name"], "labels": request["labels"]},
                             "update_mask": field_mask_pb2.FieldMask(paths=["labels"]),
                         },
-                        timeout=10,
+                        **_CALL,
                     )
                 except (gexc.MethodNotImplemented, gexc.InvalidArgument):
                     # The emulator does not implement topic updates; labels are informational.
@@ -159,14 +173,15 @@ class PubSubApplier:
     def _ensure_subscription(self, subscription: Mapping[str, Any]) -> PubSubProblem | None:
         request = _to_request(subscription)
         try:
-            self._subscriber.create_subscription(request=request, timeout=10)
+            self._subscriber.create_subscription(request=request, **_CALL)
             return None
         except gexc.AlreadyExists:
             pass
-        live = self._subscriber.get_subscription(request={"subscription": request["name"]}, timeout=10)
+        live = self._subscriber.get_subscription(request={"subscription": request["name"]}, **_CALL)
         if live.topic != request["topic"]:
             return PubSubProblem(
-                request["name"], f"subscription is attached to {live.topic}, not {request['topic']}; Pub/Sub cannot move it"
+                request["name"],
+                f"subscription is attached to {live.topic}, not {request['topic']}; Pub/Sub cannot move it",
             )
         if bool(request.get("enable_message_ordering", False)) != bool(live.enable_message_ordering):
             return PubSubProblem(
@@ -179,7 +194,8 @@ class PubSubApplier:
             body = {field: request[field] for field in changed}
             body["name"] = request["name"]
             self._subscriber.update_subscription(
-                request={"subscription": body, "update_mask": field_mask_pb2.FieldMask(paths=changed)}, timeout=10
+                request={"subscription": body, "update_mask": field_mask_pb2.FieldMask(paths=changed)},
+                **_CALL,
             )
         return None
 
@@ -187,12 +203,12 @@ class PubSubApplier:
         try:
             for name in subscriptions:
                 try:
-                    self._subscriber.delete_subscription(request={"subscription": name}, timeout=10)
+                    self._subscriber.delete_subscription(request={"subscription": name}, **_CALL)
                 except gexc.NotFound:
                     pass
             for name in topics:
                 try:
-                    self._publisher.delete_topic(request={"topic": name}, timeout=10)
+                    self._publisher.delete_topic(request={"topic": name}, **_CALL)
                 except gexc.NotFound:
                     pass
         except _UNAVAILABLE as exc:
@@ -200,7 +216,7 @@ class PubSubApplier:
 
     def _topic_exists_sync(self, name: str) -> bool:
         try:
-            self._publisher.get_topic(request={"topic": name}, timeout=10)
+            self._publisher.get_topic(request={"topic": name}, **_CALL)
             return True
         except gexc.NotFound:
             return False
@@ -209,7 +225,10 @@ class PubSubApplier:
 
     def _list_topics_sync(self, project: str) -> list[str]:
         try:
-            return [t.name for t in self._publisher.list_topics(request={"project": f"projects/{project}"}, timeout=10)]
+            return [
+                t.name
+                for t in self._publisher.list_topics(request={"project": f"projects/{project}"}, **_CALL)
+            ]
         except _UNAVAILABLE as exc:
             raise PubSubUnavailable(f"Pub/Sub unreachable: {exc}") from exc
 
@@ -217,7 +236,9 @@ class PubSubApplier:
         try:
             return [
                 s.name
-                for s in self._subscriber.list_subscriptions(request={"project": f"projects/{project}"}, timeout=10)
+                for s in self._subscriber.list_subscriptions(
+                    request={"project": f"projects/{project}"}, **_CALL
+                )
             ]
         except _UNAVAILABLE as exc:
             raise PubSubUnavailable(f"Pub/Sub unreachable: {exc}") from exc

@@ -17,6 +17,7 @@ Conventions every model follows:
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, Literal
 
@@ -56,6 +57,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_MS = {"ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
+@functools.lru_cache(maxsize=4096)
 def duration_ms(text: str) -> int:
     """Return a duration string (``1m30s``) in whole milliseconds."""
     total = 0.0

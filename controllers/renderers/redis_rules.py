@@ -57,6 +57,7 @@ from typing import Any
 
 from .. import names
 from ..ir import IR, PlanIR, PolicyIR, ProductIR, RouteIR, TenantIR
+from ..models.common import duration_ms
 from ..models.policy import RateLimitPolicy
 from ..policy_artifacts import canonical_json
 from .pubsub_plan import route_topics
@@ -330,6 +331,32 @@ def render_rule_set(product: ProductIR, routes: tuple[RouteIR, ...]) -> RuleSet:
 # --- route table --------------------------------------------------------------------
 
 
+def track_auth(policy: PolicyIR) -> dict[str, Any]:
+    """How the async gateway authenticates a request on a track: the policy's auth settings, nothing else.
+
+    The gateway takes tenant identity only from a credential it verified
+    itself, so it needs the issuer, key set, audiences and claims (or the
+    API-key header) of the track's policy; the rest of the compiled artifact
+    (authz, transforms, CORS) stays with Envoy.
+    """
+    auth = policy.spec.auth
+    jwt = None
+    if auth.jwt is not None:
+        jwt = {
+            "issuer": auth.jwt.issuer,
+            "jwks_uri": auth.jwt.jwks_uri,
+            "audiences": list(auth.jwt.audiences),
+            "tenant_claim": auth.jwt.tenant_claim,
+            "tier_claim": auth.jwt.tier_claim,
+            "clock_skew_seconds": auth.jwt.clock_skew_seconds,
+            "jwks_cache_ms": duration_ms(auth.jwt.jwks_cache_duration),
+        }
+    api_key = None
+    if auth.api_key is not None:
+        api_key = {"header": auth.api_key.header, "query_parameter": auth.api_key.query_parameter}
+    return {"jwt": jwt, "api_key": api_key, "allow_anonymous": auth.allow_anonymous}
+
+
 def route_entry(route: RouteIR) -> dict[str, Any]:
     """What the async gateway needs to accept a request for ``route`` and publish it."""
     topics: dict[str, dict[str, str]] = {}
@@ -363,6 +390,7 @@ def route_entry(route: RouteIR) -> dict[str, Any]:
                 "weight": track.weight,
                 "policy_version": track.policy.version,
                 "policy_artifact": track.policy.artifact,
+                "auth": track_auth(track.policy),
             }
             for track in route.tracks
         ],

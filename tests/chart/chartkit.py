@@ -43,7 +43,6 @@ NETWORK_POLICY = {
 DATAPLANE = {"dataplane": {"ratelimit": {"enabled": True}, "gateway": {"enabled": True}}}
 PLAIN_LOGS = {"operator": {"jsonLogs": False, "logLevel": "DEBUG"}}
 REDIS_SECRET = {"redis": {"existingSecret": {"name": "apx-redis", "key": "url"}}}
-WORKER_CONFIG = {"workerConfig": {"create": True}, "watchNamespaces": ["team-a"]}
 EMULATOR = {"pubsub": {"project": "apx-local", "emulatorHost": "pubsub-emulator.apx-system.svc:8085"}}
 
 
@@ -73,11 +72,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "dataplane-on": DATAPLANE,
     "json-logs-off": PLAIN_LOGS,
     "redis-url-from-secret": merged(REDIS_SECRET, DATAPLANE),
-    "worker-config-and-emulator": merged(WORKER_CONFIG, EMULATOR),
+    "pubsub-emulator": EMULATOR,
     "namespaced-everything": merged(NAMESPACED, MONITORING, PDB, NETWORK_POLICY, DATAPLANE, REDIS_SECRET),
-    "cluster-everything": merged(
-        ADMISSION, MONITORING, PDB, NETWORK_POLICY, DATAPLANE, PLAIN_LOGS, EMULATOR, WORKER_CONFIG
-    ),
+    "cluster-everything": merged(ADMISSION, MONITORING, PDB, NETWORK_POLICY, DATAPLANE, PLAIN_LOGS, EMULATOR),
 }
 
 

@@ -47,7 +47,9 @@ def test_webhook_certificate_is_signed_by_the_ca_for_the_service_dns_names(names
     assert f"apx-webhook.{namespace}.svc.cluster.local" in names.get_values_for_type(x509.DNSName)
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
-    assert key.public_key().public_numbers() == certificate.public_key().public_numbers()  # type: ignore[union-attr]
+    public = certificate.public_key()
+    assert isinstance(public, rsa.RSAPublicKey)
+    assert key.public_key().public_numbers() == public.public_numbers()
     assert certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > datetime.timedelta(
         days=3000
     )

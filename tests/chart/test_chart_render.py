@@ -339,21 +339,8 @@ def test_redis_url_comes_from_the_secret_in_every_pod_when_configured() -> None:
     assert "redis://" not in "".join(rendered.templates.values())
 
 
-def test_worker_config_is_created_in_route_namespaces_for_operator_built_workers() -> None:
-    rendered = render(VALUE_SETS["worker-config-and-emulator"])
-    config = rendered.get("ConfigMap", "apx-dataplane", namespace="team-a")
-    assert config["data"] == {
-        "pubsub-project": "apx-local",
-        "pubsub-emulator-host": "pubsub-emulator.apx-system.svc:8085",
-    }
-    secret = rendered.get("Secret", "apx-dataplane", namespace="team-a")
-    assert secret["stringData"] == {"redis-url": "redis://redis.apx-system.svc:6379/0"}
-    from_secret = render({**VALUE_SETS["worker-config-and-emulator"], **VALUE_SETS["redis-url-from-secret"]})
-    assert from_secret.of_kind("Secret") == []
-
-
-def test_worker_config_without_any_namespace_fails_with_a_clear_message() -> None:
-    with pytest.raises(
-        helm_python.HelmRenderError, match=r"workerConfig\.create needs workerConfig\.namespaces"
-    ):
-        render({"workerConfig": {"create": True}})
+def test_pubsub_emulator_host_reaches_every_pod_only_when_set() -> None:
+    for workload in render(VALUE_SETS["cluster-everything"]).workloads():
+        assert env_of(container(workload))["PUBSUB_EMULATOR_HOST"] == "pubsub-emulator.apx-system.svc:8085"
+    for workload in render(VALUE_SETS["dataplane-on"]).workloads():
+        assert "PUBSUB_EMULATOR_HOST" not in env_of(container(workload))

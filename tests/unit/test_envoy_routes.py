@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 from apx.controllers import names
-from apx.controllers.renderers.envoy import render_envoy
+from apx.controllers.renderers.envoy import EnvoyOutput, render_envoy
 from apx.controllers.translate import translate
 from tests.envoy_helpers import find_route, policy, product, render, route, routes_of
 
 
-def _names(output, host="api.example.com"):  # type: ignore[no-untyped-def]
+def _names(output: EnvoyOutput, host: str = "api.example.com") -> list[str]:
     return [r.name for r in routes_of(output, host)]
 
 

@@ -7,10 +7,11 @@ per-route configs must agree on, and helpers that turn plain values into
 protobuf messages. Pure.
 
 Performance note: a large snapshot has tens of thousands of routes that share
-a few hundred distinct durations, headers and typed configs. The helpers here
-are memoised; the returned messages are treated as immutable (protobuf copies
-a message when it is assigned to a field or passed to a constructor, so
-sharing them is safe as long as nobody mutates them in place, and nobody does).
+a few hundred distinct durations, matchers and typed configs. Helpers called
+with few distinct values are memoised; the messages they return are treated
+as immutable (protobuf copies a message when it is assigned to a field or
+passed to a constructor, so sharing them is safe as long as nobody mutates
+them in place, and nobody does).
 """
 
 from __future__ import annotations
@@ -114,7 +115,6 @@ def uint32(value: int) -> Any:
 TRUE = wrappers_pb2.BoolValue(value=True)
 
 
-@lru_cache(maxsize=65536)
 def header_option(name: str, value: str) -> Any:
     """A header to set, overwriting any value the client (or an earlier filter) sent."""
     return base_pb2.HeaderValueOption(

@@ -2,7 +2,7 @@
 
 Called by ``route_config`` (per-route identity headers, and per-track headers
 of single-track routes) and by ``canary`` (per-track headers on each weighted
-cluster). Pure; one set of messages per (track × policy artifact).
+cluster). Pure; one set of messages per (track, policy artifact).
 
 What upstreams (backends, the async gateway, workers) receive:
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import names
-from ...ir import PolicyIR, ProductIR, RouteIR
+from ...ir import PolicyIR, ProductIR
 from .common import RenderError, header_option, header_value_error
 
 # Envoy refuses to remove these with request_headers_to_remove (config NACK).
@@ -53,9 +53,9 @@ class TrackHeaders:
         }
 
 
-def route_header(route: RouteIR) -> Any:
-    """``x-apx-route: <namespace>/<route>``."""
-    return header_option(names.ROUTE_HEADER, names.envoy_route_name(route.ref.namespace, route.ref.name))
+def route_header(route_name: str) -> Any:
+    """``x-apx-route: <namespace>/<route>`` (the Envoy route name, ``names.envoy_route_name``)."""
+    return header_option(names.ROUTE_HEADER, route_name)
 
 
 def product_header(product: ProductIR) -> Any:

@@ -4,7 +4,7 @@ Called by the package's ``render_envoy`` (filter config for the listener, JWKS
 endpoints for the clusters) and by ``route_config``/``canary`` (per-route
 ``PerRouteConfig``). Pure.
 
-Providers. One ``JwtProvider`` per distinct (PolicyBundle × JWT settings):
+Providers. One ``JwtProvider`` per distinct (PolicyBundle, JWT settings):
 versions of a bundle whose ``auth.jwt`` block is identical share a provider,
 so a canary that only changes, say, authz rules keeps one requirement for both
 tracks. Providers are made for every *served* policy version (N and N-1), not

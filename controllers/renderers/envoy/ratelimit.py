@@ -2,7 +2,7 @@
 
 Called by the package's ``render_envoy`` (the listener's filters) and by
 ``route_config``/``canary`` (per-route ``RateLimitPerRoute``). Pure; one
-message per (policy artifact × product).
+message per (policy artifact, product).
 
 Descriptor contract (also in ``DESCRIPTORS.md``; the Redis rule renderer and
 the rate-limit service implement the other side). Domain ``apx``

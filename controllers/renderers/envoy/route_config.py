@@ -41,11 +41,13 @@ regex RE2 rejects, a header value with CR/LF, a path with ``?``, a zero
 back-off, two URL paths on one canary…) is left out and reported in
 ``errors`` with the field at fault; the rest of the snapshot is unaffected.
 
-Performance. The parts of a route that depend only on (product, policy,
-backend, timeout, retries, tracks) are built once as a serialized ``Route``
-fragment and merged into each route with ``MergeFromString`` — the route
-itself only sets its name, match and ``x-apx-route``. Routes are added to
-the virtual hosts in place (``routes.add``), never copied.
+Performance. What a route shares with others is built once per render and
+kept serialized: the action (per backend, timeout, retries, rewrite), the
+policy part (per product and policy: headers and per-filter configs) and,
+for canaries, the whole weighted part. A route sets only its name, match and
+``x-apx-route`` and merges those fragments with ``MergeFromString`` (protobuf
+merges a serialized message field by field). Routes are sorted once and
+added to their virtual hosts in place (``routes.add``), never copied.
 """
 
 from __future__ import annotations
@@ -68,7 +70,6 @@ from .common import (
     duration,
     exact,
     header_matcher,
-    header_option,
     header_value_error,
     pack,
     re2_error,
@@ -77,7 +78,7 @@ from .common import (
 )
 from .context import RenderContext
 from .cors import PREFLIGHT_HEADERS, PREFLIGHT_SUFFIX, needs_preflight_route, preflight_route_kwargs
-from .headers import product_header
+from .headers import product_header, route_header
 
 PREVIOUS_HOSTS = route_pb.RetryPolicy.RetryHostPredicate(
     name="envoy.retry_host_predicates.previous_hosts",
@@ -329,7 +330,7 @@ def plan_route(route: RouteIR, ctx: RenderContext) -> list[PlannedRoute]:
     match = route.match
     fragments = route_fragments(route, ctx)
     name = names.envoy_route_name(route.ref.namespace, route.ref.name)
-    main: PlannedRoute = (name, route_match(match), header_option(names.ROUTE_HEADER, name), fragments, None)
+    main: PlannedRoute = (name, route_match(match), route_header(name), fragments, None)
     cors = ctx.cors.per_route(route.stable.policy)
     if not needs_preflight_route(match.methods, cors):
         return [main]

@@ -1,0 +1,217 @@
+"""State of async requests in Redis, shared by the async gateway (writes ``queued``, reads) and the worker.
+
+Keys (dataplane-owned; the operator never writes them)::
+
+    apx:req:{<request_id>}            HASH   state of one request, TTL = the Route's result TTL
+    apx:backlog:{<ns>/<route>}:<track> STRING requests published and not yet finished (backpressure)
+
+``apx:req:{<id>}`` fields: ``state`` (``queued|running|done|failed``),
+``tenant``, ``route``, ``track``, ``tier``, ``created_ms``, ``updated_ms``,
+``started_ms``, ``finished_ms``, ``attempts``, ``code`` (upstream HTTP
+status), ``content_type``, ``result`` (upstream body, bytes), ``error``,
+``dead_lettered`` and, while running, ``owner`` and ``lease_until_ms`` (the
+worker instance holding it and until when). Every transition is one Lua
+script on the one key, so gateway and workers never interleave half-writes.
+
+Transitions:
+
+* ``create`` (gateway, before publishing): only if the key does not exist;
+  otherwise it returns who owns it. A request id sent twice by the same tenant
+  on the same Route is an idempotent retry (no second publish); by anyone else
+  it is refused, so a client-chosen ``x-request-id`` can never read or
+  overwrite another tenant's request.
+* ``claim`` (worker, before calling the upstream): ``done`` → the message is a
+  redelivery of finished work and is acked without running again
+  (idempotency by request id); ``failed`` → acked too, unless it failed by
+  exhausting its deliveries (``dead_lettered``), then it is nacked again so
+  Pub/Sub completes the move to the dead-letter topic; ``running`` under
+  another worker's unexpired lease → nacked (a duplicate delivery while the
+  first run is in progress); otherwise the worker takes it.
+* ``finish`` (worker): ``done`` or ``failed``, once; returns whether this call
+  made the request terminal, which is when the backlog counter goes down.
+* ``release`` (worker, on a retryable failure or when stopping): back to
+  ``queued`` if this worker still holds it, so a redelivery may claim it at once.
+
+Backlog (the gateway's 503): Pub/Sub's backlog metric lives in Cloud
+Monitoring, which the emulator does not have and which lags by minutes, so the
+dataplane counts it itself: the gateway increments ``apx:backlog:…`` when it
+admits a request (refusing above the Route's ``backlog_limit``) and
+decrements it if publishing fails; the worker decrements it when a request
+becomes terminal (done, failed, or dead-lettered on its last delivery).
+Limits, accepted for a bound that only has to be roughly right: a message
+that expires unacked (past the subscription's retention) or that a crash
+between ``finish`` and the decrement leaves counted keeps the counter high
+until an operator resets the key (``SET … 0``); the counter never goes below 0.
+Cluster note: the request hash and the counter are in different slots, so they
+are written by separate commands, never by one script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+STATES = ("queued", "running", "done", "failed")
+TERMINAL = frozenset({"done", "failed"})
+REQUEST_PREFIX = "apx:req:"
+BACKLOG_PREFIX = "apx:backlog:"
+
+
+def request_key(request_id: str) -> str:
+    """Hash holding one request's state (hash tag: the request id)."""
+    return REQUEST_PREFIX + "{" + request_id + "}"
+
+
+def backlog_key(route: str, track: str) -> str:
+    """Counter of one Route track's unfinished requests (hash tag: the route key)."""
+    return BACKLOG_PREFIX + "{" + route + "}:" + track
+
+
+# KEYS[1] request; ARGV: tenant, route, track, tier, now_ms, ttl_ms
+# -> {1} created, or {0, tenant, route} of the existing request
+CREATE = """
+local owner = redis.call('HMGET', KEYS[1], 'tenant', 'route')
+if owner[1] then
+  return {0, owner[1], owner[2] or ''}
+end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'tenant', ARGV[1], 'route', ARGV[2], 'track', ARGV[3],
+  'tier', ARGV[4], 'created_ms', ARGV[5], 'updated_ms', ARGV[5], 'attempts', '0')
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {1}
+"""
+
+# KEYS[1] request; ARGV: owner, now_ms, lease_until_ms, attempt, ttl_ms, tenant, route, track, tier
+# -> 'claimed' | 'done' | 'failed' | 'dead' | 'busy'
+CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' then return 'done' end
+if state == 'failed' then
+  if redis.call('HGET', KEYS[1], 'dead_lettered') == '1' then return 'dead' end
+  return 'failed'
+end
+if state == 'running' then
+  local holder = redis.call('HMGET', KEYS[1], 'owner', 'lease_until_ms')
+  if holder[1] ~= ARGV[1] and tonumber(holder[2] or '0') > tonumber(ARGV[2]) then return 'busy' end
+end
+if not state then
+  -- The gateway's record expired (or was never written): rebuild it from the message.
+  redis.call('HSET', KEYS[1], 'tenant', ARGV[6], 'route', ARGV[7], 'track', ARGV[8], 'tier', ARGV[9],
+    'created_ms', ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1], 'started_ms', ARGV[2], 'updated_ms', ARGV[2],
+  'lease_until_ms', ARGV[3], 'attempts', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 'claimed'
+"""
+
+# KEYS[1] request; ARGV: state, now_ms, ttl_ms, code, content_type, result, error, dead_lettered
+# -> 1 when this call made the request terminal, 0 when it already was
+FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_ms', ARGV[2], 'finished_ms', ARGV[2], 'code', ARGV[4],
+  'content_type', ARGV[5], 'result', ARGV[6], 'error', ARGV[7], 'dead_lettered', ARGV[8])
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until_ms')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS[1] request; ARGV: owner, now_ms, error, ttl_ms -> 1 released, 0 not held by this owner
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_ms', ARGV[2], 'error', ARGV[3])
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until_ms')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# KEYS[1] backlog counter; ARGV: limit -> the new count, or -(count) when refused
+ADMIT = """
+local n = redis.call('INCR', KEYS[1])
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return -n
+end
+return n
+"""
+
+# KEYS[1] backlog counter; ARGV: how many finished -> the new count (never below 0)
+RETIRE = """
+local n = redis.call('DECRBY', KEYS[1], ARGV[1])
+if n < 0 then
+  redis.call('SET', KEYS[1], 0)
+  return 0
+end
+return n
+"""
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: Any) -> int | None:
+    text = _text(value)
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestState:
+    """A decoded ``apx:req:{<id>}`` hash."""
+
+    request_id: str
+    state: str
+    tenant: str
+    route: str
+    track: str
+    tier: str
+    created_ms: int | None
+    updated_ms: int | None
+    started_ms: int | None
+    finished_ms: int | None
+    attempts: int
+    code: int | None
+    content_type: str
+    result: bytes | None
+    error: str
+    dead_lettered: bool
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @classmethod
+    def decode(cls, request_id: str, fields: Mapping[Any, Any]) -> RequestState | None:
+        """From ``HGETALL`` output (bytes or str keys); None when the hash is empty."""
+        values = {_text(k): v for k, v in fields.items()}
+        if not values.get("state"):
+            return None
+        result = values.get("result")
+        if isinstance(result, str):
+            result = result.encode()
+        return cls(
+            request_id=request_id,
+            state=_text(values.get("state")),
+            tenant=_text(values.get("tenant")),
+            route=_text(values.get("route")),
+            track=_text(values.get("track")),
+            tier=_text(values.get("tier")),
+            created_ms=_int(values.get("created_ms")),
+            updated_ms=_int(values.get("updated_ms")),
+            started_ms=_int(values.get("started_ms")),
+            finished_ms=_int(values.get("finished_ms")),
+            attempts=_int(values.get("attempts")) or 0,
+            code=_int(values.get("code")),
+            content_type=_text(values.get("content_type")),
+            result=result if "result" in values else None,
+            error=_text(values.get("error")),
+            dead_lettered=_text(values.get("dead_lettered")) == "1",
+        )

@@ -1,0 +1,436 @@
+"""Judge one request against its product's rule set: every limit, one Redis round trip, no cross-limit burn.
+
+Transport-free core of the rate-limit service: ``server.RateLimitService``
+turns Envoy's ``RateLimitRequest`` into a ``LimitRequest``, calls
+``Limiter.decide`` and turns the ``Decision`` back into a
+``RateLimitResponse``; anything else in the process (the async gateway, the
+benchmark) may call ``decide`` directly.
+
+One decision:
+
+1. Read the descriptors as one request (``DESCRIPTORS.md``): the product,
+   the ``plan`` and ``tenant`` claims, API keys. Each API key must be in the
+   product's key table (cached, ``RuleSetReader.api_key_tenant``); an unknown
+   key is OVER_LIMIT before any counter is touched. Tenant ← the ``tenant``
+   entry, else the first API key's tenant, else ``anonymous``.
+2. Find the rule (``RuleSetReader.lookup``: tenant rule, else the plan
+   claimed, else the default plan) in the live version of the rule set; the
+   algorithm is ``meta.algorithm`` (the contract's resolution of the Routes'
+   PolicyBundles).
+3. Build the checks of the request with the contract's own functions
+   (``request_counter_keys``/``request_counter_ttls_ms``): tenant rate, API-key
+   rate, quota, concurrency, credits, whichever the rule sets. The plan of
+   checks is cached per (rule-set version, tenant, API key), so the hot path
+   is dictionary look-ups plus one ``EVALSHA``.
+4. Run ``scripts.DECIDE``: it checks all limits first and counts the request
+   in all of them only if every one admits it. This is the "no cross-limit
+   burn" property: a request refused by the tenant's quota does not eat the
+   API key's rate, and the reverse (the reference envoyproxy/ratelimit
+   increments each descriptor's counter as it goes).
+5. Pick what the client sees: when refused, the refusing limit that takes
+   longest to clear (credits first: waiting never refills a balance); when
+   admitted, the rate-like limit with the fewest requests left.
+
+Concurrency is checked here but never taken: Envoy does not tell the rate-limit
+service when a request ends, so slots are acquired and released by whoever
+sees the end (``leases.ConcurrencyLeases``, used by the async gateway and
+workers). A tenant at its cap is refused here early, with ``retry-after``.
+Credits are charged here, ``credits_cost`` per admitted request, in the same
+script (only when every other limit admitted it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from apx.controllers import names
+from apx.controllers.renderers.redis_rules import api_key_id, request_counter_keys, request_counter_ttls_ms
+from apx.dataplane.common.rulesets import Document, RuleMatch, RuleSetReader
+
+from . import scripts
+
+PRODUCT_KEY = "product"
+PLAN_KEY = "plan"
+TENANT_KEY = "tenant"
+API_KEY_KEY = "api_key"
+ANONYMOUS = "anonymous"
+
+# Check order inside the script; also the order statuses are reported in.
+PURPOSES = ("rate", "api_key_rate", "quota", "concurrency", "credits")
+RATE_LIKE = ("rate", "api_key_rate", "quota")
+ALGORITHM_KINDS = {"sliding-window": "sw", "token-bucket": "tb", "fixed-window": "fw"}
+
+# Metric label ``limit`` per purpose (bounded set; "none" for admitted requests).
+LIMIT_LABELS = {
+    "rate": "rate",
+    "api_key_rate": "api_key",
+    "quota": "quota",
+    "concurrency": "concurrency",
+    "credits": "credits",
+}
+# ``x-apx-reason`` of a refusal, per purpose.
+REASONS = {
+    "rate": "rate-limited",
+    "api_key_rate": "api-key-rate-limited",
+    "quota": "quota-exhausted",
+    "concurrency": "concurrency-limited",
+    "credits": "credits-exhausted",
+}
+UNKNOWN_API_KEY = "unknown-api-key"
+UNAVAILABLE = "ratelimit-unavailable"
+REASON_HEADER = "x-apx-reason"
+CREDITS_HEADER = "x-apx-credits-remaining"
+
+# Suggested wait when a tenant is at its concurrency cap (slots free when requests end).
+CONCURRENCY_RETRY_MS = 1_000
+MAX_PLANS = 50_000
+
+
+class LimiterError(Exception):
+    """The service cannot judge the request; the failure mode applies."""
+
+    reason = "error"  # metric label
+
+
+class BadRequest(LimiterError):
+    """The call does not follow the descriptor contract (wrong domain, no product)."""
+
+    reason = "bad_request"
+
+
+class NoRuleSet(LimiterError):
+    """Redis has no live rule set for the product (the contract: answer like an unreachable Redis)."""
+
+    reason = "no_rules"
+
+
+class RedisUnavailable(LimiterError):
+    """Redis could not be reached or answered with an error."""
+
+    reason = "redis"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRequest:
+    """One ``ShouldRateLimit`` call: its domain, descriptors (entries in order) and hits."""
+
+    domain: str
+    descriptors: tuple[tuple[tuple[str, str], ...], ...]
+    hits: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One counter of one request, as the script receives it."""
+
+    purpose: str
+    key: str
+    kind: str
+    limit: int
+    param: float
+    ttl_ms: int
+    flag: int
+    window_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStatus:
+    """What one limit said about the request."""
+
+    purpose: str
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_ms: int
+    retry_after_ms: int | None  # None: waiting does not help
+    window_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one request."""
+
+    allowed: bool
+    product: str
+    tenant: str
+    tier: str
+    version: str | None
+    statuses: tuple[LimitStatus, ...] = ()
+    deciding: str | None = None  # purpose that refused the request
+    reason: str | None = None  # x-apx-reason when refused
+    api_keys: int = 0  # API-key descriptors seen
+    failed: bool = False  # answered by the failure mode, not by the limits
+
+    @property
+    def limit_label(self) -> str:
+        if self.allowed or self.failed:
+            return "none"
+        if self.reason == UNKNOWN_API_KEY:
+            return "api_key"
+        return LIMIT_LABELS.get(self.deciding or "", "none")
+
+    def status(self, purpose: str) -> LimitStatus | None:
+        for status in self.statuses:
+            if status.purpose == purpose:
+                return status
+        return None
+
+    def header_status(self) -> LimitStatus | None:
+        """The limit the ``x-ratelimit-*`` headers describe (the most restrictive rate-like one)."""
+        rate_like = [s for s in self.statuses if s.purpose in RATE_LIKE]
+        if not rate_like:
+            return None
+        if not self.allowed and self.deciding in RATE_LIKE:
+            return self.status(self.deciding)
+        return min(rate_like, key=lambda s: (max(s.remaining, 0), -s.reset_ms))
+
+    def retry_after_ms(self) -> int | None:
+        """How long until every refusing limit would admit the request; None when waiting cannot help."""
+        if self.allowed:
+            return None
+        waits = [s.retry_after_ms for s in self.statuses if not s.allowed]
+        if not waits or any(w is None for w in waits):
+            return None
+        return max(w for w in waits if w is not None)
+
+    def headers(self) -> list[tuple[str, str]]:
+        """``x-ratelimit-limit/remaining/reset``, ``retry-after`` and ``x-apx-*`` for Envoy to add."""
+        out: list[tuple[str, str]] = []
+        shown = self.header_status()
+        if shown is not None:
+            out += [
+                ("x-ratelimit-limit", str(shown.limit)),
+                ("x-ratelimit-remaining", str(max(shown.remaining, 0))),
+                ("x-ratelimit-reset", str(math.ceil(max(shown.reset_ms, 0) / 1000))),
+            ]
+        credits = self.status("credits")
+        if credits is not None:
+            out.append((CREDITS_HEADER, str(max(credits.remaining, 0))))
+        if not self.allowed:
+            retry = self.retry_after_ms()
+            if retry is not None:
+                out.append(("retry-after", str(max(1, math.ceil(retry / 1000)))))
+            if self.reason:
+                out.append((REASON_HEADER, self.reason))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    tier: str
+    checks: tuple[Check, ...]
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    product: str
+    plan: str | None
+    tenant: str | None
+    api_keys: tuple[str, ...]
+
+
+def parse_descriptors(request: LimitRequest) -> _Identity:
+    """Read the descriptors of one call as one request (``DESCRIPTORS.md``)."""
+    if request.domain != names.RATE_LIMIT_DOMAIN:
+        raise BadRequest(f"domain {request.domain!r} is not {names.RATE_LIMIT_DOMAIN!r}")
+    product: str | None = None
+    plan: str | None = None
+    tenant: str | None = None
+    api_keys: list[str] = []
+    for descriptor in request.descriptors:
+        for key, value in descriptor:
+            if key == PRODUCT_KEY:
+                if product is not None and value != product:
+                    raise BadRequest(f"descriptors name two products: {product!r} and {value!r}")
+                product = value
+            elif key == TENANT_KEY and value:
+                tenant = tenant or value
+            elif key == PLAN_KEY and value:
+                plan = plan or value
+            elif key == API_KEY_KEY:
+                api_keys.append(value)
+            # Other entries (a future `route`, say) do not change the decision.
+    if not product:
+        raise BadRequest("no descriptor names a product")
+    return _Identity(product, plan, tenant, tuple(api_keys))
+
+
+class Limiter:
+    """Decides requests against the rule sets in Redis."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        reader: RuleSetReader,
+        *,
+        clock_us: Callable[[], int] | None = None,
+        max_plans: int = MAX_PLANS,
+    ) -> None:
+        self._client = client
+        self.reader = reader
+        self._decide = client.register_script(scripts.DECIDE)
+        # Only tests pass a clock; the service uses Redis TIME so replicas agree.
+        self._clock_us = clock_us
+        self._plans: OrderedDict[tuple[str, str, str, str, str | None], _Plan] = OrderedDict()
+        self._max_plans = max_plans
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count()
+
+    def failure_mode(self, product: str | None) -> str:
+        """What the product's policies ask for when the service cannot decide (``open`` when unknown)."""
+        meta = self.reader.cached_meta(product) if product else None
+        mode = meta.get("failure_mode") if meta is not None else None
+        return mode if mode in ("open", "closed") else "open"
+
+    async def decide(self, request: LimitRequest) -> Decision:
+        """Judge one request; raises ``LimiterError`` when it cannot be judged."""
+        identity = parse_descriptors(request)
+        try:
+            return await self._decide_for(identity, max(request.hits, 0))
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis: {exc}") from exc
+
+    async def _decide_for(self, who: _Identity, hits: int) -> Decision:
+        product = who.product
+        key_tenant: str | None = None
+        for index, api_key in enumerate(who.api_keys):
+            owner = await self.reader.api_key_tenant(product, api_key)
+            if owner is None:
+                return Decision(
+                    allowed=False,
+                    product=product,
+                    tenant=who.tenant or ANONYMOUS,
+                    tier="none",
+                    version=None,
+                    reason=UNKNOWN_API_KEY,
+                    api_keys=len(who.api_keys),
+                )
+            if index == 0:
+                key_tenant = owner
+        tenant = who.tenant or key_tenant or ANONYMOUS
+        match = await self.reader.lookup(product, tenant, who.plan)
+        if match is None:
+            raise NoRuleSet(f"no rule set for product {product!r}")
+        api_key = who.api_keys[0] if who.api_keys else None
+        plan = self._plan(match, tenant, api_key)
+        now = str(self._clock_us()) if self._clock_us is not None else "0"
+        request_id = f"{self._id_prefix}{next(self._ids):x}"
+        raw = await self._decide(keys=plan.keys, args=(now, str(hits), request_id, *plan.args))
+        return _decision(match, tenant, plan, raw, len(who.api_keys))
+
+    def _plan(self, match: RuleMatch, tenant: str, api_key: str | None) -> _Plan:
+        cache_key = (match.product, match.version, match.field, tenant, api_key_id(api_key) if api_key else None)
+        plan = self._plans.get(cache_key)
+        if plan is not None:
+            self._plans.move_to_end(cache_key)
+            return plan
+        plan = build_plan(match.product, tenant, match.meta, match.rule, api_key)
+        self._plans[cache_key] = plan
+        # Plans of replaced versions age out here instead of being tracked per version.
+        while len(self._plans) > self._max_plans:
+            self._plans.popitem(last=False)
+        return plan
+
+
+def build_plan(product: str, tenant: str, meta: Document, rule: Document, api_key: str | None) -> _Plan:
+    """The checks of a request from the rule documents, with keys and TTLs from the contract's functions."""
+    algorithm = str(meta.get("algorithm") or "sliding-window")
+    kind = ALGORITHM_KINDS[algorithm]
+    lease_ms = int(meta.get("lease_ms") or 0)
+    # Windowed keys end with the window index; computed at time 0 they end in
+    # ":0", which the script replaces with the index of Redis' own clock.
+    keys = request_counter_keys(product, tenant, rule, algorithm, 0, api_key=api_key)
+    ttls = request_counter_ttls_ms(rule, 0, lease_ms)
+    checks: list[Check] = []
+    for purpose in PURPOSES:
+        key = keys.get(purpose)
+        if key is None:
+            continue
+        ttl = ttls.get(purpose) or 0
+        if purpose in ("rate", "api_key_rate"):
+            limit_doc: Mapping[str, Any] = rule[purpose]
+            burst = int(limit_doc["burst"])
+            window_ms = int(limit_doc["window_ms"])
+            if kind == "sw":
+                checks.append(Check(purpose, key, "sw", burst, window_ms * 1000, ttl, 0, window_ms))
+            elif kind == "tb":
+                interval_us = 1_000_000 / float(limit_doc["requests_per_second"])
+                checks.append(Check(purpose, key, "tb", burst, interval_us, ttl, 0, window_ms))
+            else:
+                checks.append(Check(purpose, _window_prefix(key), "fw", burst, window_ms, ttl, 0, window_ms))
+        elif purpose == "quota":
+            quota = rule["quota"]
+            period_ms = int(quota["period_seconds"]) * 1000
+            # The TTL at the period's start; the script subtracts the elapsed part.
+            checks.append(
+                Check(purpose, _window_prefix(key), "fw", int(quota["requests"]), period_ms, ttl, 1, period_ms)
+            )
+        elif purpose == "concurrency":
+            checks.append(Check(purpose, key, "cc", int(rule["concurrency"]), CONCURRENCY_RETRY_MS, ttl, 0, None))
+        elif purpose == "credits":
+            checks.append(Check(purpose, key, "cr", 0, int(rule["credits_cost"]), 0, 0, None))
+    args: list[str] = []
+    for check in checks:
+        args += [check.kind, str(check.limit), repr(check.param), str(check.ttl_ms), str(check.flag)]
+    return _Plan(
+        tier=str(rule.get("tier") or "none"),
+        checks=tuple(checks),
+        keys=tuple(c.key for c in checks),
+        args=tuple(args),
+    )
+
+
+def _window_prefix(key: str) -> str:
+    if not key.endswith(":0"):
+        raise ValueError(f"expected a window key computed at time 0, got {key!r}")
+    return key[:-1]
+
+
+def _decision(match: RuleMatch, tenant: str, plan: _Plan, raw: Sequence[Any], api_keys: int) -> Decision:
+    statuses = []
+    for index, check in enumerate(plan.checks):
+        ok, remaining, reset_ms, retry_ms = (int(v) for v in raw[2 + 4 * index : 6 + 4 * index])
+        statuses.append(
+            LimitStatus(
+                purpose=check.purpose,
+                allowed=bool(ok),
+                limit=check.limit,
+                remaining=remaining,
+                reset_ms=reset_ms,
+                retry_after_ms=retry_ms if retry_ms >= 0 else None,
+                window_ms=check.window_ms,
+            )
+        )
+    allowed = bool(int(raw[0]))
+    deciding: str | None = None
+    if not allowed:
+        refusing = [s for s in statuses if not s.allowed]
+        credits = [s for s in refusing if s.purpose == "credits"]
+        chosen = credits[0] if credits else max(refusing, key=_wait)
+        deciding = chosen.purpose
+    return Decision(
+        allowed=allowed,
+        product=match.product,
+        tenant=tenant,
+        tier=plan.tier,
+        version=match.version,
+        statuses=tuple(statuses),
+        deciding=deciding,
+        reason=REASONS[deciding] if deciding else None,
+        api_keys=api_keys,
+    )
+
+
+def _wait(status: LimitStatus) -> float:
+    return math.inf if status.retry_after_ms is None else status.retry_after_ms

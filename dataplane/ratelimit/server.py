@@ -1,0 +1,330 @@
+"""The gRPC side of the rate-limit service: Envoy's ``RateLimitService`` and ``grpc.health.v1``.
+
+``RateLimitService`` answers ``envoy.service.ratelimit.v3.RateLimitService/
+ShouldRateLimit`` (messages from ``xds-protos``), so a stock Envoy with the
+``envoy.filters.http.ratelimit`` filters the core renders calls it unchanged.
+``start_service`` wires it up (Redis pool, rule reader, limiter, metrics,
+health, a ``grpc.aio`` server) for ``main`` and for the tests and benchmark,
+which run it in-process.
+
+What Envoy gets back:
+
+* ``overall_code`` OK or OVER_LIMIT; one ``DescriptorStatus`` per descriptor,
+  in request order (identity → the tenant's limits, first API key → that
+  key's rate), with ``limit_remaining`` and ``duration_until_reset``.
+* ``response_headers_to_add``: ``x-ratelimit-limit``, ``-remaining``,
+  ``-reset`` of the most restrictive limit, ``retry-after`` and
+  ``x-apx-reason`` when refused, ``x-apx-credits-remaining`` for prepaid plans.
+  Envoy adds them to the 429 and to admitted responses alike. The statuses
+  leave ``current_limit`` unset on purpose: Envoy's
+  ``enable_x_ratelimit_headers`` (which the core turns on) builds its own
+  ``x-ratelimit-*`` from statuses that have one, and would duplicate ours;
+  ours describe the limit that decided across all descriptors, Envoy's would
+  be the per-descriptor minimum and cannot express windows such as 2.2 s.
+* ``raw_body`` (JSON, with ``content-type``) on refusals. Envoy's RLS API
+  cannot pick the status code (the filter's ``rate_limited_status`` is fixed
+  per filter), so exhausted credits are OVER_LIMIT with ``x-apx-reason:
+  credits-exhausted``; the listener turns that into 402 with a
+  ``local_reply_config`` mapper on that header (see README.md).
+
+When the service cannot judge a request (Redis unreachable, no rule set for
+the product, a malformed call), ``failure_mode`` says who decides:
+``envoy`` (default, the contract in ``REDIS_KEYS.md``): answer gRPC
+UNAVAILABLE and let Envoy's per-Route filter instance (fail-open or
+fail-closed) admit or deny; ``service``: answer OK or OVER_LIMIT from the
+product's ``meta.failure_mode`` as last seen (``open`` when never seen), for
+callers that have no failure mode of their own. Both count the event in
+``apx_ratelimit_failures_total``. Either way nothing needs a restart when
+Redis comes back: the pool reconnects and redis-py reloads the scripts.
+
+Health: the overall service (``""``, what Kubernetes' gRPC probes ask) is
+SERVING while the process runs, so a Redis outage never restarts the pods;
+``envoy.service.ratelimit.v3.RateLimitService`` follows Redis (probed every
+second), for health-checking Envoys and dashboards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from redis.exceptions import RedisError
+
+from apx.dataplane.common.rulesets import RuleSetReader
+
+from .limiter import (
+    API_KEY_KEY,
+    PRODUCT_KEY,
+    UNAVAILABLE,
+    UNKNOWN_API_KEY,
+    BadRequest,
+    Decision,
+    Limiter,
+    LimiterError,
+    LimitRequest,
+    LimitStatus,
+)
+from .metrics import RateLimitMetrics
+
+log = logging.getLogger(__name__)
+
+RLS_SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
+FAILURE_MODES = ("envoy", "service")
+
+Response = rls_pb2.RateLimitResponse
+OK = Response.OK
+OVER_LIMIT = Response.OVER_LIMIT
+TENANT_PURPOSES = ("rate", "quota", "concurrency", "credits")
+
+
+def to_limit_request(request: Any) -> LimitRequest:
+    """Envoy's ``RateLimitRequest`` as a ``LimitRequest``.
+
+    Hits: a descriptor's own ``hits_addend`` wins (0 there means "check, do
+    not count"); else the request's, where 0 means unset, so 1.
+    """
+    descriptors = tuple(tuple((e.key, e.value) for e in d.entries) for d in request.descriptors)
+    own = [d.hits_addend.value for d in request.descriptors if d.HasField("hits_addend")]
+    hits = max(own) if own else (request.hits_addend or 1)
+    return LimitRequest(domain=request.domain, descriptors=descriptors, hits=int(hits))
+
+
+def _duration(ms: int) -> duration_pb2.Duration:
+    ms = max(ms, 0)
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def _status(code: int, shown: LimitStatus | None) -> Any:
+    if shown is None:
+        return Response.DescriptorStatus(code=code)
+    return Response.DescriptorStatus(
+        code=code, limit_remaining=max(shown.remaining, 0), duration_until_reset=_duration(shown.reset_ms)
+    )
+
+
+def descriptor_statuses(request: Any, decision: Decision) -> list[Any]:
+    """One status per descriptor, in request order."""
+    tenant_limits = [s for s in decision.statuses if s.purpose in ("rate", "quota")]
+    tenant_shown = min(tenant_limits, key=lambda s: max(s.remaining, 0)) if tenant_limits else None
+    if not decision.allowed and decision.deciding in ("rate", "quota"):
+        tenant_shown = decision.status(decision.deciding)
+    tenant_refused = not decision.allowed and decision.deciding in TENANT_PURPOSES
+    key_shown = decision.status("api_key_rate")
+    key_refused = not decision.allowed and (
+        decision.deciding == "api_key_rate" or decision.reason == UNKNOWN_API_KEY
+    )
+    statuses = []
+    first_key = True
+    for descriptor in request.descriptors:
+        keys = {entry.key for entry in descriptor.entries}
+        if API_KEY_KEY in keys:
+            statuses.append(_status(OVER_LIMIT if key_refused else OK, key_shown if first_key else None))
+            first_key = False
+        else:
+            statuses.append(_status(OVER_LIMIT if tenant_refused else OK, tenant_shown))
+    return statuses
+
+
+def to_response(request: Any, decision: Decision) -> Any:
+    """The ``RateLimitResponse`` for one decision."""
+    headers = decision.headers()
+    response = Response(
+        overall_code=OK if decision.allowed else OVER_LIMIT,
+        statuses=descriptor_statuses(request, decision),
+    )
+    if not decision.allowed:
+        retry = decision.retry_after_ms()
+        body = {
+            "error": "payment_required" if decision.deciding == "credits" else "too_many_requests",
+            "reason": decision.reason,
+            "retry_after_seconds": None if retry is None else max(1, -(-retry // 1000)),
+        }
+        response.raw_body = json.dumps(body, separators=(",", ":")).encode()
+        headers.append(("content-type", "application/json"))
+    response.response_headers_to_add.extend(base_pb2.HeaderValue(key=k, value=v) for k, v in headers)
+    return response
+
+
+def _product_of(request: Any) -> str | None:
+    for descriptor in request.descriptors:
+        for entry in descriptor.entries:
+            if entry.key == PRODUCT_KEY:
+                return str(entry.value)
+    return None
+
+
+class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    """``ShouldRateLimit`` on top of a ``Limiter``."""
+
+    def __init__(self, limiter: Limiter, metrics: RateLimitMetrics, failure_mode: str = "envoy") -> None:
+        if failure_mode not in FAILURE_MODES:
+            raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, not {failure_mode!r}")
+        self.limiter = limiter
+        self.metrics = metrics
+        self.failure_mode = failure_mode
+        self.redis_ok = True
+
+    async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            decision = await self.limiter.decide(to_limit_request(request))
+        except LimiterError as exc:
+            return await self._cannot_decide(request, context, exc)
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+        if not self.redis_ok:
+            self.set_redis(True)
+        self.metrics.decided(
+            request.domain, decision.tier, "OK" if decision.allowed else "OVER_LIMIT", decision.limit_label
+        )
+        return to_response(request, decision)
+
+    async def _cannot_decide(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any], exc: LimiterError
+    ) -> Any:
+        product = _product_of(request)
+        mode = self.limiter.failure_mode(product)
+        self.metrics.failures.labels(mode, self.failure_mode, exc.reason).inc()
+        if exc.reason == "redis":
+            if self.redis_ok:
+                log.warning("Redis unavailable: %s", exc, extra={"failure_mode": mode})
+            self.set_redis(False)
+        else:
+            log.info("cannot judge a request: %s", exc, extra={"product": product, "reason": exc.reason})
+        if self.failure_mode == "envoy":
+            code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, BadRequest) else grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, str(exc))
+        allowed = mode == "open"
+        decision = Decision(
+            allowed=allowed,
+            product=product or "",
+            tenant="",
+            tier="none",
+            version=None,
+            reason=None if allowed else UNAVAILABLE,
+            failed=True,
+        )
+        return to_response(request, decision)
+
+    def set_redis(self, up: bool) -> None:
+        self.redis_ok = up
+        self.metrics.redis_up.set(1 if up else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """Everything ``start_service`` needs; ``main`` fills it from flags and ``APX_*`` variables."""
+
+    listen: str = "0.0.0.0:8081"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    failure_mode: str = "envoy"
+    pointer_ttl: float = 1.0
+    redis_timeout_ms: int = 250
+    redis_max_connections: int = 128
+    health_interval: float = 1.0
+    grace_seconds: float = 5.0
+
+
+@dataclass
+class RunningService:
+    """A started service: its port, parts, and the way to stop it."""
+
+    port: int
+    server: grpc.aio.Server
+    redis: aioredis.Redis
+    reader: RuleSetReader
+    limiter: Limiter
+    service: RateLimitService
+    health: health.aio.HealthServicer
+    metrics: RateLimitMetrics
+    settings: ServiceSettings
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, finish in-flight calls (up to ``grace`` seconds), close Redis."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        await self.reader.close()
+        await self.redis.aclose()
+
+
+def redis_client(settings: ServiceSettings) -> aioredis.Redis:
+    timeout = settings.redis_timeout_ms / 1000
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        max_connections=settings.redis_max_connections,
+        health_check_interval=0,
+        retry_on_timeout=False,
+    )
+
+
+async def start_service(
+    settings: ServiceSettings,
+    *,
+    metrics: RateLimitMetrics | None = None,
+    clock_us: Callable[[], int] | None = None,
+) -> RunningService:
+    """Start the gRPC server on ``settings.listen`` (port 0 picks a free one)."""
+    metrics = metrics or RateLimitMetrics()
+    client = redis_client(settings)
+    reader = RuleSetReader(client, pointer_ttl=settings.pointer_ttl)
+    limiter = Limiter(client, reader, clock_us=clock_us)
+    service = RateLimitService(limiter, metrics, settings.failure_mode)
+    health_servicer = health.aio.HealthServicer()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    await server.start()
+    await health_servicer.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningService(
+        port, server, client, reader, limiter, service, health_servicer, metrics, settings
+    )
+    running._tasks.append(asyncio.create_task(_watch_redis(running)))
+    log.info(
+        "rate-limit service listening",
+        extra={"listen": settings.listen, "port": port, "failure_mode": settings.failure_mode},
+    )
+    return running
+
+
+async def _watch_redis(running: RunningService) -> None:
+    """Keep the RLS health status and ``apx_ratelimit_redis_up`` in step with Redis."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    loads_seen = 0
+    last: int | None = None
+    while True:
+        try:
+            await running.redis.ping()
+            up = True
+        except (RedisError, OSError):
+            up = False
+        running.service.set_redis(up)
+        status = serving if up else not_serving
+        if status != last:
+            await running.health.set(RLS_SERVICE_NAME, status)
+            last = status
+        loads = running.reader.version_loads
+        if loads > loads_seen:
+            running.metrics.rule_set_loads.inc(loads - loads_seen)
+            loads_seen = loads
+        await asyncio.sleep(running.settings.health_interval)
