@@ -6,6 +6,7 @@ this after changing a model or a renderer and review the diff.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -33,8 +34,19 @@ def regenerate_goldens() -> int:
     return count
 
 
+def sync_chart_crds() -> None:
+    """The Helm chart ships copies of the CRDs (Helm installs charts/apx/crds/)."""
+    spec = importlib.util.spec_from_file_location("sync_chart_crds", ROOT / "hack" / "sync-chart-crds.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for change in module.sync():
+        print(f"chart: {change}", file=sys.stderr)
+
+
 def main() -> None:
     crdgen.main([str(ROOT)])
+    sync_chart_crds()
     print(f"regenerated {regenerate_goldens()} golden files", file=sys.stderr)
 
 

@@ -1,6 +1,6 @@
 """Copy the generated CRDs (crds/*.yaml) into the Helm chart (charts/apx/crds/).
 
-Run by hand after `make gen` changes a CRD: ``python hack/sync-chart-crds.py``.
+Run by `make gen` (hack/gen.py), or by hand: ``python hack/sync-chart-crds.py``.
 tests/chart checks that the chart's copies are byte-identical to crds/ and names
 this script when they are not. Stale files in charts/apx/crds/ are removed.
 """

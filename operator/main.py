@@ -25,6 +25,7 @@ from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 
 from . import tracing
+from .admission import ServiceWebhookServer
 from .handlers import FINALIZER, register
 from .metrics import OperatorMetrics
 from .reconciler import Reconciler
@@ -82,6 +83,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--webhook-port", type=int, help="webhook server port (APX_WEBHOOK_PORT)")
     parser.add_argument("--webhook-cert", help="webhook TLS certificate file")
     parser.add_argument("--webhook-key", help="webhook TLS key file")
+    parser.add_argument("--webhook-ca", help="CA certificate registered as the webhook's caBundle")
+    parser.add_argument("--webhook-service", help="Service through which the API server reaches the webhook")
     parser.add_argument("--json-logs", action="store_true", default=None, help="log JSON lines (APX_JSON_LOGS)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (APX_LOG_LEVEL)")
     parser.add_argument("--otlp-endpoint", help="OTLP/HTTP traces endpoint (APX_OTLP_ENDPOINT)")
@@ -133,8 +136,13 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
         settings.networking.request_timeout = 60
 
     if settings.admission == "managed":
-        admission_settings = kopf.WebhookServer(
-            port=settings.webhook_port, certfile=settings.webhook_cert, pkeyfile=settings.webhook_key
+        admission_settings = ServiceWebhookServer(
+            service_name=settings.webhook_service,
+            service_namespace=settings.operator_namespace,
+            port=settings.webhook_port,
+            certfile=settings.webhook_cert,
+            pkeyfile=settings.webhook_key,
+            cafile=settings.webhook_ca,
         )
 
         @kopf.on.startup(registry=registry)  # type: ignore[arg-type]

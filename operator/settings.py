@@ -31,6 +31,8 @@ class OperatorSettings(BaseModel):
     webhook_port: int = Field(default=9443, ge=1, le=65535)
     webhook_cert: str | None = Field(default=None, description="TLS certificate for the webhook server.")
     webhook_key: str | None = Field(default=None, description="TLS key for the webhook server.")
+    webhook_ca: str | None = Field(default=None, description="CA certificate registered as the caBundle.")
+    webhook_service: str = Field(default="apx-webhook", description="Service in the operator namespace.")
     json_logs: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO")
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint for traces; none = no export.")

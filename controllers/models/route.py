@@ -142,8 +142,10 @@ class Backend(ApxModel):
     }
 
     service: ServiceBackend | None = Field(default=None, description="A Service in the Route's namespace.")
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2048)] | None = Field(
-        default=None, description="An http(s) URL outside the cluster."
+    # No query string or fragment: Envoy forwards the request's own query, and
+    # a silently dropped one would be a surprise.
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", max_length=2048)] | None = Field(
+        default=None, description="An http(s) URL outside the cluster (scheme, host, optional port and path)."
     )
 
     @model_validator(mode="after")

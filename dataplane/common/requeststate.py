@@ -48,9 +48,13 @@ are written by separate commands, never by one script.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 STATES = ("queued", "running", "done", "failed")
 TERMINAL = frozenset({"done", "failed"})
@@ -215,3 +219,54 @@ class RequestState:
             error=_text(values.get("error")),
             dead_lettered=_text(values.get("dead_lettered")) == "1",
         )
+
+
+SCRIPTS = {"create": CREATE, "claim": CLAIM, "finish": FINISH, "release": RELEASE, "admit": ADMIT, "retire": RETIRE}
+
+# One queued script call: (script name, keys, args).
+Call = tuple[str, Sequence[str], Sequence[Any]]
+
+
+class ScriptRunner:
+    """Runs the scripts above by SHA, many per round trip (a non-transactional pipeline).
+
+    ``EVALSHA`` keeps each call small; after a Redis restart (``NOSCRIPT``)
+    the scripts are loaded again and only the calls that failed that way are
+    re-sent, so no call runs twice. Results come back in call order; a call
+    that failed otherwise comes back as its exception, for the caller to judge.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
+
+    async def load(self) -> None:
+        for text in SCRIPTS.values():
+            await self.client.script_load(text)
+
+    async def run(self, calls: Sequence[Call]) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for index in pending:
+                name, keys, args = calls[index]
+                pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+            retry = []
+            for index, answer in zip(pending, answers, strict=True):
+                if isinstance(answer, NoScriptError) and attempt == 0:
+                    retry.append(index)
+                results[index] = answer
+            if not retry:
+                break
+            await self.load()
+            pending = retry
+        return results
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call; raises what it raised."""
+        (answer,) = await self.run([(name, keys, args)])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer

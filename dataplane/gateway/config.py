@@ -1,0 +1,147 @@
+"""Settings of ``apx-gateway``: command-line flags, each defaulting to an environment variable.
+
+Parsed by ``apx.dataplane.gateway.main``; tests build ``GatewayConfig``
+directly. The variables are those the Helm chart sets for the gateway
+Deployment (``APX_HTTP_PORT``, ``APX_METRICS_PORT``, ``APX_REDIS_URL``,
+``APX_PUBSUB_PROJECT``, ``PUBSUB_EMULATOR_HOST``, ``APX_LOG_LEVEL``,
+``APX_JSON_LOGS``, ``APX_OTLP_ENDPOINT``) plus optional tuning ones; a flag
+given on the command line wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from apx.dataplane.common.jsonlog import env_flag
+
+DEFAULT_PROJECT = "apx-local"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    redis_url: str
+    pubsub_project: str = DEFAULT_PROJECT
+    host: str = "0.0.0.0"
+    port: int = 8080
+    metrics_port: int = 9090  # 0: no separate metrics listener
+    region: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    backlog_retry_after_seconds: int = 5
+    status_retry_after_seconds: int = 1
+    publish_max_latency_ms: float = 5.0
+    route_refresh_seconds: float = 1.0
+    sse_max_seconds: float = 300.0
+    sse_heartbeat_seconds: float = 15.0
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    json_logs: bool = True
+    otlp_endpoint: str | None = None
+
+
+def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="apx-gateway",
+        description=(
+            "APX async gateway: authenticates requests of mode: async Routes, publishes them to the "
+            "Route's Pub/Sub topic and answers 202 with Location: /status/{request_id}. Reads the route "
+            "table and rule sets the operator writes to Redis."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default=_env(env, "APX_HTTP_HOST", "0.0.0.0"), help="listen address (APX_HTTP_HOST)")
+    parser.add_argument("--port", type=int, default=int(_env(env, "APX_HTTP_PORT", "8080") or 8080), help="HTTP port (APX_HTTP_PORT)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env(env, "APX_METRICS_PORT", "9090") or 9090),
+        help="port of /metrics, /healthz, /readyz; 0 disables it (APX_METRICS_PORT)",
+    )
+    parser.add_argument("--redis-url", default=_env(env, "APX_REDIS_URL"), help="Redis URL (APX_REDIS_URL)")
+    parser.add_argument(
+        "--pubsub-project",
+        default=_env(env, "APX_PUBSUB_PROJECT", DEFAULT_PROJECT),
+        help="Google Cloud project of the request topics (APX_PUBSUB_PROJECT)",
+    )
+    parser.add_argument(
+        "--pubsub-emulator-host",
+        default=_env(env, "PUBSUB_EMULATOR_HOST"),
+        help="host:port of the Pub/Sub emulator; unset for real Pub/Sub (PUBSUB_EMULATOR_HOST)",
+    )
+    parser.add_argument(
+        "--region",
+        default=_env(env, "APX_REGION"),
+        help="region this gateway runs in; preferred for tenants without a home region (APX_REGION)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=int(_env(env, "APX_MAX_BODY_BYTES", str(1024 * 1024)) or 0),
+        help="largest request body accepted, 413 above (APX_MAX_BODY_BYTES)",
+    )
+    parser.add_argument(
+        "--backlog-retry-after",
+        type=int,
+        default=int(_env(env, "APX_BACKLOG_RETRY_AFTER_SECONDS", "5") or 5),
+        help="Retry-After of a 503 under backlog, seconds (APX_BACKLOG_RETRY_AFTER_SECONDS)",
+    )
+    parser.add_argument(
+        "--publish-max-latency-ms",
+        type=float,
+        default=float(_env(env, "APX_PUBLISH_MAX_LATENCY_MS", "5") or 5),
+        help="longest a message waits for its Pub/Sub batch (APX_PUBLISH_MAX_LATENCY_MS)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(_env(env, "APX_SHUTDOWN_GRACE_SECONDS", "10") or 10),
+        help="on SIGTERM, seconds in-flight requests get to finish (APX_SHUTDOWN_GRACE_SECONDS)",
+    )
+    parser.add_argument(
+        "--log-level", default=_env(env, "APX_LOG_LEVEL", "INFO"), help="log level (APX_LOG_LEVEL)"
+    )
+    parser.add_argument(
+        "--json-logs",
+        action=argparse.BooleanOptionalAction,
+        default=env_flag(env.get("APX_JSON_LOGS"), True),
+        help="log JSON lines (APX_JSON_LOGS)",
+    )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=_env(env, "APX_OTLP_ENDPOINT"),
+        help="OTLP/HTTP endpoint for traces; unset: spans propagate but are not exported (APX_OTLP_ENDPOINT)",
+    )
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    if not args.redis_url:
+        parser.error("--redis-url (or APX_REDIS_URL) is required")
+    if args.pubsub_emulator_host:
+        # The Pub/Sub client reads the emulator address from the environment only.
+        os.environ["PUBSUB_EMULATOR_HOST"] = args.pubsub_emulator_host
+    return GatewayConfig(
+        redis_url=args.redis_url,
+        pubsub_project=args.pubsub_project,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        region=args.region,
+        max_body_bytes=args.max_body_bytes,
+        backlog_retry_after_seconds=args.backlog_retry_after,
+        publish_max_latency_ms=args.publish_max_latency_ms,
+        shutdown_grace_seconds=args.shutdown_grace,
+        log_level=args.log_level,
+        json_logs=args.json_logs,
+        otlp_endpoint=args.otlp_endpoint,
+    )

@@ -1,0 +1,99 @@
+"""``apx-gateway``: the async gateway's console script (and the container entry point).
+
+Parses flags/environment (``config``), sets up JSON logging and tracing,
+serves the gateway (``app``) on ``--port`` and metrics/probes on
+``--metrics-port``, and stops cleanly on SIGTERM: readiness turns 503 at
+once, the listener stops accepting, requests in flight get
+``--shutdown-grace`` seconds, batches still in the Pub/Sub client are sent,
+then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from apx.dataplane.common.jsonlog import configure_logging
+from apx.dataplane.common.probes import probes_app, start_site
+from apx.dataplane.common.routetable import RouteTableUnavailable
+from apx.dataplane.common.shutdown import stop_event
+from apx.dataplane.common.tracecontext import configure_tracing
+
+from .app import Gateway
+from .config import GatewayConfig, parse_config
+from .metrics import GatewayMetrics
+from .publisher import Publisher
+
+log = logging.getLogger("apx.gateway")
+SERVICE = "apx-gateway"
+
+
+async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (by default: SIGTERM/SIGINT), then shut down gracefully."""
+    stop = stop or stop_event()
+    provider = configure_tracing(SERVICE, config.otlp_endpoint)
+    redis_client = aioredis.Redis.from_url(
+        config.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    )
+    session = aiohttp.ClientSession()
+    publisher = Publisher(config.pubsub_project, max_latency=config.publish_max_latency_ms / 1000)
+    metrics = GatewayMetrics()
+    gateway = Gateway(
+        config, redis_client, publisher, session, metrics=metrics, tracer=provider.get_tracer("apx.gateway")
+    )
+    runner = web.AppRunner(
+        gateway.application(), access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace_seconds
+    )
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port, reuse_address=True).start()
+    probes = None
+    if config.metrics_port:
+        probes = await start_site(
+            probes_app(metrics.registry, gateway.healthy, gateway.ready), config.host, config.metrics_port
+        )
+    log.info(
+        "listening",
+        extra={
+            "address": f"{config.host}:{config.port}",
+            "metrics_port": config.metrics_port,
+            "pubsub_project": config.pubsub_project,
+            "region": config.region,
+        },
+    )
+    try:
+        await gateway.routes.snapshot()
+    except RouteTableUnavailable as exc:
+        log.warning("route table not readable yet; requests will retry", extra={"error": str(exc)})
+    await stop.wait()
+    log.info("stopping: draining requests in flight", extra={"grace_seconds": config.shutdown_grace_seconds})
+    gateway.stopping = True
+    await runner.cleanup()
+    await asyncio.to_thread(publisher.stop)
+    if probes is not None:
+        await probes.cleanup()
+    await gateway.close()
+    await session.close()
+    await redis_client.aclose()
+    provider.shutdown()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    configure_logging(SERVICE, config.log_level, config.json_logs)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

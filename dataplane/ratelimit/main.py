@@ -1,0 +1,151 @@
+"""``apx-ratelimit``: run the APX rate-limit service (Envoy RLS) until SIGTERM.
+
+The console script of the distribution (``[project.scripts]``) and
+``python -m apx.dataplane.ratelimit``; a container runs it as its entry point
+with no arguments, configured by the ``APX_*`` variables the Helm chart sets
+(``APX_REDIS_URL``, ``APX_GRPC_PORT``, ``APX_METRICS_PORT``, ``APX_LOG_LEVEL``,
+``APX_JSON_LOGS``). Flags override variables. Logs are JSON lines on stderr.
+On SIGTERM it reports NOT_SERVING, lets in-flight calls finish (``--grace-seconds``)
+and exits 0; it never exits because Redis is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import start_http_server
+
+from apx.dataplane.common.jsonlog import configure_logging, env_flag
+from apx.dataplane.common.shutdown import stop_event
+
+from .metrics import RateLimitMetrics
+from .server import FAILURE_MODES, ServiceSettings, start_service
+
+log = logging.getLogger("apx.dataplane.ratelimit")
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    grpc_port = _env("APX_GRPC_PORT", "8081")
+    parser = argparse.ArgumentParser(
+        prog="apx-ratelimit",
+        description=(
+            "APX rate-limit service: Envoy's global rate limit gRPC API "
+            "(envoy.service.ratelimit.v3.RateLimitService, domain 'apx') over the operator's Redis rule sets. "
+            "Flags override the APX_* environment variables named in each help."
+        ),
+    )
+    parser.add_argument(
+        "--listen",
+        default=_env("APX_RATELIMIT_LISTEN", f"0.0.0.0:{grpc_port}"),
+        help="gRPC address host:port (APX_RATELIMIT_LISTEN, else 0.0.0.0:$APX_GRPC_PORT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=_env("APX_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="Redis URL (APX_REDIS_URL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("APX_METRICS_PORT", "9090")),
+        help="port of the Prometheus /metrics endpoint, 0 disables (APX_METRICS_PORT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--failure-mode",
+        choices=FAILURE_MODES,
+        default=_env("APX_RATELIMIT_FAILURE_MODE", "envoy"),
+        help=(
+            "who decides when the service cannot (Redis down, no rule set): 'envoy' answers UNAVAILABLE and "
+            "Envoy's per-Route fail-open/fail-closed filter decides; 'service' answers from the product's "
+            "failureMode itself (APX_RATELIMIT_FAILURE_MODE; default %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--rules-cache-seconds",
+        type=float,
+        default=float(_env("APX_RATELIMIT_RULES_CACHE_SECONDS", "1.0")),
+        help="how long a product's live rule-set version is cached (APX_RATELIMIT_RULES_CACHE_SECONDS; "
+        "default %(default)s, the contract's maximum)",
+    )
+    parser.add_argument(
+        "--redis-timeout-ms",
+        type=int,
+        default=int(_env("APX_RATELIMIT_REDIS_TIMEOUT_MS", "250")),
+        help="connect and read timeout of Redis calls (APX_RATELIMIT_REDIS_TIMEOUT_MS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--redis-max-connections",
+        type=int,
+        default=int(_env("APX_RATELIMIT_REDIS_MAX_CONNECTIONS", "128")),
+        help="size of the Redis connection pool (APX_RATELIMIT_REDIS_MAX_CONNECTIONS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=float(_env("APX_RATELIMIT_GRACE_SECONDS", "5")),
+        help="time in-flight calls get to finish on SIGTERM (APX_RATELIMIT_GRACE_SECONDS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("APX_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR (APX_LOG_LEVEL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--json-logs",
+        action=argparse.BooleanOptionalAction,
+        default=env_flag(os.environ.get("APX_JSON_LOGS"), True),
+        help="log JSON lines; --no-json-logs for plain text (APX_JSON_LOGS; default on)",
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
+    return ServiceSettings(
+        listen=args.listen,
+        redis_url=args.redis_url,
+        failure_mode=args.failure_mode,
+        pointer_ttl=args.rules_cache_seconds,
+        redis_timeout_ms=args.redis_timeout_ms,
+        redis_max_connections=args.redis_max_connections,
+        grace_seconds=args.grace_seconds,
+    )
+
+
+async def run(settings: ServiceSettings, metrics_port: int) -> int:
+    """Serve until SIGTERM/SIGINT, then stop gracefully; the process exit code."""
+    stopping = stop_event()
+    metrics = RateLimitMetrics()
+    if metrics_port:
+        start_http_server(metrics_port, registry=metrics.registry)
+    try:
+        running = await start_service(settings, metrics=metrics)
+    except (OSError, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    await stopping.wait()
+    await running.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.failure_mode not in FAILURE_MODES:
+        parser.error(f"--failure-mode must be one of {', '.join(FAILURE_MODES)}")
+    configure_logging("apx-ratelimit", args.log_level, args.json_logs)
+    return asyncio.run(run(settings_from_args(args), args.metrics_port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
