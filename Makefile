@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PACKAGES := -p apx.controllers -p apx.operator
 
-.PHONY: install test unit lint typecheck gen bench demo translate clean
+.PHONY: install test unit lint typecheck gen bench demo down translate clean
 
 install:
 	@bash hack/install.sh
@@ -32,11 +32,17 @@ gen: install
 bench: install
 	$(PY) bench/run.py
 
-# The main job (offline for now): translate the samples and show the status each would get.
+# The main job: the operator against the local stack, then the samples and their status.
 demo: install
+	@bash hack/demo.sh
+
+# Stop everything `make demo` started.
+down:
+	@if [ -x $(PY) ]; then $(PY) -m apx.e2e.stack down; fi
+
+# Offline: what the operator would produce for samples/, with no cluster and no services.
+translate: install
 	$(VENV)/bin/apx translate -f samples/ --only status
-	@echo
-	@echo "Full output (Envoy, Redis, Pub/Sub, Kubernetes): $(VENV)/bin/apx translate -f samples/ -o json"
 
 clean:
 	rm -rf $(VENV) .typecheck .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -91,6 +91,25 @@ def _without_routes(ir: IR, dropped: set[str]) -> IR:
     return dataclasses.replace(ir, routes=routes, routes_by_product=by_product)
 
 
+@dataclass(slots=True)
+class FirstStage:
+    """Translation plus the Redis rules: what the operator applies first, before the rest renders.
+
+    Rate-limit rules are what a limit change is waiting for, so the operator
+    publishes them before spending time on Envoy and Kubernetes output.
+    """
+
+    result: TranslateResult
+    redis: RedisOutput
+
+
+def first_stage(
+    resources: Iterable[Mapping[str, Any]], canary_states: Mapping[str, CanaryStatus] | None = None
+) -> FirstStage:
+    result = translate(resources, canary_states)
+    return FirstStage(result=result, redis=render_redis(result.ir))
+
+
 def compile_resources(
     resources: Iterable[Mapping[str, Any]],
     canary_states: Mapping[str, CanaryStatus] | None = None,
@@ -100,23 +119,40 @@ def compile_resources(
     envoy_port: int = 8080,
 ) -> Compiled:
     """Translate and render everything; statuses carry the summaries users look for."""
-    result = translate(resources, canary_states)
+    return finish(
+        first_stage(resources, canary_states),
+        project=project,
+        operator_namespace=operator_namespace,
+        envoy_port=envoy_port,
+    )
+
+
+def finish(
+    stage: FirstStage, *, project: str = "apx-local", operator_namespace: str = "apx-system", envoy_port: int = 8080
+) -> Compiled:
+    """Render everything else from the first stage.
+
+    A route Envoy cannot render is dropped from every output, so in that
+    (defensive) case the Redis rules are rendered again without it.
+    """
+    result = stage.result
     envoy = render_envoy(result.ir, port=envoy_port)
     ir = result.ir
+    redis = stage.redis
     if envoy.errors:
         for key, message in envoy.errors.items():
             previous = result.statuses[("Route", key)]
             result.statuses[("Route", key)] = stalled("Route", key, previous.generation, "RenderError", message)
         ir = _without_routes(ir, set(envoy.errors))
-    redis = render_redis(ir)
+        redis = render_redis(ir)
     pubsub = render_pubsub(ir, project=project)
-    kubernetes = render_kubernetes(ir, envoy.to_json(), operator_namespace)
+    kubernetes = render_kubernetes(ir, envoy.snapshot_document(), operator_namespace)
 
     topics_by_product: dict[str, list[str]] = {}
     for route in ir.routes:
+        # The rule-set version lives on the Product only: a limit change would
+        # otherwise rewrite the status of every Route of the product.
         status = result.statuses[("Route", route.key)]
-        rule_set = redis.rule_set(route.product.key)
-        status.summary["ruleSetVersion"] = rule_set.version
         if route.mode == "async":
             topics = topics_for_route(route)
             status.summary["topics"] = topics

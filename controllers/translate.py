@@ -264,6 +264,31 @@ def _creation_order(route: Route) -> tuple[str, str]:
     return (str(created), route.key)
 
 
+# Objects read from the API server carry a resourceVersion that changes with
+# every write, so (identity, resourceVersion) names one exact content: parsing
+# it again would give the same model. The operator re-translates every object
+# on every pass; this memo makes an unchanged object cost a dict lookup.
+# Objects without a resourceVersion (offline YAML) are always parsed.
+_PARSE_CACHE_LIMIT = 200_000
+_parse_cache: dict[tuple[str, str, str, str, str, bool], Product | Route | PolicyBundle] = {}
+
+
+def _parse(kind: str, raw: Mapping[str, Any], is_history: bool) -> Product | Route | PolicyBundle:
+    meta = raw.get("metadata") or {}
+    version = meta.get("resourceVersion")
+    if not version:
+        return RESOURCE_MODELS[kind].model_validate(raw)
+    key = (kind, str(meta.get("namespace") or ""), str(meta.get("name")), str(meta.get("uid")), str(version),
+           is_history)  # fmt: skip
+    parsed = _parse_cache.get(key)
+    if parsed is None:
+        parsed = RESOURCE_MODELS[kind].model_validate(raw)
+        if len(_parse_cache) >= _PARSE_CACHE_LIMIT:
+            _parse_cache.clear()
+        _parse_cache[key] = parsed
+    return parsed
+
+
 # --- translate -----------------------------------------------------------------
 
 
@@ -298,7 +323,7 @@ def translate(
         if not is_history or (kind, key) not in generations:
             generations[(kind, key)] = generation
         try:
-            parsed = RESOURCE_MODELS[kind].model_validate(raw)
+            parsed = _parse(kind, raw, is_history)
         except ValidationError as exc:
             messages = format_validation_error(exc)
             statuses[(kind, key)] = stalled(kind, key, generation, "InvalidSpec", "; ".join(messages))

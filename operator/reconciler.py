@@ -43,7 +43,9 @@ from apx.controllers import names
 from apx.controllers.appliers.kube import KINDS, Invalid, KubeClient, KubeError, Unavailable
 from apx.controllers.appliers.pubsub import PubSubApplier, PubSubUnavailable
 from apx.controllers.appliers.redis_rules import RedisApplier, RedisUnavailable, VersionedKeys
-from apx.controllers.pipeline import Compiled, compile_resources
+from apx.controllers.ir import IR
+from apx.controllers.pipeline import Compiled, compile_resources, finish, first_stage
+from apx.controllers.renderers.redis_rules import RedisOutput
 from apx.controllers.status import ResourceStatus
 from apx.controllers.translate import HISTORY_ANNOTATION
 
@@ -113,6 +115,7 @@ class PassReport:
     manifests_pruned: int = 0
     statuses_written: int = 0
     problems: dict[tuple[str, str], DependencyProblem] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 class Reconciler:
@@ -160,8 +163,13 @@ class Reconciler:
         """Record the latest body of an object (from a watch event)."""
         key = (kind, _key(body))
         current = self.objects.get(key)
-        if current is not None and _resource_version(current) > _resource_version(body) > 0:
-            return  # an older event arriving after a newer LIST
+        if current is not None and _resource_version(current) >= _resource_version(body) > 0:
+            return  # an older (or the same) version arriving after a newer LIST or our own write
+        if current is not None and _significant(current) == _significant(body):
+            # Only bookkeeping changed (kopf's own status fields, managedFields):
+            # keep the newest body, but there is nothing to reconcile.
+            self.objects[key] = dict(body)
+            return
         if kind == "PolicyBundle" and current is not None:
             self._remember_policy_version(key, current, body)
         self.objects[key] = dict(body)
@@ -299,16 +307,35 @@ class Reconciler:
         with self.tracer.start_as_current_span("apx.reconcile.pass") as span:
             span.set_attribute("apx.objects", len(live))
             span.set_attribute("apx.full", full)
-            compiled = compile_resources(
-                live, project=self.settings.pubsub_project, operator_namespace=self.settings.operator_namespace
+            phases = report.phases
+            mark = time.perf_counter()
+
+            def lap(name: str) -> None:
+                nonlocal mark
+                now = time.perf_counter()
+                phases[name] = round((now - mark) * 1000, 1)
+                mark = now
+
+            stage = first_stage(live)
+            lap("translate")
+            # Rules first: a limit change should not wait for Envoy and Kubernetes rendering.
+            await self._apply_redis(stage.redis, stage.result.ir, report, full)
+            lap("redis")
+            compiled = finish(
+                stage, project=self.settings.pubsub_project, operator_namespace=self.settings.operator_namespace
             )
+            lap("render")
+            if compiled.redis is not stage.redis:
+                await self._apply_redis(compiled.redis, compiled.ir, report, full)
             owners = self._owners_of_deleting() if self.deleting else None
-            await self._apply_redis(compiled, report, full)
             await self._apply_pubsub(compiled, report)
+            lap("pubsub")
             await self._apply_kubernetes(compiled, report, full)
+            lap("kubernetes")
             if self.deleting:
                 await self._cleanup_deleted(owners or {}, report)
             await self._write_statuses(compiled, report)
+            lap("status")
         for (kind, object_key), status in compiled.statuses.items():
             if kind == "PolicyBundle":
                 served = status.summary.get("servedVersions") or []
@@ -317,14 +344,21 @@ class Reconciler:
         self.metrics.pass_duration.observe(report.duration)
         self.last_pass = report
         self.passes += 1
+        logger.info(
+            "pass %d (%s) over %d objects in %.0f ms %s: %d rule sets, %d Pub/Sub objects, %d manifests applied, "
+            "%d pruned, %d statuses written, %d problems",
+            self.passes, "full" if full else "changes", len(live), report.duration * 1000, report.phases,
+            report.redis_published, report.pubsub_ensured, report.manifests_applied, report.manifests_pruned,
+            report.statuses_written, len(report.problems),
+        )  # fmt: skip
         self.last_error = next(iter(p.message for p in report.problems.values()), None)
         return report
 
     # --- Redis ---------------------------------------------------------------------
 
-    async def _apply_redis(self, compiled: Compiled, report: PassReport, full: bool) -> None:
+    async def _apply_redis(self, output: RedisOutput, ir: IR, report: PassReport, full: bool) -> None:
         try:
-            for rule_set in compiled.redis.rule_sets:
+            for rule_set in output.rule_sets:
                 if self._applied_rule_sets.get(rule_set.product) == rule_set.version:
                     continue
                 keys = VersionedKeys(
@@ -336,7 +370,7 @@ class Reconciler:
                     await self.redis.publish(keys, rule_set.version, dict(rule_set.fields))
                     report.redis_published += 1
                 self._applied_rule_sets[rule_set.product] = rule_set.version
-            table = compiled.redis.route_table
+            table = output.route_table
             if self._applied_route_table != table.version:
                 keys = VersionedKeys(
                     version_prefix=table.key[: -len(table.version)],
@@ -352,9 +386,9 @@ class Reconciler:
             self._applied_rule_sets.clear()
             self._applied_route_table = None
             problem = DependencyProblem("RedisUnavailable", f"{exc}; retrying")
-            for product in compiled.ir.products:
+            for product in ir.products:
                 report.problems[("Product", product.key)] = problem
-            for route in compiled.ir.routes:
+            for route in ir.routes:
                 report.problems[("Route", route.key)] = problem
 
     # --- Pub/Sub ---------------------------------------------------------------------
@@ -372,26 +406,37 @@ class Reconciler:
         for subscription in plan.subscriptions:
             route = route_of_topic.get(str(subscription["topic"]), "")
             by_route.setdefault(route, ([], []))[1].append(subscription)
-        for route_key, (topics, subscriptions) in sorted(by_route.items()):
-            digests = {_digest(d) for d in (*topics, *subscriptions)}
-            if digests <= self._applied_pubsub:
-                continue
-            try:
-                problems = await self.pubsub.ensure(topics, subscriptions)
-            except PubSubUnavailable as exc:
-                self.metrics.dependency_up.labels(dependency="pubsub").set(0)
-                problem = DependencyProblem("PubSubUnavailable", f"{exc}; retrying")
-                for other, _ in by_route.items():
-                    report.problems[("Route", other)] = problem
+        semaphore = asyncio.Semaphore(8)
+        unavailable: list[PubSubUnavailable] = []
+
+        async def ensure_route(route_key: str, topics: list[dict[str, Any]], subscriptions: list[dict[str, Any]]) -> None:
+            digest = _digest([topics, subscriptions])
+            if digest in self._applied_pubsub:
                 return
-            self.metrics.dependency_up.labels(dependency="pubsub").set(1)
+            async with semaphore:
+                if unavailable:
+                    return
+                try:
+                    problems = await self.pubsub.ensure(topics, subscriptions)
+                except PubSubUnavailable as exc:
+                    unavailable.append(exc)
+                    return
             report.pubsub_ensured += len(topics) + len(subscriptions)
             if problems:
                 report.problems[("Route", route_key)] = DependencyProblem(
                     "PubSubChangeRejected", "; ".join(f"{p.resource}: {p.message}" for p in problems), stalled=True
                 )
             else:
-                self._applied_pubsub |= digests
+                self._applied_pubsub.add(digest)
+
+        await asyncio.gather(*(ensure_route(key, *docs) for key, docs in sorted(by_route.items())))
+        if unavailable:
+            self.metrics.dependency_up.labels(dependency="pubsub").set(0)
+            problem = DependencyProblem("PubSubUnavailable", f"{unavailable[0]}; retrying")
+            for other in by_route:
+                report.problems[("Route", other)] = problem
+        else:
+            self.metrics.dependency_up.labels(dependency="pubsub").set(1)
 
     # --- Kubernetes ------------------------------------------------------------------
 
@@ -593,8 +638,10 @@ class Reconciler:
                         logger.warning("cannot write status of %s %s: %s", kind, object_key, exc)
                         return
             self._written_status[key] = digest
-            if updated:
-                self.observe(kind, {**updated, "kind": kind})
+            if updated and _resource_version(updated) > _resource_version(self.objects.get(key) or {}):
+                # Our own write: remember it without scheduling a pass (its watch
+                # event will carry the same resourceVersion and be skipped too).
+                self.objects[key] = {**updated, "kind": kind}
             report.statuses_written += 1
             result = "success" if status.phase == "Ready" else ("error" if status.stalled else "requeue")
             self.metrics.reconcile_total.labels(controller=controller, result=result).inc()
@@ -647,6 +694,21 @@ class Reconciler:
             "objects": len(self.objects),
             "last_error": self.last_error,
         }
+
+
+def _significant(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parts of an object a pass reads; a change elsewhere needs no pass."""
+    meta = body.get("metadata") or {}
+    status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    return (
+        meta.get("generation"),
+        meta.get("uid"),
+        meta.get("labels"),
+        meta.get("annotations"),
+        meta.get("deletionTimestamp"),
+        body.get("spec"),
+        status,
+    )
 
 
 def _version_key(version: str) -> tuple[int, ...]:

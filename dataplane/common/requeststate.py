@@ -25,8 +25,11 @@ Transitions:
   (idempotency by request id); ``failed`` → acked too, unless it failed by
   exhausting its deliveries (``dead_lettered``), then it is nacked again so
   Pub/Sub completes the move to the dead-letter topic; ``running`` under
-  another worker's unexpired lease → nacked (a duplicate delivery while the
-  first run is in progress); otherwise the worker takes it.
+  another worker's unexpired lease (a duplicate delivery while the first run
+  is in progress) → the worker keeps the message and asks again when the
+  lease ends, rather than nack it and spend one of its delivery attempts;
+  otherwise the worker takes it, with a lease of the upstream timeout plus a
+  margin (a crashed worker's requests are free again after that).
 * ``finish`` (worker): ``done`` or ``failed``, once; returns whether this call
   made the request terminal, which is when the backlog counter goes down.
 * ``release`` (worker, on a retryable failure or when stopping): back to
@@ -86,27 +89,34 @@ return {1}
 """
 
 # KEYS[1] request; ARGV: owner, now_ms, lease_until_ms, attempt, ttl_ms, tenant, route, track, tier
-# -> 'claimed' | 'done' | 'failed' | 'dead' | 'busy'
+# -> {'claimed'} | {'done'} | {'failed'} | {'dead'} | {'busy', lease_until_ms of the holder}
 CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'done' then return 'done' end
+if state == 'done' then return {'done'} end
 if state == 'failed' then
-  if redis.call('HGET', KEYS[1], 'dead_lettered') == '1' then return 'dead' end
-  return 'failed'
+  if redis.call('HGET', KEYS[1], 'dead_lettered') == '1' then return {'dead'} end
+  return {'failed'}
 end
 if state == 'running' then
   local holder = redis.call('HMGET', KEYS[1], 'owner', 'lease_until_ms')
-  if holder[1] ~= ARGV[1] and tonumber(holder[2] or '0') > tonumber(ARGV[2]) then return 'busy' end
+  if holder[1] ~= ARGV[1] and tonumber(holder[2] or '0') > tonumber(ARGV[2]) then
+    return {'busy', holder[2]}
+  end
 end
 if not state then
   -- The gateway's record expired (or was never written): rebuild it from the message.
   redis.call('HSET', KEYS[1], 'tenant', ARGV[6], 'route', ARGV[7], 'track', ARGV[8], 'tier', ARGV[9],
     'created_ms', ARGV[2])
 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1], 'started_ms', ARGV[2], 'updated_ms', ARGV[2],
-  'lease_until_ms', ARGV[3], 'attempts', ARGV[4])
+local attempt = tonumber(ARGV[4])
+if attempt == 0 then
+  -- No dead-letter policy, so Pub/Sub does not count deliveries: count claims instead.
+  attempt = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') + 1
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1], 'started_ms', ARGV[2],
+  'updated_ms', ARGV[2], 'lease_until_ms', ARGV[3], 'attempts', attempt)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 'claimed'
+return {'claimed'}
 """
 
 # KEYS[1] request; ARGV: state, now_ms, ttl_ms, code, content_type, result, error, dead_lettered
@@ -221,9 +231,19 @@ class RequestState:
         )
 
 
-SCRIPTS = {"create": CREATE, "claim": CLAIM, "finish": FINISH, "release": RELEASE, "admit": ADMIT, "retire": RETIRE}
+SCRIPTS = {
+    "create": CREATE,
+    "claim": CLAIM,
+    "finish": FINISH,
+    "release": RELEASE,
+    "admit": ADMIT,
+    "retire": RETIRE,
+}
 
-# One queued script call: (script name, keys, args).
+# Plain commands that may ride in the same pipelines (freeing a concurrency lease is a ZREM).
+RAW_COMMANDS = frozenset({"zrem"})
+
+# One queued call: (script name or raw command, keys, args).
 Call = tuple[str, Sequence[str], Sequence[Any]]
 
 
@@ -251,7 +271,10 @@ class ScriptRunner:
             pipe = self.client.pipeline(transaction=False)
             for index in pending:
                 name, keys, args = calls[index]
-                pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+                if name in RAW_COMMANDS:
+                    pipe.execute_command(name.upper(), *keys, *args)
+                else:
+                    pipe.evalsha(self._sha[name], len(keys), *keys, *args)
             answers = await pipe.execute(raise_on_error=False)
             retry = []
             for index, answer in zip(pending, answers, strict=True):

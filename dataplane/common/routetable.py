@@ -178,7 +178,9 @@ def _auth(document: Mapping[str, Any] | None) -> AuthSettings:
     api_key = None
     if key_doc:
         query = key_doc.get("query_parameter")
-        api_key = ApiKeySettings(header=str(key_doc.get("header") or "x-api-key").lower(), query_parameter=query)
+        api_key = ApiKeySettings(
+            header=str(key_doc.get("header") or "x-api-key").lower(), query_parameter=query
+        )
     return AuthSettings(jwt=jwt, api_key=api_key, allow_anonymous=bool(document.get("allow_anonymous")))
 
 
@@ -261,11 +263,16 @@ class RouteTable:
         return ()
 
     def match(self, host: str, path: str, method: str, hint: str | None = None) -> Match:
-        """The entry serving ``method host path``; ``hint`` (Envoy's ``x-apx-route``) is checked, not trusted."""
+        """The entry serving ``method host path``; ``hint`` (Envoy's ``x-apx-route``) is checked."""
         method = method.upper()
         if hint:
             entry = self.entries.get(hint)
-            if entry is not None and entry.matches_host(host) and entry.matches_path(path) and entry.allows(method):
+            if (
+                entry is not None
+                and entry.matches_host(host)
+                and entry.matches_path(path)
+                and entry.allows(method)
+            ):
                 return Match(entry)
         allowed: set[str] = set()
         for entry in self._candidates(host):
@@ -345,7 +352,9 @@ class RouteTableReader:
         try:
             await self._load()
         except Exception as exc:  # keep serving the table we have; the next request retries
-            log.warning("route table refresh failed; serving version %s", self.version, extra={"error": str(exc)})
+            log.warning(
+                "route table refresh failed; serving version %s", self.version, extra={"error": str(exc)}
+            )
             self._fetched_at = self._clock()
         finally:
             self._refreshing = None
@@ -370,7 +379,10 @@ class RouteTableReader:
                 try:
                     entries[_text(name)] = parse_entry(json.loads(_text(value)))
                 except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("unreadable route-table entry skipped", extra={"route": _text(name), "error": str(exc)})
+                    log.warning(
+                        "unreadable route-table entry skipped",
+                        extra={"route": _text(name), "error": str(exc)},
+                    )
         self._table = RouteTable.build(version, entries)
         self._fetched_at = self._clock()
         self.loads += 1

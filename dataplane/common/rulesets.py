@@ -135,7 +135,9 @@ class RuleSetReader:
         """The live version of ``product`` as cached (refreshed when older than ``pointer_ttl``)."""
         return (await self._pointer(product)).version
 
-    async def _match(self, product: str, pointer: _Pointer, tenant: str, plan: str | None) -> RuleMatch | None:
+    async def _match(
+        self, product: str, pointer: _Pointer, tenant: str, plan: str | None
+    ) -> RuleMatch | None:
         version = pointer.version
         assert version is not None
         docs = pointer.docs

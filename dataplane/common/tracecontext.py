@@ -48,7 +48,9 @@ def configure_tracing(
                 OTLPSpanExporter,
             )
         except ImportError as exc:  # the exporter is an optional extra, as for the operator
-            raise SystemExit("--otlp-endpoint needs opentelemetry-exporter-otlp-proto-http installed") from exc
+            raise SystemExit(
+                "--otlp-endpoint needs opentelemetry-exporter-otlp-proto-http installed"
+            ) from exc
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
     if install:
         trace.set_tracer_provider(provider)

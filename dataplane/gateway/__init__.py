@@ -1,4 +1,4 @@
-"""The async gateway (``apx-gateway``): accepts requests for ``mode: async`` Routes and queues them on Pub/Sub.
+"""The async gateway (``apx-gateway``): takes requests of ``mode: async`` Routes and queues them on Pub/Sub.
 
 Envoy sends it every request of an async Route. It authenticates the caller
 with the Route's policy, picks the canary track and the region's topic,

@@ -62,6 +62,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import RedisError
@@ -77,9 +78,10 @@ from apx.dataplane.common.requeststate import (
 from apx.dataplane.common.routetable import RouteEntry, RouteTableReader, RouteTableUnavailable, TrackEntry
 from apx.dataplane.common.rulesets import RuleSetReader
 from apx.dataplane.common.tracecontext import extract_context, inject_attributes, with_baggage
+from apx.dataplane.ratelimit.leases import ConcurrencyLeases, Lease
 
 from .config import GatewayConfig
-from .identity import AuthError, Authenticator, Identity, JwksCache
+from .identity import Authenticator, AuthError, Identity, JwksCache
 from .metrics import GatewayMetrics, tier_label
 from .placement import NoTopic, ResidencyRefused, place
 from .publisher import Publisher
@@ -96,7 +98,9 @@ STATUS_PREFIX = "/status/"
 class Refusal(Exception):
     """A request answered with an error status; ``body`` is its JSON."""
 
-    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None, **extra: Any):
+    def __init__(
+        self, status: int, error: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+    ):
         super().__init__(message)
         self.status = status
         self.body = {"error": error, "message": message, **extra}
@@ -110,11 +114,16 @@ class _Accepted:
     identity: Identity
     tier: str
     home_region: str | None  # the tenant's home region from its own rule, if it has one
+    concurrency: int | None  # the tenant's cap on requests in progress; None: no cap
+    lease_ms: int
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        status=status, text=json.dumps(body, separators=(",", ":")), content_type="application/json", headers=headers
+        status=status,
+        text=json.dumps(body, separators=(",", ":")),
+        content_type="application/json",
+        headers=headers,
     )
 
 
@@ -149,10 +158,13 @@ class Gateway:
         self.publisher = publisher
         self.metrics = metrics or GatewayMetrics()
         self.tracer = tracer or trace.get_tracer("apx.gateway")
-        self.routes = RouteTableReader(redis_client, refresh_interval=config.route_refresh_seconds, clock=clock)
+        self.routes = RouteTableReader(
+            redis_client, refresh_interval=config.route_refresh_seconds, clock=clock
+        )
         self.rulesets = RuleSetReader(redis_client)
         self.authenticator = Authenticator(JwksCache(session), self.rulesets)
         self.scripts = ScriptRunner(redis_client)
+        self.leases = ConcurrencyLeases(redis_client)
         self.stopping = False
 
     # --- application ------------------------------------------------------------------
@@ -200,10 +212,19 @@ class Gateway:
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        # The caller's trace (and baggage) continue here, and from here into the message.
+        token = otel_context.attach(extract_context(request.headers))
+        try:
+            return await self._submit(request, started)
+        finally:
+            otel_context.detach(token)
+
+    async def _submit(self, request: web.Request, started: float) -> web.Response:
         route_label, track_label, tier = "none", "none", "unknown"
-        parent = extract_context(request.headers)
         with self.tracer.start_as_current_span(
-            "apx.gateway.submit", context=parent, kind=SpanKind.SERVER, attributes={"http.request.method": request.method}
+            "apx.gateway.submit",
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method},
         ) as span:
             try:
                 request_id = self._request_id(request)
@@ -253,11 +274,15 @@ class Gateway:
             table = await self.routes.snapshot()
         except RouteTableUnavailable as exc:
             raise Refusal(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
-        match = table.match(request.host, request.path, request.method, hint=request.headers.get(names.ROUTE_HEADER))
+        match = table.match(
+            request.host, request.path, request.method, hint=request.headers.get(names.ROUTE_HEADER)
+        )
         if match.entry is None:
             if match.allowed_methods:
                 allow = ", ".join(sorted(match.allowed_methods))
-                raise Refusal(405, "method_not_allowed", f"{request.method} not allowed here", {"Allow": allow})
+                raise Refusal(
+                    405, "method_not_allowed", f"{request.method} not allowed here", {"Allow": allow}
+                )
             raise Refusal(404, "no_route", f"no async route for {request.host}{request.path}")
         if match.entry.mode != "async":
             raise Refusal(404, "not_async", f"route {match.entry.key} is not an async route")
@@ -265,7 +290,9 @@ class Gateway:
 
     async def _authenticate(self, track: TrackEntry, entry: RouteEntry, request: web.Request) -> Identity:
         try:
-            return await self.authenticator.authenticate(track.auth, entry.product, request.headers, request.query)
+            return await self.authenticator.authenticate(
+                track.auth, entry.product, request.headers, request.query
+            )
         except AuthError as exc:
             raise _auth_refusal(exc) from exc
         except (RedisError, OSError) as exc:
@@ -292,7 +319,9 @@ class Gateway:
             raise first_refusal
         # ...then pick the track, and hold the caller to that track's policy.
         sticky = entry.sticky_by_tenant and identity.method != "anonymous"
-        track_name = choose_track([(t.name, t.weight) for t in entry.tracks], identity.tenant if sticky else request_id)
+        track_name = choose_track(
+            [(t.name, t.weight) for t in entry.tracks], identity.tenant if sticky else request_id
+        )
         track = entry.track(track_name)
         assert track is not None
         if track.auth != verified_by.auth:
@@ -302,10 +331,21 @@ class Gateway:
         except (RedisError, OSError) as exc:
             raise Refusal(503, "unavailable", f"Redis unreachable: {exc}", {"Retry-After": "1"}) from exc
         if rule is None:
-            raise Refusal(503, "no_rule_set", f"product {entry.product} has no rule set yet", {"Retry-After": "1"})
+            raise Refusal(
+                503, "no_rule_set", f"product {entry.product} has no rule set yet", {"Retry-After": "1"}
+            )
         tier = str(rule.rule.get("tier") or "unknown")
-        home = rule.rule.get("region") if rule.source == "tenant" else None
-        return _Accepted(entry, track, identity, tier, str(home) if home else None)
+        home = rule.rule.get("region") if rule.field.startswith("tenant:") else None
+        cap = rule.rule.get("concurrency")
+        return _Accepted(
+            entry,
+            track,
+            identity,
+            tier,
+            str(home) if home else None,
+            int(cap) if cap is not None else None,
+            int(rule.meta.get("lease_ms") or entry.timeout_ms + 5_000),
+        )
 
     async def _enqueue(self, request: web.Request, request_id: str, accepted: _Accepted) -> web.Response:
         entry, track, identity = accepted.entry, accepted.track, accepted.identity
@@ -325,33 +365,68 @@ class Gateway:
         now = _ms()
         key = request_key(request_id)
         counter = backlog_key(entry.key, track.name)
+        lease: Lease | None = None
         try:
-            created, admitted = await self.scripts.run(
+            record = self.scripts.run(
                 [
-                    ("create", [key], [identity.tenant, entry.key, track.name, accepted.tier, now, entry.result_ttl_ms]),
+                    (
+                        "create",
+                        [key],
+                        [identity.tenant, entry.key, track.name, accepted.tier, now, entry.result_ttl_ms],
+                    ),
                     ("admit", [counter], [entry.backlog_limit]),
                 ]
             )
+            if accepted.concurrency is None:
+                created, admitted = await record
+                got_lease = True
+            else:
+                # The lease id is the request id: the worker frees it when the request ends.
+                (created, admitted), lease = await asyncio.gather(
+                    record,
+                    self.leases.acquire(
+                        entry.product,
+                        identity.tenant,
+                        limit=accepted.concurrency,
+                        lease_ms=accepted.lease_ms,
+                        lease_id=request_id,
+                    ),
+                )
+                got_lease = lease is not None
             for answer in (created, admitted):
                 if isinstance(answer, Exception):
                     raise answer
+            admitted = int(admitted)
             if int(created[0]) == 0:
-                if int(admitted) > 0:
+                if admitted > 0:
                     await self.scripts.call("retire", [counter], [1])
-                owner_tenant, owner_route = (v.decode() if isinstance(v, bytes) else str(v) for v in created[1:3])
+                owner_tenant, owner_route = (
+                    v.decode() if isinstance(v, bytes) else str(v) for v in created[1:3]
+                )
                 if owner_tenant == identity.tenant and owner_route == entry.key:
                     return self._accepted(request_id, entry, track, duplicate=True)
+                await self._undo(None, None, lease)
                 raise Refusal(409, "request_id_in_use", f"request id {request_id} is already in use")
-            if int(admitted) < 0:
-                await self.redis.delete(key)
+            if not got_lease:
+                await self._undo(key, counter if admitted > 0 else None, None)
+                raise Refusal(
+                    429,
+                    "concurrency",
+                    f"tenant has {accepted.concurrency} requests in progress, its plan's limit",
+                    {"Retry-After": str(self.config.backlog_retry_after_seconds)},
+                )
+            if admitted < 0:
+                await self._undo(key, None, lease)
                 raise Refusal(
                     503,
                     "backlog",
-                    f"route {entry.key} has {-int(admitted) - 1} requests waiting (limit {entry.backlog_limit})",
+                    f"route {entry.key} has {-admitted - 1} requests waiting (limit {entry.backlog_limit})",
                     {"Retry-After": str(self.config.backlog_retry_after_seconds)},
                 )
         except (RedisError, OSError) as exc:
             raise Refusal(503, "unavailable", f"Redis unreachable: {exc}", {"Retry-After": "1"}) from exc
+        if lease is not None and lease.key is not None:
+            attributes["lease"] = "1"  # the worker frees the tenant's slot when the request ends
         published = time.perf_counter()
         try:
             await self.publisher.publish(
@@ -363,17 +438,31 @@ class Gateway:
                 residency=entry.residency,
             )
         except Exception as exc:
-            log.warning("publish failed", extra={"route": entry.key, "topic": placement.topic, "error": str(exc)})
+            log.warning(
+                "publish failed", extra={"route": entry.key, "topic": placement.topic, "error": str(exc)}
+            )
             try:
-                await self.scripts.call("retire", [counter], [1])
-                await self.redis.delete(key)
+                await self._undo(key, counter, lease)
             except (RedisError, OSError):
                 log.warning("could not undo a failed publish", extra={"request_id": request_id})
-            raise Refusal(503, "publish_failed", f"could not queue the request: {exc}", {"Retry-After": "1"}) from exc
+            raise Refusal(
+                503, "publish_failed", f"could not queue the request: {exc}", {"Retry-After": "1"}
+            ) from exc
         self.metrics.publish_duration.labels(entry.key).observe(time.perf_counter() - published)
         return self._accepted(request_id, entry, track)
 
-    def _attributes(self, request: web.Request, request_id: str, accepted: _Accepted, region: str) -> dict[str, str]:
+    async def _undo(self, key: str | None, counter: str | None, lease: Lease | None) -> None:
+        """Take back what admitting a request wrote, when it is not going to be published."""
+        if counter is not None:
+            await self.scripts.call("retire", [counter], [1])
+        if key is not None:
+            await self.redis.delete(key)
+        if lease is not None:
+            await self.leases.release(lease)
+
+    def _attributes(
+        self, request: web.Request, request_id: str, accepted: _Accepted, region: str
+    ) -> dict[str, str]:
         entry, track, identity = accepted.entry, accepted.track, accepted.identity
         attributes = {
             "request_id": request_id,
@@ -383,6 +472,7 @@ class Gateway:
             "residency": entry.residency,
             "track": track.name,
             "route": entry.key,
+            "product": entry.product,
             "region": region,
             "method": request.method,
             "path": request.path,
@@ -402,9 +492,11 @@ class Gateway:
         attributes.update(inject_attributes(with_baggage(identity.tenant, track.policy_version)))
         return attributes
 
-    def _accepted(self, request_id: str, entry: RouteEntry, track: TrackEntry, duplicate: bool = False) -> web.Response:
+    def _accepted(
+        self, request_id: str, entry: RouteEntry, track: TrackEntry, duplicate: bool = False
+    ) -> web.Response:
         location = STATUS_PREFIX + request_id
-        body = {
+        body: dict[str, Any] = {
             "request_id": request_id,
             "state": "queued",
             "route": entry.key,
@@ -446,7 +538,7 @@ class Gateway:
 
     async def _read_state(self, request_id: str) -> RequestState | None:
         try:
-            fields = await self.redis.hgetall(request_key(request_id))  # type: ignore[misc]
+            fields = await self.redis.hgetall(request_key(request_id))
         except (RedisError, OSError) as exc:
             raise Refusal(503, "unavailable", f"Redis unreachable: {exc}", {"Retry-After": "1"}) from exc
         return RequestState.decode(request_id, fields)
@@ -496,7 +588,9 @@ class Gateway:
         sequence = 0
         while True:
             if state is None:
-                await _send_event(response, "error", {"error": "not_found", "message": "the request expired"}, sequence)
+                await _send_event(
+                    response, "error", {"error": "not_found", "message": "the request expired"}, sequence
+                )
                 return
             marker = (state.state, state.attempts)
             if marker != seen:

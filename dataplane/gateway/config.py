@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from apx.dataplane.common.eventloop import CHOICES
 from apx.dataplane.common.jsonlog import env_flag
 
 DEFAULT_PROJECT = "apx-local"
@@ -39,6 +40,7 @@ class GatewayConfig:
     log_level: str = "INFO"
     json_logs: bool = True
     otlp_endpoint: str | None = None
+    event_loop: str = "auto"
 
 
 def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -57,8 +59,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--host", default=_env(env, "APX_HTTP_HOST", "0.0.0.0"), help="listen address (APX_HTTP_HOST)")
-    parser.add_argument("--port", type=int, default=int(_env(env, "APX_HTTP_PORT", "8080") or 8080), help="HTTP port (APX_HTTP_PORT)")
+    parser.add_argument(
+        "--host", default=_env(env, "APX_HTTP_HOST", "0.0.0.0"), help="listen address (APX_HTTP_HOST)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(_env(env, "APX_HTTP_PORT", "8080") or 8080),
+        help="HTTP port (APX_HTTP_PORT)",
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -119,10 +128,18 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         default=_env(env, "APX_OTLP_ENDPOINT"),
         help="OTLP/HTTP endpoint for traces; unset: spans propagate but are not exported (APX_OTLP_ENDPOINT)",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=CHOICES,
+        default=_env(env, "APX_EVENT_LOOP", "auto"),
+        help="asyncio event loop: auto (uvloop when installed), uvloop or asyncio (APX_EVENT_LOOP)",
+    )
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
     parser = build_parser(environ)
     args = parser.parse_args(argv)
     if not args.redis_url:
@@ -144,4 +161,5 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         log_level=args.log_level,
         json_logs=args.json_logs,
         otlp_endpoint=args.otlp_endpoint,
+        event_loop=args.event_loop,
     )

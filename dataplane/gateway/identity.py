@@ -47,7 +47,9 @@ from apx.dataplane.common.rulesets import RuleSetReader
 
 log = logging.getLogger(__name__)
 
-ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 ANONYMOUS = "anonymous"
 MIN_REFETCH_SECONDS = 10.0
 # Tenant ids travel as Pub/Sub ordering keys and attributes and into Redis keys
@@ -120,7 +122,9 @@ class JwksCache:
         except Exception as exc:
             if keep_old:
                 # Serve the keys we have; refetch again after the minimum interval.
-                log.warning("JWKS refresh failed; using cached keys", extra={"jwks_uri": uri, "error": str(exc)})
+                log.warning(
+                    "JWKS refresh failed; using cached keys", extra={"jwks_uri": uri, "error": str(exc)}
+                )
                 self._sets[uri].fetched_at = self._clock()
                 future.set_result(None)
             else:
@@ -236,7 +240,9 @@ class Authenticator:
             raise AuthError(401, f"malformed token: {exc}", challenge='Bearer error="invalid_token"') from exc
         algorithm = header.get("alg")
         if algorithm not in ALLOWED_ALGORITHMS:
-            raise AuthError(401, f"token algorithm {algorithm!r} not accepted", challenge='Bearer error="invalid_token"')
+            raise AuthError(
+                401, f"token algorithm {algorithm!r} not accepted", challenge='Bearer error="invalid_token"'
+            )
         key = await self._jwks.key(settings.jwks_uri, header.get("kid"), settings.jwks_cache_ms)
         if key is None:
             raise AuthError(401, "token signed by an unknown key", challenge='Bearer error="invalid_token"')

@@ -19,6 +19,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from apx.dataplane.common import eventloop
 from apx.dataplane.common.jsonlog import configure_logging
 from apx.dataplane.common.probes import probes_app, start_site
 from apx.dataplane.common.routetable import RouteTableUnavailable
@@ -48,7 +49,10 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         config, redis_client, publisher, session, metrics=metrics, tracer=provider.get_tracer("apx.gateway")
     )
     runner = web.AppRunner(
-        gateway.application(), access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace_seconds
+        gateway.application(),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=config.shutdown_grace_seconds,
     )
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port, reuse_address=True).start()
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging(SERVICE, config.log_level, config.json_logs)
     try:
-        asyncio.run(serve(config))
+        eventloop.run(serve(config), config.event_loop)
     except OSError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1

@@ -58,7 +58,9 @@ class Publisher:
         endpoint = None if self._emulator or residency not in RESTRICTED_RESIDENCIES else region
         client = self._clients.get(endpoint)
         if client is None:
-            options = ClientOptions(api_endpoint=f"{endpoint}-pubsub.googleapis.com:443") if endpoint else None
+            options = (
+                ClientOptions(api_endpoint=f"{endpoint}-pubsub.googleapis.com:443") if endpoint else None
+            )
             client = pubsub_v1.PublisherClient(
                 batch_settings=self._batch,
                 publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),

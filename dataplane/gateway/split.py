@@ -5,7 +5,7 @@ Pure; called by ``apx.dataplane.gateway.app`` for each accepted request.
 The key is the tenant id when the Route is sticky by tenant (so a tenant stays
 on one track for the whole rollout) and the request id otherwise (an
 independent draw per request). ``bucket = first 8 bytes of blake2b(key) mod
-10,000``; the canary serves buckets ``[0, weight × 100)``. As the canary weight
+10,000``; the canary serves buckets ``[0, weight x 100)``. As the canary weight
 grows, the tenants already on the canary stay there (their bucket stays below
 the threshold), and at weight 0 or 100 nobody is split. Blake2b is used
 because Python's ``hash()`` is salted per process: every gateway replica must
@@ -35,7 +35,7 @@ def choose_track(weights: Sequence[tuple[str, int]], key: str) -> str:
     """The track for ``key`` given ``(track, weight percent)`` pairs, stable first.
 
     Tracks after the first take consecutive bucket ranges from 0 upwards
-    (with one canary: ``[0, weight × 100)``); the first track takes the rest.
+    (with one canary: ``[0, weight x 100)``); the first track takes the rest.
     """
     if len(weights) == 1:
         return weights[0][0]

@@ -140,7 +140,9 @@ class ConcurrencyLeases:
         return int(await self._client.zcount(key, f"({now}", "+inf"))
 
     @contextlib.asynccontextmanager
-    async def hold(self, product: str, tenant: str, *, limit: int, lease_ms: int) -> AsyncIterator[Lease | None]:
+    async def hold(
+        self, product: str, tenant: str, *, limit: int, lease_ms: int
+    ) -> AsyncIterator[Lease | None]:
         """``async with leases.hold(...) as lease``: None when at the cap, released on exit otherwise."""
         lease = await self.acquire(product, tenant, limit=limit, lease_ms=lease_ms)
         try:

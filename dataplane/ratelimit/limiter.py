@@ -41,6 +41,7 @@ script (only when every other limit admitted it).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import secrets
@@ -49,7 +50,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from apx.controllers import names
@@ -57,6 +57,7 @@ from apx.controllers.renderers.redis_rules import api_key_id, request_counter_ke
 from apx.dataplane.common.rulesets import Document, RuleMatch, RuleSetReader
 
 from . import scripts
+from .pipe import PipelinedRedis, encode_args
 
 PRODUCT_KEY = "product"
 PLAN_KEY = "plan"
@@ -92,6 +93,8 @@ CREDITS_HEADER = "x-apx-credits-remaining"
 
 # Suggested wait when a tenant is at its concurrency cap (slots free when requests end).
 CONCURRENCY_RETRY_MS = 1_000
+DECIDE_SOURCE = scripts.DECIDE.encode()
+DECIDE_SHA = hashlib.sha1(DECIDE_SOURCE).hexdigest().encode()
 MAX_PLANS = 50_000
 
 
@@ -228,8 +231,10 @@ class Decision:
 class _Plan:
     tier: str
     checks: tuple[Check, ...]
-    keys: tuple[str, ...]
-    args: tuple[str, ...]
+    # The EVALSHA command in RESP, encoded once per plan: the hot path only adds
+    # time, hits and the request id between the two halves.
+    head: bytes
+    tail: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,20 +276,20 @@ class Limiter:
 
     def __init__(
         self,
-        client: aioredis.Redis,
         reader: RuleSetReader,
+        pipe: PipelinedRedis,
         *,
         clock_us: Callable[[], int] | None = None,
         max_plans: int = MAX_PLANS,
     ) -> None:
-        self._client = client
         self.reader = reader
-        self._decide = client.register_script(scripts.DECIDE)
+        self._pipe = pipe
         # Only tests pass a clock; the service uses Redis TIME so replicas agree.
         self._clock_us = clock_us
         self._plans: OrderedDict[tuple[str, str, str, str, str | None], _Plan] = OrderedDict()
         self._max_plans = max_plans
-        self._id_prefix = secrets.token_hex(6)
+        # Sliding-window log members: unique per request across replicas and restarts.
+        self._id_prefix = secrets.token_hex(6).encode()
         self._ids = itertools.count()
 
     def failure_mode(self, product: str | None) -> str:
@@ -322,15 +327,22 @@ class Limiter:
         match = await self.reader.lookup(product, tenant, who.plan)
         if match is None:
             raise NoRuleSet(f"no rule set for product {product!r}")
-        api_key = who.api_keys[0] if who.api_keys else None
-        plan = self._plan(match, tenant, api_key)
-        now = str(self._clock_us()) if self._clock_us is not None else "0"
-        request_id = f"{self._id_prefix}{next(self._ids):x}"
-        raw = await self._decide(keys=plan.keys, args=(now, str(hits), request_id, *plan.args))
+        first_key = who.api_keys[0] if who.api_keys else None
+        plan = self._plan(match, tenant, first_key)
+        now = b"%d" % self._clock_us() if self._clock_us is not None else b"0"
+        request_id = b"%s%x" % (self._id_prefix, next(self._ids))
+        command = plan.head + encode_args((now, b"%d" % hits, request_id)) + plan.tail
+        raw = await self._pipe.evalsha(DECIDE_SHA, DECIDE_SOURCE, command)
         return _decision(match, tenant, plan, raw, len(who.api_keys))
 
     def _plan(self, match: RuleMatch, tenant: str, api_key: str | None) -> _Plan:
-        cache_key = (match.product, match.version, match.field, tenant, api_key_id(api_key) if api_key else None)
+        cache_key = (
+            match.product,
+            match.version,
+            match.field,
+            tenant,
+            api_key_id(api_key) if api_key else None,
+        )
         plan = self._plans.get(cache_key)
         if plan is not None:
             self._plans.move_to_end(cache_key)
@@ -374,20 +386,27 @@ def build_plan(product: str, tenant: str, meta: Document, rule: Document, api_ke
             period_ms = int(quota["period_seconds"]) * 1000
             # The TTL at the period's start; the script subtracts the elapsed part.
             checks.append(
-                Check(purpose, _window_prefix(key), "fw", int(quota["requests"]), period_ms, ttl, 1, period_ms)
+                Check(
+                    purpose, _window_prefix(key), "fw", int(quota["requests"]), period_ms, ttl, 1, period_ms
+                )
             )
         elif purpose == "concurrency":
-            checks.append(Check(purpose, key, "cc", int(rule["concurrency"]), CONCURRENCY_RETRY_MS, ttl, 0, None))
+            checks.append(
+                Check(purpose, key, "cc", int(rule["concurrency"]), CONCURRENCY_RETRY_MS, ttl, 0, None)
+            )
         elif purpose == "credits":
             checks.append(Check(purpose, key, "cr", 0, int(rule["credits_cost"]), 0, 0, None))
-    args: list[str] = []
+    encoded_keys = [check.key.encode() for check in checks]
+    args: list[bytes] = []
     for check in checks:
-        args += [check.kind, str(check.limit), repr(check.param), str(check.ttl_ms), str(check.flag)]
+        args += [check.kind.encode(), b"%d" % check.limit, repr(check.param).encode()]
+        args += [b"%d" % check.ttl_ms, b"%d" % check.flag]
+    dynamic = 3  # now, hits, request id
+    head = b"*%d\r\n" % (3 + len(encoded_keys) + dynamic + len(args)) + encode_args(
+        [b"EVALSHA", DECIDE_SHA, b"%d" % len(encoded_keys), *encoded_keys]
+    )
     return _Plan(
-        tier=str(rule.get("tier") or "none"),
-        checks=tuple(checks),
-        keys=tuple(c.key for c in checks),
-        args=tuple(args),
+        tier=str(rule.get("tier") or "none"), checks=tuple(checks), head=head, tail=encode_args(args)
     )
 
 

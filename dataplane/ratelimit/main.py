@@ -40,14 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="apx-ratelimit",
         description=(
             "APX rate-limit service: Envoy's global rate limit gRPC API "
-            "(envoy.service.ratelimit.v3.RateLimitService, domain 'apx') over the operator's Redis rule sets. "
+            "(envoy.service.ratelimit.v3.RateLimitService, domain 'apx') "
+            "over the operator's Redis rule sets. "
             "Flags override the APX_* environment variables named in each help."
         ),
     )
     parser.add_argument(
         "--listen",
         default=_env("APX_RATELIMIT_LISTEN", f"0.0.0.0:{grpc_port}"),
-        help="gRPC address host:port (APX_RATELIMIT_LISTEN, else 0.0.0.0:$APX_GRPC_PORT; default %(default)s)",
+        help="gRPC address host:port "
+        "(APX_RATELIMIT_LISTEN, else 0.0.0.0:$APX_GRPC_PORT; default %(default)s)",
     )
     parser.add_argument(
         "--redis-url",
@@ -93,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace-seconds",
         type=float,
         default=float(_env("APX_RATELIMIT_GRACE_SECONDS", "5")),
-        help="time in-flight calls get to finish on SIGTERM (APX_RATELIMIT_GRACE_SECONDS; default %(default)s)",
+        help="time in-flight calls get to finish on SIGTERM "
+        "(APX_RATELIMIT_GRACE_SECONDS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=_env("APX_RATELIMIT_EVENT_LOOP", "auto"),
+        help="asyncio event loop: uvloop (about a third less CPU per decision), asyncio, or auto: uvloop "
+        "when installed (APX_RATELIMIT_EVENT_LOOP; default %(default)s)",
     )
     parser.add_argument(
         "--log-level",
@@ -143,8 +153,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.failure_mode not in FAILURE_MODES:
         parser.error(f"--failure-mode must be one of {', '.join(FAILURE_MODES)}")
+    if not 0 < args.rules_cache_seconds <= 1:
+        # REDIS_KEYS.md: readers cache a product's `current` pointer for at most one second.
+        parser.error("--rules-cache-seconds must be in (0, 1]")
     configure_logging("apx-ratelimit", args.log_level, args.json_logs)
-    return asyncio.run(run(settings_from_args(args), args.metrics_port))
+    coroutine = run(settings_from_args(args), args.metrics_port)
+    if args.event_loop == "asyncio":
+        return asyncio.run(coroutine)
+    try:
+        import uvloop
+    except ImportError:
+        if args.event_loop == "uvloop":
+            coroutine.close()
+            parser.error("--event-loop uvloop: the uvloop package is not installed")
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The Redis Lua scripts of the rate-limit service, the concurrency leases and the credits balance.
 
-Loaded with ``register_script`` (``EVALSHA``, reloaded by redis-py after a
-Redis restart) by ``apx.dataplane.ratelimit.limiter`` and ``.leases``. Key
-layout and TTLs are the operator's contract (``REDIS_KEYS.md``, "Counters");
-the Python side computes every key with ``redis_rules.request_counter_keys``
+Run with ``EVALSHA`` and loaded again on ``NOSCRIPT`` (after a Redis
+restart): the decision script by ``limiter`` over its pipelined connection
+(``pipe``), the lease and credit scripts by ``leases`` through redis-py's
+``register_script``. Key layout and TTLs are the operator's contract
+(``REDIS_KEYS.md``, "Counters"); the Python side computes every key with ``redis_rules.request_counter_keys``
 and hands them over as ``KEYS``, all under one ``{<product>/<tenant>}`` hash
 tag, so each script runs on one Redis Cluster slot.
 
@@ -75,17 +76,17 @@ for i = 1, #KEYS do
         retry_us = -1
       else
         -- The request fits once the (count + need - limit) oldest entries have left.
-        local nth = redis.call('ZRANGE', key, count + need - limit - 1, count + need - limit - 1, 'WITHSCORES')
-        retry_us = tonumber(nth[2]) + param - now_us
+        local nth = count + need - limit - 1
+        local entry = redis.call('ZRANGE', key, nth, nth, 'WITHSCORES')
+        retry_us = tonumber(entry[2]) + param - now_us
       end
     end
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if oldest[2] then
-      reset_us = tonumber(oldest[2]) + param - now_us
-    elseif ok and hits > 0 then
+    -- Reset: when the window is whole again, i.e. the newest entry has left.
+    if ok and hits > 0 then
       reset_us = param
     else
-      reset_us = 0
+      local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      if newest[2] then reset_us = tonumber(newest[2]) + param - now_us else reset_us = 0 end
     end
     commits[i] = {kind, key, ttl}
   elseif kind == 'tb' then

@@ -59,6 +59,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from apx.dataplane.common.rulesets import RuleSetReader
@@ -76,6 +78,7 @@ from .limiter import (
     LimitStatus,
 )
 from .metrics import RateLimitMetrics
+from .pipe import PipelinedRedis
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,11 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         else:
             log.info("cannot judge a request: %s", exc, extra={"product": product, "reason": exc.reason})
         if self.failure_mode == "envoy":
-            code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, BadRequest) else grpc.StatusCode.UNAVAILABLE
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if isinstance(exc, BadRequest)
+                else grpc.StatusCode.UNAVAILABLE
+            )
             await context.abort(code, str(exc))
         allowed = mode == "open"
         decision = Decision(
@@ -243,6 +250,7 @@ class RunningService:
     port: int
     server: grpc.aio.Server
     redis: aioredis.Redis
+    pipe: PipelinedRedis
     reader: RuleSetReader
     limiter: Limiter
     service: RateLimitService
@@ -259,6 +267,7 @@ class RunningService:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         await self.reader.close()
+        await self.pipe.close()
         await self.redis.aclose()
 
 
@@ -269,8 +278,9 @@ def redis_client(settings: ServiceSettings) -> aioredis.Redis:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         max_connections=settings.redis_max_connections,
-        health_check_interval=0,
-        retry_on_timeout=False,
+        # One immediate retry replaces a pooled connection Redis closed (a restart)
+        # without failing the request; more would only delay the failure mode.
+        retry=Retry(NoBackoff(), 1),
     )
 
 
@@ -283,8 +293,9 @@ async def start_service(
     """Start the gRPC server on ``settings.listen`` (port 0 picks a free one)."""
     metrics = metrics or RateLimitMetrics()
     client = redis_client(settings)
+    pipe = PipelinedRedis(settings.redis_url, timeout=settings.redis_timeout_ms / 1000)
     reader = RuleSetReader(client, pointer_ttl=settings.pointer_ttl)
-    limiter = Limiter(client, reader, clock_us=clock_us)
+    limiter = Limiter(reader, pipe, clock_us=clock_us)
     service = RateLimitService(limiter, metrics, settings.failure_mode)
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -296,7 +307,7 @@ async def start_service(
     await server.start()
     await health_servicer.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.SERVING)
     running = RunningService(
-        port, server, client, reader, limiter, service, health_servicer, metrics, settings
+        port, server, client, pipe, reader, limiter, service, health_servicer, metrics, settings
     )
     running._tasks.append(asyncio.create_task(_watch_redis(running)))
     log.info(

@@ -7,6 +7,7 @@ rule sets in Redis, topics in the emulator, Deployments and ConfigMaps.
 
 from __future__ import annotations
 
+import base64
 import copy
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,7 @@ from apx.controllers.appliers.kube import Connection, KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.names import ruleset_current_key
+from apx.controllers.renderers.envoy import decode_snapshot
 from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
 from apx.e2e.services import Service, start_redis
 from apx.operator.reconciler import Reconciler
@@ -110,7 +112,11 @@ async def test_samples_become_ready_with_rules_topics_deployments_and_snapshot(
     assert deployment is not None
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == route["metadata"]["uid"]
     snapshot = await kube.get("ConfigMap", "apx-system", "apx-envoy-snapshot")
-    assert snapshot is not None and "snapshot.json" in snapshot["data"]
+    assert snapshot is not None
+    resources = decode_snapshot(base64.b64decode(snapshot["binaryData"]["snapshot.pb.gz"]))
+    assert {r.type_url.rsplit(".", 1)[-1] for r in resources} == {"Listener", "RouteConfiguration", "Cluster"}
+    for kind in ("ConfigMap", "Secret"):
+        assert await kube.get(kind, "default", "apx-dataplane") is not None
 
     bundle = await kube.get("PolicyBundle", "default", "payments-policy")
     assert bundle is not None

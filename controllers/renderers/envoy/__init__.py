@@ -30,12 +30,13 @@ produced, as in Envoy Gateway's translator.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
 
 from ...ir import IR
 from .clusters import build_clusters
@@ -60,7 +61,31 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _delimited(resources: Iterator[Any]) -> bytes:
+SNAPSHOT_ENCODING = "gzip+length-delimited google.protobuf.Any (Listener, RouteConfiguration, Cluster)"
+
+
+def decode_snapshot(data: bytes) -> list[Any]:
+    """Read back ``snapshot_document()['binary']``: the resources as ``google.protobuf.Any`` messages."""
+    raw = gzip.decompress(data)
+    resources: list[Any] = []
+    position = 0
+    while position < len(raw):
+        length, shift = 0, 0
+        while True:
+            byte = raw[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        message = any_pb2.Any()
+        message.ParseFromString(raw[position : position + length])
+        resources.append(message)
+        position += length
+    return resources
+
+
+def _delimited(resources: Iterable[Any]) -> bytes:
     parts: list[bytes] = []
     for resource in resources:
         encoded = resource.SerializeToString(deterministic=True)
@@ -107,8 +132,31 @@ class EnvoyOutput:
         """All resources as one length-delimited stream of their deterministic binary encodings."""
         return _delimited(self.resources())
 
+    def snapshot_document(self) -> dict[str, Any]:
+        """The compact snapshot stored in the snapshot ConfigMap.
+
+        Proto3 JSON of a large snapshot is both slow to produce (seconds for
+        thousands of routes) and larger than a ConfigMap may be (1 MiB), so
+        the ConfigMap carries the binary form: every resource packed in a
+        ``google.protobuf.Any``, length-delimited, gzip-compressed
+        (``decode_snapshot`` reads it back).
+        """
+        packed = _delimited(pack(resource) for resource in self.resources())
+        return {
+            "version": self.version,
+            "encoding": SNAPSHOT_ENCODING,
+            "binary": gzip.compress(packed, compresslevel=6, mtime=0),
+            "counts": {
+                "listeners": len(self.listeners),
+                "routes": sum(len(vh.routes) for rc in self.route_configurations for vh in rc.virtual_hosts),
+                "virtual_hosts": sum(len(rc.virtual_hosts) for rc in self.route_configurations),
+                "clusters": len(self.clusters),
+                "routes_left_out": len(self.errors),
+            },
+        }
+
     def to_json(self) -> dict[str, Any]:
-        """Proto3 JSON of every resource (``@type`` included), for ConfigMaps and golden files."""
+        """Proto3 JSON of every resource (``@type`` included), for ``apx translate`` and golden files."""
 
         def as_json(messages: list[Any]) -> list[Any]:
             return [json_format.MessageToDict(pack(m)) for m in messages]

@@ -12,6 +12,7 @@ is the operator installation's.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any
 
@@ -30,6 +31,21 @@ def snapshot_version(snapshot: dict[str, Any], content: str) -> str:
 
 def render_envoy_snapshot(snapshot: dict[str, Any], operator_namespace: str) -> dict[str, Any]:
     labels = {**MANAGED_BY, "app.kubernetes.io/name": "apx", "app.kubernetes.io/component": "envoy-snapshot"}
+    binary = snapshot.get("binary")
+    if isinstance(binary, bytes):
+        # The Envoy renderer's compact form (see EnvoyOutput.snapshot_document): a
+        # large snapshot as JSON would exceed the 1 MiB a ConfigMap may hold.
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(names.envoy_snapshot_configmap(), operator_namespace, labels),
+            "data": {
+                "version": str(snapshot.get("version", "")),
+                "encoding": str(snapshot.get("encoding", "")),
+                "counts.json": canonical_json(snapshot.get("counts") or {}),
+            },
+            "binaryData": {"snapshot.pb.gz": base64.b64encode(binary).decode("ascii")},
+        }
     # Compact canonical JSON: a ConfigMap holds at most 1 MiB.
     content = canonical_json(snapshot)
     return {

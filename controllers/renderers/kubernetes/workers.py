@@ -24,9 +24,11 @@ What ``apx-worker`` reads from its environment: ``APX_SUBSCRIPTIONS``
 (comma-separated subscription ids in ``APX_PUBSUB_PROJECT``), ``APX_ROUTE``,
 ``APX_PRODUCT``, ``APX_TRACK``, ``APX_POOL``, ``APX_UPSTREAM_URL``,
 ``APX_TIMEOUT_MS`` (per upstream call), ``APX_RESULT_TTL_MS``,
-``APX_MAX_OUTSTANDING_MESSAGES`` (flow control), ``APX_METRICS_PORT`` (serves
-``/metrics``, ``/healthz``, ``/readyz``), ``APX_REDIS_URL`` and, with the
-emulator, ``PUBSUB_EMULATOR_HOST``.
+``APX_MAX_OUTSTANDING_MESSAGES`` (flow control), ``APX_DRAIN_SECONDS`` (on
+SIGTERM, how long work in flight may finish before it is nacked),
+``APX_METRICS_PORT`` (serves ``/metrics``, ``/healthz``, ``/readyz``),
+``APX_REDIS_URL`` and, with the emulator, ``PUBSUB_EMULATOR_HOST``. Each is
+also a flag of ``apx-worker`` (``apx.dataplane.worker.config``).
 
 Workers need, in the Route's namespace, the ConfigMap ``apx-dataplane``
 (``pubsub-project``, optional ``pubsub-emulator-host``) and the Secret
@@ -50,6 +52,10 @@ RUN_AS_USER = 65532
 # A stopping worker stops pulling and finishes what it holds; each message
 # takes at most the Route's timeout, plus time to ack and flush telemetry.
 SHUTDOWN_MARGIN_SECONDS = 15
+# The worker's own drain deadline: a call that started just before SIGTERM may
+# take the whole Route timeout; the rest of the grace period stops the pullers
+# and flushes acks before the kubelet's SIGKILL.
+DRAIN_MARGIN_SECONDS = 5
 TMP_SIZE_LIMIT = "64Mi"
 
 
@@ -138,6 +144,7 @@ def _env(pool: WorkerPool) -> list[dict[str, Any]]:
         "APX_TIMEOUT_MS": str(route.timeout_ms),
         "APX_RESULT_TTL_MS": str(route.delivery.result_ttl_ms),
         "APX_MAX_OUTSTANDING_MESSAGES": str(worker.max_outstanding_messages),
+        "APX_DRAIN_SECONDS": str(math.ceil(route.timeout_ms / 1000) + DRAIN_MARGIN_SECONDS),
         "APX_METRICS_PORT": str(METRICS_PORT),
     }
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items()]

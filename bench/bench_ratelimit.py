@@ -1,0 +1,511 @@
+"""Benchmark: the rate-limit service (``apx-ratelimit``) against raw EVALSHA of the same Lua script.
+
+    python bench/bench_ratelimit.py [--seconds 5] [--streams 32] [--rate 5000]
+
+Starts its own redis-server (``apx.e2e.services.start_redis``), publishes a
+Product the way the operator does, and measures in one run:
+
+* baselines, the decision script (``scripts.DECIDE``) with the arguments the
+  service sends for a plan with a rate limit, a quota and a concurrency cap:
+  redis-py sequential ``EVALSHA`` (one call at a time, as a plain client
+  does), redis-py pipelined (100 per round trip, Redis' own ceiling for this
+  script), redis-py asyncio with ``--streams`` calls in flight, and the
+  service's own pipelined connection (``pipe.PipelinedRedis``) the same way;
+* the gRPC floor: an empty ``grpc.aio`` servicer (answers a constant) driven
+  exactly like the service, which no Python gRPC service can beat;
+* the service, one process (``python -m apx.dataplane.ratelimit``): decisions
+  per second with ``--streams`` concurrent calls on one HTTP/2 connection
+  (what one Envoy worker opens), server CPU per decision, and latency
+  percentiles at a paced ``--rate`` (open loop, h2load's ``--rps``) and at
+  half that.
+
+Load comes from h2load (Debian ``nghttp2-client``, installed when missing),
+which sends Envoy's ``RateLimitRequest`` as raw gRPC frames at a fraction of
+a Python client's CPU, leaving the machine to the service. After each run
+the service's own metrics are scraped to check every call was a decision
+(no errors). Everything started is stopped by PID. Targets from the issue:
+service ≥ 50 % of the raw sequential EVALSHA rate, p99 ≤ 2 ms at 5,000 rps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+import redis.asyncio as aioredis
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
+from prometheus_client.parser import text_string_to_metric_families
+
+from apx.controllers.appliers.redis_rules import RedisApplier, VersionedKeys
+from apx.controllers.renderers.redis_rules import render_redis
+from apx.controllers.translate import translate
+from apx.dataplane.common.rulesets import RuleSetReader
+from apx.dataplane.ratelimit import scripts
+from apx.dataplane.ratelimit.limiter import DECIDE_SHA, DECIDE_SOURCE, build_plan
+from apx.dataplane.ratelimit.pipe import PipelinedRedis, encode_args
+from apx.e2e.services import Service, apt_install, free_port, start_redis, stop_pid, wait_for_port
+
+PRODUCT = "bench/api"
+PATH = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+TENANTS = 1000
+
+FLOOR_SERVER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import grpc
+    from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+    class Constant(rls_pb2_grpc.RateLimitServiceServicer):
+        async def ShouldRateLimit(self, request, context):
+            return rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
+
+    async def main():
+        server = grpc.aio.server()
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(Constant(), server)
+        server.add_insecure_port(sys.argv[1])
+        await server.start()
+        await server.wait_for_termination()
+
+    try:
+        import uvloop
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+    """
+)
+
+
+def documents() -> list[dict[str, Any]]:
+    """A Product whose plan has a rate limit, a quota and a concurrency cap, generous enough to admit all."""
+    plan = {
+        "name": "metered",
+        "tier": "pro",
+        "rateLimit": {"requestsPerSecond": 1_000_000, "burst": 1_000_000},
+        "quota": {"requests": 10_000_000_000, "period": "month"},
+        "concurrency": 100_000,
+    }
+    namespace, name = PRODUCT.split("/")
+    return [
+        {
+            "apiVersion": "apx.dev/v1alpha1",
+            "kind": "Product",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"residency": "GLOBAL", "regions": ["us-central1"], "plans": [plan]},
+        },
+        {
+            "apiVersion": "apx.dev/v1alpha1",
+            "kind": "PolicyBundle",
+            "metadata": {"name": "bench-policy", "namespace": namespace},
+            "spec": {
+                "version": "1.0.0",
+                "auth": {
+                    "jwt": {
+                        "issuer": "https://id.example/",
+                        "jwksUri": "https://id.example/jwks",
+                        "tenantClaim": "tenant",
+                    }
+                },
+                "authz": {"defaultAction": "allow"},
+                "rateLimit": {"algorithm": "sliding-window", "failureMode": "open"},
+            },
+        },
+        {
+            "apiVersion": "apx.dev/v1alpha1",
+            "kind": "Route",
+            "metadata": {"name": "bench-route", "namespace": namespace},
+            "spec": {
+                "productRef": {"name": name},
+                "policyRef": {"name": "bench-policy", "version": "1.0.0"},
+                "match": {"hosts": ["api.example"], "pathPrefix": "/"},
+                "mode": "sync",
+                "backend": {"url": "http://backend.example:8080"},
+            },
+        },
+    ]
+
+
+async def publish(url: str) -> dict[str, Any]:
+    result = translate(documents())
+    if result.stalled:
+        raise SystemExit(f"benchmark workload rejected: {result.stalled[0].message}")
+    output = render_redis(result.ir)
+    applier = RedisApplier(url)
+    try:
+        for rule_set in output.rule_sets:
+            keys = VersionedKeys(
+                rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key
+            )
+            await applier.publish(keys, rule_set.version, dict(rule_set.fields))
+    finally:
+        await applier.close()
+    client = aioredis.Redis.from_url(url)
+    try:
+        match = await RuleSetReader(client).lookup(PRODUCT, "t0", None)
+    finally:
+        await client.aclose()
+    assert match is not None
+    return {"meta": match.meta, "rule": match.rule}
+
+
+# --- baselines: the same script from redis-py -------------------------------------------------------
+
+
+def raw_sequential(url: str, rules: dict[str, Any], seconds: float) -> float:
+    client = redis.Redis.from_url(url)
+    script = client.register_script(scripts.DECIDE)
+    calls = _raw_calls(rules)
+    done = 0
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < deadline:
+        for _ in range(50):
+            keys, args = calls[done % TENANTS]
+            script(keys=keys, args=[b"0", b"1", b"s%d" % done, *args])
+            done += 1
+    rate = done / (time.perf_counter() - started)
+    client.close()
+    return rate
+
+
+def raw_pipelined(url: str, rules: dict[str, Any], seconds: float, depth: int = 100) -> float:
+    client = redis.Redis.from_url(url)
+    calls = _raw_calls(rules)
+    client.register_script(scripts.DECIDE)(keys=calls[0][0], args=[b"0", b"0", b"warm", *calls[0][1]])
+    done = 0
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < deadline:
+        pipe = client.pipeline(transaction=False)
+        for i in range(depth):
+            keys, args = calls[(done + i) % TENANTS]
+            pipe.evalsha(DECIDE_SHA.decode(), len(keys), *keys, b"0", b"1", b"p%d" % (done + i), *args)
+        pipe.execute()
+        done += depth
+    rate = done / (time.perf_counter() - started)
+    client.close()
+    return rate
+
+
+async def raw_async(url: str, rules: dict[str, Any], seconds: float, streams: int) -> float:
+    client = aioredis.Redis.from_url(url, max_connections=streams + 4)
+    script = client.register_script(scripts.DECIDE)
+    calls = _raw_calls(rules)
+    done = 0
+
+    async def stream(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.perf_counter() < deadline:
+            keys, args = calls[i % TENANTS]
+            await script(keys=keys, args=[b"0", b"1", b"a%d-%d" % (offset, i), *args])
+            i += streams
+            done += 1
+
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    await asyncio.gather(*(stream(k) for k in range(streams)))
+    rate = done / (time.perf_counter() - started)
+    await client.aclose()
+    return rate
+
+
+async def raw_pipe(url: str, rules: dict[str, Any], seconds: float, streams: int) -> float:
+    """The service's own connection (``PipelinedRedis``) with the service's pre-encoded commands."""
+    pipe = PipelinedRedis(url)
+    plans = [build_plan(PRODUCT, f"t{i}", rules["meta"], rules["rule"], None) for i in range(TENANTS)]
+    done = 0
+
+    async def stream(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.perf_counter() < deadline:
+            plan = plans[i % TENANTS]
+            command = plan.head + encode_args((b"0", b"1", b"q%d-%d" % (offset, i))) + plan.tail
+            await pipe.evalsha(DECIDE_SHA, DECIDE_SOURCE, command)
+            i += streams
+            done += 1
+
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    await asyncio.gather(*(stream(k) for k in range(streams)))
+    rate = done / (time.perf_counter() - started)
+    await pipe.close()
+    return rate
+
+
+def _raw_calls(rules: dict[str, Any]) -> list[tuple[list[bytes], list[bytes]]]:
+    """(KEYS, static ARGV) per tenant, as the service builds them (``build_plan``)."""
+    calls = []
+    for i in range(TENANTS):
+        plan = build_plan(PRODUCT, f"t{i}", rules["meta"], rules["rule"], None)
+        keys = [check.key.encode() for check in plan.checks]
+        args: list[bytes] = []
+        for check in plan.checks:
+            args += [check.kind.encode(), b"%d" % check.limit, repr(check.param).encode()]
+            args += [b"%d" % check.ttl_ms, b"%d" % check.flag]
+        calls.append((keys, args))
+    return calls
+
+
+# --- gRPC load with h2load -------------------------------------------------------------------------------
+
+
+def grpc_body(tenant: str) -> bytes:
+    """One gRPC frame (uncompressed, length-prefixed) carrying Envoy's RateLimitRequest."""
+    entry = ratelimit_pb2.RateLimitDescriptor.Entry
+    request = rls_pb2.RateLimitRequest(
+        domain="apx",
+        descriptors=[
+            ratelimit_pb2.RateLimitDescriptor(
+                entries=[entry(key="product", value=PRODUCT), entry(key="tenant", value=tenant)]
+            )
+        ],
+    )
+    payload = request.SerializeToString()
+    return b"\0" + struct.pack(">I", len(payload)) + payload
+
+
+def h2load(
+    h2load_bin: str,
+    port: int,
+    body: Path,
+    seconds: float,
+    *,
+    streams: int,
+    clients: int = 1,
+    rps: int = 0,
+    log: Path | None = None,
+) -> dict[str, float]:
+    command = [
+        h2load_bin,
+        "-c",
+        str(clients),
+        "-m",
+        str(streams),
+        "-D",
+        f"{int(seconds * 1000)}ms",
+        "--warm-up-time",
+        "1",
+        "-d",
+        str(body),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ]
+    if rps:
+        command += ["--rps", str(rps)]
+    if log is not None:
+        command += ["--log-file", str(log)]
+    command.append(f"http://127.0.0.1:{port}{PATH}")
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = {}
+    for line in out.splitlines():
+        if line.startswith("finished in"):
+            result["rate"] = float(line.split(",")[1].split()[0])
+        elif line.startswith("requests:"):
+            fields = line.split()
+            result["done"] = float(fields[fields.index("done,") - 1])
+            result["failed"] = float(fields[fields.index("failed,") - 1]) + float(
+                fields[fields.index("errored,") - 1]
+            )
+    return result
+
+
+def latencies_ms(log: Path) -> list[float]:
+    values = []
+    for line in log.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and fields[1] == "200":
+            values.append(int(fields[2]) / 1000)
+    return sorted(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def scrape(port: int) -> dict[str, Any]:
+    """Decision and failure totals, and the decision-time histogram buckets, from the service's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    totals: dict[str, Any] = {"buckets": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("apx_ratelimit_decisions_total", "apx_ratelimit_failures_total"):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            elif sample.name == "apx_ratelimit_decision_seconds_bucket":
+                totals["buckets"][float(sample.labels["le"])] = sample.value
+    return totals
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Upper bound (ms) of the histogram bucket holding quantile ``q`` of the observations in between."""
+    counts = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = counts[-1][1] if counts else 0.0
+    for le, cumulative in counts:
+        if total and cumulative >= q * total:
+            return le * 1000
+    return float("nan")
+
+
+def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+@dataclass
+class Driven:
+    """What one gRPC server did under h2load: closed-loop rate, CPU per call, latency at paced rates."""
+
+    rate: float
+    cpu_us: float
+    failed: float
+    paced: dict[int, tuple[float, list[float]]] = field(default_factory=dict)  # rate -> (achieved, ms)
+
+
+def drive(
+    h2load_bin: str, port: int, pid: int, body: Path, work: Path, args: argparse.Namespace, name: str
+) -> Driven:
+    cpu_before = cpu_seconds(pid)
+    closed = h2load(h2load_bin, port, body, args.seconds, streams=args.streams)
+    # h2load adds one second of warm-up to the measured time.
+    cpu_us = (cpu_seconds(pid) - cpu_before) / max(closed.get("done", 0.0) * (1 + 1 / args.seconds), 1) * 1e6
+    driven = Driven(closed["rate"], cpu_us, closed.get("failed", 0.0))
+    for rate in (args.rate, args.rate // 2, args.rate // 5):
+        log = work / f"{name}-{rate}.tsv"
+        clients = 4
+        run = h2load(
+            h2load_bin,
+            port,
+            body,
+            args.seconds,
+            streams=args.streams,
+            clients=clients,
+            rps=rate // clients,
+            log=log,
+        )
+        driven.paced[rate] = (run["rate"], latencies_ms(log))
+    return driven
+
+
+def row(label: str, value: str, note: str = "") -> None:
+    print(f"  {label:<44}{value:>10}   {note}".rstrip())
+
+
+def describe(values: list[float]) -> str:
+    return (
+        f"p50 {percentile(values, 0.5):6.2f}  p99 {percentile(values, 0.99):6.2f}  "
+        f"p99.9 {percentile(values, 0.999):6.2f}  max {max(values, default=float('nan')):6.2f} ms"
+    )
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    parser.add_argument("--streams", type=int, default=32, help="concurrent calls (HTTP/2 streams)")
+    parser.add_argument("--rate", type=int, default=5000, help="paced rate for the latency figure")
+    args = parser.parse_args()
+
+    h2load_bin = apt_install("nghttp2-client", "h2load", no_recommends=True)
+    work = Path(tempfile.mkdtemp(prefix="apx-bench-ratelimit-"))
+    started: list[int] = []
+    service: Service | None = None
+    try:
+        service = start_redis(work / "redis")
+        url = f"redis://{service.address}/0"
+        rules = asyncio.run(publish(url))
+        seconds = args.seconds
+
+        sequential = raw_sequential(url, rules, seconds)
+        pipelined = raw_pipelined(url, rules, seconds)
+        in_flight = asyncio.run(raw_async(url, rules, seconds, args.streams))
+        own_pipe = asyncio.run(raw_pipe(url, rules, seconds, args.streams))
+
+        body = work / "request.grpc"
+        body.write_bytes(grpc_body("t0"))
+
+        floor_port = free_port()
+        floor_server = spawn(
+            [sys.executable, "-c", FLOOR_SERVER, f"127.0.0.1:{floor_port}"], work / "floor.log"
+        )
+        started.append(floor_server.pid)
+        wait_for_port(floor_port, 20, floor_server, "gRPC floor server")
+        floor = drive(h2load_bin, floor_port, floor_server.pid, body, work, args, "floor")
+        stop_pid(floor_server.pid)
+
+        port, metrics_port = free_port(), free_port()
+        rls = spawn(
+            [
+                sys.executable, "-m", "apx.dataplane.ratelimit", "--listen", f"127.0.0.1:{port}",
+                "--redis-url", url, "--metrics-port", str(metrics_port), "--log-level", "WARNING",
+            ],
+            work / "ratelimit.log",
+        )  # fmt: skip
+        started.append(rls.pid)
+        wait_for_port(port, 20, rls, "apx-ratelimit")
+        wait_for_port(metrics_port, 20, rls, "apx-ratelimit metrics")
+        before = scrape(metrics_port)
+        driven = drive(h2load_bin, port, rls.pid, body, work, args, "service")
+        after = scrape(metrics_port)
+        stop_pid(rls.pid)
+    finally:
+        for pid in started:
+            stop_pid(pid)
+        if service is not None:
+            service.stop()
+
+    decided = after.get("apx_ratelimit_decisions_total", 0) - before.get("apx_ratelimit_decisions_total", 0)
+    failures = after.get("apx_ratelimit_failures_total", 0) - before.get("apx_ratelimit_failures_total", 0)
+    server_p99 = bucket_quantile(before["buckets"], after["buckets"], 0.99)
+    rate = driven.rate
+    print(f"machine: {os.cpu_count()} CPUs, shared by Redis, the server under test and h2load")
+    print("baselines, the decision script with 3 checks (sliding-window rate, quota, concurrency):")
+    row("redis-py EVALSHA, sequential", f"{sequential:.0f} /s")
+    row("redis-py EVALSHA, pipelined x100", f"{pipelined:.0f} /s", "Redis' ceiling for this script")
+    row(f"redis-py asyncio, {args.streams} in flight", f"{in_flight:.0f} /s")
+    row(f"service's PipelinedRedis, {args.streams} in flight", f"{own_pipe:.0f} /s")
+    row("empty grpc.aio servicer (gRPC floor)", f"{floor.rate:.0f} /s", f"{floor.cpu_us:.0f} µs CPU per call")
+    print(f"apx-ratelimit, one process, {args.streams} streams on one HTTP/2 connection:")
+    row("decisions", f"{rate:.0f} /s", f"{driven.cpu_us:.0f} µs CPU per decision")
+    row("", "", f"{decided:.0f} counted by the service, {failures:.0f} failures, {driven.failed:.0f} errors")
+    row("/ raw sequential EVALSHA", f"{rate / sequential:.2f}", "target >= 0.50")
+    row(f"/ redis-py asyncio, {args.streams} in flight", f"{rate / in_flight:.2f}")
+    row("/ gRPC floor", f"{rate / floor.rate:.2f}")
+    print("latency seen by h2load, paced open loop (4 connections):")
+    for paced_rate in driven.paced:
+        achieved, values = driven.paced[paced_rate]
+        floor_achieved, floor_values = floor.paced[paced_rate]
+        target = "   (target p99 <= 2 ms)" if paced_rate == args.rate else ""
+        print(f"  {paced_rate:5d} rps  service    achieved {achieved:6.0f}/s  {describe(values)}{target}")
+        print(f"  {paced_rate:5d} rps  gRPC floor achieved {floor_achieved:6.0f}/s  {describe(floor_values)}")
+    print(f"  service-side decision time over the whole run (histogram): p99 <= {server_p99:.1f} ms")
+    if failures or driven.failed:
+        print("the service reported failures during the run", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``apx-worker``: the worker's console script (and the container entry point of worker Deployments).
+
+Parses flags/environment (``config``; the worker Deployment sets the
+variables), sets up JSON logging and tracing, serves ``/metrics``,
+``/healthz`` and ``/readyz`` on ``--metrics-port`` (the Deployment's probes),
+and runs the ``processor`` until SIGTERM. Then: readiness turns 503, pulling
+stops, work in flight gets ``--drain-seconds`` to finish, the rest is nacked
+for redelivery, pending acks are flushed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from apx.dataplane.common import eventloop
+from apx.dataplane.common.jsonlog import configure_logging
+from apx.dataplane.common.probes import probes_app, start_site
+from apx.dataplane.common.requeststate import ScriptRunner
+from apx.dataplane.common.shutdown import stop_event
+from apx.dataplane.common.tracecontext import configure_tracing
+
+from .config import WorkerConfig, parse_config
+from .metrics import WorkerMetrics
+from .processor import Processor
+
+log = logging.getLogger("apx.worker")
+SERVICE = "apx-worker"
+
+
+async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
+    """Consume until ``stop`` is set (by default: SIGTERM/SIGINT), then drain."""
+    stop = stop or stop_event()
+    provider = configure_tracing(SERVICE, config.otlp_endpoint)
+    redis_client = aioredis.Redis.from_url(
+        config.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        max_connections=64,
+    )
+    connector = aiohttp.TCPConnector(limit=max(10, config.max_outstanding_messages), ttl_dns_cache=30)
+    # No cookie jar: cookies of one tenant's upstream answer must never ride on another tenant's call.
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+    metrics = WorkerMetrics()
+    processor = Processor(
+        config, ScriptRunner(redis_client), session, metrics=metrics, tracer=provider.get_tracer("apx.worker")
+    )
+    probes = None
+    if config.metrics_port:
+        probes = await start_site(
+            probes_app(metrics.registry, processor.healthy, processor.ready),
+            config.metrics_host,
+            config.metrics_port,
+        )
+    try:
+        await processor.start()
+        log.info("started", extra={"route": config.route, "track": config.track, "pool": config.pool})
+        await stop.wait()
+        await processor.drain()
+    finally:
+        if probes is not None:
+            await probes.cleanup()
+        await session.close()
+        await redis_client.aclose()
+        provider.shutdown()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    configure_logging(SERVICE, config.log_level, config.json_logs)
+    try:
+        eventloop.run(run(config), config.event_loop)
+    except Exception as exc:
+        log.error("worker failed", exc_info=exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

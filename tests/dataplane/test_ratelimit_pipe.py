@@ -1,0 +1,86 @@
+"""The rate-limit service's pipelined Redis connection (``apx.dataplane.ratelimit.pipe``) on a private Redis.
+
+Password and database from the URL, replies matched to callers in order
+under concurrency, ``NOSCRIPT`` after ``SCRIPT FLUSH``, a slow Redis failing
+the calls in flight with a timeout, and reconnection after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from apx.dataplane.ratelimit.pipe import PipelinedRedis, encode_command
+from apx.e2e.services import start_redis
+
+ECHO = b"return {KEYS[1], ARGV[1]}"
+ECHO_SHA = hashlib.sha1(ECHO).hexdigest().encode()
+
+
+def evalsha(key: bytes, arg: bytes) -> bytes:
+    return encode_command([b"EVALSHA", ECHO_SHA, b"1", key, arg])
+
+
+@pytest.mark.asyncio
+async def test_pipelined_calls_get_their_own_replies_with_auth_database_and_script_reload(
+    tmp_path: Path,
+) -> None:
+    service = start_redis(tmp_path / "redis")
+    admin = aioredis.Redis.from_url(f"redis://{service.address}/0")
+    try:
+        await admin.config_set("requirepass", "s3cret")
+        pipe = PipelinedRedis(f"redis://:s3cret@{service.address}/3", timeout=2)
+        try:
+            replies = await asyncio.gather(
+                *(pipe.evalsha(ECHO_SHA, ECHO, evalsha(b"k%d" % i, b"v%d" % i)) for i in range(200))
+            )
+            assert replies == [[b"k%d" % i, b"v%d" % i] for i in range(200)]
+            await pipe.execute(encode_command([b"SET", b"where", b"db3"]))
+            authed = aioredis.Redis.from_url(f"redis://:s3cret@{service.address}/3")
+            assert await authed.get("where") == b"db3"
+            await authed.script_flush()
+            await authed.aclose()
+            assert await pipe.evalsha(ECHO_SHA, ECHO, evalsha(b"a", b"b")) == [b"a", b"b"]
+            with pytest.raises(ResponseError):
+                await pipe.execute(encode_command([b"NOSUCHCOMMAND"]))
+            assert await pipe.execute(encode_command([b"PING"])) == b"PONG"
+        finally:
+            await pipe.close()
+    finally:
+        await admin.aclose()
+        service.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_redis_times_out_the_calls_in_flight_and_a_restarted_one_is_reconnected(
+    tmp_path: Path,
+) -> None:
+    service = start_redis(tmp_path / "redis")
+    pipe = PipelinedRedis(f"redis://{service.address}/0", timeout=0.2)
+    try:
+        assert await pipe.execute(encode_command([b"PING"])) == b"PONG"
+        os.kill(service.pid, signal.SIGSTOP)  # a hung Redis: connected, silent
+        try:
+            with pytest.raises(RedisTimeoutError):
+                await asyncio.gather(*(pipe.execute(encode_command([b"PING"])) for _ in range(5)))
+        finally:
+            os.kill(service.pid, signal.SIGCONT)
+        assert await pipe.execute(encode_command([b"PING"])) == b"PONG"
+
+        service.stop()
+        with pytest.raises(RedisConnectionError):
+            await pipe.execute(encode_command([b"PING"]))
+        service = start_redis(tmp_path / "redis", port=service.port)
+        assert await pipe.execute(encode_command([b"PING"])) == b"PONG"
+    finally:
+        await pipe.close()
+        service.stop()
