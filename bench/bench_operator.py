@@ -28,10 +28,10 @@ import aiohttp
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workload import generate_documents  # noqa: E402
+from workload import generate_documents
 
-from apx.e2e.harness import OperatorProcess  # noqa: E402
-from apx.e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid, wait_for_port  # noqa: E402
+from apx.e2e.harness import OperatorProcess
+from apx.e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PLURAL = {"Product": "products", "Route": "routes", "PolicyBundle": "policybundles"}
@@ -42,7 +42,9 @@ def _path(api: str, document: dict[str, Any]) -> str:
     return f"{api}/apis/apx.dev/v1alpha1/namespaces/{namespace}/{PLURAL[document['kind']]}"
 
 
-async def _create_all(session: aiohttp.ClientSession, api: str, documents: list[dict[str, Any]], width: int = 16) -> None:
+async def _create_all(
+    session: aiohttp.ClientSession, api: str, documents: list[dict[str, Any]], width: int = 16
+) -> None:
     queue = list(documents)
 
     async def worker() -> None:
@@ -57,7 +59,8 @@ async def _create_all(session: aiohttp.ClientSession, api: str, documents: list[
 
 async def _baseline_create_rate(session: aiohttp.ClientSession, api: str, count: int) -> float:
     documents = [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"baseline-{i}", "namespace": "baseline"},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": f"baseline-{i}", "namespace": "baseline"},
          "data": {"k": "v" * 200}}
         for i in range(count)
     ]  # fmt: skip
@@ -66,7 +69,9 @@ async def _baseline_create_rate(session: aiohttp.ClientSession, api: str, count:
     async def worker() -> None:
         while queue:
             document = queue.pop()
-            async with session.post(f"{api}/api/v1/namespaces/baseline/configmaps", json=document) as response:
+            async with session.post(
+                f"{api}/api/v1/namespaces/baseline/configmaps", json=document
+            ) as response:
                 await response.read()
 
     started = time.perf_counter()
@@ -81,12 +86,17 @@ async def _ready_count(session: aiohttp.ClientSession, api: str, plural: str) ->
     for item in items:
         status = item.get("status") or {}
         conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
-        if conditions.get("Ready") == "True" and status.get("observedGeneration") == item["metadata"]["generation"]:
+        if (
+            conditions.get("Ready") == "True"
+            and status.get("observedGeneration") == item["metadata"]["generation"]
+        ):
             ready += 1
     return ready, len(items)
 
 
-async def _wait_ready(session: aiohttp.ClientSession, api: str, plural: str, expected: int, timeout: float) -> float:
+async def _wait_ready(
+    session: aiohttp.ClientSession, api: str, plural: str, expected: int, timeout: float
+) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         ready, total = await _ready_count(session, api, plural)
@@ -132,9 +142,12 @@ async def run(routes: int, products: int, updates: int) -> dict[str, Any]:
     try:
         wait_for_port(port, 30, emulator, "emulated Kubernetes API")
         documents = generate_documents(routes, products)
-        namespaces = sorted({d["metadata"].get("namespace", "default") for d in documents}) + ["apx-system", "baseline"]
+        namespaces = {d["metadata"].get("namespace", "default") for d in documents} | {
+            "apx-system",
+            "baseline",
+        }
         async with aiohttp.ClientSession() as session:
-            for namespace in namespaces:
+            for namespace in sorted(namespaces):
                 body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
                 async with session.post(f"{api}/api/v1/namespaces", json=body) as response:
                     await response.read()

@@ -174,23 +174,33 @@ async def deploy(docs: list[dict[str, Any]], redis_url: str) -> Any:
     assert not compiled.stalled_messages(), compiled.stalled_messages()
     applier = RedisApplier(redis_url)
     for rule_set in compiled.redis.rule_sets:
-        keys = VersionedKeys(rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key)
+        keys = VersionedKeys(
+            rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key
+        )
         await applier.publish(keys, rule_set.version, dict(rule_set.fields))
     table = compiled.redis.route_table
     keys = VersionedKeys(table.key[: -len(table.version)], table.current_key, table.versions_key)
     await applier.publish(keys, table.version, dict(table.entries))
     await applier.close()
     # The baseline's subscription: the worker subscription's settings on its own topic.
-    baseline_topics = [dict(t, name=t["name"] + "-baseline") for t in compiled.pubsub.topics if ".dlq" not in t["name"]]
+    baseline_topics = [
+        dict(t, name=t["name"] + "-baseline") for t in compiled.pubsub.topics if ".dlq" not in t["name"]
+    ]
     worker_sub = next(s for s in compiled.pubsub.subscriptions if s["name"].endswith(".workers"))
-    baseline_sub = dict(worker_sub, name=worker_sub["name"] + "-baseline", topic=worker_sub["topic"] + "-baseline")
+    baseline_sub = dict(
+        worker_sub, name=worker_sub["name"] + "-baseline", topic=worker_sub["topic"] + "-baseline"
+    )
     pubsub = PubSubApplier()
-    await pubsub.ensure([*compiled.pubsub.topics, *baseline_topics], [*compiled.pubsub.subscriptions, baseline_sub])
+    await pubsub.ensure(
+        [*compiled.pubsub.topics, *baseline_topics], [*compiled.pubsub.subscriptions, baseline_sub]
+    )
     pubsub.close()
     return compiled
 
 
-async def run_worker(compiled: Any, redis_url: str, count: int, max_outstanding: int) -> tuple[float, dict[str, float]]:
+async def run_worker(
+    compiled: Any, redis_url: str, count: int, max_outstanding: int
+) -> tuple[float, dict[str, float]]:
     route = compiled.ir.routes[0]
     plan = next(p for p in compiled.pubsub.plans if p.track == "stable")
     config = WorkerConfig(
@@ -207,7 +217,9 @@ async def run_worker(compiled: Any, redis_url: str, count: int, max_outstanding:
         metrics_port=0,
     )
     client = aioredis.Redis.from_url(redis_url, max_connections=64)
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_outstanding), auto_decompress=False)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_outstanding), auto_decompress=False
+    )
     processor = Processor(config, ScriptRunner(client), session)
     registry = processor.metrics.registry
     labels = {"route": route.key, "track": "stable", "outcome": "acked"}
@@ -254,7 +266,9 @@ def main() -> int:
         raw = raw_pull_ack(f"projects/{PROJECT}/subscriptions/{plan.subscription}-baseline", args.messages)
         publish(topic, args.messages, args.tenants, route)
         rate, codes = asyncio.run(run_worker(compiled, redis_url, args.messages, args.max_outstanding))
-        print(f"messages: {args.messages}, tenants (ordering keys): {args.tenants}, max outstanding: {args.max_outstanding}")
+        print(
+            f"messages: {args.messages}, tenants (ordering keys): {args.tenants}, max outstanding: {args.max_outstanding}"
+        )
         print(f"baseline raw pull+ack:       {raw:9.0f} msg/s")
         print(
             f"worker end to end:           {rate:9.0f} msg/s   "

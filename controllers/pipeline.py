@@ -86,7 +86,8 @@ class Compiled:
 def _without_routes(ir: IR, dropped: set[str]) -> IR:
     routes = tuple(r for r in ir.routes if r.key not in dropped)
     by_product = {
-        product: tuple(r for r in routes_ if r.key not in dropped) for product, routes_ in ir.routes_by_product.items()
+        product: tuple(r for r in routes_ if r.key not in dropped)
+        for product, routes_ in ir.routes_by_product.items()
     }
     return dataclasses.replace(ir, routes=routes, routes_by_product=by_product)
 
@@ -128,7 +129,11 @@ def compile_resources(
 
 
 def finish(
-    stage: FirstStage, *, project: str = "apx-local", operator_namespace: str = "apx-system", envoy_port: int = 8080
+    stage: FirstStage,
+    *,
+    project: str = "apx-local",
+    operator_namespace: str = "apx-system",
+    envoy_port: int = 8080,
 ) -> Compiled:
     """Render everything else from the first stage.
 
@@ -142,7 +147,9 @@ def finish(
     if envoy.errors:
         for key, message in envoy.errors.items():
             previous = result.statuses[("Route", key)]
-            result.statuses[("Route", key)] = stalled("Route", key, previous.generation, "RenderError", message)
+            result.statuses[("Route", key)] = stalled(
+                "Route", key, previous.generation, "RenderError", message
+            )
         ir = _without_routes(ir, set(envoy.errors))
         redis = render_redis(ir)
     pubsub = render_pubsub(ir, project=project)

@@ -350,7 +350,9 @@ def translate(
         # it served) come first; the rest are ordered by version, so several
         # documents of one bundle given offline read as successive applies.
         earlier = [b for b in applies if b.metadata.annotations.get(HISTORY_ANNOTATION) == "true"]
-        current = [b for b in applies if b.metadata.annotations.get(HISTORY_ANNOTATION) != "true"] or earlier[-1:]
+        current = [b for b in applies if b.metadata.annotations.get(HISTORY_ANNOTATION) != "true"] or earlier[
+            -1:
+        ]
         earlier.sort(key=lambda b: semver.Version.parse(b.spec.version))
         current.sort(key=lambda b: semver.Version.parse(b.spec.version))
         applies = [b for b in earlier if b not in current] + current

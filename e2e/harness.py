@@ -36,22 +36,38 @@ class Kubectl:
     def run(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60) -> str:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBECACHEDIR": str(self.cache_dir)}
         result = subprocess.run(
-            ["kubectl", *args], input=stdin, capture_output=True, text=True, env=env, timeout=timeout, check=False
+            ["kubectl", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
         return result.stdout if result.returncode == 0 else result.stderr
 
     def apply(self, path_or_yaml: str | Path, namespace: str, check: bool = True) -> str:
         if isinstance(path_or_yaml, Path):
-            return self.run("apply", "--validate=false", "-n", namespace, "-f", str(path_or_yaml), check=check)
-        return self.run("apply", "--validate=false", "-n", namespace, "-f", "-", stdin=path_or_yaml, check=check)
+            return self.run(
+                "apply", "--validate=false", "-n", namespace, "-f", str(path_or_yaml), check=check
+            )
+        return self.run(
+            "apply", "--validate=false", "-n", namespace, "-f", "-", stdin=path_or_yaml, check=check
+        )
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBECACHEDIR": str(self.cache_dir)}
         result = subprocess.run(
             ["kubectl", "get", kind, name, "-n", namespace, "-o", "json"],
-            capture_output=True, text=True, env=env, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=False,
         )
         if result.returncode != 0:
             if "NotFound" in result.stderr or "not found" in result.stderr:
@@ -122,7 +138,9 @@ class OperatorProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"operator exited with {self.process.returncode}; log: {self.log}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1) as response:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1
+                ) as response:
                     return bool(response.status == 200)
             except OSError as exc:
                 raise AssertionError(str(exc)) from exc

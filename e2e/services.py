@@ -169,9 +169,9 @@ def pubsub_emulator_binary() -> str:
     gcloud = shutil.which("gcloud")
     if gcloud:
         sdk = Path(os.path.realpath(gcloud)).parent.parent
-        candidate = sdk / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
-        if candidate.exists():
-            return str(candidate)
+        bundled = sdk / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+        if bundled.exists():
+            return str(bundled)
     raise ServiceError(
         "the Pub/Sub emulator is missing: install the Google Cloud CLI with its pubsub-emulator component"
     )

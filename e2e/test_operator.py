@@ -123,6 +123,7 @@ def test_plan_limit_update_reaches_redis_without_a_resync(stack: Stack, namespac
     after = eventually(
         lambda: (v := client.get(key)) != before and v, timeout=10, what="new rule-set version"
     )
+    assert isinstance(after, str)
     rule = client.hget(f"apx:rules:{{{namespace}/payments}}:v:{after}", "plan:free")
     assert rule is not None and '"requests_per_second":9' in rule
     eventually(
@@ -159,11 +160,9 @@ def test_invalid_documents_are_rejected_or_stalled_and_nothing_applied_changes(
             earlier = {**document, "spec": served["spec"]}
             earlier.pop("status")
             stack.kubectl.apply(yaml.safe_dump(earlier), namespace)
+            kind_name, object_name = document["kind"].lower(), document["metadata"]["name"]
             eventually(
-                lambda d=document: (
-                    condition(stack.kubectl.get(d["kind"].lower(), d["metadata"]["name"], namespace), "Ready")
-                    == "True"
-                ),
+                lambda: condition(stack.kubectl.get(kind_name, object_name, namespace), "Ready") == "True",
                 what=f"{sample.name}: earlier version served",
             )
         output = stack.kubectl.apply(sample, namespace, check=False)
@@ -178,8 +177,8 @@ def test_invalid_documents_are_rejected_or_stalled_and_nothing_applied_changes(
 
         def stalled_with_message(kind: str = kind, name: str = name, expected: str = expected) -> bool:
             body = stack.kubectl.get(kind, name, namespace)
-            assert condition(body, "Stalled") == "True", (body or {}).get("status")
-            assert body is not None and expected in body["status"]["message"], body["status"]["message"]
+            assert body is not None and condition(body, "Stalled") == "True", (body or {}).get("status")
+            assert expected in body["status"]["message"], body["status"]["message"]
             return True
 
         eventually(stalled_with_message, timeout=20, what=f"{sample.name} Stalled")

@@ -20,7 +20,9 @@ import kopf
 class ServiceWebhookServer(kopf.WebhookServer):
     """A kopf webhook server that registers itself as ``service: {namespace, name, port}``."""
 
-    def __init__(self, *, service_name: str, service_namespace: str, service_port: int = 443, **kwargs: Any) -> None:
+    def __init__(
+        self, *, service_name: str, service_namespace: str, service_port: int = 443, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.service_name = service_name
         self.service_namespace = service_namespace

@@ -75,7 +75,9 @@ def _parse_only(value: str) -> tuple[str, ...]:
     chosen = tuple(part.strip() for part in value.split(",") if part.strip())
     unknown = [part for part in chosen if part not in SECTIONS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}"
+        )
     return chosen
 
 
@@ -92,12 +94,20 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     translate.add_argument(
-        "-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+        "-f",
+        "--filename",
+        dest="paths",
+        action="append",
+        required=True,
+        metavar="PATH",
         help="YAML file or folder (repeatable; - for stdin)",
     )
     translate.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="output format")
     translate.add_argument(
-        "--only", type=_parse_only, default=SECTIONS, metavar="SECTIONS",
+        "--only",
+        type=_parse_only,
+        default=SECTIONS,
+        metavar="SECTIONS",
         help=f"comma-separated subset of {','.join(SECTIONS)}",
     )
     translate.add_argument("--project", default="apx-local", help="Google Cloud project for Pub/Sub names")
@@ -106,7 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     operator = commands.add_parser("operator", help="run the operator")
     operator_commands = operator.add_subparsers(dest="operator_command", required=True)
-    from apx.operator.main import build_parser as build_operator_parser
+    from apx.operator.flags import build_parser as build_operator_parser
 
     build_operator_parser(
         operator_commands.add_parser(
@@ -141,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "translate":
         return _translate(args)
     if args.command == "operator":
+        from apx.operator.launcher import block_unused_clients
+
+        block_unused_clients()
         from apx.operator.main import run_from_args
 
         return run_from_args(args)

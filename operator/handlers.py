@@ -57,7 +57,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, admission:
     for kind, plural in PLURALS.items():
         _register_kind(registry, reconciler, kind, plural, admission)
 
-    @kopf.on.probe(id="reconciler", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.probe(id="reconciler", registry=registry)
     def probe(**_: Any) -> dict[str, Any]:
         return reconciler.health()
 
@@ -65,14 +65,14 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, admission:
 def _register_kind(
     registry: kopf.OperatorRegistry, reconciler: Reconciler, kind: str, plural: str, admission: bool
 ) -> None:
-    @kopf.on.event(GROUP, VERSION, plural, registry=registry)  # type: ignore[arg-type]
+    @kopf.on.event(GROUP, VERSION, plural, registry=registry)
     def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             reconciler.forget(kind, f"{body.metadata.namespace or 'default'}/{body.metadata.name}")
         else:
             reconciler.observe(kind, {**dict(body), "kind": kind})
 
-    @kopf.on.delete(GROUP, VERSION, plural, registry=registry)  # type: ignore[arg-type]
+    @kopf.on.delete(GROUP, VERSION, plural, registry=registry)
     async def on_delete(body: kopf.Body, **_: Any) -> None:
         try:
             await reconciler.finalize(kind, {**dict(body), "kind": kind})
@@ -81,6 +81,7 @@ def _register_kind(
 
     if admission:
 
-        @kopf.on.validate(GROUP, VERSION, plural, registry=registry)  # type: ignore[arg-type]
-        def on_validate(body: kopf.Body, old: kopf.Body | None, **_: Any) -> None:
+        @kopf.on.validate(GROUP, VERSION, plural, registry=registry)
+        def on_validate(body: kopf.Body, **kwargs: Any) -> None:
+            old = kwargs.get("old")  # the stored object, on UPDATE
             validate_object(kind, dict(body), dict(old) if old else None)

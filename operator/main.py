@@ -8,15 +8,6 @@ signals); never exits because a dependency is down.
 
 from __future__ import annotations
 
-import sys
-
-# kopf imports the official Kubernetes client libraries whenever they are
-# installed (they are in development environments), which costs ~90 MiB of
-# RSS. The operator talks to the API through kopf's own client and
-# apx.controllers.appliers.kube, so keep them out of this process.
-for _unused_client in ("kubernetes", "kubernetes_asyncio", "pykube"):
-    sys.modules.setdefault(_unused_client, None)  # type: ignore[assignment]
-
 import argparse
 import asyncio
 import json
@@ -35,6 +26,7 @@ from apx.controllers.appliers.redis_rules import RedisApplier
 
 from . import tracing
 from .admission import ServiceWebhookServer
+from .flags import build_parser, settings_from_args
 from .handlers import FINALIZER, register
 from .metrics import OperatorMetrics
 from .reconciler import Reconciler
@@ -76,45 +68,6 @@ def configure_logging(settings: OperatorSettings) -> None:
     logging.getLogger("kopf").setLevel(max(logging.WARNING, root.level))
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
-        prog="apx-operator", description="Run the APX operator (flags override APX_* environment variables)."
-    )
-    scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", help="watch this namespace (repeat)")
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
-    parser.add_argument("--redis-url", help="Redis URL (APX_REDIS_URL)")
-    parser.add_argument("--pubsub-project", help="Google Cloud project (APX_PUBSUB_PROJECT)")
-    parser.add_argument("--pubsub-emulator-host", help="Pub/Sub emulator host:port (PUBSUB_EMULATOR_HOST)")
-    parser.add_argument("--operator-namespace", help="namespace of operator-wide objects (APX_OPERATOR_NAMESPACE)")
-    parser.add_argument("--resync-seconds", type=float, help="full resync period (APX_RESYNC_SECONDS)")
-    parser.add_argument("--worker-limit", type=int, help="concurrent API writes (APX_WORKER_LIMIT)")
-    parser.add_argument("--liveness-port", type=int, help="port of /healthz, 0 disables (APX_LIVENESS_PORT)")
-    parser.add_argument("--metrics-port", type=int, help="port of /metrics, 0 disables (APX_METRICS_PORT)")
-    parser.add_argument("--admission", choices=("none", "managed"), help="validating webhook mode (APX_ADMISSION)")
-    parser.add_argument("--webhook-port", type=int, help="webhook server port (APX_WEBHOOK_PORT)")
-    parser.add_argument("--webhook-cert", help="webhook TLS certificate file")
-    parser.add_argument("--webhook-key", help="webhook TLS key file")
-    parser.add_argument("--webhook-ca", help="CA certificate registered as the webhook's caBundle")
-    parser.add_argument("--webhook-service", help="Service through which the API server reaches the webhook")
-    parser.add_argument("--json-logs", action="store_true", default=None, help="log JSON lines (APX_JSON_LOGS)")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (APX_LOG_LEVEL)")
-    parser.add_argument("--otlp-endpoint", help="OTLP/HTTP traces endpoint (APX_OTLP_ENDPOINT)")
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
-    settings = OperatorSettings.from_env()
-    overrides = {
-        name: value
-        for name, value in vars(args).items()
-        if name in OperatorSettings.model_fields and value is not None
-    }
-    if getattr(args, "all_namespaces", False):
-        overrides["namespaces"] = []
-    return settings.model_copy(update=overrides)
-
-
 async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | None = None) -> None:
     """Run kopf and the reconciler until stopped."""
     if settings.pubsub_emulator_host:
@@ -130,12 +83,12 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, admission=settings.admission == "managed")
 
-    @kopf.on.login(registry=registry)  # type: ignore[arg-type]
+    @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The same discovery the appliers use: service account in a pod, else KUBECONFIG.
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    @kopf.on.startup(registry=registry)  # type: ignore[arg-type]
+    @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         # Progress and diff-base go to status (declared in the CRDs), never to
@@ -157,7 +110,7 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
             cafile=settings.webhook_ca,
         )
 
-        @kopf.on.startup(registry=registry)  # type: ignore[arg-type]
+        @kopf.on.startup(registry=registry)
         def configure_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings.admission.server = admission_settings
             settings.admission.managed = "apx.dev"
@@ -168,7 +121,9 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
             registry=registry,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
-            liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,
+            liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz"
+            if settings.liveness_port
+            else None,
             stop_flag=stop_flag,
             standalone=True,
         )

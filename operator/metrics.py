@@ -38,7 +38,10 @@ class OperatorMetrics:
             "workqueue_depth", "Current depth of the work queue.", ["name"], registry=self.registry
         )
         self.workqueue_adds = Counter(
-            "workqueue_adds_total", "Total number of adds handled by the work queue.", ["name"], registry=self.registry
+            "workqueue_adds_total",
+            "Total number of adds handled by the work queue.",
+            ["name"],
+            registry=self.registry,
         )
         self.active_workers = Gauge(
             "controller_runtime_active_workers",

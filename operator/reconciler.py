@@ -220,7 +220,9 @@ class Reconciler:
         deadline = time.monotonic() + timeout
         while key not in self._cleaned:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"cleanup of {kind} {key[1]} not finished: {self.last_error or 'still working'}")
+                raise TimeoutError(
+                    f"cleanup of {kind} {key[1]} not finished: {self.last_error or 'still working'}"
+                )
             await asyncio.sleep(0.05)
 
     def request_full_pass(self) -> None:
@@ -234,7 +236,7 @@ class Reconciler:
         delay = 0.5
         while True:
             try:
-                namespaces = self.settings.namespaces or [None]
+                namespaces: list[str | None] = list(self.settings.namespaces) or [None]
                 for kind in APX_KINDS:
                     for namespace in namespaces:
                         for body in await self.kube.list(kind, namespace):
@@ -322,7 +324,9 @@ class Reconciler:
             await self._apply_redis(stage.redis, stage.result.ir, report, full)
             lap("redis")
             compiled = finish(
-                stage, project=self.settings.pubsub_project, operator_namespace=self.settings.operator_namespace
+                stage,
+                project=self.settings.pubsub_project,
+                operator_namespace=self.settings.operator_namespace,
             )
             lap("render")
             if compiled.redis is not stage.redis:
@@ -345,7 +349,8 @@ class Reconciler:
         self.last_pass = report
         self.passes += 1
         logger.info(
-            "pass %d (%s) over %d objects in %.0f ms %s: %d rule sets, %d Pub/Sub objects, %d manifests applied, "
+            "pass %d (%s) over %d objects in %.0f ms %s: %d rule sets, %d Pub/Sub objects, "
+            "%d manifests applied, "
             "%d pruned, %d statuses written, %d problems",
             self.passes, "full" if full else "changes", len(live), report.duration * 1000, report.phases,
             report.redis_published, report.pubsub_ensured, report.manifests_applied, report.manifests_pruned,
@@ -409,7 +414,9 @@ class Reconciler:
         semaphore = asyncio.Semaphore(8)
         unavailable: list[PubSubUnavailable] = []
 
-        async def ensure_route(route_key: str, topics: list[dict[str, Any]], subscriptions: list[dict[str, Any]]) -> None:
+        async def ensure_route(
+            route_key: str, topics: list[dict[str, Any]], subscriptions: list[dict[str, Any]]
+        ) -> None:
             digest = _digest([topics, subscriptions])
             if digest in self._applied_pubsub:
                 return
@@ -424,7 +431,9 @@ class Reconciler:
             report.pubsub_ensured += len(topics) + len(subscriptions)
             if problems:
                 report.problems[("Route", route_key)] = DependencyProblem(
-                    "PubSubChangeRejected", "; ".join(f"{p.resource}: {p.message}" for p in problems), stalled=True
+                    "PubSubChangeRejected",
+                    "; ".join(f"{p.resource}: {p.message}" for p in problems),
+                    stalled=True,
                 )
             else:
                 self._applied_pubsub.add(digest)
@@ -457,7 +466,9 @@ class Reconciler:
                     owner = _owner_key(manifest)
                     if owner is not None:
                         report.problems[owner] = DependencyProblem(
-                            "ManifestRejected", f"{identity[0]} {identity[1]}/{identity[2]}: {exc.message}", True
+                            "ManifestRejected",
+                            f"{identity[0]} {identity[1]}/{identity[2]}: {exc.message}",
+                            True,
                         )
                     return
                 except Unavailable as exc:
@@ -493,7 +504,11 @@ class Reconciler:
                 {
                     "apiVersion": "v1",
                     "kind": "ConfigMap",
-                    "metadata": {"name": names.dataplane_configmap(), "namespace": namespace, "labels": labels},
+                    "metadata": {
+                        "name": names.dataplane_configmap(),
+                        "namespace": namespace,
+                        "labels": labels,
+                    },
                     "data": data,
                 }
             )
@@ -514,7 +529,7 @@ class Reconciler:
             for key, body in self.objects.items()
             if key not in self.deleting
         }
-        namespaces = self.settings.namespaces or [None]
+        namespaces: list[str | None] = list(self.settings.namespaces) or [None]
         for kind in PRUNABLE_KINDS:
             for namespace in namespaces:
                 try:
@@ -545,7 +560,9 @@ class Reconciler:
         """Render once *with* the objects being deleted, to know what they own."""
         everything = [body for _, body in sorted(self.objects.items())]
         compiled = compile_resources(
-            everything, project=self.settings.pubsub_project, operator_namespace=self.settings.operator_namespace
+            everything,
+            project=self.settings.pubsub_project,
+            operator_namespace=self.settings.operator_namespace,
         )
         return dict.fromkeys(self.deleting, compiled)
 
@@ -559,11 +576,15 @@ class Reconciler:
             try:
                 if policy == "Delete" and compiled is not None:
                     if kind == "Product":
-                        rule_set = next((r for r in compiled.redis.rule_sets if r.product == object_key), None)
+                        rule_set = next(
+                            (r for r in compiled.redis.rule_sets if r.product == object_key), None
+                        )
                         if rule_set is not None:
                             await self.redis.drop(
                                 VersionedKeys(
-                                    rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key
+                                    rule_set.key[: -len(rule_set.version)],
+                                    rule_set.current_key,
+                                    rule_set.versions_key,
                                 )
                             )
                             self._applied_rule_sets.pop(object_key, None)
@@ -581,7 +602,9 @@ class Reconciler:
                             for s in (p.subscription, p.dead_letter_subscription)
                         ]
                         topics = [
-                            f"projects/{project}/topics/{t}" for p in plans for t in (p.topic, p.dead_letter_topic)
+                            f"projects/{project}/topics/{t}"
+                            for p in plans
+                            for t in (p.topic, p.dead_letter_topic)
                         ]
                         await self.pubsub.delete(topics, subscriptions)
                         self._applied_pubsub.clear()
@@ -651,7 +674,9 @@ class Reconciler:
 
         await asyncio.gather(*(write(key, status) for key, status in sorted(compiled.statuses.items())))
 
-    async def _event_on_transition(self, key: tuple[str, str], body: Mapping[str, Any], status: ResourceStatus) -> None:
+    async def _event_on_transition(
+        self, key: tuple[str, str], body: Mapping[str, Any], status: ResourceStatus
+    ) -> None:
         """Post a Kubernetes Event when the phase changes (not on every pass)."""
         previous = self._last_phase.get(key) or _phase_of(body.get("status") or {})
         self._last_phase[key] = status.phase
@@ -664,7 +689,10 @@ class Reconciler:
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace", "default")},
+            "metadata": {
+                "generateName": f"{meta.get('name')}.",
+                "namespace": meta.get("namespace", "default"),
+            },
             "involvedObject": {
                 "apiVersion": "apx.dev/v1alpha1",
                 "kind": key[0],

@@ -15,18 +15,29 @@ from pydantic import BaseModel, Field
 class OperatorSettings(BaseModel):
     """Everything the operator can be told at start."""
 
-    namespaces: list[str] = Field(default_factory=list, description="Watched namespaces; empty = all namespaces.")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for rule sets and route table.")
-    pubsub_project: str = Field(default="apx-local", description="Google Cloud project of the Pub/Sub topics.")
+    namespaces: list[str] = Field(
+        default_factory=list, description="Watched namespaces; empty = all namespaces."
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis for rule sets and route table."
+    )
+    pubsub_project: str = Field(
+        default="apx-local", description="Google Cloud project of the Pub/Sub topics."
+    )
     pubsub_emulator_host: str | None = Field(default=None, description="host:port of the Pub/Sub emulator.")
     operator_namespace: str = Field(default="apx-system", description="Namespace of operator-wide objects.")
-    resync_seconds: float = Field(default=60.0, gt=0, description="Period of the drift-repairing full resync.")
-    debounce_seconds: float = Field(default=0.02, ge=0, description="Coalesce bursts of events into one pass.")
+    resync_seconds: float = Field(
+        default=60.0, gt=0, description="Period of the drift-repairing full resync."
+    )
+    debounce_seconds: float = Field(
+        default=0.02, ge=0, description="Coalesce bursts of events into one pass."
+    )
     worker_limit: int = Field(default=16, ge=1, description="Concurrent API writes per pass.")
     liveness_port: int = Field(default=8080, ge=0, le=65535, description="Port of /healthz (0 disables).")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="Port of /metrics (0 disables).")
     admission: Literal["none", "managed"] = Field(
-        default="none", description="`managed`: serve the validating webhook and register it with the cluster."
+        default="none",
+        description="`managed`: serve the validating webhook and register it with the cluster.",
     )
     webhook_port: int = Field(default=9443, ge=1, le=65535)
     webhook_cert: str | None = Field(default=None, description="TLS certificate for the webhook server.")
@@ -35,7 +46,9 @@ class OperatorSettings(BaseModel):
     webhook_service: str = Field(default="apx-webhook", description="Service in the operator namespace.")
     json_logs: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO")
-    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint for traces; none = no export.")
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP endpoint for traces; none = no export."
+    )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:

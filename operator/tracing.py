@@ -24,7 +24,9 @@ def configure(exporter: SpanExporter | None = None, otlp_endpoint: str | None = 
                 OTLPSpanExporter,
             )
         except ImportError as exc:  # the exporter is an optional extra
-            raise SystemExit("--otlp-endpoint needs opentelemetry-exporter-otlp-proto-http installed") from exc
+            raise SystemExit(
+                "--otlp-endpoint needs opentelemetry-exporter-otlp-proto-http installed"
+            ) from exc
         exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))

@@ -61,7 +61,9 @@ class ResourceKind:
     plural: str
     namespaced: bool = True
 
-    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+    def path(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
         base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
         if self.namespaced and namespace:
             base += f"/namespaces/{quote(namespace)}"
@@ -85,7 +87,9 @@ KINDS: dict[str, ResourceKind] = {
         ResourceKind("apx.dev/v1alpha1", "Product", "products"),
         ResourceKind("apx.dev/v1alpha1", "Route", "routes"),
         ResourceKind("apx.dev/v1alpha1", "PolicyBundle", "policybundles"),
-        ResourceKind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
+        ResourceKind(
+            "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False
+        ),
     )
 }
 
@@ -105,7 +109,9 @@ class Connection:
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https"):
             return False
-        context = ssl.create_default_context(cafile=self.ca_path, cadata=self.ca_data.decode() if self.ca_data else None)
+        context = ssl.create_default_context(
+            cafile=self.ca_path, cadata=self.ca_data.decode() if self.ca_data else None
+        )
         if self.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -250,7 +256,9 @@ class KubeClient:
         )
         return result or {}
 
-    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Merge-patch ``status`` through the status subresource (never touches spec)."""
         result = await self.request(
             "PATCH",

@@ -14,6 +14,7 @@ naming the Route field, and the existing subscription keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def _duration_seconds(value: Any) -> float | None:
 
 def _to_request(document: Mapping[str, Any]) -> dict[str, Any]:
     """Plan document → request dict for the proto-plus client (durations as {"seconds": n})."""
-    request = json.loads(json.dumps(document))
+    request: dict[str, Any] = json.loads(json.dumps(document))
     for key in ("message_retention_duration",):
         if key in request and isinstance(request[key], str):
             request[key] = {"seconds": int(_duration_seconds(request[key]) or 0)}
@@ -158,7 +159,8 @@ class PubSubApplier:
         except gexc.AlreadyExists:
             live = self._publisher.get_topic(request={"topic": request["name"]}, **_CALL)
             if request.get("labels") and dict(live.labels) != dict(request["labels"]):
-                try:
+                # The emulator does not implement topic updates; labels are informational.
+                with contextlib.suppress(gexc.MethodNotImplemented, gexc.InvalidArgument):
                     self._publisher.update_topic(
                         request={
                             "topic": {"name": request["name"], "labels": request["labels"]},
@@ -166,9 +168,6 @@ class PubSubApplier:
                         },
                         **_CALL,
                     )
-                except (gexc.MethodNotImplemented, gexc.InvalidArgument):
-                    # The emulator does not implement topic updates; labels are informational.
-                    pass
 
     def _ensure_subscription(self, subscription: Mapping[str, Any]) -> PubSubProblem | None:
         request = _to_request(subscription)
@@ -202,15 +201,11 @@ class PubSubApplier:
     def _delete_sync(self, topics: list[str], subscriptions: list[str]) -> None:
         try:
             for name in subscriptions:
-                try:
+                with contextlib.suppress(gexc.NotFound):
                     self._subscriber.delete_subscription(request={"subscription": name}, **_CALL)
-                except gexc.NotFound:
-                    pass
             for name in topics:
-                try:
+                with contextlib.suppress(gexc.NotFound):
                     self._publisher.delete_topic(request={"topic": name}, **_CALL)
-                except gexc.NotFound:
-                    pass
         except _UNAVAILABLE as exc:
             raise PubSubUnavailable(f"Pub/Sub unreachable: {exc}") from exc
 

@@ -129,7 +129,11 @@ class RedisApplier:
     async def drop(self, keys: VersionedKeys) -> int:
         """Delete every version of a family (used for deletionPolicy: Delete)."""
         try:
-            return int(await self._drop(keys=[keys.current, keys.versions, keys.sequence], args=[keys.version_prefix]))
+            return int(
+                await self._drop(
+                    keys=[keys.current, keys.versions, keys.sequence], args=[keys.version_prefix]
+                )
+            )
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
 

@@ -17,7 +17,6 @@ from .kubernetes import render_kubernetes
 from .pubsub_plan import render_pubsub
 from .redis_rules import render_redis
 
-
 # The Kubernetes goldens pin the manifests, not the Envoy snapshot inside the
 # snapshot ConfigMap (the Envoy goldens pin that), so Envoy changes do not churn them.
 GOLDEN_ENVOY_SNAPSHOT: dict[str, Any] = {"version": "golden", "resources": {}}

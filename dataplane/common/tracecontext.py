@@ -11,8 +11,11 @@ every service on the path can attribute work without adding metric labels.
 
 ``configure_tracing`` installs an SDK tracer provider (sampler from the
 standard ``OTEL_TRACES_SAMPLER*`` variables) exporting to an OTLP endpoint
-when one is given; without one, spans are still created so context
-propagates, and nothing is exported. Tests pass their own exporter.
+when one is given. Without one it installs nothing: spans would be recorded
+only to be dropped, which costs the worker a noticeable share of its CPU per
+message. The API's non-recording spans still carry the incoming context, so a
+``traceparent`` that arrives (from Envoy, from the message) is passed on
+unchanged. Tests pass their own exporter.
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ def configure_tracing(
     exporter: SpanExporter | None = None,
     *,
     install: bool = True,
-) -> TracerProvider:
-    """A tracer provider for ``service``; installed globally unless ``install`` is false (tests)."""
+) -> TracerProvider | None:
+    """A tracer provider for ``service`` (installed globally unless ``install`` is false), or None
+    when there is nowhere to export to.
+    """
+    if exporter is None and not otlp_endpoint:
+        return None
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if exporter is not None:
         # Given exporters are in-process (tests): export synchronously so spans are visible at once.

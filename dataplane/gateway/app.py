@@ -475,12 +475,13 @@ class Gateway:
             "product": entry.product,
             "region": region,
             "method": request.method,
-            "path": request.path,
+            # As received (still percent-encoded), so the worker sends the upstream the same bytes.
+            "path": request.rel_url.raw_path,
             "route_base": entry.match_base,
             "enqueued_ms": str(_ms()),
         }
-        if request.query_string:
-            attributes["query"] = request.query_string
+        if request.rel_url.raw_query_string:
+            attributes["query"] = request.rel_url.raw_query_string
         for header, name in (("content-type", "content_type"), ("accept", "accept")):
             value = request.headers.get(header)
             if value:

@@ -39,6 +39,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     """Run until ``stop`` is set (by default: SIGTERM/SIGINT), then shut down gracefully."""
     stop = stop or stop_event()
     provider = configure_tracing(SERVICE, config.otlp_endpoint)
+    tracer = provider.get_tracer("apx.gateway") if provider is not None else None
     redis_client = aioredis.Redis.from_url(
         config.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
     )
@@ -46,7 +47,12 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     publisher = Publisher(config.pubsub_project, max_latency=config.publish_max_latency_ms / 1000)
     metrics = GatewayMetrics()
     gateway = Gateway(
-        config, redis_client, publisher, session, metrics=metrics, tracer=provider.get_tracer("apx.gateway")
+        config,
+        redis_client,
+        publisher,
+        session,
+        metrics=metrics,
+        tracer=tracer,
     )
     runner = web.AppRunner(
         gateway.application(),
@@ -84,7 +90,8 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     await gateway.close()
     await session.close()
     await redis_client.aclose()
-    provider.shutdown()
+    if provider is not None:
+        provider.shutdown()
     log.info("stopped")
 
 

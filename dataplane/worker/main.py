@@ -27,7 +27,7 @@ from apx.dataplane.common.tracecontext import configure_tracing
 
 from .config import WorkerConfig, parse_config
 from .metrics import WorkerMetrics
-from .processor import Processor
+from .processor import Processor, upstream_session
 
 log = logging.getLogger("apx.worker")
 SERVICE = "apx-worker"
@@ -37,6 +37,7 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     """Consume until ``stop`` is set (by default: SIGTERM/SIGINT), then drain."""
     stop = stop or stop_event()
     provider = configure_tracing(SERVICE, config.otlp_endpoint)
+    tracer = provider.get_tracer("apx.worker") if provider is not None else None
     redis_client = aioredis.Redis.from_url(
         config.redis_url,
         socket_connect_timeout=2,
@@ -44,13 +45,9 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
         health_check_interval=30,
         max_connections=64,
     )
-    connector = aiohttp.TCPConnector(limit=max(10, config.max_outstanding_messages), ttl_dns_cache=30)
-    # No cookie jar: cookies of one tenant's upstream answer must never ride on another tenant's call.
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+    session = upstream_session(config.max_outstanding_messages)
     metrics = WorkerMetrics()
-    processor = Processor(
-        config, ScriptRunner(redis_client), session, metrics=metrics, tracer=provider.get_tracer("apx.worker")
-    )
+    processor = Processor(config, ScriptRunner(redis_client), session, metrics=metrics, tracer=tracer)
     probes = None
     if config.metrics_port:
         probes = await start_site(
@@ -68,7 +65,8 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
             await probes.cleanup()
         await session.close()
         await redis_client.aclose()
-        provider.shutdown()
+        if provider is not None:
+            provider.shutdown()
     log.info("stopped")
 
 

@@ -65,6 +65,7 @@ import aiohttp
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from yarl import URL
 
 from apx.controllers import names
 from apx.dataplane.common.requeststate import Call, ScriptRunner, backlog_key, request_key
@@ -85,6 +86,7 @@ log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 RETRYABLE_CODES = frozenset({408, 425, 429})
 LEASE_MARGIN_MS = 5_000
+USER_AGENT = "apx-worker"
 MAX_COALESCED = 512
 
 
@@ -159,6 +161,20 @@ def _log_retire_failure(future: asyncio.Future[Any]) -> None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def upstream_session(max_outstanding: int) -> aiohttp.ClientSession:
+    """The HTTP client for upstream calls: one keep-alive pool sized to the flow-control limit.
+
+    No cookie jar: a cookie from one tenant's answer must never ride on another
+    tenant's call. No ``Accept-Encoding`` is offered, so results are stored as
+    plain bodies with their content type (one compressed anyway is decoded).
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max(10, max_outstanding), ttl_dns_cache=30),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept-Encoding",),
+    )
 
 
 class Processor:
@@ -560,6 +576,7 @@ class Processor:
             names.POLICY_VERSION_HEADER: attributes.get("policy_version", ""),
             names.ROUTE_HEADER: attributes.get("route", ""),
             "x-apx-delivery-attempt": str(delivery.delivery_attempt),
+            "user-agent": USER_AGENT,
         }
         if attributes.get("content_type"):
             headers["content-type"] = attributes["content_type"]
@@ -571,7 +588,7 @@ class Processor:
         try:
             async with self.session.request(
                 method,
-                self._url(attributes),
+                URL(self._url(attributes), encoded=True),
                 data=delivery.data,
                 headers=headers,
                 timeout=self._timeout,

@@ -26,13 +26,13 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import pubsub_v1
+from opentelemetry.sdk.trace import TracerProvider
 
+from apx.controllers import names
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier, VersionedKeys
 from apx.controllers.pipeline import Compiled, compile_resources
 from apx.controllers.renderers.redis_rules import api_key_id
-from apx.controllers import names
-from apx.dataplane.common.tracecontext import configure_tracing
 from apx.e2e.services import Service, free_port
 
 # --- JWKS -----------------------------------------------------------------------------------------
@@ -50,7 +50,13 @@ class Jwks:
 
     def token(self, tenant: str | None, audience: str = "orders", ttl: int = 300, **claims: Any) -> str:
         now = int(time.time())
-        payload: dict[str, Any] = {"iss": self.issuer, "aud": audience, "iat": now, "exp": now + ttl, **claims}
+        payload: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": audience,
+            "iat": now,
+            "exp": now + ttl,
+            **claims,
+        }
         if tenant is not None:
             payload["tenant"] = tenant
         return jwt.encode(payload, self.key, algorithm="RS256", headers={"kid": self.kid})
@@ -142,7 +148,9 @@ async def upstream_stub() -> AsyncIterator[Upstream]:
             stub.active[call.tenant] -= 1
             call.finished = time.monotonic()
         status = stub.statuses.get(call.request_id, stub.status)
-        return web.json_response({"echo": body.decode(errors="replace"), "path": request.path_qs}, status=status)
+        return web.json_response(
+            {"echo": body.decode(errors="replace"), "path": request.path_qs}, status=status
+        )
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -173,7 +181,11 @@ def apx_docs(
     timeout: str = "5s",
 ) -> list[dict[str, Any]]:
     """A Product, a PolicyBundle (JWT against ``jwks`` + API key) and an async Route to ``upstream_url``."""
-    plan: dict[str, Any] = {"name": "standard", "tier": "pro", "rateLimit": {"requestsPerSecond": 1000, "burst": 2000}}
+    plan: dict[str, Any] = {
+        "name": "standard",
+        "tier": "pro",
+        "rateLimit": {"requestsPerSecond": 1000, "burst": 2000},
+    }
     if concurrency is not None:
         plan["concurrency"] = concurrency
     auth: dict[str, Any] = {
@@ -234,7 +246,11 @@ def apx_docs(
 
 
 async def deploy(
-    docs: list[dict[str, Any]], *, project: str, redis_url: str, canary_states: Mapping[str, Any] | None = None
+    docs: list[dict[str, Any]],
+    *,
+    project: str,
+    redis_url: str,
+    canary_states: Mapping[str, Any] | None = None,
 ) -> Compiled:
     """Compile ``docs`` and apply them with the operator's appliers (Redis and the Pub/Sub emulator)."""
     compiled = compile_resources(docs, canary_states, project=project)
@@ -242,10 +258,14 @@ async def deploy(
     applier = RedisApplier(redis_url)
     try:
         for rule_set in compiled.redis.rule_sets:
-            keys = VersionedKeys(rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key)
+            keys = VersionedKeys(
+                rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key
+            )
             await applier.publish(keys, rule_set.version, dict(rule_set.fields))
         table = compiled.redis.route_table
-        keys = VersionedKeys(table.key[: -len(table.version)], table.current_key, names.route_table_versions_key())
+        keys = VersionedKeys(
+            table.key[: -len(table.version)], table.current_key, names.route_table_versions_key()
+        )
         await applier.publish(keys, table.version, dict(table.entries))
     finally:
         await applier.close()
@@ -262,7 +282,9 @@ async def add_api_key(redis_url: str, product: str, key: str, tenant: str) -> No
     """What key management does: map the key's id to its tenant in the product's key table."""
     applier = RedisApplier(redis_url)
     try:
-        await applier._client.hset(names.api_key_table_key(product), api_key_id(key), json.dumps({"tenant": tenant}))
+        await applier._client.hset(
+            names.api_key_table_key(product), api_key_id(key), json.dumps({"tenant": tenant})
+        )
     finally:
         await applier.close()
 
@@ -280,7 +302,10 @@ def pull_all(subscription: str, expected: int, timeout: float = 20.0) -> list[An
                 continue
             if response.received_messages:
                 client.acknowledge(
-                    request={"subscription": subscription, "ack_ids": [m.ack_id for m in response.received_messages]}
+                    request={
+                        "subscription": subscription,
+                        "ack_ids": [m.ack_id for m in response.received_messages],
+                    }
                 )
                 got.extend(m.message for m in response.received_messages)
     finally:
@@ -352,13 +377,15 @@ async def running_gateway(
     from apx.dataplane.gateway.publisher import Publisher
 
     port = free_port()
-    config = GatewayConfig(redis_url=redis_url, pubsub_project=project, port=port, metrics_port=0, region=region)
+    config = GatewayConfig(
+        redis_url=redis_url, pubsub_project=project, port=port, metrics_port=0, region=region
+    )
     redis_client = aioredis.Redis.from_url(redis_url)
     session = aiohttp.ClientSession()
     publisher = Publisher(project)
     if tracer is None:
         # As main() does: an SDK tracer, so spans are real and their context propagates.
-        tracer = configure_tracing("apx-gateway", install=False).get_tracer("apx.gateway")
+        tracer = TracerProvider().get_tracer("apx.gateway")
     gateway = Gateway(config, redis_client, publisher, session, tracer=tracer)
     runner = web.AppRunner(gateway.application(), access_log=None)
     await runner.setup()
@@ -393,7 +420,6 @@ async def running_worker(
     import redis.asyncio as aioredis
 
     from apx.controllers.renderers.kubernetes.workers import upstream_url
-
     from apx.dataplane.common.requeststate import ScriptRunner
     from apx.dataplane.worker.config import WorkerConfig
     from apx.dataplane.worker.processor import Processor
@@ -419,7 +445,7 @@ async def running_worker(
     redis_client = aioredis.Redis.from_url(redis_url)
     session = aiohttp.ClientSession()
     if tracer is None:
-        tracer = configure_tracing("apx-worker", install=False).get_tracer("apx.worker")
+        tracer = TracerProvider().get_tracer("apx.worker")
     processor = Processor(config, ScriptRunner(redis_client), session, tracer=tracer)
     await processor.start()
     try:

@@ -20,7 +20,6 @@ from apx.dataplane.common.requeststate import backlog_key, request_key
 from apx.dataplane.common.tracecontext import configure_tracing
 from apx.dataplane.gateway.split import choose_track
 from apx.e2e.services import Service
-
 from tests.dataplane.conftest import (
     HOST,
     Jwks,
@@ -100,7 +99,9 @@ async def _read_events(response: aiohttp.ClientResponse) -> list[tuple[str, dict
 
 
 def _subscription(compiled: Any, project: str, track: str = "stable", region: str | None = None) -> str:
-    plan = next(p for p in compiled.pubsub.plans if p.track == track and (region is None or p.region == region))
+    plan = next(
+        p for p in compiled.pubsub.plans if p.track == track and (region is None or p.region == region)
+    )
     return f"projects/{project}/subscriptions/{plan.subscription}"
 
 
@@ -196,7 +197,9 @@ async def test_a_request_that_would_leave_its_residency_gets_451(
     fields["tenant:eve"] = json.dumps(eve)
     applier = RedisApplier(redis_url)
     try:
-        keys = VersionedKeys(rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key)
+        keys = VersionedKeys(
+            rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key
+        )
         await applier.publish(keys, "doctored0000000", fields)
     finally:
         await applier.close()
@@ -214,7 +217,9 @@ async def test_a_request_that_would_leave_its_residency_gets_451(
         )
         assert [m.attributes["region"] for m in messages] == ["europe-west1"]
         assert [m.attributes["tenant_id"] for m in messages] == ["acme"]
-        assert not await asyncio.to_thread(pull_all, _subscription(compiled, project, region="europe-west4"), 1, 2.5)
+        assert not await asyncio.to_thread(
+            pull_all, _subscription(compiled, project, region="europe-west4"), 1, 2.5
+        )
         keys = [k async for k in gw.gateway.redis.scan_iter(match="apx:req:*")]
         tenants = {await gw.gateway.redis.hget(k, "tenant") for k in keys}
         assert b"eve" not in tenants
@@ -223,7 +228,9 @@ async def test_a_request_that_would_leave_its_residency_gets_451(
 async def test_backlog_above_the_route_limit_gets_503_with_retry_after(
     redis_url: str, emulator: Service, namespace: str, project: str, jwks: Jwks
 ) -> None:
-    docs = apx_docs(namespace, jwks, "http://127.0.0.1:9", regions=("europe-west1",), delivery={"backlogLimit": 2})
+    docs = apx_docs(
+        namespace, jwks, "http://127.0.0.1:9", regions=("europe-west1",), delivery={"backlogLimit": 2}
+    )
     compiled = await deploy(docs, project=project, redis_url=redis_url)
     async with running_gateway(redis_url, project) as gw:
         answers = [await gw.submit(token=jwks.token(f"tenant-{i}")) for i in range(3)]
@@ -231,10 +238,9 @@ async def test_backlog_above_the_route_limit_gets_503_with_retry_after(
         assert answers[2].headers["Retry-After"] == "5"
         assert (await answers[2].json())["error"] == "backlog"
         # Draining the queue (the worker acks) lets requests in again.
-        async with upstream_stub():
-            async with running_worker(redis_url, project, compiled):
-                counter = backlog_key(f"{namespace}/jobs", "stable")
-                await wait_for(lambda: _counter_is(gw, counter, 0))
+        async with upstream_stub(), running_worker(redis_url, project, compiled):
+            counter = backlog_key(f"{namespace}/jobs", "stable")
+            await wait_for(lambda: _counter_is(gw, counter, 0))
         assert (await gw.submit(token=jwks.token("tenant-3"))).status == 202
 
 
@@ -273,7 +279,9 @@ async def test_canary_split_is_sticky_per_tenant_and_publishes_to_the_track_topi
                 # Envoy's own pick (x-apx-track) is not what decides: identity does.
                 response = await gw.submit(token=jwks.token(tenant), headers={"x-apx-track": "canary"})
                 assert response.status == 202
-                assert (await response.json())["track"] == choose_track([("stable", 50), ("canary", 50)], tenant)
+                assert (await response.json())["track"] == choose_track(
+                    [("stable", 50), ("canary", 50)], tenant
+                )
     expected = {t: choose_track([("stable", 50), ("canary", 50)], t) for t in tenants}
     assert set(expected.values()) == {"stable", "canary"}
     for track in ("stable", "canary"):
@@ -288,6 +296,7 @@ async def test_the_worker_span_continues_the_gateway_trace(
 ) -> None:
     exporter = InMemorySpanExporter()
     provider = configure_tracing("apx-test", exporter=exporter, install=False)
+    assert provider is not None
     envoy_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     traceparent = f"00-{envoy_trace}-00f067aa0ba902b7-01"
     async with upstream_stub() as upstream:

@@ -24,7 +24,12 @@ def _route(name: str, match: dict[str, Any], mode: str = "async") -> dict[str, A
     }
     if mode == "async":
         spec["worker"] = {"image": "example.com/w:1"}
-    return {"apiVersion": "apx.dev/v1alpha1", "kind": "Route", "metadata": {"name": name, "namespace": "ns"}, "spec": spec}
+    return {
+        "apiVersion": "apx.dev/v1alpha1",
+        "kind": "Route",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": spec,
+    }
 
 
 def _table() -> RouteTable:
@@ -38,7 +43,12 @@ def _table() -> RouteTable:
                 "regions": ["europe-west1", "europe-west4"],
                 "plans": [
                     {"name": "basic", "tier": "free", "rateLimit": {"requestsPerSecond": 1}},
-                    {"name": "iso", "tier": "enterprise", "rateLimit": {"requestsPerSecond": 1}, "isolation": "namespace"},
+                    {
+                        "name": "iso",
+                        "tier": "enterprise",
+                        "rateLimit": {"requestsPerSecond": 1},
+                        "isolation": "namespace",
+                    },
                 ],
                 "tenants": [
                     {"id": "home4", "plan": "basic", "region": "europe-west4"},
@@ -53,7 +63,9 @@ def _table() -> RouteTable:
             "spec": {"version": "1.0.0", "auth": {"allowAnonymous": True}},
         },
         _route("exact", {"hosts": ["api.shop.example"], "path": "/v1/orders/export", "methods": ["POST"]}),
-        _route("prefix", {"hosts": ["api.shop.example"], "pathPrefix": "/v1/orders", "methods": ["POST", "PUT"]}),
+        _route(
+            "prefix", {"hosts": ["api.shop.example"], "pathPrefix": "/v1/orders", "methods": ["POST", "PUT"]}
+        ),
         _route("wild", {"hosts": ["*.shop.example"], "pathPrefix": "/"}),
         _route("sync", {"hosts": ["sync.shop.example"], "pathPrefix": "/"}, mode="sync"),
     ]
@@ -91,7 +103,9 @@ def test_placement_prefers_home_region_then_local_region_then_product_order() ->
     assert place(entry, "stable", "someone", None, "europe-west4").region == "europe-west4"
     assert place(entry, "stable", "someone", None, "us-central1").region == "europe-west1"
     isolated = place(entry, "stable", "isolated", None, None)
-    assert isolated.tenant_topic and isolated.topic == entry.tenant_topics["isolated"]["stable"]["europe-west1"]
+    assert (
+        isolated.tenant_topic and isolated.topic == entry.tenant_topics["isolated"]["stable"]["europe-west1"]
+    )
     with pytest.raises(NoTopic):
         place(entry, "canary", "someone", None, None)
 

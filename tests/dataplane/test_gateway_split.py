@@ -39,4 +39,7 @@ def test_single_track_and_bucket_range() -> None:
     assert choose_track([("stable", 100)], "anyone") == "stable"
     assert all(0 <= bucket(f"k{i}") < BUCKETS for i in range(1000))
     # The hash is fixed (not Python's salted hash()): every replica agrees on a tenant's bucket.
-    assert bucket("acme") == int.from_bytes(__import__("hashlib").blake2b(b"acme", digest_size=8).digest()) % BUCKETS
+    assert (
+        bucket("acme")
+        == int.from_bytes(__import__("hashlib").blake2b(b"acme", digest_size=8).digest()) % BUCKETS
+    )

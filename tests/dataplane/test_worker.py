@@ -52,7 +52,12 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_attempts(
     # so this Route turns ordering off; Pub/Sub itself dead-letters ordered subscriptions too.
     async with upstream_stub() as upstream:
         upstream.status = 503
-        delivery = {"ordering": False, "maxDeliveryAttempts": 5, "minimumBackoff": "0s", "maximumBackoff": "1s"}
+        delivery = {
+            "ordering": False,
+            "maxDeliveryAttempts": 5,
+            "minimumBackoff": "0s",
+            "maximumBackoff": "1s",
+        }
         docs = apx_docs(namespace, jwks, upstream.url, regions=("europe-west1",), delivery=delivery)
         compiled = await deploy(docs, project=project, redis_url=redis_url)
         (plan,) = [p for p in compiled.pubsub.plans if p.track == "stable"]
@@ -64,9 +69,20 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_attempts(
                     pull_all, f"projects/{project}/subscriptions/{plan.dead_letter_subscription}", 1, 40.0
                 )
                 state = await _state(gw, request_id)
-                metric = _sample(worker, "apx_requests_total", route=plan.route, track="stable", tenant_tier="pro", code="503")
+                metric = _sample(
+                    worker,
+                    "apx_requests_total",
+                    route=plan.route,
+                    track="stable",
+                    tenant_tier="pro",
+                    code="503",
+                )
                 dead_lettered = _sample(
-                    worker, "apx_worker_messages_total", route=plan.route, track="stable", outcome="dead_lettered"
+                    worker,
+                    "apx_worker_messages_total",
+                    route=plan.route,
+                    track="stable",
+                    outcome="dead_lettered",
                 )
             counter = await gw.gateway.redis.get(backlog_key(plan.route, "stable"))
     assert [m.attributes["request_id"] for m in dead] == [request_id]
@@ -105,8 +121,16 @@ async def test_a_redelivered_message_does_not_run_twice_once_it_finished(
                 consumer.ack = lose_first_ack
                 route = worker.config.route
                 await wait_for(
-                    lambda: _sample(worker, "apx_worker_messages_total", route=route, track="stable", outcome="duplicate")
-                    == 1
+                    lambda: (
+                        _sample(
+                            worker,
+                            "apx_worker_messages_total",
+                            route=route,
+                            track="stable",
+                            outcome="duplicate",
+                        )
+                        == 1
+                    )
                 )
                 state = await _state(gw, request_id)
     assert lost, "the first delivery was acked"
@@ -158,7 +182,9 @@ async def test_a_client_error_fails_for_good_and_a_server_error_is_retried(
                 del upstream.statuses[flaky]
                 await wait_for(lambda: _terminal(gw, flaky))
                 route = worker.config.route
-                ok = _sample(worker, "apx_requests_total", route=route, track="stable", tenant_tier="pro", code="200")
+                ok = _sample(
+                    worker, "apx_requests_total", route=route, track="stable", tenant_tier="pro", code="200"
+                )
                 unprocessable = _sample(
                     worker, "apx_requests_total", route=route, track="stable", tenant_tier="pro", code="422"
                 )
@@ -173,7 +199,9 @@ async def test_a_client_error_fails_for_good_and_a_server_error_is_retried(
     assert ok == 1 and unprocessable == 1 and in_flight == 0 and queued_count >= 3
 
 
-def _worker_env(compiled: Any, project: str, redis_url: str, emulator: Service, metrics_port: int) -> dict[str, str]:
+def _worker_env(
+    compiled: Any, project: str, redis_url: str, emulator: Service, metrics_port: int
+) -> dict[str, str]:
     """The environment the worker Deployment of the stable track sets (renderers.kubernetes.workers)."""
     deployment = next(m for m in compiled.kubernetes.manifests if m["kind"] == "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -189,8 +217,14 @@ def _worker_env(compiled: Any, project: str, redis_url: str, emulator: Service, 
     return env
 
 
-async def _start_worker_process(env: dict[str, str], drain_seconds: float, metrics_port: int) -> subprocess.Popen[bytes]:
-    command = [os.path.join(os.path.dirname(sys.executable), "apx-worker"), "--drain-seconds", str(drain_seconds)]
+async def _start_worker_process(
+    env: dict[str, str], drain_seconds: float, metrics_port: int
+) -> subprocess.Popen[bytes]:
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "apx-worker"),
+        "--drain-seconds",
+        str(drain_seconds),
+    ]
     process = subprocess.Popen(
         command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -30,7 +30,11 @@ def _doc(name: str) -> dict[str, Any]:
 
 
 def test_valid_objects_are_admitted() -> None:
-    for name in ("01-product-payments.yaml", "05-route-payments-sync.yaml", "04-policybundle-payments-1.3.0.yaml"):
+    for name in (
+        "01-product-payments.yaml",
+        "05-route-payments-sync.yaml",
+        "04-policybundle-payments-1.3.0.yaml",
+    ):
         document = _doc(name)
         validate_object(document["kind"], document, None)
 
@@ -76,14 +80,18 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("apx-webhook.apx-system.svc")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("apx-webhook.apx-system.svc")]), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     cert = directory / "tls.crt"
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     private = directory / "tls.key"
     private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     ca = directory / "ca.crt"
     ca.write_bytes(cert.read_bytes())
@@ -94,8 +102,12 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
 async def test_webhook_registers_itself_as_a_service_with_the_ca_bundle(tmp_path: Path) -> None:
     cert, key, ca = _certificates(tmp_path)
     server = ServiceWebhookServer(
-        service_name="apx-webhook", service_namespace="apx-system", port=free_port(),
-        certfile=str(cert), pkeyfile=str(key), cafile=str(ca),
+        service_name="apx-webhook",
+        service_namespace="apx-system",
+        port=free_port(),
+        certfile=str(cert),
+        pkeyfile=str(key),
+        cafile=str(ca),
     )
 
     async def review(*_: Any, **__: Any) -> Any:

@@ -60,7 +60,7 @@ def _make_reconciler(
 
 
 async def _apply_samples(kube: KubeClient, reconciler: Reconciler) -> None:
-    """Apply samples in order with a pass after each PolicyBundle version, as a running operator would see them."""
+    """Apply samples in order, with a pass after each PolicyBundle version (as the operator sees them)."""
     for document in _samples():
         existing = await kube.get(document["kind"], "default", document["metadata"]["name"])
         if existing is None:
@@ -86,7 +86,9 @@ async def test_samples_become_ready_with_rules_topics_deployments_and_snapshot(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    reconciler = _make_reconciler(kube, f"redis://{redis_service.address}/1", project, monkeypatch, pubsub_service)
+    reconciler = _make_reconciler(
+        kube, f"redis://{redis_service.address}/1", project, monkeypatch, pubsub_service
+    )
     await _apply_samples(kube, reconciler)
 
     for document in _samples():
@@ -104,7 +106,9 @@ async def test_samples_become_ready_with_rules_topics_deployments_and_snapshot(
     topics = route["status"]["topics"]
     assert topics and all("europe-" in t for t in topics)
     publisher = pubsub_v1.PublisherClient()
-    existing = {t.name.rsplit("/", 1)[1] for t in publisher.list_topics(request={"project": f"projects/{project}"})}
+    existing = {
+        t.name.rsplit("/", 1)[1] for t in publisher.list_topics(request={"project": f"projects/{project}"})
+    }
     assert set(topics) <= existing
     assert {f"{t}.dlq" for t in topics} <= existing
 
@@ -128,7 +132,11 @@ async def test_changing_a_plan_limit_publishes_a_new_rule_set_version(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reconciler = _make_reconciler(
-        kube, f"redis://{redis_service.address}/2", f"apx-test-{uuid.uuid4().hex[:8]}", monkeypatch, pubsub_service
+        kube,
+        f"redis://{redis_service.address}/2",
+        f"apx-test-{uuid.uuid4().hex[:8]}",
+        monkeypatch,
+        pubsub_service,
     )
     await _apply_samples(kube, reconciler)
     client = redis.Redis.from_url(f"redis://{redis_service.address}/2", decode_responses=True)
@@ -152,7 +160,11 @@ async def test_invalid_update_is_stalled_and_what_was_applied_keeps_serving(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reconciler = _make_reconciler(
-        kube, f"redis://{redis_service.address}/3", f"apx-test-{uuid.uuid4().hex[:8]}", monkeypatch, pubsub_service
+        kube,
+        f"redis://{redis_service.address}/3",
+        f"apx-test-{uuid.uuid4().hex[:8]}",
+        monkeypatch,
+        pubsub_service,
     )
     await _apply_samples(kube, reconciler)
     client = redis.Redis.from_url(f"redis://{redis_service.address}/3", decode_responses=True)
@@ -162,8 +174,12 @@ async def test_invalid_update_is_stalled_and_what_was_applied_keeps_serving(
     # Something admission cannot see: a pin to a version that is not served.
     route["spec"]["policyRef"]["version"] = "9.0.0"
     updated = await kube.apply(
-        {"apiVersion": route["apiVersion"], "kind": "Route", "metadata": {"name": "payments-legacy",
-         "namespace": "default"}, "spec": route["spec"]}
+        {
+            "apiVersion": route["apiVersion"],
+            "kind": "Route",
+            "metadata": {"name": "payments-legacy", "namespace": "default"},
+            "spec": route["spec"],
+        }
     )
     reconciler.observe("Route", updated)
     await reconciler.reconcile_once()
@@ -186,7 +202,11 @@ async def test_redis_outage_is_reported_and_recovers_without_restart(
     port = own_redis.port
     try:
         reconciler = _make_reconciler(
-            kube, f"redis://{own_redis.address}/0", f"apx-test-{uuid.uuid4().hex[:8]}", monkeypatch, pubsub_service
+            kube,
+            f"redis://{own_redis.address}/0",
+            f"apx-test-{uuid.uuid4().hex[:8]}",
+            monkeypatch,
+            pubsub_service,
         )
         await _apply_samples(kube, reconciler)
         own_redis.stop()
@@ -215,7 +235,9 @@ async def test_flushed_redis_and_deleted_topic_are_repaired_by_a_full_resync(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    reconciler = _make_reconciler(kube, f"redis://{redis_service.address}/4", project, monkeypatch, pubsub_service)
+    reconciler = _make_reconciler(
+        kube, f"redis://{redis_service.address}/4", project, monkeypatch, pubsub_service
+    )
     await _apply_samples(kube, reconciler)
     client = redis.Redis.from_url(f"redis://{redis_service.address}/4", decode_responses=True)
     client.flushdb()
@@ -239,7 +261,9 @@ async def test_deleting_a_route_with_delete_policy_removes_its_topics(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    reconciler = _make_reconciler(kube, f"redis://{redis_service.address}/5", project, monkeypatch, pubsub_service)
+    reconciler = _make_reconciler(
+        kube, f"redis://{redis_service.address}/5", project, monkeypatch, pubsub_service
+    )
     await _apply_samples(kube, reconciler)
     route = await kube.get("Route", "default", "ledger-exports")
     assert route is not None
@@ -263,7 +287,9 @@ async def test_deleting_a_route_with_retain_policy_keeps_its_topics(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    reconciler = _make_reconciler(kube, f"redis://{redis_service.address}/6", project, monkeypatch, pubsub_service)
+    reconciler = _make_reconciler(
+        kube, f"redis://{redis_service.address}/6", project, monkeypatch, pubsub_service
+    )
     await _apply_samples(kube, reconciler)
     route = await kube.get("Route", "default", "ledger-exports")
     assert route is not None

@@ -13,9 +13,26 @@ PURE_CORE = ROOT / "controllers"
 # clients in controllers/providers/; everything else under controllers/ is pure.
 IMPURE_FOLDERS = {"appliers", "providers"}
 FORBIDDEN = {
-    "kopf", "kubernetes", "kubernetes_asyncio", "redis", "google", "grpc", "aiohttp", "requests",
-    "httpx", "urllib3", "socket", "time", "datetime", "random", "asyncio", "subprocess", "prometheus_client",
-    "opentelemetry", "threading", "os",
+    "kopf",
+    "kubernetes",
+    "kubernetes_asyncio",
+    "redis",
+    "google",
+    "grpc",
+    "aiohttp",
+    "requests",
+    "httpx",
+    "urllib3",
+    "socket",
+    "time",
+    "datetime",
+    "random",
+    "asyncio",
+    "subprocess",
+    "prometheus_client",
+    "opentelemetry",
+    "threading",
+    "os",
 }
 # Allowed even though they share a top-level name with an I/O package: the
 # protobuf runtime and the Envoy API messages are data structures.
@@ -24,8 +41,7 @@ ALLOWED_PREFIXES = ("google.protobuf",)
 
 def _pure_modules() -> list[Path]:
     return [
-        p for p in PURE_CORE.rglob("*.py")
-        if not (set(p.relative_to(PURE_CORE).parts[:-1]) & IMPURE_FOLDERS)
+        p for p in PURE_CORE.rglob("*.py") if not (set(p.relative_to(PURE_CORE).parts[:-1]) & IMPURE_FOLDERS)
     ]
 
 
@@ -88,4 +104,6 @@ def test_every_package_folder_is_installed() -> None:
             if any(directory.glob("*.py")):
                 rel = directory.relative_to(ROOT / folder).parts
                 expected.add(".".join((package, *rel)))
-    assert expected <= declared, f"folders with modules missing from pyproject packages: {expected - declared}"
+    assert expected <= declared, (
+        f"folders with modules missing from pyproject packages: {expected - declared}"
+    )

@@ -27,4 +27,6 @@ def test_rendered_output_matches_committed_golden_file(input_file: Path) -> None
     rendered = golden_text(RENDERERS[input_file.parent.parent.name](result.ir))
     expected_file = input_file.parent / "output.json"
     assert expected_file.exists(), f"{expected_file} missing: run `make gen`"
-    assert rendered == expected_file.read_text(), f"{expected_file} is stale: run `make gen` and review the diff"
+    assert rendered == expected_file.read_text(), (
+        f"{expected_file} is stale: run `make gen` and review the diff"
+    )

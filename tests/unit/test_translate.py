@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _samples() -> list[dict[str, Any]]:
-    return [d for f in sorted((ROOT / "samples").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    return [
+        d for f in sorted((ROOT / "samples").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d
+    ]
 
 
 def _by_name(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -26,7 +28,9 @@ def _by_name(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str,
 
 def test_route_created_before_its_product_is_stalled_then_ready_once_the_product_exists() -> None:
     documents = _samples()
-    without_product = [d for d in documents if not (d["kind"] == "Product" and d["metadata"]["name"] == "ledger")]
+    without_product = [
+        d for d in documents if not (d["kind"] == "Product" and d["metadata"]["name"] == "ledger")
+    ]
     before = translate(without_product)
     status = before.statuses[("Route", "default/ledger-exports")]
     assert status.phase == "Stalled"
@@ -71,7 +75,10 @@ def test_canary_progress_of_an_older_canary_block_is_ignored() -> None:
 def test_rendering_at_a_new_weight_is_a_pure_call_with_canary_states() -> None:
     documents = _samples()
     for weight in (10, 50, 100):
-        result = translate(documents, canary_states={"default/payments-charges": CanaryStatus(phase="Progressing", weight=weight)})
+        result = translate(
+            documents,
+            canary_states={"default/payments-charges": CanaryStatus(phase="Progressing", weight=weight)},
+        )
         charges = next(r for r in result.ir.routes if r.key == "default/payments-charges")
         assert charges.canary is not None
         assert charges.stable.weight + charges.canary.weight == 100
@@ -81,7 +88,9 @@ def test_rendering_at_a_new_weight_is_a_pure_call_with_canary_states() -> None:
 def test_rolled_back_canary_gets_no_traffic_and_promoted_gets_all() -> None:
     documents = _samples()
     for phase, expected in (("RolledBack", 0), ("Promoted", 100)):
-        result = translate(documents, canary_states={"default/payments-charges": CanaryStatus(phase=phase, weight=40)})
+        result = translate(
+            documents, canary_states={"default/payments-charges": CanaryStatus(phase=phase, weight=40)}
+        )
         charges = next(r for r in result.ir.routes if r.key == "default/payments-charges")
         assert charges.canary is not None and charges.canary.weight == expected
 
@@ -105,7 +114,7 @@ def test_previous_version_is_served_from_the_live_objects_status() -> None:
     live = copy.deepcopy(v13)
     live["status"] = {"servedVersions": served}
     others = [d for d in documents if d["kind"] != "PolicyBundle"]
-    result = translate(others + [live])
+    result = translate([*others, live])
     versions = {p.version: p.current for p in result.ir.policies}
     assert versions == {"1.3.0": True, "1.2.0": False}
     assert result.statuses[("Route", "default/payments-legacy")].phase == "Ready"
@@ -116,7 +125,7 @@ def test_bad_policy_apply_keeps_serving_previous_versions() -> None:
     bad = copy.deepcopy(_by_name(documents, "PolicyBundle", "payments-policy"))
     bad["spec"]["version"] = "1.4.0"
     bad["spec"]["compat"] = "breaking"
-    result = translate(documents + [bad])
+    result = translate([*documents, bad])
     status = result.statuses[("PolicyBundle", "default/payments-policy")]
     assert status.phase == "Stalled" and "major version bump" in status.message
     assert {p.version for p in result.ir.policies} == {"1.2.0", "1.3.0"}
