@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,10 +45,19 @@ def _best(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--routes", type=int, default=10_000)
+    parser.add_argument("--routes", type=int, help="one size; default: 1,000 and 10,000, each in its own process")
     parser.add_argument("--products", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    if args.routes is None:
+        # Separate processes so each size's peak RSS is its own.
+        for size in (1_000, 10_000):
+            command = [sys.executable, __file__, "--routes", str(size), "--products", str(args.products)]
+            command += ["--repeat", str(args.repeat)]
+            if subprocess.run(command, check=False).returncode != 0:
+                return 1
+            print()
+        return 0
 
     documents = generate_documents(args.routes, args.products)
     translate_s, result = _best(lambda: translate(documents), args.repeat)
@@ -76,6 +86,7 @@ def main() -> int:
     print(f"baseline serialize:   {serialize_s * 1000:8.1f} ms   (SerializeToString of every resource)")
     print(f"  deterministic:      {deterministic_s * 1000:8.1f} ms")
     print(f"render / baseline:    {render_s / serialize_s:8.1f} x    (target <= 5x)")
+    print(f"(translate + render) / baseline: {(translate_s + render_s) / serialize_s:.1f} x")
     print(f"peak RSS:             {peak_rss_mb:8.1f} MB")
     return 0
 

@@ -26,6 +26,7 @@ import semver
 from pydantic import ValidationError
 
 from . import names
+from .gcpause import collector_paused
 from .ir import (
     IR,
     AsyncIR,
@@ -302,6 +303,14 @@ def translate(
     status says, so the canary controller can render the next weight with a
     pure call.
     """
+    with collector_paused():
+        return _translate(resources, canary_states)
+
+
+def _translate(
+    resources: Iterable[Mapping[str, Any]],
+    canary_states: Mapping[str, CanaryStatus] | None,
+) -> TranslateResult:
     statuses: dict[tuple[str, str], ResourceStatus] = {}
     ignored: list[tuple[str, str]] = []
     products: dict[str, Product] = {}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -151,6 +152,13 @@ class Reconciler:
         self._written_status: dict[tuple[str, str], str] = {}
         self._last_phase: dict[tuple[str, str], str] = {}
         self._policy_history: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._dirty_products: set[str] = set()
+        # Per product, a counter bumped by every change that can affect its
+        # rule set; a pass publishes a rule set only if no change arrived
+        # since it took its snapshot (a newer one is on its way).
+        self._epoch: dict[str, int] = {}
+        self._fast_wanted = asyncio.Event()
+        self._pass_epochs: dict[str, int] = {}
         self._served_policies: dict[tuple[str, str], set[str]] = {}
         self._backoff = 0.0
         self.last_pass: PassReport | None = None
@@ -172,11 +180,41 @@ class Reconciler:
             return
         if kind == "PolicyBundle" and current is not None:
             self._remember_policy_version(key, current, body)
+        self._mark_products(kind, body, current)
         self.objects[key] = dict(body)
         if (body.get("metadata") or {}).get("deletionTimestamp") is None:
             self.deleting.pop(key, None)
         self.metrics.workqueue_adds.labels(name=CONTROLLERS[kind]).inc()
         self._dirty.set()
+
+    def _mark_products(self, kind: str, body: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
+        """Remember which products' rule sets a change can affect (for the fast path)."""
+        before = set(self._dirty_products)
+        self._mark_products_into(kind, body, previous)
+        for product in self._dirty_products - before:
+            self._epoch[product] = self._epoch.get(product, 0) + 1
+        if self._dirty_products:
+            self._fast_wanted.set()
+
+    def _mark_products_into(
+        self, kind: str, body: Mapping[str, Any], previous: Mapping[str, Any] | None
+    ) -> None:
+        namespace = (body.get("metadata") or {}).get("namespace") or "default"
+        if kind == "Product":
+            self._dirty_products.add(_key(body))
+        elif kind == "Route":
+            for source in (body, previous or {}):
+                product = ((source.get("spec") or {}).get("productRef") or {}).get("name")
+                if product:
+                    self._dirty_products.add(f"{namespace}/{product}")
+        else:
+            bundle = (body.get("metadata") or {}).get("name")
+            for (other_kind, _), other in self.objects.items():
+                spec = other.get("spec") or {}
+                if other_kind == "Route" and (spec.get("policyRef") or {}).get("name") == bundle:
+                    other_namespace = (other.get("metadata") or {}).get("namespace") or "default"
+                    if other_namespace == namespace:
+                        self._dirty_products.add(f"{namespace}/{(spec.get('productRef') or {}).get('name')}")
 
     def _remember_policy_version(
         self, key: tuple[str, str], previous: Mapping[str, Any], body: Mapping[str, Any]
@@ -256,6 +294,26 @@ class Reconciler:
         stop = stop or asyncio.Event()
         if not self._listed:
             await self.list_all()
+        fast_path = asyncio.create_task(self._fast_path_loop(stop))
+        try:
+            await self._full_pass_loop(stop)
+        finally:
+            fast_path.cancel()
+            await asyncio.gather(fast_path, return_exceptions=True)
+
+    async def _fast_path_loop(self, stop: asyncio.Event) -> None:
+        """Publish touched products' rule sets right away, even while a full pass is running."""
+        while not stop.is_set():
+            await self._fast_wanted.wait()
+            if self.settings.debounce_seconds:
+                await asyncio.sleep(self.settings.debounce_seconds)
+            self._fast_wanted.clear()
+            try:
+                await self.publish_rule_sets_fast()
+            except Exception:  # the next full pass reports and retries whatever failed
+                logger.exception("fast rule-set publish failed")
+
+    async def _full_pass_loop(self, stop: asyncio.Event) -> None:
         next_full = time.monotonic() + self.settings.resync_seconds
         while not stop.is_set():
             timeout = max(0.0, next_full - time.monotonic())
@@ -287,6 +345,56 @@ class Reconciler:
             else:
                 self._backoff = 0.0
 
+    # --- the fast path ---------------------------------------------------------------
+
+    async def publish_rule_sets_fast(self) -> int:
+        """Publish the rule sets of the products touched since the last pass, from their own objects only.
+
+        A limit or Route change is waiting for exactly one product's rule set;
+        translating that product with its Routes and their PolicyBundles takes
+        milliseconds, where the full pass over every object takes much longer.
+        The full pass that follows renders the same rule set from everything
+        (and republishes only if it differs, e.g. when a Route of this product
+        lost a match conflict to a Route of another product).
+        """
+        products = set(self._dirty_products)
+        self._dirty_products.clear()
+        epochs = {product: self._epoch.get(product, 0) for product in products}
+        subset: list[dict[str, Any]] = []
+        bundles: set[tuple[str, str]] = set()
+        for (kind, object_key), body in self.objects.items():
+            if (kind, object_key) in self.deleting:
+                continue
+            namespace = object_key.split("/", 1)[0]
+            if kind == "Product" and object_key in products:
+                subset.append(body)
+            elif kind == "Route":
+                spec = body.get("spec") or {}
+                if f"{namespace}/{(spec.get('productRef') or {}).get('name')}" in products:
+                    subset.append(body)
+                    bundles.add(("PolicyBundle", f"{namespace}/{(spec.get('policyRef') or {}).get('name')}"))
+        for key in bundles:
+            if key in self.objects and key not in self.deleting:
+                subset.append(self.objects[key])
+                subset.extend((self._policy_history.get(key) or {}).values())
+        stage = first_stage(subset)
+        published = 0
+        for rule_set in stage.redis.rule_sets:
+            if (
+                rule_set.product not in products
+                or self._applied_rule_sets.get(rule_set.product) == rule_set.version
+            ):
+                continue
+            if self._epoch.get(rule_set.product, 0) != epochs[rule_set.product]:
+                continue  # changed again meanwhile: the next fast run publishes the newer one
+            keys = VersionedKeys(
+                rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key
+            )
+            await self.redis.publish(keys, rule_set.version, dict(rule_set.fields))
+            self._applied_rule_sets[rule_set.product] = rule_set.version
+            published += 1
+        return published
+
     # --- one pass -----------------------------------------------------------------
 
     async def reconcile_once(self, full: bool = False) -> PassReport:
@@ -298,6 +406,7 @@ class Reconciler:
             self._applied_pubsub.clear()
             self._applied_manifests.clear()
             self._written_status.clear()
+        self._pass_epochs = dict(self._epoch)
         live = [body for key, body in sorted(self.objects.items()) if key not in self.deleting]
         live += [
             document
@@ -318,15 +427,20 @@ class Reconciler:
                 phases[name] = round((now - mark) * 1000, 1)
                 mark = now
 
-            stage = first_stage(live)
+            # The pure pipeline runs in a thread so the event loop (kopf's
+            # watches, the fast path, status writes) stays responsive meanwhile.
+            stage = await asyncio.to_thread(first_stage, live)
             lap("translate")
             # Rules first: a limit change should not wait for Envoy and Kubernetes rendering.
             await self._apply_redis(stage.redis, stage.result.ir, report, full)
             lap("redis")
-            compiled = finish(
-                stage,
-                project=self.settings.pubsub_project,
-                operator_namespace=self.settings.operator_namespace,
+            compiled = await asyncio.to_thread(
+                functools.partial(
+                    finish,
+                    stage,
+                    project=self.settings.pubsub_project,
+                    operator_namespace=self.settings.operator_namespace,
+                )
             )
             lap("render")
             if compiled.redis is not stage.redis:
@@ -366,6 +480,8 @@ class Reconciler:
             for rule_set in output.rule_sets:
                 if self._applied_rule_sets.get(rule_set.product) == rule_set.version:
                     continue
+                if self._epoch.get(rule_set.product, 0) != self._pass_epochs.get(rule_set.product, 0):
+                    continue  # changed since this pass took its snapshot: the fast path publishes it
                 keys = VersionedKeys(
                     version_prefix=rule_set.key[: -len(rule_set.version)],
                     current=rule_set.current_key,

@@ -40,8 +40,9 @@ def configure_tracing(
     *,
     install: bool = True,
 ) -> TracerProvider | None:
-    """A tracer provider for ``service`` (installed globally unless ``install`` is false), or None
-    when there is nowhere to export to.
+    """A tracer provider for ``service``, or None when there is nowhere to export to.
+
+    Installed as the global provider unless ``install`` is false (tests).
     """
     if exporter is None and not otlp_endpoint:
         return None

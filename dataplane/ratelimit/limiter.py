@@ -375,7 +375,7 @@ def build_plan(product: str, tenant: str, meta: Document, rule: Document, api_ke
             burst = int(limit_doc["burst"])
             window_ms = int(limit_doc["window_ms"])
             if kind == "sw":
-                checks.append(Check(purpose, key, "sw", burst, window_ms * 1000, ttl, 0, window_ms))
+                checks.append(Check(purpose, key, "sw", burst, window_ms, ttl, 0, window_ms))
             elif kind == "tb":
                 interval_us = 1_000_000 / float(limit_doc["requests_per_second"])
                 checks.append(Check(purpose, key, "tb", burst, interval_us, ttl, 0, window_ms))
@@ -418,20 +418,23 @@ def _window_prefix(key: str) -> str:
 
 def _decision(match: RuleMatch, tenant: str, plan: _Plan, raw: Sequence[Any], api_keys: int) -> Decision:
     statuses = []
-    for index, check in enumerate(plan.checks):
-        ok, remaining, reset_ms, retry_ms = (int(v) for v in raw[2 + 4 * index : 6 + 4 * index])
+    at = 2
+    for check in plan.checks:
+        # Lua numbers come back as Redis integers: already ints.
+        retry_ms = raw[at + 3]
         statuses.append(
             LimitStatus(
-                purpose=check.purpose,
-                allowed=bool(ok),
-                limit=check.limit,
-                remaining=remaining,
-                reset_ms=reset_ms,
-                retry_after_ms=retry_ms if retry_ms >= 0 else None,
-                window_ms=check.window_ms,
+                check.purpose,
+                raw[at] == 1,
+                check.limit,
+                raw[at + 1],
+                raw[at + 2],
+                retry_ms if retry_ms >= 0 else None,
+                check.window_ms,
             )
         )
-    allowed = bool(int(raw[0]))
+        at += 4
+    allowed = raw[0] == 1
     deciding: str | None = None
     if not allowed:
         refusing = [s for s in statuses if not s.allowed]

@@ -6,7 +6,8 @@ else (rule sets, API keys, leases, health) goes through redis-py's
 redis-py's asyncio client costs 80-115 µs of CPU per command (pool checkout,
 retry wrapper, a timeout task per write, one read per command), more than
 the rest of a decision. Here a command is a few pre-encoded RESP byte
-strings joined and written; replies come back in order on the same socket
+strings joined and queued, the commands of one event-loop turn leave in one
+write, and replies come back in order on the same socket
 and ``hiredis`` parses them as they arrive, resolving the callers' futures
 first in, first out. The benchmark (``bench/bench_ratelimit.py``) measures
 both against the same script.
@@ -59,10 +60,23 @@ class _Protocol(asyncio.Protocol):
         self._owner = owner
         self._reader = hiredis.Reader(replyError=ResponseError)
         self.transport: asyncio.Transport | None = None
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+
+    def flush(self) -> None:
+        """Write every command queued during this turn of the event loop in one send."""
+        self.flush_scheduled = False
+        data = b"".join(self.outgoing)
+        self.outgoing.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            try:
+                self.transport.write(data)
+            except (OSError, RuntimeError) as exc:
+                self._owner._fail(self, RedisConnectionError(f"cannot write to Redis: {exc}"))
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -118,8 +132,11 @@ class PipelinedRedis:
             protocol = await self._connect()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        assert protocol.transport is not None
-        protocol.transport.write(command)
+        # Calls made during one turn of the loop leave in one write (one syscall, not one each).
+        protocol.outgoing.append(command)
+        if not protocol.flush_scheduled:
+            protocol.flush_scheduled = True
+            loop.call_soon(protocol.flush)
         self._pending.append((future, loop.time() + self.timeout))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout, self._check_deadline)

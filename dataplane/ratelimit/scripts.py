@@ -33,7 +33,7 @@ from __future__ import annotations
 # ARGV[2]   hits to count (0: check only)
 # ARGV[3]   request id: member of sliding-window logs (unique per request)
 # then 5 per check: kind, limit, param, ttl_ms, flag
-#   sw  sliding window log      limit = burst, param = window in µs
+#   sw  sliding window log      limit = burst, param = window in ms
 #   tb  token bucket (GCRA)     limit = burst, param = emission interval in µs
 #   fw  fixed window / quota    limit = requests, param = window in ms,
 #                               flag 1: ttl_ms is measured from the window's start
@@ -64,7 +64,8 @@ for i = 1, #KEYS do
   local key = KEYS[i]
   local ok, remaining, reset_us, retry_us
   if kind == 'sw' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now_us - param))
+    -- The log holds arrival times in ms (the contract); the window is (now - param, now].
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now_ms - param))
     local count = redis.call('ZCARD', key)
     ok = count + need <= limit
     if ok then
@@ -78,15 +79,15 @@ for i = 1, #KEYS do
         -- The request fits once the (count + need - limit) oldest entries have left.
         local nth = count + need - limit - 1
         local entry = redis.call('ZRANGE', key, nth, nth, 'WITHSCORES')
-        retry_us = tonumber(entry[2]) + param - now_us
+        retry_us = (tonumber(entry[2]) + param - now_ms) * 1000
       end
     end
     -- Reset: when the window is whole again, i.e. the newest entry has left.
     if ok and hits > 0 then
-      reset_us = param
+      reset_us = param * 1000
     else
       local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-      if newest[2] then reset_us = tonumber(newest[2]) + param - now_us else reset_us = 0 end
+      if newest[2] then reset_us = (tonumber(newest[2]) + param - now_ms) * 1000 else reset_us = 0 end
     end
     commits[i] = {kind, key, ttl}
   elseif kind == 'tb' then
@@ -159,7 +160,7 @@ if out[1] == 1 and hits > 0 then
     if c then
       local kind, key = c[1], c[2]
       if kind == 'sw' then
-        local score = num(now_us)
+        local score = num(now_ms)
         if hits == 1 then
           redis.call('ZADD', key, score, id)
         else

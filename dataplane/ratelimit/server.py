@@ -118,6 +118,9 @@ def _status(code: int, shown: LimitStatus | None) -> Any:
 
 def descriptor_statuses(request: Any, decision: Decision) -> list[Any]:
     """One status per descriptor, in request order."""
+    if decision.failed:
+        # Answered by the failure mode: no limit was consulted, every descriptor gets the answer.
+        return [_status(OK if decision.allowed else OVER_LIMIT, None) for _ in request.descriptors]
     tenant_limits = [s for s in decision.statuses if s.purpose in ("rate", "quota")]
     tenant_shown = min(tenant_limits, key=lambda s: max(s.remaining, 0)) if tenant_limits else None
     if not decision.allowed and decision.deciding in ("rate", "quota"):

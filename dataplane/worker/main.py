@@ -15,7 +15,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import aiohttp
 import redis.asyncio as aioredis
 
 from apx.dataplane.common import eventloop
@@ -27,7 +26,8 @@ from apx.dataplane.common.tracecontext import configure_tracing
 
 from .config import WorkerConfig, parse_config
 from .metrics import WorkerMetrics
-from .processor import Processor, upstream_session
+from .processor import Processor
+from .upstream import UpstreamClient
 
 log = logging.getLogger("apx.worker")
 SERVICE = "apx-worker"
@@ -45,9 +45,11 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
         health_check_interval=30,
         max_connections=64,
     )
-    session = upstream_session(config.max_outstanding_messages)
+    upstream = UpstreamClient(
+        config.upstream_url, max_connections=config.max_outstanding_messages, max_body=config.max_result_bytes
+    )
     metrics = WorkerMetrics()
-    processor = Processor(config, ScriptRunner(redis_client), session, metrics=metrics, tracer=tracer)
+    processor = Processor(config, ScriptRunner(redis_client), upstream, metrics=metrics, tracer=tracer)
     probes = None
     if config.metrics_port:
         probes = await start_site(
@@ -63,7 +65,7 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     finally:
         if probes is not None:
             await probes.cleanup()
-        await session.close()
+        await upstream.close()
         await redis_client.aclose()
         if provider is not None:
             provider.shutdown()

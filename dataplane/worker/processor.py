@@ -12,7 +12,7 @@ Per message (``_handle``):
 2. ``claim`` the request in Redis (``common.requeststate``): already ``done``
    (a redelivery of finished work) → ack without calling the upstream again;
    held by another worker → wait for its lease; otherwise run it.
-3. Call the upstream (aiohttp, the Route's timeout): the body is the message
+3. Call the upstream (``upstream.UpstreamClient``, the Route's timeout): the body is the message
    data, the path is the original one (with a URL backend's path put in place
    of the matched prefix, as Envoy's ``prefix_rewrite`` does), and the
    headers carry the verified identity (``x-apx-tenant``, ``x-apx-track``,
@@ -59,13 +59,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from yarl import URL
 
 from apx.controllers import names
 from apx.dataplane.common.requeststate import Call, ScriptRunner, backlog_key, request_key
@@ -80,6 +77,7 @@ from apx.dataplane.ratelimit.leases import tenant_counter_key
 from .config import WorkerConfig
 from .consumer import Delivery, PullConsumer, SubscriptionSettings
 from .metrics import WorkerMetrics, tier_label
+from .upstream import ResponseTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -163,20 +161,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def upstream_session(max_outstanding: int) -> aiohttp.ClientSession:
-    """The HTTP client for upstream calls: one keep-alive pool sized to the flow-control limit.
-
-    No cookie jar: a cookie from one tenant's answer must never ride on another
-    tenant's call. No ``Accept-Encoding`` is offered, so results are stored as
-    plain bodies with their content type (one compressed anyway is decoded).
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max(10, max_outstanding), ttl_dns_cache=30),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("Accept-Encoding",),
-    )
-
-
 class Processor:
     """Runs the messages a ``PullConsumer`` delivers; ``start``, then ``drain`` on shutdown."""
 
@@ -184,7 +168,7 @@ class Processor:
         self,
         config: WorkerConfig,
         runner: ScriptRunner,
-        session: aiohttp.ClientSession,
+        upstream: UpstreamClient,
         *,
         metrics: WorkerMetrics | None = None,
         tracer: trace.Tracer | None = None,
@@ -193,7 +177,7 @@ class Processor:
         self.config = config
         self.runner = runner
         self.redis = _Coalescer(runner)
-        self.session = session
+        self.upstream = upstream
         self.metrics = metrics or WorkerMetrics()
         self.tracer = tracer or trace.get_tracer("apx.worker")
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
@@ -212,10 +196,8 @@ class Processor:
         self._retiring: dict[str, int] = {}
         self._retire_scheduled = False
         self._lease_task: asyncio.Task[None] | None = None
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
-        base = urlsplit(config.upstream_url)
-        self._origin = f"{base.scheme}://{base.netloc}"
-        self._base_path = base.path.rstrip("/")
+        self._timeout = config.timeout_ms / 1000
+        self._base_path = upstream.base_path
         self._children: dict[tuple[str, ...], Any] = {}
         self.started = False
         self.stopping = False
@@ -555,7 +537,11 @@ class Processor:
 
     # --- upstream ------------------------------------------------------------------------------
 
-    def _url(self, attributes: dict[str, str]) -> str:
+    def _target(self, attributes: dict[str, str]) -> str:
+        """The request target on the upstream: the original path and query.
+
+        A URL backend's path replaces the prefix the Route matched, as Envoy's ``prefix_rewrite`` does.
+        """
         path = attributes.get("path") or "/"
         if self._base_path:
             base = attributes.get("route_base")
@@ -564,8 +550,10 @@ class Processor:
                 path = rewrite + path[len(base) :]
             else:
                 path = self._base_path + path
+        if not path.startswith("/"):
+            path = "/" + path
         query = attributes.get("query")
-        return f"{self._origin}{path}?{query}" if query else f"{self._origin}{path}"
+        return f"{path}?{query}" if query else path
 
     async def _call_upstream(self, delivery: Delivery, request_id: str) -> _Outcome:
         attributes = delivery.attributes
@@ -584,30 +572,25 @@ class Processor:
             headers["accept"] = attributes["accept"]
         headers.update(inject_attributes())
         method = attributes.get("method") or "POST"
-        limit = self.config.max_result_bytes
         try:
-            async with self.session.request(
-                method,
-                URL(self._url(attributes), encoded=True),
-                data=delivery.data,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                body = await response.content.read(limit + 1)
-                content_type = response.headers.get("content-type", "")
-                status = response.status
-        except TimeoutError:
+            response = await self.upstream.request(
+                method, self._target(attributes), headers, delivery.data, self._timeout
+            )
+        except ValueError as exc:
+            return _Outcome("failed", 400, error=f"request cannot be sent: {exc}")
+        except UpstreamTimeout:
             return _Outcome("retry", 504, error=f"upstream timed out after {self.config.timeout_ms} ms")
-        except aiohttp.ClientError as exc:
+        except ResponseTooLarge as exc:
+            return _Outcome("failed", 502, error=str(exc))
+        except UpstreamError as exc:
             return _Outcome("retry", 502, error=f"upstream unreachable: {exc}")
-        if len(body) > limit:
-            return _Outcome("failed", 502, error=f"upstream response exceeds {limit} bytes")
+        status = response.status
         if status < 400:
-            return _Outcome("done", status, content_type, body)
-        if status >= 500 or status in RETRYABLE_CODES:
-            return _Outcome("retry", status, content_type, body, error=f"upstream answered {status}")
-        return _Outcome("failed", status, content_type, body, error=f"upstream answered {status}")
+            return _Outcome("done", status, response.content_type, response.body)
+        outcome = "retry" if status >= 500 or status in RETRYABLE_CODES else "failed"
+        return _Outcome(
+            outcome, status, response.content_type, response.body, error=f"upstream answered {status}"
+        )
 
     # --- leases --------------------------------------------------------------------------------
 

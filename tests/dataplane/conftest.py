@@ -423,6 +423,7 @@ async def running_worker(
     from apx.dataplane.common.requeststate import ScriptRunner
     from apx.dataplane.worker.config import WorkerConfig
     from apx.dataplane.worker.processor import Processor
+    from apx.dataplane.worker.upstream import UpstreamClient
 
     plans = [p for p in compiled.pubsub.plans if p.track == track]
     route = plans[0].route
@@ -443,16 +444,18 @@ async def running_worker(
         metrics_port=0,
     )
     redis_client = aioredis.Redis.from_url(redis_url)
-    session = aiohttp.ClientSession()
+    upstream = UpstreamClient(
+        config.upstream_url, max_connections=max_outstanding, max_body=config.max_result_bytes
+    )
     if tracer is None:
         tracer = TracerProvider().get_tracer("apx.worker")
-    processor = Processor(config, ScriptRunner(redis_client), session, tracer=tracer)
+    processor = Processor(config, ScriptRunner(redis_client), upstream, tracer=tracer)
     await processor.start()
     try:
         yield processor
     finally:
         await processor.drain()
-        await session.close()
+        await upstream.close()
         await redis_client.aclose()
 
 

@@ -1,4 +1,4 @@
-"""Route matching, placement and residency of the async gateway (pure), on route entries the operator renders."""
+"""Route matching, placement and residency of the async gateway (pure), on entries the operator renders."""
 
 from __future__ import annotations
 

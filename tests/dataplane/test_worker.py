@@ -270,9 +270,11 @@ async def test_sigterm_drains_the_worker_process_and_loses_nothing(
             process = await _start_worker_process(env, drain_seconds, metrics_port)
             try:
                 await wait_for(lambda: sum(upstream.active.values()) >= 3, timeout=20)
-                async with aiohttp.ClientSession() as session:
-                    async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
-                        exposition = await response.text()
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+                ):
+                    exposition = await response.text()
                 assert "apx_in_flight_requests" in exposition
                 in_flight = {c.request_id for c in upstream.calls if not c.finished}
                 stopped_at = time.monotonic()

@@ -305,3 +305,34 @@ async def test_deleting_a_route_with_retain_policy_keeps_its_topics(
     publisher = pubsub_v1.PublisherClient()
     existing = {t.name for t in publisher.list_topics(request={"project": f"projects/{project}"})}
     assert set(topics) <= existing
+
+
+@pytest.mark.asyncio
+async def test_fast_path_publishes_only_the_touched_products_rule_set(
+    kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reconciler = _make_reconciler(
+        kube, f"redis://{redis_service.address}/7", f"apx-test-{uuid.uuid4().hex[:8]}", monkeypatch, pubsub_service
+    )
+    await _apply_samples(kube, reconciler)
+    client = redis.Redis.from_url(f"redis://{redis_service.address}/7", decode_responses=True)
+    payments_before = client.get(ruleset_current_key("default/payments"))
+    ledger_before = client.get(ruleset_current_key("default/ledger"))
+
+    route = await kube.get("Route", "default", "payments-legacy")
+    assert route is not None
+    updated = await kube.apply(
+        {"apiVersion": route["apiVersion"], "kind": "Route",
+         "metadata": {"name": "payments-legacy", "namespace": "default"},
+         "spec": {**route["spec"], "timeout": "45s"}}
+    )  # fmt: skip
+    reconciler.observe("Route", updated)
+    assert await reconciler.publish_rule_sets_fast() == 1
+
+    fast = client.get(ruleset_current_key("default/payments"))
+    assert fast != payments_before
+    assert client.get(ruleset_current_key("default/ledger")) == ledger_before
+    # The full pass renders the same rule set from every object: nothing more to publish.
+    report = await reconciler.reconcile_once()
+    assert client.get(ruleset_current_key("default/payments")) == fast
+    assert report.redis_published <= 1  # only the route table may move

@@ -38,6 +38,7 @@ from typing import Any
 
 from google.protobuf import any_pb2, json_format
 
+from ...gcpause import collector_paused
 from ...ir import IR
 from .clusters import build_clusters
 from .common import DEFAULT_SETTINGS, EnvoySettings, RenderError, pack
@@ -177,7 +178,11 @@ class EnvoyOutput:
 
 def render_envoy(ir: IR, port: int = 8080, settings: EnvoySettings | None = None) -> EnvoyOutput:
     """Render the IR into Envoy resources (listener on ``port``)."""
-    settings = settings or DEFAULT_SETTINGS
+    with collector_paused():
+        return _render(ir, port, settings or DEFAULT_SETTINGS)
+
+
+def _render(ir: IR, port: int, settings: EnvoySettings) -> EnvoyOutput:
     ctx = RenderContext.create(ir.policies, settings)
     route_configuration, rendered, errors = build_route_configuration(ir.routes, ctx)
     clusters = build_clusters(rendered, ctx.jwt.jwks_endpoints, settings)
