@@ -45,7 +45,7 @@ def _best(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--routes", type=int, help="one size; default: 1,000 and 10,000, each in its own process")
+    parser.add_argument("--routes", type=int, help="one size; default: 1,000 then 10,000")
     parser.add_argument("--products", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

@@ -161,10 +161,11 @@ def test_invalid_documents_are_rejected_or_stalled_and_nothing_applied_changes(
             earlier.pop("status")
             stack.kubectl.apply(yaml.safe_dump(earlier), namespace)
             kind_name, object_name = document["kind"].lower(), document["metadata"]["name"]
-            eventually(
-                lambda: condition(stack.kubectl.get(kind_name, object_name, namespace), "Ready") == "True",
-                what=f"{sample.name}: earlier version served",
-            )
+
+            def earlier_served(kind_name: str = kind_name, object_name: str = object_name) -> bool:
+                return condition(stack.kubectl.get(kind_name, object_name, namespace), "Ready") == "True"
+
+            eventually(earlier_served, what=f"{sample.name}: earlier version served")
         output = stack.kubectl.apply(sample, namespace, check=False)
         if "Invalid" in output or "invalid" in output or "error" in output.lower():
             assert field.split("[")[0] in output, (

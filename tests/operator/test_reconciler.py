@@ -311,9 +311,9 @@ async def test_deleting_a_route_with_retain_policy_keeps_its_topics(
 async def test_fast_path_publishes_only_the_touched_products_rule_set(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reconciler = _make_reconciler(
-        kube, f"redis://{redis_service.address}/7", f"apx-test-{uuid.uuid4().hex[:8]}", monkeypatch, pubsub_service
-    )
+    project = f"apx-test-{uuid.uuid4().hex[:8]}"
+    url = f"redis://{redis_service.address}/7"
+    reconciler = _make_reconciler(kube, url, project, monkeypatch, pubsub_service)
     await _apply_samples(kube, reconciler)
     client = redis.Redis.from_url(f"redis://{redis_service.address}/7", decode_responses=True)
     payments_before = client.get(ruleset_current_key("default/payments"))
