@@ -35,14 +35,13 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from google.cloud import pubsub_v1
 
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier, VersionedKeys
 from apx.controllers.pipeline import compile_resources
 from apx.controllers.renderers.kubernetes.workers import upstream_url
-from apx.dataplane.common import eventloop
+from apx.dataplane.common import eventloop, redisconn
 from apx.dataplane.common.requeststate import ScriptRunner
 from apx.dataplane.worker.config import WorkerConfig
 from apx.dataplane.worker.processor import Processor
@@ -231,7 +230,7 @@ async def run_worker(
         max_outstanding_messages=max_outstanding,
         metrics_port=0,
     )
-    client = aioredis.Redis.from_url(redis_url, max_connections=64)
+    client = redisconn.connect(redis_url)
     upstream = UpstreamClient(
         config.upstream_url, max_connections=max_outstanding, max_body=config.max_result_bytes
     )

@@ -122,6 +122,7 @@ def stack(backend: Backend, namespace: str, tmp_path: Path) -> Iterator[Stack]:
         running.operator.start()
         yield running
     finally:
+        # A test may have restarted a service: stop the ones running now, and the originals.
         running.operator.stop()
-        pubsub.stop()
-        redis.stop()
+        for service in {id(s): s for s in (running.pubsub, running.redis, pubsub, redis)}.values():
+            service.stop()

@@ -52,12 +52,20 @@ are written by separate commands, never by one script.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+
+_pack: Callable[..., bytes] | None
+try:
+    import hiredis
+
+    _pack = hiredis.pack_command
+except ImportError:  # hiredis is a dependency; stay correct without it
+    _pack = None
 
 STATES = ("queued", "running", "done", "failed")
 TERMINAL = frozenset({"done", "failed"})
@@ -248,12 +256,20 @@ Call = tuple[str, Sequence[str], Sequence[Any]]
 
 
 class ScriptRunner:
-    """Runs the scripts above by SHA, many per round trip (a non-transactional pipeline).
+    """Runs the scripts above by SHA, many per round trip.
 
     ``EVALSHA`` keeps each call small; after a Redis restart (``NOSCRIPT``)
     the scripts are loaded again and only the calls that failed that way are
     re-sent, so no call runs twice. Results come back in call order; a call
     that failed otherwise comes back as its exception, for the caller to judge.
+
+    The calls go out as one packed write on one pooled connection and their
+    replies are read back in order — what a non-transactional pipeline does,
+    without redis-py's per-command pipeline bookkeeping and with hiredis's C
+    packer when installed. At the worker's rate (two calls per message) the
+    pipeline machinery was a fifth of its CPU. A connection interrupted
+    mid-exchange (cancellation, I/O error) is dropped, never reused with
+    replies unread.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
@@ -264,18 +280,38 @@ class ScriptRunner:
         for text in SCRIPTS.values():
             await self.client.script_load(text)
 
+    def _command(self, call: Call) -> tuple[Any, ...]:
+        name, keys, args = call
+        if name in RAW_COMMANDS:
+            return (name.upper(), *keys, *args)
+        return ("EVALSHA", self._sha[name], len(keys), *keys, *args)
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            if _pack is not None:
+                await connection.send_packed_command(b"".join(_pack(command) for command in commands))
+            else:
+                await connection.send_packed_command(connection.pack_commands(commands))
+            answers: list[Any] = []
+            for _ in commands:
+                try:
+                    answers.append(await connection.read_response())
+                except ResponseError as exc:  # the reply was read whole; the next ones follow
+                    answers.append(exc)
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+        return answers
+
     async def run(self, calls: Sequence[Call]) -> list[Any]:
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for index in pending:
-                name, keys, args = calls[index]
-                if name in RAW_COMMANDS:
-                    pipe.execute_command(name.upper(), *keys, *args)
-                else:
-                    pipe.evalsha(self._sha[name], len(keys), *keys, *args)
-            answers = await pipe.execute(raise_on_error=False)
+            answers = await self._exchange([self._command(calls[index]) for index in pending])
             retry = []
             for index, answer in zip(pending, answers, strict=True):
                 if isinstance(answer, NoScriptError) and attempt == 0:

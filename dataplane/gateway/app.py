@@ -24,13 +24,22 @@ Submitting (any path other than ``/status/...``, ``/healthz``, ``/readyz``):
    ``common.requeststate``): above ``backlog_limit`` → 503 + ``Retry-After``;
    a request id already used by this tenant on this Route → 202 again
    without a second publish (client retry); used by someone else → 409.
+   When the tenant's plan caps concurrency, the request also takes a lease
+   (``apx.dataplane.ratelimit.leases``, lease id = request id) in the same
+   round trip, held until the worker finishes it: at the cap → 429 +
+   ``Retry-After``. Envoy's rate-limit service checks the same cap but cannot
+   hold a slot for a request whose end it never sees; the gateway and worker
+   can. The lease lasts the rule set's ``lease_ms`` (the slowest Route's
+   timeout plus a margin), so a request queued longer than that stops
+   counting against the cap: the cap errs towards admitting.
 7. Publish (``publisher``) with the attributes the worker reads —
    ``request_id``, ``tenant_id``, ``tenant_tier``, ``policy_version``,
    ``residency``, ``track``, ``route``, ``region``, ``method``, ``path``,
-   ``query``, ``route_base``, ``content_type``, ``accept``, ``enqueued_ms`` and
-   the trace context (``traceparent``, ``tracestate``, ``baggage`` with tenant
-   and policy version) — and the body as the message data; the ordering key
-   is the tenant when the Route orders. A failed publish undoes step 6 → 503.
+   ``query``, ``route_base``, ``product``, ``content_type``, ``accept``,
+   ``enqueued_ms``, ``lease`` (``1`` when a concurrency slot is held) and the
+   trace context (``traceparent``, ``tracestate``, ``baggage`` with tenant and
+   policy version) — and the body as the message data; the ordering key is
+   the tenant when the Route orders. A failed publish undoes step 6 → 503.
 8. ``202 Accepted``, ``Location: /status/{id}``, ``x-request-id``.
 
 ``GET /status/{id}`` authenticates the caller with the policy of the track

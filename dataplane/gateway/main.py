@@ -16,10 +16,9 @@ import sys
 from collections.abc import Sequence
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from apx.dataplane.common import eventloop
+from apx.dataplane.common import eventloop, redisconn
 from apx.dataplane.common.jsonlog import configure_logging
 from apx.dataplane.common.probes import probes_app, start_site
 from apx.dataplane.common.routetable import RouteTableUnavailable
@@ -40,9 +39,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     stop = stop or stop_event()
     provider = configure_tracing(SERVICE, config.otlp_endpoint)
     tracer = provider.get_tracer("apx.gateway") if provider is not None else None
-    redis_client = aioredis.Redis.from_url(
-        config.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-    )
+    redis_client = redisconn.connect(config.redis_url)
     session = aiohttp.ClientSession()
     publisher = Publisher(config.pubsub_project, max_latency=config.publish_max_latency_ms / 1000)
     metrics = GatewayMetrics()
@@ -61,7 +58,8 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         shutdown_timeout=config.shutdown_grace_seconds,
     )
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, reuse_address=True).start()
+    # A deep accept queue: Envoy opens connections in bursts, and a dropped SYN costs the caller 1 s.
+    await web.TCPSite(runner, config.host, config.port, reuse_address=True, backlog=1024).start()
     probes = None
     if config.metrics_port:
         probes = await start_site(
@@ -84,7 +82,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     log.info("stopping: draining requests in flight", extra={"grace_seconds": config.shutdown_grace_seconds})
     gateway.stopping = True
     await runner.cleanup()
-    await asyncio.to_thread(publisher.stop)
+    await publisher.close()
     if probes is not None:
         await probes.cleanup()
     await gateway.close()

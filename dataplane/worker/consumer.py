@@ -229,8 +229,8 @@ class PullConsumer:
         if delivery.settled:
             return
         delivery.settled = True
+        # The sender thread returns the flow-control slot, so the event loop never takes the lock.
         self._ops.put((kind, delivery.subscription, delivery.ack_id, 0))
-        self._give_back(1)
 
     def extend(self, deliveries: Iterable[Delivery], seconds: int) -> None:
         now = time.monotonic()
@@ -258,6 +258,7 @@ class PullConsumer:
             groups: dict[tuple[str, str, int], list[str]] = {}
             for kind, path, ack_id, seconds in ops:  # type: ignore[misc]
                 groups.setdefault((kind, path, seconds), []).append(ack_id)
+            self._give_back(sum(len(ids) for (kind, _, _), ids in groups.items() if kind != "extend"))
             for (kind, path, seconds), ack_ids in groups.items():
                 for start in range(0, len(ack_ids), ACK_BATCH):
                     self._send(kind, path, seconds, ack_ids[start : start + ACK_BATCH])

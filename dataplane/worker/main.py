@@ -15,9 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-
-from apx.dataplane.common import eventloop
+from apx.dataplane.common import eventloop, redisconn
 from apx.dataplane.common.jsonlog import configure_logging
 from apx.dataplane.common.probes import probes_app, start_site
 from apx.dataplane.common.requeststate import ScriptRunner
@@ -38,13 +36,7 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or stop_event()
     provider = configure_tracing(SERVICE, config.otlp_endpoint)
     tracer = provider.get_tracer("apx.worker") if provider is not None else None
-    redis_client = aioredis.Redis.from_url(
-        config.redis_url,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=30,
-        max_connections=64,
-    )
+    redis_client = redisconn.connect(config.redis_url, socket_timeout=10)
     upstream = UpstreamClient(
         config.upstream_url, max_connections=config.max_outstanding_messages, max_body=config.max_result_bytes
     )

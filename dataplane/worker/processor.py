@@ -8,7 +8,10 @@ Per message (``_handle``):
 
 1. The trace context and baggage are extracted from the attributes the
    gateway set; the worker span (``apx.worker.process``, kind CONSUMER) is a
-   child of the gateway's span, and the upstream call carries it on.
+   child of the gateway's span, and the upstream call carries it on. With
+   tracing off (no tracer: no exporter configured) no span is made at all and
+   the message's ``traceparent``/``tracestate``/``baggage`` go to the upstream
+   unchanged, so the trace still connects across the worker.
 2. ``claim`` the request in Redis (``common.requeststate``): already ``done``
    (a redelivery of finished work) → ack without calling the upstream again;
    held by another worker → wait for its lease; otherwise run it.
@@ -24,7 +27,10 @@ Per message (``_handle``):
    exponential backoff, and after ``max_delivery_attempts`` moves the message
    to the dead-letter topic; on that last attempt the request is recorded as
    ``failed`` (``dead_lettered``) first, so ``/status`` tells the caller.
-   The backlog counter is decremented exactly when a request becomes terminal.
+   When a request becomes terminal (exactly once, by ``finish``), its Route
+   track's backlog counter is decremented (decrements of one event-loop turn
+   go out as one ``DECRBY``) and, if the gateway took a concurrency lease for
+   it (attribute ``lease``), the lease is released.
 
 Ordering: messages with an ordering key (the tenant) run one at a time per
 key in the order received; a failure nacks the rest of that key's queue too,
@@ -69,6 +75,7 @@ from apx.dataplane.common.requeststate import Call, ScriptRunner, backlog_key, r
 from apx.dataplane.common.tracecontext import (
     BAGGAGE_POLICY_VERSION,
     BAGGAGE_TENANT,
+    TRACE_ATTRIBUTES,
     extract_context,
     inject_attributes,
 )
@@ -179,7 +186,8 @@ class Processor:
         self.redis = _Coalescer(runner)
         self.upstream = upstream
         self.metrics = metrics or WorkerMetrics()
-        self.tracer = tracer or trace.get_tracer("apx.worker")
+        # None: tracing is off (no exporter), and the message's trace headers go to the upstream as they are.
+        self.tracer = tracer
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.consumer = consumer or PullConsumer(
             [config.subscription_path(s) for s in config.subscriptions],
@@ -365,6 +373,8 @@ class Processor:
     async def _traced(self, delivery: Delivery, request_id: str) -> bool:
         attributes = delivery.attributes
         route, track = self._route_track(attributes)
+        if self.tracer is None:
+            return await self._process(delivery, request_id, route, track, trace.INVALID_SPAN)
         parent = extract_context(attributes)
         span_attributes: dict[str, str | int] = {
             "messaging.system": "gcp_pubsub",
@@ -570,7 +580,13 @@ class Processor:
             headers["content-type"] = attributes["content_type"]
         if attributes.get("accept"):
             headers["accept"] = attributes["accept"]
-        headers.update(inject_attributes())
+        if self.tracer is None:
+            for name in TRACE_ATTRIBUTES:
+                value = attributes.get(name)
+                if value:
+                    headers[name] = value
+        else:
+            headers.update(inject_attributes())
         method = attributes.get("method") or "POST"
         try:
             response = await self.upstream.request(

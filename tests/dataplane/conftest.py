@@ -396,7 +396,7 @@ async def running_gateway(
     finally:
         await client.close()
         await runner.cleanup()
-        await asyncio.to_thread(publisher.stop)
+        await publisher.close()
         await gateway.close()
         await session.close()
         await redis_client.aclose()

@@ -174,7 +174,7 @@ async def test_resubmitting_a_request_id_is_idempotent_for_its_tenant_only(
         malformed = await gw.submit(token=jwks.token("acme"), headers={"x-request-id": "{x}"})
         assert (first.status, again.status, other.status, malformed.status) == (202, 202, 409, 400)
         assert (await again.json())["duplicate"] is True
-        messages = await asyncio.to_thread(pull_all, _subscription(compiled, project), 2, 4.0)
+        messages = await asyncio.to_thread(pull_all, _subscription(compiled, project), 2, 2.5)
         assert [m.attributes["request_id"] for m in messages] == [request_id]
         counter = await gw.gateway.redis.get(backlog_key(f"{namespace}/jobs", "stable"))
         assert int(counter) == 1

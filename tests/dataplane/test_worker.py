@@ -297,6 +297,8 @@ async def test_sigterm_drains_the_worker_process_and_loses_nothing(
             states = [await _state(gw, request_id) for request_id in ids]
     assert all(s is not None and s.state == "done" for s in states)
     assert all(upstream.calls_for(r) for r in ids)
+    # Without an exporter the worker makes no span but passes the message's trace context on unchanged.
+    assert all(c.headers.get("traceparent", "").startswith("00-") for c in upstream.calls)
     assert len(in_flight) >= 3 and in_flight <= first_run
     if drain_seconds > delay:
         # In-flight work finished during the drain: none of it ran twice.
