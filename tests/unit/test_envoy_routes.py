@@ -207,3 +207,25 @@ def test_render_is_pure_and_the_version_is_a_content_hash() -> None:
     assert first.version == second.version and first.version.startswith("sha256:")
     other = render_envoy(result.ir, port=9090)
     assert other.version != first.version
+
+
+def test_async_hosts_route_status_requests_to_the_gateway_first() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from apx.controllers import names
+    from apx.controllers.renderers.envoy import render_envoy
+    from apx.controllers.translate import translate
+
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "samples").glob("*.yaml"))
+    documents = [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
+    output = render_envoy(translate(documents).ir)
+    assert not output.validate_resources()
+    hosts = {vh.domains[0]: vh for rc in output.route_configurations for vh in rc.virtual_hosts}
+    first = hosts["api.ledger.example.eu"].routes[0]
+    assert first.match.prefix == "/status/"
+    assert first.route.cluster == names.ASYNC_GATEWAY_CLUSTER
+    assert first.route.timeout.seconds == 0
+    assert all(r.match.prefix != "/status/" for r in hosts["api.payments.example.com"].routes)

@@ -32,6 +32,9 @@ path) with it: URL ``https://h/api`` on prefix ``/v1/`` sends ``/v1/x`` to
 its backend, which only its workers call — with the gateway timeout and
 retries only on connection failures (a queued request must not be
 published twice); the gateway reads ``x-apx-route`` and ``x-apx-track``.
+Every host with an async route also gets ``GET /status/…`` to the gateway,
+first in its virtual host (see ``status_route``): the path the gateway's
+``202 Location`` points at.
 
 Headers and per-filter configs: see ``headers.py`` (what upstreams receive)
 and ``jwt.py``/``authz.py``/``cors.py``/``ratelimit.py``.
@@ -339,6 +342,25 @@ def plan_route(route: RouteIR, ctx: RenderContext) -> list[PlannedRoute]:
     return [(name + PREFLIGHT_SUFFIX, preflight_match(match), None, (preflight,), path), main]
 
 
+STATUS_PREFIX = "/status/"
+
+
+def status_route(host: str) -> Any:
+    """``/status/…`` on a host with async routes: the gateway's request status and SSE stream.
+
+    The gateway answers an async request with ``Location: /status/{id}`` on
+    the same host, so that path must reach it. First in the virtual host (the
+    prefix is reserved on such hosts), GET only, no route timeout (the SSE
+    stream stays open while the request runs). No JWT requirement or RBAC:
+    request ids are unguessable and the gateway answers only for them.
+    """
+    return route_pb.Route(
+        name=f"apx-status/{host}",
+        match=route_pb.RouteMatch(prefix=STATUS_PREFIX, headers=[header_matcher(":method", exact("GET"))]),
+        route=route_pb.RouteAction(cluster=names.ASYNC_GATEWAY_CLUSTER, timeout=duration(0)),
+    )
+
+
 def build_route_configuration(
     routes: Iterable[RouteIR], ctx: RenderContext
 ) -> tuple[Any, list[RouteIR], dict[str, str]]:
@@ -356,6 +378,8 @@ def build_route_configuration(
         host: add_vhost(name=names.virtual_host_name(host), domains=[host]).routes
         for host in sorted({host for route in ordered for host in route.match.hosts})
     }
+    for host in sorted({host for route in ordered if route.mode == "async" for host in route.match.hosts}):
+        vhost_routes[host].append(status_route(host))
     rendered: list[RouteIR] = []
     errors: dict[str, str] = {}
     preflights: set[tuple[str, str]] = set()
