@@ -46,7 +46,7 @@ from apx.controllers.appliers.pubsub import PubSubApplier, PubSubUnavailable
 from apx.controllers.appliers.redis_rules import RedisApplier, RedisUnavailable, VersionedKeys
 from apx.controllers.ir import IR
 from apx.controllers.pipeline import Compiled, compile_resources, finish, first_stage
-from apx.controllers.renderers.redis_rules import RedisOutput
+from apx.controllers.renderers.redis_rules import RedisOutput, RuleSet
 from apx.controllers.status import ResourceStatus
 from apx.controllers.translate import HISTORY_ANNOTATION
 
@@ -387,10 +387,7 @@ class Reconciler:
                 continue
             if self._epoch.get(rule_set.product, 0) != epochs[rule_set.product]:
                 continue  # changed again meanwhile: the next fast run publishes the newer one
-            keys = VersionedKeys(
-                rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key
-            )
-            await self.redis.publish(keys, rule_set.version, dict(rule_set.fields))
+            await self.redis.publish(_rule_set_keys(rule_set), rule_set.version, dict(rule_set.fields))
             self._applied_rule_sets[rule_set.product] = rule_set.version
             published += 1
         return published
@@ -482,11 +479,7 @@ class Reconciler:
                     continue
                 if self._epoch.get(rule_set.product, 0) != self._pass_epochs.get(rule_set.product, 0):
                     continue  # changed since this pass took its snapshot: the fast path publishes it
-                keys = VersionedKeys(
-                    version_prefix=rule_set.key[: -len(rule_set.version)],
-                    current=rule_set.current_key,
-                    versions=rule_set.versions_key,
-                )
+                keys = _rule_set_keys(rule_set)
                 if full or await self.redis.current_version(keys) != rule_set.version:
                     await self.redis.publish(keys, rule_set.version, dict(rule_set.fields))
                     report.redis_published += 1
@@ -696,13 +689,7 @@ class Reconciler:
                             (r for r in compiled.redis.rule_sets if r.product == object_key), None
                         )
                         if rule_set is not None:
-                            await self.redis.drop(
-                                VersionedKeys(
-                                    rule_set.key[: -len(rule_set.version)],
-                                    rule_set.current_key,
-                                    rule_set.versions_key,
-                                )
-                            )
+                            await self.redis.drop(_rule_set_keys(rule_set))
                             self._applied_rule_sets.pop(object_key, None)
                         await self.redis.delete_pattern(f"{names.REDIS_PREFIX}:c:{{{object_key}/*")
                     if kind in ("Route", "Product"):
@@ -838,6 +825,11 @@ class Reconciler:
             "objects": len(self.objects),
             "last_error": self.last_error,
         }
+
+
+def _rule_set_keys(rule_set: RuleSet) -> VersionedKeys:
+    """The Redis keys of a product's rule-set family, as the applier addresses them."""
+    return VersionedKeys(rule_set.key[: -len(rule_set.version)], rule_set.current_key, rule_set.versions_key)
 
 
 def _significant(body: Mapping[str, Any]) -> tuple[Any, ...]:

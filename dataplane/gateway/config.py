@@ -15,10 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from apx.dataplane.common.eventloop import CHOICES
-from apx.dataplane.common.jsonlog import env_flag
-
-DEFAULT_PROJECT = "apx-local"
+from apx.dataplane.common.flags import DEFAULT_PROJECT, add_pubsub_flags, add_service_flags, env_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +40,6 @@ class GatewayConfig:
     event_loop: str = "auto"
 
 
-def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
-    value = environ.get(name)
-    return value if value not in (None, "") else default
-
-
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
@@ -60,80 +52,54 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--host", default=_env(env, "APX_HTTP_HOST", "0.0.0.0"), help="listen address (APX_HTTP_HOST)"
+        "--host", default=env_value(env, "APX_HTTP_HOST", "0.0.0.0"), help="listen address (APX_HTTP_HOST)"
     )
     parser.add_argument(
         "--port",
         type=int,
-        default=int(_env(env, "APX_HTTP_PORT", "8080") or 8080),
+        default=int(env_value(env, "APX_HTTP_PORT", "8080") or 8080),
         help="HTTP port (APX_HTTP_PORT)",
     )
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=int(_env(env, "APX_METRICS_PORT", "9090") or 9090),
+        default=int(env_value(env, "APX_METRICS_PORT", "9090") or 9090),
         help="port of /metrics, /healthz, /readyz; 0 disables it (APX_METRICS_PORT)",
     )
-    parser.add_argument("--redis-url", default=_env(env, "APX_REDIS_URL"), help="Redis URL (APX_REDIS_URL)")
     parser.add_argument(
-        "--pubsub-project",
-        default=_env(env, "APX_PUBSUB_PROJECT", DEFAULT_PROJECT),
-        help="Google Cloud project of the request topics (APX_PUBSUB_PROJECT)",
+        "--redis-url", default=env_value(env, "APX_REDIS_URL"), help="Redis URL (APX_REDIS_URL)"
     )
-    parser.add_argument(
-        "--pubsub-emulator-host",
-        default=_env(env, "PUBSUB_EMULATOR_HOST"),
-        help="host:port of the Pub/Sub emulator; unset for real Pub/Sub (PUBSUB_EMULATOR_HOST)",
-    )
+    add_pubsub_flags(parser, env, "Google Cloud project of the request topics")
     parser.add_argument(
         "--region",
-        default=_env(env, "APX_REGION"),
+        default=env_value(env, "APX_REGION"),
         help="region this gateway runs in; preferred for tenants without a home region (APX_REGION)",
     )
     parser.add_argument(
         "--max-body-bytes",
         type=int,
-        default=int(_env(env, "APX_MAX_BODY_BYTES", str(1024 * 1024)) or 0),
+        default=int(env_value(env, "APX_MAX_BODY_BYTES", str(1024 * 1024)) or 0),
         help="largest request body accepted, 413 above (APX_MAX_BODY_BYTES)",
     )
     parser.add_argument(
         "--backlog-retry-after",
         type=int,
-        default=int(_env(env, "APX_BACKLOG_RETRY_AFTER_SECONDS", "5") or 5),
+        default=int(env_value(env, "APX_BACKLOG_RETRY_AFTER_SECONDS", "5") or 5),
         help="Retry-After of a 503 under backlog, seconds (APX_BACKLOG_RETRY_AFTER_SECONDS)",
     )
     parser.add_argument(
         "--publish-max-latency-ms",
         type=float,
-        default=float(_env(env, "APX_PUBLISH_MAX_LATENCY_MS", "5") or 5),
+        default=float(env_value(env, "APX_PUBLISH_MAX_LATENCY_MS", "5") or 5),
         help="longest a message waits for its Pub/Sub batch (APX_PUBLISH_MAX_LATENCY_MS)",
     )
     parser.add_argument(
         "--shutdown-grace",
         type=float,
-        default=float(_env(env, "APX_SHUTDOWN_GRACE_SECONDS", "10") or 10),
+        default=float(env_value(env, "APX_SHUTDOWN_GRACE_SECONDS", "10") or 10),
         help="on SIGTERM, seconds in-flight requests get to finish (APX_SHUTDOWN_GRACE_SECONDS)",
     )
-    parser.add_argument(
-        "--log-level", default=_env(env, "APX_LOG_LEVEL", "INFO"), help="log level (APX_LOG_LEVEL)"
-    )
-    parser.add_argument(
-        "--json-logs",
-        action=argparse.BooleanOptionalAction,
-        default=env_flag(env.get("APX_JSON_LOGS"), True),
-        help="log JSON lines (APX_JSON_LOGS)",
-    )
-    parser.add_argument(
-        "--otlp-endpoint",
-        default=_env(env, "APX_OTLP_ENDPOINT"),
-        help="OTLP/HTTP endpoint for traces; unset: spans propagate but are not exported (APX_OTLP_ENDPOINT)",
-    )
-    parser.add_argument(
-        "--event-loop",
-        choices=CHOICES,
-        default=_env(env, "APX_EVENT_LOOP", "auto"),
-        help="asyncio event loop: auto (uvloop when installed), uvloop or asyncio (APX_EVENT_LOOP)",
-    )
+    add_service_flags(parser, env)
     return parser
 
 

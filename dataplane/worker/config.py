@@ -17,10 +17,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from apx.dataplane.common.eventloop import CHOICES
-from apx.dataplane.common.jsonlog import env_flag
+from apx.dataplane.common.flags import DEFAULT_PROJECT, add_pubsub_flags, add_service_flags, env_value
 
-DEFAULT_PROJECT = "apx-local"
 DEFAULT_TIMEOUT_MS = 30_000
 
 
@@ -53,11 +51,6 @@ class WorkerConfig:
         return f"projects/{self.pubsub_project}/subscriptions/{subscription}"
 
 
-def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
-    value = environ.get(name)
-    return value if value not in (None, "") else default
-
-
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
@@ -71,96 +64,74 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     parser.add_argument(
         "--subscriptions",
-        default=_env(env, "APX_SUBSCRIPTIONS"),
+        default=env_value(env, "APX_SUBSCRIPTIONS"),
         help="comma-separated subscription ids (or full paths) to consume (APX_SUBSCRIPTIONS)",
     )
+    add_pubsub_flags(parser, env, "Google Cloud project of the subscriptions")
     parser.add_argument(
-        "--pubsub-project",
-        default=_env(env, "APX_PUBSUB_PROJECT", DEFAULT_PROJECT),
-        help="Google Cloud project of the subscriptions (APX_PUBSUB_PROJECT)",
+        "--upstream-url",
+        default=env_value(env, "APX_UPSTREAM_URL"),
+        help="upstream base URL (APX_UPSTREAM_URL)",
     )
     parser.add_argument(
-        "--pubsub-emulator-host",
-        default=_env(env, "PUBSUB_EMULATOR_HOST"),
-        help="host:port of the Pub/Sub emulator; unset for real Pub/Sub (PUBSUB_EMULATOR_HOST)",
-    )
-    parser.add_argument(
-        "--upstream-url", default=_env(env, "APX_UPSTREAM_URL"), help="upstream base URL (APX_UPSTREAM_URL)"
-    )
-    parser.add_argument(
-        "--redis-url", default=_env(env, "APX_REDIS_URL"), help="Redis URL for results (APX_REDIS_URL)"
+        "--redis-url", default=env_value(env, "APX_REDIS_URL"), help="Redis URL for results (APX_REDIS_URL)"
     )
     parser.add_argument(
         "--route",
-        default=_env(env, "APX_ROUTE", ""),
+        default=env_value(env, "APX_ROUTE", ""),
         help="Route key <ns>/<name>, a metric label (APX_ROUTE)",
     )
     parser.add_argument(
-        "--product", default=_env(env, "APX_PRODUCT", ""), help="Product key <ns>/<name> (APX_PRODUCT)"
+        "--product", default=env_value(env, "APX_PRODUCT", ""), help="Product key <ns>/<name> (APX_PRODUCT)"
     )
     parser.add_argument(
-        "--track", default=_env(env, "APX_TRACK", ""), help="stable or canary, a metric label (APX_TRACK)"
+        "--track",
+        default=env_value(env, "APX_TRACK", ""),
+        help="stable or canary, a metric label (APX_TRACK)",
     )
-    parser.add_argument("--pool", default=_env(env, "APX_POOL", "shared"), help="worker pool name (APX_POOL)")
+    parser.add_argument(
+        "--pool", default=env_value(env, "APX_POOL", "shared"), help="worker pool name (APX_POOL)"
+    )
     parser.add_argument(
         "--timeout-ms",
         type=int,
-        default=int(_env(env, "APX_TIMEOUT_MS", str(DEFAULT_TIMEOUT_MS)) or DEFAULT_TIMEOUT_MS),
+        default=int(env_value(env, "APX_TIMEOUT_MS", str(DEFAULT_TIMEOUT_MS)) or DEFAULT_TIMEOUT_MS),
         help="timeout of one upstream call (APX_TIMEOUT_MS)",
     )
     parser.add_argument(
         "--result-ttl-ms",
         type=int,
-        default=int(_env(env, "APX_RESULT_TTL_MS", "3600000") or 3_600_000),
+        default=int(env_value(env, "APX_RESULT_TTL_MS", "3600000") or 3_600_000),
         help="how long results stay readable at /status (APX_RESULT_TTL_MS)",
     )
     parser.add_argument(
         "--max-outstanding-messages",
         type=int,
-        default=int(_env(env, "APX_MAX_OUTSTANDING_MESSAGES", "100") or 100),
+        default=int(env_value(env, "APX_MAX_OUTSTANDING_MESSAGES", "100") or 100),
         help="flow control: most messages held at once (APX_MAX_OUTSTANDING_MESSAGES)",
     )
     parser.add_argument(
         "--drain-seconds",
         type=float,
-        default=float(_env(env, "APX_DRAIN_SECONDS", "30") or 30),
+        default=float(env_value(env, "APX_DRAIN_SECONDS", "30") or 30),
         help="on SIGTERM, how long work in flight may finish before it is nacked (APX_DRAIN_SECONDS)",
     )
     parser.add_argument(
         "--max-result-bytes",
         type=int,
-        default=int(_env(env, "APX_MAX_RESULT_BYTES", str(4 * 1024 * 1024)) or 0),
+        default=int(env_value(env, "APX_MAX_RESULT_BYTES", str(4 * 1024 * 1024)) or 0),
         help="largest upstream response stored as a result (APX_MAX_RESULT_BYTES)",
     )
     parser.add_argument(
-        "--metrics-host", default=_env(env, "APX_METRICS_HOST", "0.0.0.0"), help="(APX_METRICS_HOST)"
+        "--metrics-host", default=env_value(env, "APX_METRICS_HOST", "0.0.0.0"), help="(APX_METRICS_HOST)"
     )
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=int(_env(env, "APX_METRICS_PORT", "9090") or 0),
+        default=int(env_value(env, "APX_METRICS_PORT", "9090") or 0),
         help="port of /metrics, /healthz, /readyz; 0 disables it (APX_METRICS_PORT)",
     )
-    parser.add_argument(
-        "--log-level", default=_env(env, "APX_LOG_LEVEL", "INFO"), help="log level (APX_LOG_LEVEL)"
-    )
-    parser.add_argument(
-        "--json-logs",
-        action=argparse.BooleanOptionalAction,
-        default=env_flag(env.get("APX_JSON_LOGS"), True),
-        help="log JSON lines (APX_JSON_LOGS)",
-    )
-    parser.add_argument(
-        "--otlp-endpoint",
-        default=_env(env, "APX_OTLP_ENDPOINT"),
-        help="OTLP/HTTP endpoint for traces; unset: spans propagate but are not exported (APX_OTLP_ENDPOINT)",
-    )
-    parser.add_argument(
-        "--event-loop",
-        choices=CHOICES,
-        default=_env(env, "APX_EVENT_LOOP", "auto"),
-        help="asyncio event loop: auto (uvloop when installed), uvloop or asyncio (APX_EVENT_LOOP)",
-    )
+    add_service_flags(parser, env)
     return parser
 
 
