@@ -1,6 +1,6 @@
 """Pause Python's cyclic garbage collector while the core builds a large snapshot.
 
-Used by ``translate`` and ``render_envoy``. Building the IR and the Envoy
+Used by ``translate``, ``render_envoy`` and the pipeline's stages around them. Building the IR and the Envoy
 messages allocates hundreds of thousands of small objects that all stay alive
 until the pass ends; the collector's generation-0 passes keep rescanning them
 and cost more than the work itself (measured: 10,000 Routes translate in

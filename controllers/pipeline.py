@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .gcpause import collector_paused
 from .ir import IR
 from .models.common import API_VERSION
 from .models.route import CanaryStatus
@@ -107,8 +108,9 @@ class FirstStage:
 def first_stage(
     resources: Iterable[Mapping[str, Any]], canary_states: Mapping[str, CanaryStatus] | None = None
 ) -> FirstStage:
-    result = translate(resources, canary_states)
-    return FirstStage(result=result, redis=render_redis(result.ir))
+    with collector_paused():
+        result = translate(resources, canary_states)
+        return FirstStage(result=result, redis=render_redis(result.ir))
 
 
 def compile_resources(
@@ -140,6 +142,11 @@ def finish(
     A route Envoy cannot render is dropped from every output, so in that
     (defensive) case the Redis rules are rendered again without it.
     """
+    with collector_paused():
+        return _finish(stage, project, operator_namespace, envoy_port)
+
+
+def _finish(stage: FirstStage, project: str, operator_namespace: str, envoy_port: int) -> Compiled:
     result = stage.result
     envoy = render_envoy(result.ir, port=envoy_port)
     ir = result.ir

@@ -269,9 +269,12 @@ def _creation_order(route: Route) -> tuple[str, str]:
 # every write, so (identity, resourceVersion) names one exact content: parsing
 # it again would give the same model. The operator re-translates every object
 # on every pass; this memo makes an unchanged object cost a dict lookup.
-# Objects without a resourceVersion (offline YAML) are always parsed.
-_PARSE_CACHE_LIMIT = 200_000
-_parse_cache: dict[tuple[str, str, str, str, str, bool], Product | Route | PolicyBundle] = {}
+# One entry per object identity: a newer resourceVersion replaces the older
+# model, so the memo holds one model per live object however often objects
+# change (status writes bump resourceVersion too). Objects without a
+# resourceVersion (offline YAML) are always parsed.
+_PARSE_CACHE_LIMIT = 50_000
+_parse_cache: dict[tuple[str, str, str, str, bool], tuple[str, Product | Route | PolicyBundle]] = {}
 
 
 def _parse(kind: str, raw: Mapping[str, Any], is_history: bool) -> Product | Route | PolicyBundle:
@@ -279,14 +282,22 @@ def _parse(kind: str, raw: Mapping[str, Any], is_history: bool) -> Product | Rou
     version = meta.get("resourceVersion")
     if not version:
         return RESOURCE_MODELS[kind].model_validate(raw)
-    key = (kind, str(meta.get("namespace") or ""), str(meta.get("name")), str(meta.get("uid")), str(version),
-           is_history)  # fmt: skip
-    parsed = _parse_cache.get(key)
-    if parsed is None:
-        parsed = RESOURCE_MODELS[kind].model_validate(raw)
-        if len(_parse_cache) >= _PARSE_CACHE_LIMIT:
-            _parse_cache.clear()
-        _parse_cache[key] = parsed
+    identity = (
+        kind,
+        str(meta.get("namespace") or ""),
+        str(meta.get("name")),
+        str(meta.get("uid")),
+        is_history,
+    )
+    cached = _parse_cache.get(identity)
+    if cached is not None and cached[0] == str(version):
+        return cached[1]
+    parsed = RESOURCE_MODELS[kind].model_validate(raw)
+    if cached is None and len(_parse_cache) >= _PARSE_CACHE_LIMIT:
+        # Only objects that were deleted long ago can fill it (one entry per
+        # live object): start over rather than track deletions here.
+        _parse_cache.clear()
+    _parse_cache[identity] = (str(version), parsed)
     return parsed
 
 

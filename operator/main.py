@@ -24,7 +24,7 @@ from apx.controllers.appliers.kube import KubeClient, discover_connection
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 
-from . import tracing
+from . import runtime, tracing
 from .admission import ServiceWebhookServer
 from .flags import build_parser, settings_from_args
 from .handlers import FINALIZER, register
@@ -148,12 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_from_args(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings)
+    # Before any thread exists: arenas are created by the first allocation of each thread.
+    tuned = runtime.tune_process()
     logging.getLogger("apx.operator").info(
         "starting APX operator (namespaces: %s, redis: %s, pubsub project: %s)",
         ",".join(settings.namespaces) or "all",
         settings.redis_url,
         settings.pubsub_project,
     )
+    logging.getLogger("apx.operator").info("runtime: %s", tuned)
     asyncio.run(run_operator(settings))
     return 0
 

@@ -51,6 +51,7 @@ from apx.controllers.status import ResourceStatus
 from apx.controllers.translate import HISTORY_ANNOTATION
 
 from .metrics import OperatorMetrics
+from .runtime import release_free_memory
 from .settings import OperatorSettings
 
 logger = logging.getLogger("apx.operator")
@@ -455,6 +456,10 @@ class Reconciler:
             if kind == "PolicyBundle":
                 served = status.summary.get("servedVersions") or []
                 self._served_policies[(kind, object_key)] = {str(v["version"]) for v in served}
+        # The pass's outputs are garbage now; give their pages back so the
+        # resident size between passes is the store's, not the pass's peak.
+        del stage, compiled
+        await asyncio.to_thread(release_free_memory)
         report.duration = time.perf_counter() - started
         self.metrics.pass_duration.observe(report.duration)
         self.last_pass = report
@@ -524,11 +529,8 @@ class Reconciler:
         unavailable: list[PubSubUnavailable] = []
 
         async def ensure_route(
-            route_key: str, topics: list[dict[str, Any]], subscriptions: list[dict[str, Any]]
+            route_key: str, topics: list[dict[str, Any]], subscriptions: list[dict[str, Any]], digest: str
         ) -> None:
-            digest = _digest([topics, subscriptions])
-            if digest in self._applied_pubsub:
-                return
             async with semaphore:
                 if unavailable:
                     return
@@ -547,7 +549,12 @@ class Reconciler:
             else:
                 self._applied_pubsub.add(digest)
 
-        await asyncio.gather(*(ensure_route(key, *docs) for key, docs in sorted(by_route.items())))
+        digested = await asyncio.to_thread(
+            lambda: [(key, *docs, _digest(list(docs))) for key, docs in sorted(by_route.items())]
+        )
+        await asyncio.gather(
+            *(ensure_route(*item) for item in digested if item[3] not in self._applied_pubsub)
+        )
         if unavailable:
             self.metrics.dependency_up.labels(dependency="pubsub").set(0)
             problem = DependencyProblem("PubSubUnavailable", f"{unavailable[0]}; retrying")
@@ -562,12 +569,7 @@ class Reconciler:
         semaphore = asyncio.Semaphore(self.settings.worker_limit)
         desired: set[tuple[str, str, str]] = set()
 
-        async def apply_one(manifest: Mapping[str, Any]) -> None:
-            meta = manifest["metadata"]
-            identity = (str(manifest["kind"]), str(meta.get("namespace", "")), str(meta["name"]))
-            digest = _digest(manifest)
-            if self._applied_manifests.get(identity) == digest:
-                return
+        async def apply_one(manifest: Mapping[str, Any], identity: tuple[str, str, str], digest: str) -> None:
             async with semaphore:
                 try:
                     await self.kube.apply(manifest)
@@ -590,10 +592,16 @@ class Reconciler:
             report.manifests_applied += 1
 
         manifests = [*compiled.kubernetes.manifests, *self._dataplane_settings(compiled)]
-        for manifest in manifests:
-            meta = manifest["metadata"]
-            desired.add((str(manifest["kind"]), str(meta.get("namespace", "")), str(meta["name"])))
-        await asyncio.gather(*(apply_one(m) for m in manifests))
+        # Digests in a thread: the Envoy snapshot alone is megabytes of JSON.
+        digested = await asyncio.to_thread(lambda: [(m, _identity(m), _digest(m)) for m in manifests])
+        desired.update(identity for _, identity, _ in digested)
+        await asyncio.gather(
+            *(
+                apply_one(manifest, identity, digest)
+                for manifest, identity, digest in digested
+                if self._applied_manifests.get(identity) != digest
+            )
+        )
         if full or self.deleting:
             await self._prune(desired, report)
 
@@ -717,14 +725,19 @@ class Reconciler:
 
     # --- status ------------------------------------------------------------------------
 
-    async def _write_statuses(self, compiled: Compiled, report: PassReport) -> None:
-        now = self.clock()
-        semaphore = asyncio.Semaphore(self.settings.worker_limit)
+    def _statuses_to_write(
+        self, compiled: Compiled, report: PassReport, now: str
+    ) -> list[tuple[tuple[str, str], ResourceStatus, dict[str, Any], str, dict[str, Any]]]:
+        """Return the status documents that differ from what the objects carry.
 
-        async def write(key: tuple[str, str], status: ResourceStatus) -> None:
+        Runs in a thread: it is a digest per object, and on the event loop it would hold off
+        the watches and the fast path.
+        """
+        changed = []
+        for key, status in sorted(compiled.statuses.items()):
             body = self.objects.get(key)
             if body is None or key in self.deleting:
-                return
+                continue
             problem = report.problems.get(key)
             if problem is not None and not status.stalled:
                 status = ResourceStatus(
@@ -745,7 +758,21 @@ class Reconciler:
             digest = _digest(_without_times(comparable))
             if self._written_status.get(key) == digest or _same_status(previous, comparable):
                 self._written_status[key] = digest
-                return
+                continue
+            changed.append((key, status, document, digest, body))
+        return changed
+
+    async def _write_statuses(self, compiled: Compiled, report: PassReport) -> None:
+        semaphore = asyncio.Semaphore(self.settings.worker_limit)
+        changed = await asyncio.to_thread(self._statuses_to_write, compiled, report, self.clock())
+
+        async def write(
+            key: tuple[str, str],
+            status: ResourceStatus,
+            document: dict[str, Any],
+            digest: str,
+            body: dict[str, Any],
+        ) -> None:
             kind, object_key = key
             namespace, name = object_key.split("/", 1)
             controller = CONTROLLERS[kind]
@@ -775,7 +802,7 @@ class Reconciler:
                 self.metrics.reconcile_errors.labels(controller=controller).inc()
             await self._event_on_transition(key, body, status)
 
-        await asyncio.gather(*(write(key, status) for key, status in sorted(compiled.statuses.items())))
+        await asyncio.gather(*(write(*item) for item in changed))
 
     async def _event_on_transition(
         self, key: tuple[str, str], body: Mapping[str, Any], status: ResourceStatus
@@ -850,6 +877,11 @@ def _significant(body: Mapping[str, Any]) -> tuple[Any, ...]:
 def _version_key(version: str) -> tuple[int, ...]:
     core = version.split("-", 1)[0].split("+", 1)[0]
     return tuple(int(part) if part.isdigit() else 0 for part in core.split("."))
+
+
+def _identity(manifest: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = manifest["metadata"]
+    return (str(manifest["kind"]), str(meta.get("namespace", "")), str(meta["name"]))
 
 
 def _owner_key(manifest: Mapping[str, Any]) -> tuple[str, str] | None:

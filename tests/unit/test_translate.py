@@ -174,3 +174,30 @@ def test_offline_objects_get_stable_placeholder_uids() -> None:
     a = translate(_samples()).ir.routes[0].ref.uid
     b = translate(_samples()).ir.routes[0].ref.uid
     assert a == b and len(a) == 36
+
+
+def test_objects_from_the_api_are_parsed_once_per_resource_version_and_memo_holds_one_model_each() -> None:
+    from apx.controllers import translate as translate_module
+
+    documents = copy.deepcopy(_samples())
+    for index, document in enumerate(documents):
+        document["metadata"].update(resourceVersion="1", uid=f"uid-{index}")
+    translate_module._parse_cache.clear()
+    first = translate(documents)
+    memo_size = len(translate_module._parse_cache)
+    route = _by_name(documents, "Route", "payments-charges")
+    route_key = f"{route['metadata'].get('namespace') or 'default'}/payments-charges"
+
+    # Same resourceVersion, changed content: the memo answers (the API never does this).
+    route["spec"]["timeout"] = "45s"
+    again = translate(documents)
+    assert next(r for r in again.ir.routes if r.key == route_key) == next(
+        r for r in first.ir.routes if r.key == route_key
+    )
+
+    # A new resourceVersion is parsed again and replaces the older model.
+    for version in range(2, 12):
+        route["metadata"]["resourceVersion"] = str(version)
+        newer = translate(documents)
+    assert next(r for r in newer.ir.routes if r.key == route_key).timeout_ms == 45_000
+    assert len(translate_module._parse_cache) == memo_size
