@@ -65,8 +65,12 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, admission:
 def _register_kind(
     registry: kopf.OperatorRegistry, reconciler: Reconciler, kind: str, plural: str, admission: bool
 ) -> None:
+    # Async on purpose: kopf runs sync handlers in a thread pool, and the store
+    # and the reconciler's asyncio events must only be touched from the event
+    # loop (from a thread, Event.set() does not wake the loop, so a change
+    # waited for the next unrelated wake-up).
     @kopf.on.event(GROUP, VERSION, plural, registry=registry)
-    def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             reconciler.forget(kind, f"{body.metadata.namespace or 'default'}/{body.metadata.name}")
         else:

@@ -51,7 +51,7 @@ from apx.controllers.status import ResourceStatus
 from apx.controllers.translate import HISTORY_ANNOTATION
 
 from .metrics import OperatorMetrics
-from .runtime import release_free_memory
+from .runtime import HeapKeeper, release_free_memory
 from .settings import OperatorSettings
 
 logger = logging.getLogger("apx.operator")
@@ -132,8 +132,10 @@ class Reconciler:
         metrics: OperatorMetrics | None = None,
         tracer: trace.Tracer | None = None,
         clock: Callable[[], str] = utc_now,
+        heap: HeapKeeper | None = None,
     ) -> None:
         self.settings = settings
+        self.heap = heap or HeapKeeper()
         self.kube = kube
         self.redis = redis
         self.pubsub = pubsub
@@ -398,6 +400,29 @@ class Reconciler:
     async def reconcile_once(self, full: bool = False) -> PassReport:
         started = time.perf_counter()
         report = PassReport()
+        objects = await self._pass(full, report)
+        # The pass's outputs died with ``_pass`` (by reference counting); what
+        # survived is frozen so later collections do not rescan it.
+        settled = self.heap.settle()
+        # Give the pages the pass freed back, so the resident size between
+        # passes is the store's, not the pass's peak.
+        await asyncio.to_thread(release_free_memory)
+        report.duration = time.perf_counter() - started
+        self.metrics.pass_duration.observe(report.duration)
+        self.last_pass = report
+        self.passes += 1
+        logger.info(
+            "pass %d (%s) over %d objects in %.0f ms %s: %d rule sets, %d Pub/Sub objects, "
+            "%d manifests applied, %d pruned, %d statuses written, %d problems; collector: %s",
+            self.passes, "full" if full else "changes", objects, report.duration * 1000, report.phases,
+            report.redis_published, report.pubsub_ensured, report.manifests_applied, report.manifests_pruned,
+            report.statuses_written, len(report.problems), settled,
+        )  # fmt: skip
+        self.last_error = next(iter(p.message for p in report.problems.values()), None)
+        return report
+
+    async def _pass(self, full: bool, report: PassReport) -> int:
+        """Translate, render and apply everything; returns how many objects went in."""
         if full:
             self._applied_rule_sets.clear()
             self._applied_route_table = None
@@ -427,18 +452,22 @@ class Reconciler:
 
             # The pure pipeline runs in a thread so the event loop (kopf's
             # watches, the fast path, status writes) stays responsive meanwhile.
-            stage = await asyncio.to_thread(first_stage, live)
+            # What a stage builds lives until the pass ends: built with the
+            # collector paused and then frozen, it is not rescanned by the
+            # collections the I/O phases trigger.
+            stage = await asyncio.to_thread(self.heap.build, first_stage, live)
             lap("translate")
             # Rules first: a limit change should not wait for Envoy and Kubernetes rendering.
             await self._apply_redis(stage.redis, stage.result.ir, report, full)
             lap("redis")
             compiled = await asyncio.to_thread(
+                self.heap.build,
                 functools.partial(
                     finish,
                     stage,
                     project=self.settings.pubsub_project,
                     operator_namespace=self.settings.operator_namespace,
-                )
+                ),
             )
             lap("render")
             if compiled.redis is not stage.redis:
@@ -456,24 +485,7 @@ class Reconciler:
             if kind == "PolicyBundle":
                 served = status.summary.get("servedVersions") or []
                 self._served_policies[(kind, object_key)] = {str(v["version"]) for v in served}
-        # The pass's outputs are garbage now; give their pages back so the
-        # resident size between passes is the store's, not the pass's peak.
-        del stage, compiled
-        await asyncio.to_thread(release_free_memory)
-        report.duration = time.perf_counter() - started
-        self.metrics.pass_duration.observe(report.duration)
-        self.last_pass = report
-        self.passes += 1
-        logger.info(
-            "pass %d (%s) over %d objects in %.0f ms %s: %d rule sets, %d Pub/Sub objects, "
-            "%d manifests applied, "
-            "%d pruned, %d statuses written, %d problems",
-            self.passes, "full" if full else "changes", len(live), report.duration * 1000, report.phases,
-            report.redis_published, report.pubsub_ensured, report.manifests_applied, report.manifests_pruned,
-            report.statuses_written, len(report.problems),
-        )  # fmt: skip
-        self.last_error = next(iter(p.message for p in report.problems.values()), None)
-        return report
+        return len(live)
 
     # --- Redis ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 
@@ -86,3 +87,36 @@ def test_hack_scripts_start_and_stop_the_emulator(tmp_path: pathlib.Path) -> Non
         time.sleep(0.05)
     else:
         raise AssertionError(f"pid {pid} still running")
+
+
+def test_served_process_freezes_what_survives_and_collects_new_cycles() -> None:
+    # The stored objects must not be rescanned by every collection (that stalled
+    # requests for hundreds of ms on a store of a few thousand objects).
+    code = textwrap.dedent(
+        """
+        import asyncio, gc, weakref
+        from apx.e2e.kubeemu.__main__ import settle_heap
+
+        class Node:
+            pass
+
+        collected = []
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        weakref.finalize(a, collected.append, "cycle")
+        del a, b
+        store = [[i] for i in range(50_000)]
+
+        async def main():
+            task = asyncio.create_task(settle_heap(0.01, 1000.0))
+            await asyncio.sleep(0.2)
+            task.cancel()
+
+        asyncio.run(main())
+        print(collected, gc.get_freeze_count() >= 50_000)
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert completed.stdout.strip() == "['cycle'] True"

@@ -76,3 +76,76 @@ def test_freed_memory_is_returned_to_the_system() -> None:
         """
     )
     assert int(out) >= 50
+
+
+_HEAP_PRELUDE = """
+    import gc, weakref
+    from apx.operator import runtime
+
+    class Node:
+        pass
+
+    def dead_cycle(collected):
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        weakref.finalize(a, collected.append, "cycle")
+
+    now = [0.0]
+    keeper = runtime.HeapKeeper(full_collection_seconds=100.0, clock=lambda: now[0])
+"""
+
+
+def test_what_a_stage_builds_is_exempt_from_later_collections_and_the_collector_resumes() -> None:
+    out = _in_fresh_process(
+        _HEAP_PRELUDE
+        + """
+    built = keeper.build(lambda n: [[i] for i in range(n)], 200_000)
+    print(gc.isenabled(), gc.get_freeze_count() >= 200_000, gc.get_count()[0] < 1000)
+    gc.disable()
+    keeper.build(lambda: None)
+    print(gc.isenabled())
+    """
+    )
+    assert out.splitlines() == ["True True True", "False"]
+
+
+def test_cycles_already_dead_when_a_stage_starts_are_collected_not_frozen() -> None:
+    out = _in_fresh_process(
+        _HEAP_PRELUDE
+        + """
+    collected = []
+    dead_cycle(collected)
+    keeper.build(lambda: None)
+    print(collected)
+    """
+    )
+    assert out == "['cycle']"
+
+
+def test_settle_collects_new_cycles_and_a_full_collection_reclaims_frozen_ones_when_due() -> None:
+    out = _in_fresh_process(
+        _HEAP_PRELUDE
+        + """
+    collected = []
+    dead_cycle(collected)
+    first = keeper.settle()
+    print(first.full, collected)
+    # A cycle alive when frozen, dropped afterwards: only a full collection finds it.
+    holder = []
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    weakref.finalize(a, collected.append, "frozen cycle")
+    holder.append(a)
+    del a, b
+    keeper.settle()
+    holder.clear()
+    print(keeper.settle().full, collected)
+    now[0] = 150.0
+    print(keeper.settle().full, collected)
+    """
+    )
+    assert out.splitlines() == [
+        "False ['cycle']",
+        "False ['cycle']",
+        "True ['cycle', 'frozen cycle']",
+    ]
