@@ -68,6 +68,23 @@ def configure_logging(settings: OperatorSettings) -> None:
     logging.getLogger("kopf").setLevel(max(logging.WARNING, root.level))
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """A diff base that is never kept: APX registers no create/update/resume handlers.
+
+    The reconciler is level-triggered over every object, and the only changing
+    handler is ``on.delete``, which reads no diff. kopf's default stores the
+    last-handled spec in every object after every change: one extra API write
+    per change (and its watch event back to us) plus a copy of the spec per
+    object in the store, for a value nothing reads.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | None = None) -> None:
     """Run kopf and the reconciler until stopped."""
     if settings.pubsub_emulator_host:
@@ -91,10 +108,10 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
-        # Progress and diff-base go to status (declared in the CRDs), never to
+        # Handler progress goes to status (declared in the CRDs), never to
         # annotations of the user's object: GitOps tools see no drift.
         settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+        settings.persistence.diffbase_storage = NoDiffBase()
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330

@@ -179,12 +179,12 @@ class Reconciler:
         if current is not None and _significant(current) == _significant(body):
             # Only bookkeeping changed (kopf's own status fields, managedFields):
             # keep the newest body, but there is nothing to reconcile.
-            self.objects[key] = dict(body)
+            self.objects[key] = _stored(body)
             return
         if kind == "PolicyBundle" and current is not None:
             self._remember_policy_version(key, current, body)
         self._mark_products(kind, body, current)
-        self.objects[key] = dict(body)
+        self.objects[key] = _stored(body)
         if (body.get("metadata") or {}).get("deletionTimestamp") is None:
             self.deleting.pop(key, None)
         self.metrics.workqueue_adds.labels(name=CONTROLLERS[kind]).inc()
@@ -254,8 +254,8 @@ class Reconciler:
     async def finalize(self, kind: str, body: Mapping[str, Any], timeout: float = 30.0) -> None:
         """Clean up what a deleted object owns (per deletionPolicy); raises TimeoutError if not done yet."""
         key = (kind, _key(body))
-        self.deleting[key] = dict(body)
-        self.objects[key] = dict(body)
+        self.deleting[key] = _stored(body)
+        self.objects[key] = _stored(body)
         self._cleaned.discard(key)
         self._dirty.set()
         deadline = time.monotonic() + timeout
@@ -806,7 +806,7 @@ class Reconciler:
             if updated and _resource_version(updated) > _resource_version(self.objects.get(key) or {}):
                 # Our own write: remember it without scheduling a pass (its watch
                 # event will carry the same resourceVersion and be skipped too).
-                self.objects[key] = {**updated, "kind": kind}
+                self.objects[key] = _stored({**updated, "kind": kind})
             report.statuses_written += 1
             result = "success" if status.phase == "Ready" else ("error" if status.stalled else "requeue")
             self.metrics.reconcile_total.labels(controller=controller, result=result).inc()
@@ -864,6 +864,19 @@ class Reconciler:
             "objects": len(self.objects),
             "last_error": self.last_error,
         }
+
+
+def _stored(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The copy of an object the store keeps: without ``managedFields``, which no pass reads.
+
+    Field-manager records are often larger than the spec itself; with
+    thousands of objects they were a sizeable share of the operator's memory.
+    """
+    stored = dict(body)
+    meta = stored.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        stored["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return stored
 
 
 def _rule_set_keys(rule_set: RuleSet) -> VersionedKeys:

@@ -75,6 +75,21 @@ async def _apply_samples(kube: KubeClient, reconciler: Reconciler) -> None:
     await reconciler.reconcile_once()
 
 
+async def _reconciler_with_samples(
+    kube: KubeClient,
+    redis_service: Service,
+    pubsub_service: Service,
+    monkeypatch: pytest.MonkeyPatch,
+    database: int,
+) -> tuple[Reconciler, str]:
+    """A reconciler (fresh Pub/Sub project, its own Redis database) that has reconciled the samples."""
+    project = f"apx-test-{uuid.uuid4().hex[:8]}"
+    url = f"redis://{redis_service.address}/{database}"
+    reconciler = _make_reconciler(kube, url, project, monkeypatch, pubsub_service)
+    await _apply_samples(kube, reconciler)
+    return reconciler, project
+
+
 def _ready(body: dict[str, Any] | None) -> bool:
     assert body is not None
     conditions = {c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions") or []}
@@ -85,11 +100,7 @@ def _ready(body: dict[str, Any] | None) -> bool:
 async def test_samples_become_ready_with_rules_topics_deployments_and_snapshot(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    reconciler = _make_reconciler(
-        kube, f"redis://{redis_service.address}/1", project, monkeypatch, pubsub_service
-    )
-    await _apply_samples(kube, reconciler)
+    _, project = await _reconciler_with_samples(kube, redis_service, pubsub_service, monkeypatch, database=1)
 
     for document in _samples():
         body = await kube.get(document["kind"], "default", document["metadata"]["name"])
@@ -235,11 +246,9 @@ async def test_redis_outage_is_reported_and_recovers_without_restart(
 async def test_flushed_redis_and_deleted_topic_are_repaired_by_a_full_resync(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    reconciler = _make_reconciler(
-        kube, f"redis://{redis_service.address}/4", project, monkeypatch, pubsub_service
+    reconciler, project = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=4
     )
-    await _apply_samples(kube, reconciler)
     client = redis.Redis.from_url(f"redis://{redis_service.address}/4", decode_responses=True)
     client.flushdb()
     route = await kube.get("Route", "default", "ledger-exports")
@@ -261,11 +270,9 @@ async def test_flushed_redis_and_deleted_topic_are_repaired_by_a_full_resync(
 async def test_deleting_a_route_with_delete_policy_removes_its_topics(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    reconciler = _make_reconciler(
-        kube, f"redis://{redis_service.address}/5", project, monkeypatch, pubsub_service
+    reconciler, project = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=5
     )
-    await _apply_samples(kube, reconciler)
     route = await kube.get("Route", "default", "ledger-exports")
     assert route is not None
     topics = [f"projects/{project}/topics/{t}" for t in route["status"]["topics"]]
@@ -287,11 +294,9 @@ async def test_deleting_a_route_with_delete_policy_removes_its_topics(
 async def test_deleting_a_route_with_retain_policy_keeps_its_topics(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    reconciler = _make_reconciler(
-        kube, f"redis://{redis_service.address}/6", project, monkeypatch, pubsub_service
+    reconciler, project = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=6
     )
-    await _apply_samples(kube, reconciler)
     route = await kube.get("Route", "default", "ledger-exports")
     assert route is not None
     topics = [f"projects/{project}/topics/{t}" for t in route["status"]["topics"]]
@@ -337,3 +342,22 @@ async def test_fast_path_publishes_only_the_touched_products_rule_set(
     report = await reconciler.reconcile_once()
     assert client.get(ruleset_current_key("default/payments")) == fast
     assert report.redis_published <= 1  # only the route table may move
+
+
+@pytest.mark.asyncio
+async def test_store_keeps_objects_without_field_manager_records_and_still_reconciles(
+    kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reconciler, _ = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=8
+    )
+
+    route = await kube.get("Route", "default", "payments-legacy")
+    assert route is not None and route["metadata"].get("managedFields")
+    assert reconciler.objects
+    for (kind, key), stored in reconciler.objects.items():
+        assert "managedFields" not in stored["metadata"], (kind, key)
+    stored_route = reconciler.objects[("Route", "default/payments-legacy")]
+    assert stored_route["spec"] == route["spec"]
+    assert stored_route["metadata"]["resourceVersion"] == route["metadata"]["resourceVersion"]
+    assert _ready(stored_route)
