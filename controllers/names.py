@@ -5,16 +5,21 @@ appliers and dataplane agree on names without re-deriving them. Pure.
 
 Length limits are enforced here: a name that would be too long keeps a
 readable prefix and ends with a short hash of the full name, so it stays
-unique and stable.
+unique and stable. The builders are memoised (bounded), being pure.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 
 PUBSUB_NAME_MAX = 255
 K8S_NAME_MAX = 63
+# Name builders are called tens of thousands of times per pass with a few
+# thousand distinct inputs (every topic carries its product's and route's
+# labels): cached, a pass does the work once and holds one string per name.
+NAME_CACHE_SIZE = 16384
 
 _PUBSUB_ILLEGAL = re.compile(r"[^A-Za-z0-9\-_.~+%]")
 _K8S_ILLEGAL = re.compile(r"[^a-z0-9-]")
@@ -32,6 +37,7 @@ def _fit(name: str, limit: int) -> str:
     return f"{name[: limit - len(suffix) - 1].rstrip('-.')}-{suffix}"
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def k8s_name(*parts: str, limit: int = K8S_NAME_MAX) -> str:
     """A DNS-1123 label built from parts (lower-cased, illegal characters replaced)."""
     raw = "-".join(p for p in parts if p)
@@ -39,6 +45,7 @@ def k8s_name(*parts: str, limit: int = K8S_NAME_MAX) -> str:
     return _fit(cleaned, limit).strip("-")
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def pubsub_name(*parts: str) -> str:
     """A legal Pub/Sub topic/subscription id: starts with a letter, 3-255 chars, never `goog…`."""
     cleaned = _PUBSUB_ILLEGAL.sub("-", "-".join(p for p in parts if p))
@@ -199,6 +206,7 @@ _GCP_LABEL_ILLEGAL = re.compile(r"[^a-z0-9_-]")
 _K8S_LABEL_ILLEGAL = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def gcp_label_value(text: str) -> str:
     """A legal Google Cloud label value: lowercase ``[a-z0-9_-]``, at most 63 characters.
 
@@ -209,6 +217,7 @@ def gcp_label_value(text: str) -> str:
     return _fit(cleaned, 63)
 
 
+@lru_cache(maxsize=NAME_CACHE_SIZE)
 def k8s_label_value(text: str) -> str:
     """A legal Kubernetes label value: ``[A-Za-z0-9_.-]``, alphanumeric at both ends, at most 63 chars."""
     cleaned = _K8S_LABEL_ILLEGAL.sub("_", text)

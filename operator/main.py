@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kopf
@@ -77,6 +77,13 @@ class NoDiffBase(kopf.DiffBaseStorage):
     per change (and its watch event back to us) plus a copy of the spec per
     object in the store, for a value nothing reads.
     """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        # kopf builds the essence (a deep copy of the object) on every event
+        # only to compare it with the diff base; with no diff base it is waste.
+        return kopf.BodyEssence()
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return None
