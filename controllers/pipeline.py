@@ -136,17 +136,25 @@ def finish(
     project: str = "apx-local",
     operator_namespace: str = "apx-system",
     envoy_port: int = 8080,
+    keep_envoy_resources: bool = True,
 ) -> Compiled:
     """Render everything else from the first stage.
 
     A route Envoy cannot render is dropped from every output, so in that
     (defensive) case the Redis rules are rendered again without it.
+
+    ``keep_envoy_resources=False`` (the operator) drops the Envoy messages once
+    the snapshot ConfigMap carries them packed: the result keeps the version
+    and errors, and the pass never holds the messages and the other outputs
+    at the same time (on 1,000 Routes the messages are ~10 MiB).
     """
     with collector_paused():
-        return _finish(stage, project, operator_namespace, envoy_port)
+        return _finish(stage, project, operator_namespace, envoy_port, keep_envoy_resources)
 
 
-def _finish(stage: FirstStage, project: str, operator_namespace: str, envoy_port: int) -> Compiled:
+def _finish(
+    stage: FirstStage, project: str, operator_namespace: str, envoy_port: int, keep_envoy_resources: bool
+) -> Compiled:
     result = stage.result
     envoy = render_envoy(result.ir, port=envoy_port)
     ir = result.ir
@@ -159,8 +167,11 @@ def _finish(stage: FirstStage, project: str, operator_namespace: str, envoy_port
             )
         ir = _without_routes(ir, set(envoy.errors))
         redis = render_redis(ir)
+    snapshot = envoy.snapshot_document()
+    if not keep_envoy_resources:
+        envoy = dataclasses.replace(envoy, listeners=[], route_configurations=[], clusters=[])
     pubsub = render_pubsub(ir, project=project)
-    kubernetes = render_kubernetes(ir, envoy.snapshot_document(), operator_namespace)
+    kubernetes = render_kubernetes(ir, snapshot, operator_namespace)
 
     topics_by_product: dict[str, list[str]] = {}
     for route in ir.routes:

@@ -277,7 +277,27 @@ _PARSE_CACHE_LIMIT = 50_000
 _parse_cache: dict[tuple[str, str, str, str, bool], tuple[str, Product | Route | PolicyBundle]] = {}
 
 
+# The only status fields translation reads: a Route's canary state and a
+# PolicyBundle's served versions. The rest of a status (conditions, topics,
+# deployments, kopf's own fields) is what the operator wrote; not parsing it
+# keeps the memo to what translation needs (about half of each model).
+_STATUS_FIELDS_READ: dict[str, tuple[str, ...]] = {
+    "Product": (),
+    "Route": ("canary",),
+    "PolicyBundle": ("servedVersions",),
+}
+
+
+def _for_translation(kind: str, raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    status = raw.get("status")
+    if not isinstance(status, Mapping):
+        return raw
+    read = {key: status[key] for key in _STATUS_FIELDS_READ.get(kind, ()) if key in status}
+    return {**raw, "status": read or None}
+
+
 def _parse(kind: str, raw: Mapping[str, Any], is_history: bool) -> Product | Route | PolicyBundle:
+    raw = _for_translation(kind, raw)
     meta = raw.get("metadata") or {}
     version = meta.get("resourceVersion")
     if not version:

@@ -467,6 +467,7 @@ class Reconciler:
                     stage,
                     project=self.settings.pubsub_project,
                     operator_namespace=self.settings.operator_namespace,
+                    keep_envoy_resources=False,
                 ),
             )
             lap("render")

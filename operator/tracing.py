@@ -1,24 +1,36 @@
 """OpenTelemetry tracing of reconciles: one span per reconciled object, with resource attributes.
 
 Set up by ``apx.operator.main``; the reconciler asks ``tracer()`` for spans.
-Without an OTLP endpoint, spans are created (so context propagates) but not
-exported.
+With an exporter or an OTLP endpoint, spans are recorded and exported by the
+SDK. Without one the API's no-op tracer stays in place: the code paths are
+the same, but no span is recorded that nobody would read (that was a span
+object per reconciled object per pass).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 SERVICE_NAME = "apx-operator"
 
 
-def configure(exporter: SpanExporter | None = None, otlp_endpoint: str | None = None) -> TracerProvider:
-    """Install a tracer provider; export to ``exporter`` or an OTLP endpoint when given."""
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
-    if exporter is None and otlp_endpoint:
+def configure(
+    exporter: SpanExporter | None = None, otlp_endpoint: str | None = None
+) -> TracerProvider | None:
+    """Install an SDK tracer provider exporting to ``exporter`` or an OTLP endpoint (None: neither given)."""
+    if exporter is None and not otlp_endpoint:
+        return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if exporter is None:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
                 OTLPSpanExporter,
@@ -28,8 +40,8 @@ def configure(exporter: SpanExporter | None = None, otlp_endpoint: str | None = 
                 "--otlp-endpoint needs opentelemetry-exporter-otlp-proto-http installed"
             ) from exc
         exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
-    if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
 

@@ -1,4 +1,4 @@
-"""Process tuning of the operator: malloc arenas capped, freed memory returned, short GIL hand-off."""
+"""Process tuning of the operator: malloc arenas, freed memory returned, GIL hand-off, collector."""
 
 from __future__ import annotations
 
@@ -7,17 +7,11 @@ import sys
 import textwrap
 
 from apx.operator import runtime
-
-
-def _in_fresh_process(code: str) -> str:
-    completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True, timeout=60
-    )
-    return completed.stdout.strip()
+from tests.operator.processes import in_fresh_process
 
 
 def test_tuning_caps_arenas_and_shortens_the_switch_interval_on_glibc() -> None:
-    out = _in_fresh_process(
+    out = in_fresh_process(
         """
         from apx.operator import runtime
         print(runtime.tune_process())
@@ -59,7 +53,7 @@ def test_threads_of_a_tuned_process_share_the_capped_arenas() -> None:
 
 
 def test_freed_memory_is_returned_to_the_system() -> None:
-    out = _in_fresh_process(
+    out = in_fresh_process(
         """
         from apx.operator import runtime
         def rss():
@@ -96,7 +90,7 @@ _HEAP_PRELUDE = """
 
 
 def test_what_a_stage_builds_is_exempt_from_later_collections_and_the_collector_resumes() -> None:
-    out = _in_fresh_process(
+    out = in_fresh_process(
         _HEAP_PRELUDE
         + """
     built = keeper.build(lambda n: [[i] for i in range(n)], 200_000)
@@ -110,7 +104,7 @@ def test_what_a_stage_builds_is_exempt_from_later_collections_and_the_collector_
 
 
 def test_cycles_already_dead_when_a_stage_starts_are_collected_not_frozen() -> None:
-    out = _in_fresh_process(
+    out = in_fresh_process(
         _HEAP_PRELUDE
         + """
     collected = []
@@ -123,7 +117,7 @@ def test_cycles_already_dead_when_a_stage_starts_are_collected_not_frozen() -> N
 
 
 def test_settle_collects_new_cycles_and_a_full_collection_reclaims_frozen_ones_when_due() -> None:
-    out = _in_fresh_process(
+    out = in_fresh_process(
         _HEAP_PRELUDE
         + """
     collected = []

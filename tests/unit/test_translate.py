@@ -201,3 +201,35 @@ def test_objects_from_the_api_are_parsed_once_per_resource_version_and_memo_hold
         newer = translate(documents)
     assert next(r for r in newer.ir.routes if r.key == route_key).timeout_ms == 45_000
     assert len(translate_module._parse_cache) == memo_size
+
+
+def test_status_the_operator_wrote_changes_nothing_and_the_memo_keeps_only_what_translation_reads() -> None:
+    from apx.controllers import translate as translate_module
+    from apx.controllers.models.route import Canary
+
+    documents = copy.deepcopy(_samples())
+    for index, document in enumerate(documents):
+        document["metadata"].update(resourceVersion="1", uid=f"uid-{index}")
+    route = _by_name(documents, "Route", "payments-charges")
+    revision = canary_revision(Canary.model_validate(route["spec"]["canary"]))
+    route["status"] = {"canary": {"phase": "Progressing", "revision": revision, "step": 1, "weight": 25}}
+    plain = translate(copy.deepcopy(documents))
+
+    written = {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "x" * 500}],
+        "topics": [f"topic-{i}" for i in range(50)],
+        "deployments": ["apx-worker-a-stable"],
+        "kopf": {"progress": {}},
+    }
+    for document in documents:
+        document["status"] = {**(document.get("status") or {}), **written}
+        document["metadata"]["resourceVersion"] = "2"
+    translate_module._parse_cache.clear()
+    busy = translate(documents)
+
+    assert busy.ir == plain.ir
+    charges = next(r for r in busy.ir.routes if r.key == "default/payments-charges")
+    assert charges.canary is not None and charges.canary.weight == 25
+    for _, model in translate_module._parse_cache.values():
+        status = model.status.model_dump(exclude_defaults=True) if model.status else {}
+        assert not {"conditions", "topics", "deployments", "kopf"} & set(status), status
