@@ -4,7 +4,9 @@ Run by `make bench` (or `python bench/bench_operator.py [--routes N]`). Starts
 its own Redis, Pub/Sub emulator, emulated Kubernetes API and ``apx-operator``
 subprocess, and stops them all. Prints each figure beside the baseline
 measured in the same run: the emulated API's own create rate (how fast the
-objects could be created with nobody reconciling them).
+objects could be created with nobody reconciling them). Beside the update
+latency it prints how long the emulated API took to answer the PATCH itself,
+so a slow API server is not mistaken for a slow operator.
 
 Targets (issue): operator peak RSS ≤ 200 MiB; p99 from a Route update to its
 new Redis rule-set version ≤ 250 ms.
