@@ -22,7 +22,7 @@ from .models.common import API_VERSION
 from .models.route import CanaryStatus
 from .renderers.envoy import EnvoyOutput, render_envoy
 from .renderers.kubernetes import KubernetesOutput, deployments_for_route, render_kubernetes
-from .renderers.pubsub_plan import PubSubOutput, render_pubsub, subscriptions_for_route, topics_for_route
+from .renderers.pubsub_plan import PubSubOutput, render_pubsub, route_topics
 from .renderers.redis_rules import RedisOutput, render_redis
 from .status import ResourceStatus, stalled
 from .translate import TranslateResult, translate
@@ -179,9 +179,10 @@ def _finish(
         # otherwise rewrite the status of every Route of the product.
         status = result.statuses[("Route", route.key)]
         if route.mode == "async":
-            topics = topics_for_route(route)
+            plans = route_topics(route)  # once: it is the costliest part of a Route's summary
+            topics = [plan.topic for plan in plans]
             status.summary["topics"] = topics
-            status.summary["subscriptions"] = subscriptions_for_route(route)
+            status.summary["subscriptions"] = [plan.subscription for plan in plans]
             status.summary["deployments"] = deployments_for_route(route)
             topics_by_product.setdefault(route.product.key, []).extend(topics)
     for product in ir.products:
