@@ -12,6 +12,12 @@ Why each knob:
   never returned to the system: measured on the 1,000-Route benchmark, the
   arena cap alone took peak RSS from ~290 to ~225 MiB. Two arenas keep
   threads from serialising on one lock while bounding that waste.
+* glibc raises its mmap threshold every time a large block is freed (up to
+  32 MiB), so after the first pass the big transient buffers of later passes
+  (JSON documents, the compressed Envoy snapshot, protobuf encodings) come
+  from the heap, where small long-lived objects pin them. A fixed 256 KiB
+  threshold keeps them in their own mappings, returned the moment they are
+  freed: peak RSS on the 1,000-Route benchmark went from 196-200 to 194 MiB.
 * ``malloc_trim`` after a pass hands the pages the pass freed back to the
   system, so the resident size between passes is what the store needs, not
   what the last pass peaked at.
@@ -50,8 +56,13 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
+# mallopt parameter numbers, from glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MALLOC_ARENAS = 2
+MMAP_THRESHOLD_BYTES = 256 * 1024
+TRIM_THRESHOLD_BYTES = 1024 * 1024
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
@@ -67,13 +78,20 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def tune_process() -> dict[str, bool | float]:
-    """Cap malloc arenas and shorten the GIL switch interval; returns what was applied."""
+    """Cap malloc arenas, fix the mmap threshold, shorten the GIL switch interval; returns what was set."""
     libc = _libc()
-    arenas_capped = False
+    arenas_capped = mmap_threshold_fixed = False
     if libc is not None and hasattr(libc, "mallopt"):
         arenas_capped = bool(libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS))
+        mmap_threshold_fixed = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+        )
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    return {"malloc_arenas_capped": arenas_capped, "switch_interval": sys.getswitchinterval()}
+    return {
+        "malloc_arenas_capped": arenas_capped,
+        "mmap_threshold_fixed": mmap_threshold_fixed,
+        "switch_interval": sys.getswitchinterval(),
+    }
 
 
 def release_free_memory() -> bool:

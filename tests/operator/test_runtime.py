@@ -10,14 +10,14 @@ from apx.operator import runtime
 from tests.operator.processes import in_fresh_process
 
 
-def test_tuning_caps_arenas_and_shortens_the_switch_interval_on_glibc() -> None:
+def test_tuning_caps_arenas_fixes_the_mmap_threshold_and_shortens_the_switch_interval_on_glibc() -> None:
     out = in_fresh_process(
         """
         from apx.operator import runtime
         print(runtime.tune_process())
         """
     )
-    assert out == "{'malloc_arenas_capped': True, 'switch_interval': 0.001}"
+    assert out == "{'malloc_arenas_capped': True, 'mmap_threshold_fixed': True, 'switch_interval': 0.001}"
 
 
 def test_threads_of_a_tuned_process_share_the_capped_arenas() -> None:
@@ -50,6 +50,33 @@ def test_threads_of_a_tuned_process_share_the_capped_arenas() -> None:
         [sys.executable, "-c", textwrap.dedent(code), "tuned"], capture_output=True, text=True, check=True
     )
     assert int(tuned.stdout) <= runtime.MALLOC_ARENAS < int(untuned.stdout)
+
+
+def test_large_blocks_freed_after_the_first_are_returned_at_once_when_tuned() -> None:
+    # Untuned, freeing one large block raises glibc's mmap threshold, so later
+    # large blocks come from the heap and stay resident once freed when small
+    # objects allocated between them pin the heap.
+    code = """
+        from apx.operator import runtime
+        if TUNED:
+            runtime.tune_process()
+        def rss():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+        first = bytearray(300 * 1024)  # one large block, allocated and freed
+        del first
+        blocks, pins = [], []
+        for _ in range(300):
+            blocks.append(bytearray(300 * 1024))
+            pins.append(bytearray(200))
+        before = rss()
+        del blocks
+        print(before - rss())
+        """
+    untuned = in_fresh_process(code.replace("TUNED", "False"))
+    tuned = in_fresh_process(code.replace("TUNED", "True"))
+    assert int(tuned) >= 60 > int(untuned)
 
 
 def test_freed_memory_is_returned_to_the_system() -> None:
