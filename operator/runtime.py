@@ -17,7 +17,7 @@ Why each knob:
   (JSON documents, the compressed Envoy snapshot, protobuf encodings) come
   from the heap, where small long-lived objects pin them. A fixed 256 KiB
   threshold keeps them in their own mappings, returned the moment they are
-  freed: peak RSS on the 1,000-Route benchmark went from 196-200 to 194 MiB.
+  freed: peak RSS on the 1,000-Route benchmark went from 196-200 to 194-198 MiB.
 * ``malloc_trim`` after a pass hands the pages the pass freed back to the
   system, so the resident size between passes is what the store needs, not
   what the last pass peaked at.
