@@ -17,6 +17,9 @@ Safety rules:
   renders from a partial store (which would prune what is serving);
 * a failing dependency marks the affected objects ``Reconciling`` with the
   dependency named, retries with back-off, and never deletes anything;
+* a Product or Route whose new spec fails translation is reported
+  ``Stalled`` but rendered from its last good spec, so a wrong spec never
+  removes what was serving;
 * only objects labelled ``app.kubernetes.io/managed-by: apx`` are pruned, and
   only while their APX owner still exists (deleted owners are left to
   Kubernetes' garbage collector);
@@ -34,7 +37,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +48,7 @@ from apx.controllers.appliers.kube import KINDS, Invalid, KubeClient, KubeError,
 from apx.controllers.appliers.pubsub import PubSubApplier, PubSubUnavailable
 from apx.controllers.appliers.redis_rules import RedisApplier, RedisUnavailable, VersionedKeys
 from apx.controllers.ir import IR
-from apx.controllers.pipeline import Compiled, compile_resources, finish, first_stage
+from apx.controllers.pipeline import Compiled, FirstStage, compile_resources, finish, first_stage
 from apx.controllers.renderers.redis_rules import RedisOutput, RuleSet
 from apx.controllers.status import ResourceStatus
 from apx.controllers.translate import HISTORY_ANNOTATION
@@ -163,6 +166,11 @@ class Reconciler:
         self._fast_wanted = asyncio.Event()
         self._pass_epochs: dict[str, int] = {}
         self._served_policies: dict[tuple[str, str], set[str]] = {}
+        # Per Product and Route, the body whose spec last translated without
+        # error (usually the very dict in ``objects``). When a new spec is
+        # wrong, passes render this one in its place: what is serving keeps
+        # serving while the status reports the error.
+        self._last_good: dict[tuple[str, str], dict[str, Any]] = {}
         self._backoff = 0.0
         self.last_pass: PassReport | None = None
         self.last_error: str | None = None
@@ -179,7 +187,7 @@ class Reconciler:
         if current is not None and _significant(current) == _significant(body):
             # Only bookkeeping changed (kopf's own status fields, managedFields):
             # keep the newest body, but there is nothing to reconcile.
-            self.objects[key] = _stored(body)
+            self._replace_body(key, _stored(body))
             return
         if kind == "PolicyBundle" and current is not None:
             self._remember_policy_version(key, current, body)
@@ -242,9 +250,16 @@ class Reconciler:
             for stale in sorted(history, key=_version_key)[:-2]:
                 history.pop(stale)
 
+    def _replace_body(self, key: tuple[str, str], body: dict[str, Any]) -> None:
+        """Store a body whose spec is unchanged; a last-good reference to the old one follows it."""
+        if self._last_good.get(key) is self.objects.get(key):
+            self._last_good[key] = body
+        self.objects[key] = body
+
     def forget(self, kind: str, key: str) -> None:
         """The object is gone from the API (after its finalizer was removed)."""
         self.objects.pop((kind, key), None)
+        self._last_good.pop((kind, key), None)
         self.deleting.pop((kind, key), None)
         self._policy_history.pop((kind, key), None)
         self._cleaned.discard((kind, key))
@@ -380,7 +395,7 @@ class Reconciler:
             if key in self.objects and key not in self.deleting:
                 subset.append(self.objects[key])
                 subset.extend((self._policy_history.get(key) or {}).values())
-        stage = first_stage(subset)
+        stage = self._serving_stage(subset)
         published = 0
         for rule_set in stage.redis.rule_sets:
             if (
@@ -394,6 +409,37 @@ class Reconciler:
             self._applied_rule_sets[rule_set.product] = rule_set.version
             published += 1
         return published
+
+    def _serving_stage(self, documents: list[dict[str, Any]]) -> FirstStage:
+        """Translate ``documents``; a Product or Route whose new spec fails is rendered as last good.
+
+        Its status still comes from the failing spec (Stalled, the field
+        named, the new generation observed), so users see the error while
+        Envoy, Redis and Pub/Sub keep what was serving. Runs in a worker
+        thread during full passes: it reads the store but does not change it.
+        """
+        stage = first_stage(documents)
+        replaced: dict[tuple[str, str], dict[str, Any]] = {}
+        for key, document, status in _kept_good_kinds(stage, documents):
+            good = self._last_good.get(key)
+            if status.stalled and good is not None and good is not document:
+                replaced[key] = good
+        if not replaced:
+            return stage
+        substituted = [
+            replaced.get((str(d.get("kind")), _key(d)), d) if d.get("kind") in ("Product", "Route") else d
+            for d in documents
+        ]
+        serving = first_stage(substituted)
+        for key in replaced:
+            serving.result.statuses[key] = stage.result.statuses[key]
+        return serving
+
+    def _remember_good(self, stage: FirstStage, documents: list[dict[str, Any]]) -> None:
+        """Record the bodies of Products and Routes that translated without error."""
+        for key, document, status in _kept_good_kinds(stage, documents):
+            if not status.stalled and self.objects.get(key) is document:
+                self._last_good[key] = document
 
     # --- one pass -----------------------------------------------------------------
 
@@ -455,7 +501,8 @@ class Reconciler:
             # What a stage builds lives until the pass ends: built with the
             # collector paused and then frozen, it is not rescanned by the
             # collections the I/O phases trigger.
-            stage = await asyncio.to_thread(self.heap.build, first_stage, live)
+            stage = await asyncio.to_thread(self.heap.build, self._serving_stage, live)
+            self._remember_good(stage, live)
             lap("translate")
             # Rules first: a limit change should not wait for Envoy and Kubernetes rendering.
             await self._apply_redis(stage.redis, stage.result.ir, report, full)
@@ -807,7 +854,7 @@ class Reconciler:
             if updated and _resource_version(updated) > _resource_version(self.objects.get(key) or {}):
                 # Our own write: remember it without scheduling a pass (its watch
                 # event will carry the same resourceVersion and be skipped too).
-                self.objects[key] = _stored({**updated, "kind": kind})
+                self._replace_body(key, _stored({**updated, "kind": kind}))
             report.statuses_written += 1
             result = "success" if status.phase == "Ready" else ("error" if status.stalled else "requeue")
             self.metrics.reconcile_total.labels(controller=controller, result=result).inc()
@@ -878,6 +925,19 @@ def _stored(body: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(meta, Mapping) and "managedFields" in meta:
         stored["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
     return stored
+
+
+def _kept_good_kinds(
+    stage: FirstStage, documents: list[dict[str, Any]]
+) -> Iterator[tuple[tuple[str, str], dict[str, Any], ResourceStatus]]:
+    """The Products and Routes among ``documents`` (those kept at their last good spec), with their status."""
+    for document in documents:
+        kind = str(document.get("kind"))
+        if kind in ("Product", "Route"):
+            key = (kind, _key(document))
+            status = stage.result.statuses.get(key)
+            if status is not None:
+                yield key, document, status
 
 
 def _rule_set_keys(rule_set: RuleSet) -> VersionedKeys:

@@ -202,8 +202,29 @@ async def test_invalid_update_is_stalled_and_what_was_applied_keeps_serving(
     assert _ready(await kube.get("Route", "default", "payments-charges"))
     assert client.get(ruleset_current_key("default/payments")) is not None
     current = client.get(ruleset_current_key("default/payments"))
-    # The product's other Route is still in the live rule set.
+    # The product's other Route is still in the live rule set, and so is the
+    # Stalled one, as it was last good: a wrong new spec removes nothing.
     assert client.hget(f"apx:rules:{{default/payments}}:v:{current}", "route:default/payments-charges")
+    assert client.hget(f"apx:rules:{{default/payments}}:v:{current}", "route:default/payments-legacy")
+    snapshot = await kube.get("ConfigMap", "apx-system", "apx-envoy-snapshot")
+    assert snapshot is not None
+    packed = decode_snapshot(base64.b64decode(snapshot["binaryData"]["snapshot.pb.gz"]))
+    assert any(b"payments-legacy" in resource.value for resource in packed)
+
+    # The fast path (a limit change of the same product) keeps it too.
+    reconciler.observe("Route", updated)
+    product = await kube.get("Product", "default", "payments")
+    assert product is not None
+    product["spec"]["plans"][0]["rateLimit"]["requestsPerSecond"] += 1
+    changed = await kube.apply(
+        {"apiVersion": product["apiVersion"], "kind": "Product",
+         "metadata": {"name": "payments", "namespace": "default"}, "spec": product["spec"]}
+    )  # fmt: skip
+    reconciler.observe("Product", changed)
+    assert await reconciler.publish_rule_sets_fast() == 1
+    newer = client.get(ruleset_current_key("default/payments"))
+    assert newer != current
+    assert client.hget(f"apx:rules:{{default/payments}}:v:{newer}", "route:default/payments-legacy")
 
 
 @pytest.mark.asyncio
