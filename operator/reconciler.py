@@ -420,7 +420,7 @@ class Reconciler:
         """
         stage = first_stage(documents)
         replaced: dict[tuple[str, str], dict[str, Any]] = {}
-        for key, document, status in _kept_good_kinds(stage, documents):
+        for key, document, status in _products_and_routes(stage, documents):
             good = self._last_good.get(key)
             if status.stalled and good is not None and good is not document:
                 replaced[key] = good
@@ -437,7 +437,7 @@ class Reconciler:
 
     def _remember_good(self, stage: FirstStage, documents: list[dict[str, Any]]) -> None:
         """Record the bodies of Products and Routes that translated without error."""
-        for key, document, status in _kept_good_kinds(stage, documents):
+        for key, document, status in _products_and_routes(stage, documents):
             if not status.stalled and self.objects.get(key) is document:
                 self._last_good[key] = document
 
@@ -927,10 +927,10 @@ def _stored(body: Mapping[str, Any]) -> dict[str, Any]:
     return stored
 
 
-def _kept_good_kinds(
+def _products_and_routes(
     stage: FirstStage, documents: list[dict[str, Any]]
 ) -> Iterator[tuple[tuple[str, str], dict[str, Any], ResourceStatus]]:
-    """The Products and Routes among ``documents`` (those kept at their last good spec), with their status."""
+    """The Products and Routes among ``documents`` (kinds kept at their last good spec), with status."""
     for document in documents:
         kind = str(document.get("kind"))
         if kind in ("Product", "Route"):

@@ -2,7 +2,8 @@
 
 Called by ``apx.operator.main`` once at startup (``tune_process``) and by the
 reconciler around every pass (``HeapKeeper``) and after it
-(``release_free_memory``).
+(``release_free_memory``). The emulated API's server process settles its
+heap with ``HeapKeeper`` too.
 
 Why each knob:
 
@@ -53,6 +54,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
+
+from apx.controllers.gcpause import collector_paused
 
 T = TypeVar("T")
 
@@ -129,16 +132,11 @@ class HeapKeeper:
         What is garbage already is collected first (the scan covers only what
         is not frozen yet), or cycles that died meanwhile would be frozen too.
         """
-        was_enabled = gc.isenabled()
         gc.collect()
-        gc.disable()
-        try:
+        with collector_paused():
             built = stage(*args)
             gc.freeze()
             return built
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def settle(self) -> Settled:
         """Collect what the last pass left alive and freeze it; a full collection when one is due."""

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import pathlib
 import signal
 import sys
-import time
+
+from apx.operator.runtime import HeapKeeper
 
 from .emulator import KubeEmulator
 from .serving import load_crds, serve, url_of, write_kubeconfig
@@ -81,15 +81,11 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 async def settle_heap(interval: float, full_interval: float) -> None:
-    """Collect and freeze what is new every ``interval`` s; unfreeze first every ``full_interval`` s."""
-    last_full = time.monotonic()
+    """Collect and freeze what is new every ``interval`` s; a full collection every ``full_interval`` s."""
+    keeper = HeapKeeper(full_collection_seconds=full_interval)
     while True:
         await asyncio.sleep(interval)
-        if time.monotonic() - last_full >= full_interval:
-            gc.unfreeze()
-            last_full = time.monotonic()
-        gc.collect()
-        gc.freeze()
+        keeper.settle()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,15 @@ async def _reconciler_with_samples(
     return reconciler, project
 
 
+async def _apply_spec(kube: KubeClient, body: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply a new ``spec`` to the object ``body`` (as a user would), returning the result."""
+    meta = body["metadata"]
+    return await kube.apply(
+        {"apiVersion": body["apiVersion"], "kind": body["kind"],
+         "metadata": {"name": meta["name"], "namespace": meta.get("namespace", "default")}, "spec": spec}
+    )  # fmt: skip
+
+
 def _ready(body: dict[str, Any] | None) -> bool:
     assert body is not None
     conditions = {c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions") or []}
@@ -170,27 +179,15 @@ async def test_changing_a_plan_limit_publishes_a_new_rule_set_version(
 async def test_invalid_update_is_stalled_and_what_was_applied_keeps_serving(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reconciler = _make_reconciler(
-        kube,
-        f"redis://{redis_service.address}/3",
-        f"apx-test-{uuid.uuid4().hex[:8]}",
-        monkeypatch,
-        pubsub_service,
+    reconciler, _ = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=3
     )
-    await _apply_samples(kube, reconciler)
     client = redis.Redis.from_url(f"redis://{redis_service.address}/3", decode_responses=True)
     route = await kube.get("Route", "default", "payments-legacy")
     assert route is not None
     # Something admission cannot see: a pin to a version that is not served.
     route["spec"]["policyRef"]["version"] = "9.0.0"
-    updated = await kube.apply(
-        {
-            "apiVersion": route["apiVersion"],
-            "kind": "Route",
-            "metadata": {"name": "payments-legacy", "namespace": "default"},
-            "spec": route["spec"],
-        }
-    )
+    updated = await _apply_spec(kube, route, route["spec"])
     reconciler.observe("Route", updated)
     await reconciler.reconcile_once()
 
@@ -212,14 +209,10 @@ async def test_invalid_update_is_stalled_and_what_was_applied_keeps_serving(
     assert any(b"payments-legacy" in resource.value for resource in packed)
 
     # The fast path (a limit change of the same product) keeps it too.
-    reconciler.observe("Route", updated)
     product = await kube.get("Product", "default", "payments")
     assert product is not None
     product["spec"]["plans"][0]["rateLimit"]["requestsPerSecond"] += 1
-    changed = await kube.apply(
-        {"apiVersion": product["apiVersion"], "kind": "Product",
-         "metadata": {"name": "payments", "namespace": "default"}, "spec": product["spec"]}
-    )  # fmt: skip
+    changed = await _apply_spec(kube, product, product["spec"])
     reconciler.observe("Product", changed)
     assert await reconciler.publish_rule_sets_fast() == 1
     newer = client.get(ruleset_current_key("default/payments"))
@@ -338,21 +331,16 @@ async def test_deleting_a_route_with_retain_policy_keeps_its_topics(
 async def test_fast_path_publishes_only_the_touched_products_rule_set(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    project = f"apx-test-{uuid.uuid4().hex[:8]}"
-    url = f"redis://{redis_service.address}/7"
-    reconciler = _make_reconciler(kube, url, project, monkeypatch, pubsub_service)
-    await _apply_samples(kube, reconciler)
+    reconciler, _ = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=7
+    )
     client = redis.Redis.from_url(f"redis://{redis_service.address}/7", decode_responses=True)
     payments_before = client.get(ruleset_current_key("default/payments"))
     ledger_before = client.get(ruleset_current_key("default/ledger"))
 
     route = await kube.get("Route", "default", "payments-legacy")
     assert route is not None
-    updated = await kube.apply(
-        {"apiVersion": route["apiVersion"], "kind": "Route",
-         "metadata": {"name": "payments-legacy", "namespace": "default"},
-         "spec": {**route["spec"], "timeout": "45s"}}
-    )  # fmt: skip
+    updated = await _apply_spec(kube, route, {**route["spec"], "timeout": "45s"})
     reconciler.observe("Route", updated)
     assert await reconciler.publish_rule_sets_fast() == 1
 

@@ -69,7 +69,7 @@ def test_large_blocks_freed_after_the_first_are_returned_at_once_when_tuned() ->
         blocks, pins = [], []
         for _ in range(300):
             blocks.append(bytearray(300 * 1024))
-            pins.append(bytearray(200))
+            pins.append(bytearray(1024))  # over 512 bytes: from malloc, not pymalloc
         before = rss()
         del blocks
         print(before - rss())
@@ -106,10 +106,12 @@ _HEAP_PRELUDE = """
     class Node:
         pass
 
-    def dead_cycle(collected):
+    def cycle(collected, label="cycle"):
+        # Two objects referring to each other; label lands in collected when freed.
         a, b = Node(), Node()
         a.other, b.other = b, a
-        weakref.finalize(a, collected.append, "cycle")
+        weakref.finalize(a, collected.append, label)
+        return a
 
     now = [0.0]
     keeper = runtime.HeapKeeper(full_collection_seconds=100.0, clock=lambda: now[0])
@@ -135,7 +137,7 @@ def test_cycles_already_dead_when_a_stage_starts_are_collected_not_frozen() -> N
         _HEAP_PRELUDE
         + """
     collected = []
-    dead_cycle(collected)
+    cycle(collected)  # dead at once
     keeper.build(lambda: None)
     print(collected)
     """
@@ -148,16 +150,11 @@ def test_settle_collects_new_cycles_and_a_full_collection_reclaims_frozen_ones_w
         _HEAP_PRELUDE
         + """
     collected = []
-    dead_cycle(collected)
+    cycle(collected)  # dead at once
     first = keeper.settle()
     print(first.full, collected)
     # A cycle alive when frozen, dropped afterwards: only a full collection finds it.
-    holder = []
-    a, b = Node(), Node()
-    a.other, b.other = b, a
-    weakref.finalize(a, collected.append, "frozen cycle")
-    holder.append(a)
-    del a, b
+    holder = [cycle(collected, "frozen cycle")]
     keeper.settle()
     holder.clear()
     print(keeper.settle().full, collected)
