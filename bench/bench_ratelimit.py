@@ -53,10 +53,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from apx.controllers.appliers.redis_rules import RedisApplier, VersionedKeys
 from apx.controllers.renderers.redis_rules import render_redis
 from apx.controllers.translate import translate
+from apx.dataplane.common.pipe import PipelinedRedis, encode_args
 from apx.dataplane.common.rulesets import RuleSetReader
 from apx.dataplane.ratelimit import scripts
 from apx.dataplane.ratelimit.limiter import DECIDE_SHA, DECIDE_SOURCE, build_plan
-from apx.dataplane.ratelimit.pipe import PipelinedRedis, encode_args
 from apx.e2e.services import Service, apt_install, free_port, start_redis, stop_pid, wait_for_port
 
 PRODUCT = "bench/api"

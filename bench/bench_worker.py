@@ -8,13 +8,15 @@ loopback). Deploys two async Routes with the operator's renderers and
 appliers, one ordered (the default: ordering key = tenant) and one not, and
 for each, in the same run:
 
-* baseline: ``pull`` (1,000 at a time) + ``acknowledge`` of N messages from a
-  subscription with the same settings and the same ordering keys, nothing else
-  (the emulator pulls ordered subscriptions several times slower);
-* worker: the real ``Processor`` (on uvloop, as ``apx-worker`` runs by
-  default) consuming N messages as the gateway publishes them (same
-  attributes, ordering key = tenant): pull → claim in Redis → HTTP call to the
-  stub → result in Redis → backlog counter → ack.
+* baseline: ``pull`` (up to 1,000 at a time; the emulator returns at most
+  100) + ``acknowledge`` of N messages from a subscription with the same
+  settings and the same messages, nothing else (the emulator pulls ordered
+  subscriptions several times slower);
+* worker: the real ``Processor`` (on uvloop, with the Redis pipe, as
+  ``apx-worker`` runs by default) consuming N messages as the gateway
+  publishes them (same attributes; ordering key = tenant on the ordered Route,
+  none on the other): pull → claim in Redis → HTTP call to the stub → result
+  in Redis → backlog counter → ack.
 
 Prints both rates and their ratio. Target: worker ≥ 30 % of the raw rate.
 Everything it started is stopped at the end. The machine is shared: compare
@@ -42,6 +44,7 @@ from apx.controllers.appliers.redis_rules import RedisApplier, VersionedKeys
 from apx.controllers.pipeline import compile_resources
 from apx.controllers.renderers.kubernetes.workers import upstream_url
 from apx.dataplane.common import eventloop, redisconn
+from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.requeststate import ScriptRunner
 from apx.dataplane.worker.config import WorkerConfig
 from apx.dataplane.worker.processor import Processor
@@ -152,7 +155,8 @@ def attributes(index: int, tenants: int, route: str) -> tuple[str, dict[str, str
     }
 
 
-def publish(topic: str, count: int, tenants: int, route: str) -> None:
+def publish(topic: str, count: int, tenants: int, route: str, ordered: bool) -> None:
+    """As the gateway publishes: the tenant is the ordering key on ordered Routes only."""
     client = pubsub_v1.PublisherClient(
         batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_latency=0.05),
         publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),
@@ -161,7 +165,7 @@ def publish(topic: str, count: int, tenants: int, route: str) -> None:
     body = b'{"report": "monthly", "rows": 1000}'
     for index in range(count):
         tenant, attrs = attributes(index, tenants, route)
-        pending.append(client.publish(topic, body, ordering_key=tenant, **attrs))
+        pending.append(client.publish(topic, body, ordering_key=tenant if ordered else "", **attrs))
     futures.wait(pending)
     client.stop()
 
@@ -234,7 +238,8 @@ async def run_worker(
     upstream = UpstreamClient(
         config.upstream_url, max_connections=max_outstanding, max_body=config.max_result_bytes
     )
-    processor = Processor(config, ScriptRunner(client), upstream)
+    pipe = PipelinedRedis(redis_url, timeout=10)
+    processor = Processor(config, ScriptRunner(client, pipe), upstream)
     registry = processor.metrics.registry
     labels = {"route": route.key, "track": "stable", "outcome": "acked"}
     started = time.perf_counter()
@@ -247,6 +252,7 @@ async def run_worker(
         "apx_requests_total", {"route": route.key, "track": "stable", "tenant_tier": "pro", "code": "200"}
     )
     await upstream.close()
+    await pipe.close()
     await client.aclose()
     return count / elapsed, float(ok or 0.0)
 
@@ -278,16 +284,17 @@ def main() -> int:
             route = f"bench/export-{kind}"
             plan = next(p for p in compiled.pubsub.plans if p.route == route and p.track == "stable")
             topic = f"projects/{PROJECT}/topics/{plan.topic}"
-            publish(topic + "-baseline", args.messages, args.tenants, route)
+            ordered = kind == "ordered"
+            publish(topic + "-baseline", args.messages, args.tenants, route, ordered)
             raw = raw_pull_ack(
                 f"projects/{PROJECT}/subscriptions/{plan.subscription}-baseline", args.messages
             )
-            publish(topic, args.messages, args.tenants, route)
+            publish(topic, args.messages, args.tenants, route, ordered)
             rate, ok = eventloop.run(
                 run_worker(compiled, route, redis_url, args.messages, args.max_outstanding), args.event_loop
             )
             ratios.append(rate / raw)
-            print(f"-- {kind} subscription (route async.ordering: {kind == 'ordered'})")
+            print(f"-- {kind} subscription (route async.ordering: {ordered})")
             print(f"   baseline raw pull+ack:    {raw:8.0f} msg/s")
             print(
                 f"   worker end to end:        {rate:8.0f} msg/s   "

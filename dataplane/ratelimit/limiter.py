@@ -54,10 +54,10 @@ from redis.exceptions import RedisError
 
 from apx.controllers import names
 from apx.controllers.renderers.redis_rules import api_key_id, request_counter_keys, request_counter_ttls_ms
+from apx.dataplane.common.pipe import PipelinedRedis, encode_args
 from apx.dataplane.common.rulesets import Document, RuleMatch, RuleSetReader
 
 from . import scripts
-from .pipe import PipelinedRedis, encode_args
 
 PRODUCT_KEY = "product"
 PLAN_KEY = "plan"

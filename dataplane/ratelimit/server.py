@@ -63,6 +63,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.rulesets import RuleSetReader
 
 from .limiter import (
@@ -78,7 +79,6 @@ from .limiter import (
     LimitStatus,
 )
 from .metrics import RateLimitMetrics
-from .pipe import PipelinedRedis
 
 log = logging.getLogger(__name__)
 

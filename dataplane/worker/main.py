@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from apx.dataplane.common import eventloop, redisconn
 from apx.dataplane.common.jsonlog import configure_logging
+from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.probes import probes_app, start_site
 from apx.dataplane.common.requeststate import ScriptRunner
 from apx.dataplane.common.shutdown import stop_event
@@ -37,11 +38,14 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     provider = configure_tracing(SERVICE, config.otlp_endpoint)
     tracer = provider.get_tracer("apx.worker") if provider is not None else None
     redis_client = redisconn.connect(config.redis_url, socket_timeout=10)
+    redis_pipe = PipelinedRedis(config.redis_url, timeout=10)
     upstream = UpstreamClient(
         config.upstream_url, max_connections=config.max_outstanding_messages, max_body=config.max_result_bytes
     )
     metrics = WorkerMetrics()
-    processor = Processor(config, ScriptRunner(redis_client), upstream, metrics=metrics, tracer=tracer)
+    processor = Processor(
+        config, ScriptRunner(redis_client, redis_pipe), upstream, metrics=metrics, tracer=tracer
+    )
     probes = None
     if config.metrics_port:
         probes = await start_site(
@@ -58,6 +62,7 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
         if probes is not None:
             await probes.cleanup()
         await upstream.close()
+        await redis_pipe.close()
         await redis_client.aclose()
         if provider is not None:
             provider.shutdown()

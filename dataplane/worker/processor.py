@@ -32,11 +32,14 @@ Per message (``_handle``):
    go out as one ``DECRBY``) and, if the gateway took a concurrency lease for
    it (attribute ``lease``), the lease is released.
 
-Ordering: messages with an ordering key (the tenant) run one at a time per
-key in the order received; a failure nacks the rest of that key's queue too,
-so a later message never overtakes an earlier one that will be redelivered.
-Messages without a key run concurrently. Concurrency overall is bounded by the
-consumer's flow control (max outstanding messages).
+Ordering: on a subscription with message ordering, messages with an ordering
+key (the tenant) run one at a time per key in the order received; a failure
+nacks the rest of that key's queue too, so a later message never overtakes an
+earlier one that will be redelivered. On a subscription without ordering
+(``async.ordering: false``) Pub/Sub promises no order, so keys a publisher set
+anyway are ignored and, like messages without a key, run concurrently.
+Concurrency overall is bounded by the consumer's flow control (max
+outstanding messages).
 
 Redis calls of concurrent messages are coalesced: every script call made in
 one event-loop turn goes out in one pipeline (``_Coalescer``), so throughput
@@ -196,6 +199,7 @@ class Processor:
             max_batch=config.max_pull_batch,
         )
         self.settings: dict[str, SubscriptionSettings] = {}
+        self._ordered: frozenset[str] = frozenset()  # subscriptions with message ordering
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keys: dict[str, deque[Delivery]] = {}
         self._held: set[Delivery] = set()
@@ -217,6 +221,7 @@ class Processor:
         self._loop = asyncio.get_running_loop()
         for path in self.consumer.subscriptions:
             self.settings[path] = await asyncio.to_thread(self.consumer.settings, path)
+        self._ordered = frozenset(path for path, settings in self.settings.items() if settings.ordering)
         await self.runner.load()
         log.info(
             "consuming",
@@ -284,7 +289,7 @@ class Processor:
             if self.stopping:
                 self._settle(delivery, "drained")
                 continue
-            key = delivery.ordering_key
+            key = delivery.ordering_key if delivery.subscription in self._ordered else ""
             if key:
                 queued = self._keys.get(key)
                 if queued is not None:
@@ -293,16 +298,13 @@ class Processor:
                 self._keys[key] = deque()
                 self._spawn(self._run_key(key, delivery))
             else:
-                self._spawn(self._run_one(delivery))
+                self._spawn(self._handle(delivery))
         self.metrics.outstanding.set(self.consumer.outstanding)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _run_one(self, delivery: Delivery) -> None:
-        await self._handle(delivery)
 
     async def _run_key(self, key: str, first: Delivery) -> None:
         delivery: Delivery | None = first

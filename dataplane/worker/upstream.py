@@ -13,8 +13,13 @@ costs about 70 µs, and that difference is most of the worker's throughput
 * responses framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or
   connection close; ``Connection: close`` honoured; no body for HEAD, 1xx,
   204 and 304; interim ``100 Continue`` skipped;
-* a total timeout per call (connect + send + response) → ``UpstreamTimeout``;
-  a response larger than ``max_body`` → ``ResponseTooLarge``;
+* a total timeout per call (waiting for a connection slot, connect, send,
+  response) → ``UpstreamTimeout``; a response larger than ``max_body`` →
+  ``ResponseTooLarge``. The response phase is not timed by an
+  ``asyncio.timeout`` per call (a timer handle, a context manager and a
+  reschedule per call were a tenth of the worker's CPU): the client keeps the
+  deadline of every connection awaiting an answer and one sweep every
+  ``SWEEP_SECONDS`` fails those past it, so a timeout fires up to that much late;
 * a pooled connection that turns out closed before any byte of the answer
   arrived (the server dropped an idle keep-alive connection) is retried once on
   a new connection, as HTTP clients commonly do; any other failure is
@@ -31,11 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
+# How often the deadlines of calls awaiting an answer are checked (the timeouts' resolution).
+SWEEP_SECONDS = 0.05
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -206,6 +214,15 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def fail(self, error: UpstreamError) -> None:
+        """End the exchange in progress with ``error`` (``response`` raises it) and drop the connection."""
+        if self._error is None:
+            self._error = error
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        self._wake()
+
 
 def _clean(value: str) -> str:
     if "\r" in value or "\n" in value:
@@ -229,7 +246,12 @@ class UpstreamClient:
         self.max_body = max_body
         self._ssl = ssl.create_default_context() if self.tls else None
         self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        self.max_connections = max_connections
+        self._in_use = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        # Connections awaiting an answer → the loop time their call must be answered by.
+        self._deadlines: dict[_Connection, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self.connections_opened = 0
 
     async def _connect(self) -> _Connection:
@@ -260,13 +282,64 @@ class UpstreamClient:
         ``ResponseTooLarge`` or ``UpstreamError``.
         """
         payload = self._encode(method, target, headers, body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._in_use >= self.max_connections:
+            await self._wait_for_slot(deadline, timeout)
+        self._in_use += 1
         try:
-            async with asyncio.timeout(timeout), self._slots:
-                return await self._send(method, payload)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"no complete response within {timeout:.3g} s") from exc
+            return await self._send(method, payload, deadline, timeout)
+        finally:
+            self._in_use -= 1
+            while self._slot_waiters:
+                waiter = self._slot_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
 
-    async def _send(self, method: str, payload: bytes) -> Response:
+    async def _wait_for_slot(self, deadline: float, timeout: float) -> None:
+        """Wait (first come, first served) until fewer than ``max_connections`` calls are in progress."""
+        loop = asyncio.get_running_loop()
+        while self._in_use >= self.max_connections:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+            except TimeoutError as exc:
+                raise UpstreamTimeout(f"no free connection within {timeout:.3g} s") from exc
+            except BaseException:
+                # Cancelled after being woken: pass the slot on to the next in line.
+                if waiter.done() and not waiter.cancelled() and self._slot_waiters:
+                    self._slot_waiters.popleft().set_result(None)
+                raise
+
+    def _watch(self, connection: _Connection, deadline: float) -> None:
+        self._deadlines[connection] = deadline
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail the calls past their deadline; runs while any call awaits an answer."""
+        self._sweeper = None
+        if not self._deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = [connection for connection, deadline in self._deadlines.items() if deadline <= now]
+        for connection in late:
+            del self._deadlines[connection]
+            connection.fail(UpstreamTimeout("no complete response in time"))
+        if self._deadlines:
+            self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    async def _open(self, deadline: float, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(self._connect(), max(0.0, deadline - loop.time()))
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"could not connect within {timeout:.3g} s") from exc
+
+    async def _send(self, method: str, payload: bytes, deadline: float, timeout: float) -> Response:
         for attempt in range(2):
             reused = False
             connection: _Connection | None = None
@@ -277,11 +350,16 @@ class UpstreamClient:
                     break
             try:
                 if connection is None:
-                    connection = await self._connect()
+                    connection = await self._open(deadline, timeout)
                 connection.received_any = False
                 assert connection.transport is not None
+                self._watch(connection, deadline)
                 connection.transport.write(payload)
                 response, reusable = await connection.response(method)
+            except UpstreamTimeout as exc:
+                if connection is not None:
+                    connection.close()
+                raise UpstreamTimeout(f"no complete response within {timeout:.3g} s") from exc
             except OSError as exc:
                 if connection is not None:
                     connection.close()
@@ -294,10 +372,13 @@ class UpstreamClient:
                     continue  # the server had closed this idle connection: try a fresh one
                 raise
             except BaseException:
-                # Cancelled or timed out mid-response: the connection's state is unknown.
+                # Cancelled mid-response: the connection's state is unknown.
                 if connection is not None:
                     connection.close()
                 raise
+            finally:
+                if connection is not None:
+                    self._deadlines.pop(connection, None)
             if reusable and not connection.buffer:
                 self._idle.append(connection)
             else:
@@ -306,6 +387,9 @@ class UpstreamClient:
         raise UpstreamError("unreachable")
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()

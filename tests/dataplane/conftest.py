@@ -420,6 +420,7 @@ async def running_worker(
     import redis.asyncio as aioredis
 
     from apx.controllers.renderers.kubernetes.workers import upstream_url
+    from apx.dataplane.common.pipe import PipelinedRedis
     from apx.dataplane.common.requeststate import ScriptRunner
     from apx.dataplane.worker.config import WorkerConfig
     from apx.dataplane.worker.processor import Processor
@@ -449,13 +450,16 @@ async def running_worker(
     )
     if tracer is None:
         tracer = TracerProvider().get_tracer("apx.worker")
-    processor = Processor(config, ScriptRunner(redis_client), upstream, tracer=tracer)
+    # As apx-worker runs it: the scripts' batches on a pipelined connection of their own.
+    redis_pipe = PipelinedRedis(redis_url, timeout=10)
+    processor = Processor(config, ScriptRunner(redis_client, redis_pipe), upstream, tracer=tracer)
     await processor.start()
     try:
         yield processor
     finally:
         await processor.drain()
         await upstream.close()
+        await redis_pipe.close()
         await redis_client.aclose()
 
 

@@ -1,5 +1,6 @@
 """The worker against real Redis and the Pub/Sub emulator: dead letters, idempotent redelivery, per-tenant
-ordering, permanent failures, metrics, and a clean SIGTERM drain of the real ``apx-worker`` process.
+ordering (and none where the Route has none), permanent failures, metrics, and a clean SIGTERM drain of the
+real ``apx-worker`` process.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any
 
 import aiohttp
 import pytest
+from google.cloud import pubsub_v1
 
 from apx.controllers.renderers.kubernetes.workers import upstream_url
 from apx.dataplane.common.requeststate import RequestState, backlog_key, request_key
@@ -162,6 +165,46 @@ async def test_each_tenant_is_served_in_order_one_at_a_time(
     acme = [c for c in upstream.calls if c.tenant == "acme"]
     globex = [c for c in upstream.calls if c.tenant == "globex"]
     assert any(a.started < g.finished and g.started < a.finished for a in acme for g in globex)
+
+
+@pytest.mark.asyncio
+async def test_ordering_keys_on_a_route_without_ordering_do_not_hold_a_tenant_back(
+    redis_url: str, emulator: Service, namespace: str, project: str, jwks: Jwks
+) -> None:
+    async with upstream_stub() as upstream:
+        upstream.delay = 0.3
+        docs = apx_docs(
+            namespace, jwks, upstream.url, regions=("europe-west1",), delivery={"ordering": False}
+        )
+        compiled = await deploy(docs, project=project, redis_url=redis_url)
+        plan = next(p for p in compiled.pubsub.plans if p.track == "stable")
+        # Another publisher set the tenant as ordering key anyway; the subscription has no ordering.
+        publisher = pubsub_v1.PublisherClient(
+            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+        )
+        topic = publisher.topic_path(project, plan.topic)
+        sent = [
+            publisher.publish(
+                topic,
+                b"{}",
+                ordering_key="acme",
+                request_id=f"unordered-{i:04d}-{uuid.uuid4().hex[:8]}",
+                tenant_id="acme",
+                tenant_tier="pro",
+                route=plan.route,
+                track="stable",
+                method="POST",
+                path="/v1/jobs",
+            )
+            for i in range(6)
+        ]
+        for future in sent:
+            await asyncio.wrap_future(future)
+        publisher.stop()
+        async with running_worker(redis_url, project, compiled, max_outstanding=50):
+            await wait_for(lambda: len(upstream.calls) == 6 and all(c.finished for c in upstream.calls))
+    # Six 0.3 s calls of one tenant overlapped instead of running one after another.
+    assert upstream.max_active_per_tenant > 1
 
 
 @pytest.mark.asyncio

@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 
 from apx.dataplane.worker.upstream import (
+    SWEEP_SECONDS,
     ResponseTooLarge,
     UpstreamClient,
     UpstreamError,
@@ -155,3 +156,38 @@ async def test_an_idle_connection_the_server_closed_is_retried_once_on_a_new_one
     assert (await client.request("GET", "/", {}, b"", 5)).body == b"ok"
     assert server.connections == 2 and calls["n"] == 3
     await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_covers_the_wait_for_a_connection_and_gives_the_slot_back() -> None:
+    answered = asyncio.Event()
+
+    async def first_hangs(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The first connection never answers; later ones answer every request.
+        await reader.readuntil(b"\r\n\r\n")
+        if not answered.is_set():
+            answered.set()
+            await asyncio.sleep(5)
+        else:
+            writer.write(_ok(b"late"))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(first_hangs, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = UpstreamClient(f"http://127.0.0.1:{port}", max_connections=1, max_body=100)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    hanging = asyncio.ensure_future(client.request("GET", "/", {}, b"", 0.4))
+    await answered.wait()
+    with pytest.raises(UpstreamTimeout, match="no free connection"):
+        await client.request("GET", "/", {}, b"", 0.1)
+    assert loop.time() - started < 0.35  # it gave up waiting for the slot, not after the first call
+    with pytest.raises(UpstreamTimeout, match=r"no complete response within 0\.4 s"):
+        await hanging
+    # Late by at most one sweep (plus scheduling), never early.
+    assert 0.4 <= loop.time() - started < 0.4 + SWEEP_SECONDS + 0.2
+    # The slot came back: the next call gets a connection and its answer.
+    assert (await client.request("GET", "/", {}, b"", 2)).body == b"late"
+    await client.close()
+    server.close()

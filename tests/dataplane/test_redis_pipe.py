@@ -1,4 +1,4 @@
-"""The rate-limit service's pipelined Redis connection (``apx.dataplane.ratelimit.pipe``) on a private Redis.
+"""The rate-limit service's pipelined Redis connection (``apx.dataplane.common.pipe``) on a private Redis.
 
 Password and database from the URL, replies matched to callers in order
 under concurrency, ``NOSCRIPT`` after ``SCRIPT FLUSH``, a slow Redis failing
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from apx.dataplane.ratelimit.pipe import PipelinedRedis, encode_command
+from apx.dataplane.common.pipe import PipelinedRedis, encode_command
 from apx.e2e.services import start_redis
 
 ECHO = b"return {KEYS[1], ARGV[1]}"
@@ -81,6 +81,33 @@ async def test_a_slow_redis_times_out_the_calls_in_flight_and_a_restarted_one_is
             await pipe.execute(encode_command([b"PING"]))
         service = start_redis(tmp_path / "redis", port=service.port)
         assert await pipe.execute(encode_command([b"PING"])) == b"PONG"
+    finally:
+        await pipe.close()
+        service.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_gets_every_reply_in_order_with_error_replies_in_place(tmp_path: Path) -> None:
+    service = start_redis(tmp_path / "redis")
+    pipe = PipelinedRedis(f"redis://{service.address}/0", timeout=2)
+    try:
+        assert await pipe.execute_many([]) == []
+        batch = [
+            encode_command([b"SET", b"a", b"1"]),
+            encode_command([b"NOSUCHCOMMAND"]),
+            evalsha(b"k", b"v"),  # not loaded yet
+            encode_command([b"INCR", b"a"]),
+        ]
+        # Batches and single commands share the socket; each caller gets its own replies.
+        many, single, again = await asyncio.gather(
+            pipe.execute_many(batch),
+            pipe.execute(encode_command([b"GET", b"a"])),
+            pipe.execute_many([encode_command([b"PING"]), encode_command([b"GET", b"a"])]),
+        )
+        assert many[0] == b"OK" and many[3] == 2
+        assert isinstance(many[1], ResponseError) and not isinstance(many[1], NoScriptError)
+        assert isinstance(many[2], NoScriptError)
+        assert single == b"2" and again == [b"PONG", b"2"]
     finally:
         await pipe.close()
         service.stop()

@@ -1,8 +1,10 @@
-"""A pipelined Redis connection for the decision script: one socket, many requests in flight.
+"""A pipelined Redis connection for hot paths: one socket, many requests in flight.
 
-Used by ``limiter.Limiter`` for its one ``EVALSHA`` per request; everything
-else (rule sets, API keys, leases, health) goes through redis-py's
-``redis.asyncio`` client. Why a connection of our own on the hot path:
+Used by the rate-limit service's ``limiter.Limiter`` for its one ``EVALSHA``
+per request, and by ``requeststate.ScriptRunner`` for the worker's batches of
+request-state scripts (``execute_many``: one write, one wait for all the
+replies). Everything else (rule sets, API keys, leases, health) goes through
+redis-py's ``redis.asyncio`` client. Why a connection of our own on hot paths:
 redis-py's asyncio client costs 80-115 µs of CPU per command (pool checkout,
 retry wrapper, a timeout task per write, one read per command), more than
 the rest of a decision. Here a command is a few pre-encoded RESP byte
@@ -22,7 +24,9 @@ Behaviour the service relies on:
   ``redis.exceptions.TimeoutError`` and drops the connection: on one socket,
   later replies cannot overtake an earlier one.
 * ``evalsha`` reloads the script on ``NOSCRIPT`` (after a Redis restart or
-  ``SCRIPT FLUSH``) and retries once.
+  ``SCRIPT FLUSH``) and retries once. ``execute_many`` returns error replies
+  (``NOSCRIPT`` as ``NoScriptError``) in place of their results, so the
+  caller decides per command.
 * ``redis://`` and ``rediss://`` URLs with user, password and database, as
   redis-py reads them.
 """
@@ -88,12 +92,20 @@ class _Protocol(asyncio.Protocol):
             if not pending:
                 self._owner._fail(self, RedisConnectionError("Redis sent a reply nobody asked for"))
                 return
-            future = pending.popleft()[0]
-            if not future.done():
-                if isinstance(reply, ResponseError):
-                    future.set_exception(_classify(reply))
-                else:
-                    future.set_result(reply)
+            future, _, batch = pending[0]
+            if batch is None:
+                pending.popleft()
+                if not future.done():
+                    if isinstance(reply, ResponseError):
+                        future.set_exception(_classify(reply))
+                    else:
+                        future.set_result(reply)
+                continue
+            batch.replies.append(_classify(reply) if isinstance(reply, ResponseError) else reply)
+            if len(batch.replies) == batch.expected:
+                pending.popleft()
+                if not future.done():
+                    future.set_result(batch.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner._fail(self, RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
@@ -104,6 +116,16 @@ def _classify(error: ResponseError) -> ResponseError:
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
     return error
+
+
+class _Batch:
+    """Replies collected for one ``execute_many`` call."""
+
+    __slots__ = ("expected", "replies")
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.replies: list[Any] = []
 
 
 class PipelinedRedis:
@@ -121,23 +143,36 @@ class PipelinedRedis:
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        # In reply order: the caller's future, its deadline, and the batch its replies fill (None: one reply).
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float, _Batch | None]] = (
+            collections.deque()
+        )
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def execute(self, command: bytes) -> Any:
         """Send one RESP-encoded command; its reply (errors raised as redis-py exceptions)."""
+        return await self._queue(command, None)
+
+    async def execute_many(self, commands: Sequence[bytes]) -> list[Any]:
+        """Send RESP-encoded commands in one write; their replies in order, error replies as exceptions."""
+        if not commands:
+            return []
+        replies: list[Any] = await self._queue(b"".join(commands), _Batch(len(commands)))
+        return replies
+
+    async def _queue(self, data: bytes, batch: _Batch | None) -> Any:
         protocol = self._protocol
         if protocol is None or protocol.transport is None or protocol.transport.is_closing():
             protocol = await self._connect()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         # Calls made during one turn of the loop leave in one write (one syscall, not one each).
-        protocol.outgoing.append(command)
+        protocol.outgoing.append(data)
         if not protocol.flush_scheduled:
             protocol.flush_scheduled = True
             loop.call_soon(protocol.flush)
-        self._pending.append((future, loop.time() + self.timeout))
+        self._pending.append((future, loop.time() + self.timeout, batch))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout, self._check_deadline)
         return await future
@@ -171,7 +206,7 @@ class PipelinedRedis:
         if protocol.transport is not None:
             protocol.transport.abort()
         pending, self._pending = self._pending, collections.deque()
-        for future, _ in pending:
+        for future, _, _ in pending:
             if not future.done():
                 future.set_exception(error)
 
