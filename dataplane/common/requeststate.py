@@ -52,30 +52,15 @@ are written by separate commands, never by one script.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.exceptions import NoScriptError, ResponseError
 
-from .pipe import PipelinedRedis, encode_command
-
-_pack: Callable[..., bytes] | None
-try:
-    import hiredis
-
-    _pack = hiredis.pack_command
-except ImportError:  # hiredis is a dependency; stay correct without it
-    _pack = None
-
-
-def _encode(command: tuple[Any, ...]) -> bytes:
-    """One command in RESP (hiredis's packer when installed)."""
-    if _pack is not None:
-        return _pack(command)
-    return encode_command([a if isinstance(a, bytes) else str(a).encode() for a in command])
-
+from .pipe import PipelinedRedis
 
 STATES = ("queued", "running", "done", "failed")
 TERMINAL = frozenset({"done", "failed"})
@@ -275,7 +260,7 @@ class ScriptRunner:
 
     The calls go out as one packed write and their replies come back in order
     — what a non-transactional pipeline does, without redis-py's per-command
-    pipeline bookkeeping and with hiredis's C packer when installed. At the
+    pipeline bookkeeping and with hiredis's C packer. At the
     worker's rate (two calls per message) the pipeline machinery was a fifth
     of its CPU. With ``pipe`` (the worker) the batch rides a
     ``pipe.PipelinedRedis`` connection: one future per batch, replies parsed by
@@ -302,14 +287,11 @@ class ScriptRunner:
 
     async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         if self.pipe is not None:
-            return await self.pipe.execute_many([_encode(command) for command in commands])
+            return await self.pipe.execute_many([pack_command(command) for command in commands])
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            if _pack is not None:
-                await connection.send_packed_command(b"".join(_pack(command) for command in commands))
-            else:
-                await connection.send_packed_command(connection.pack_commands(commands))
+            await connection.send_packed_command(b"".join(pack_command(command) for command in commands))
             answers: list[Any] = []
             for _ in commands:
                 try:
