@@ -11,26 +11,34 @@ Product the way the operator does, and measures in one run:
   does), redis-py pipelined (100 per round trip, Redis' own ceiling for this
   script), redis-py asyncio with ``--streams`` calls in flight, and the
   service's own pipelined connection (``pipe.PipelinedRedis``) the same way;
-* the gRPC floor: an empty ``grpc.aio`` servicer (answers a constant) driven
-  exactly like the service, which no Python gRPC service can beat;
+* two floors driven exactly like the service: an empty ``grpc.aio``
+  servicer, and the service's own transport (``common.grpcserver``) with a
+  handler that parses the request and answers a constant;
 * the service, one process (``python -m apx.dataplane.ratelimit``): decisions
   per second with ``--streams`` concurrent calls on one HTTP/2 connection
-  (what one Envoy worker opens), server CPU per decision, and latency
-  percentiles at a paced ``--rate`` (open loop, h2load's ``--rps``) and at
-  half that.
+  (h2load, closed loop: what one Envoy worker's connection can carry) and
+  server CPU per decision;
+* latency at ``--rate`` (and at half and a fifth of it) under open-loop
+  load: Poisson arrivals on 4 connections, each request sent at its time
+  whatever is in flight (``openloop.py``, which says why not h2load's
+  ``--rps``); the floors at ``--rate`` beside it;
+* for comparison, h2load's ``--rps`` at ``--rate``, which sends every 10 ms
+  what is due (bursts of 50 at 5,000 rps on 4 connections).
 
-Load comes from h2load (Debian ``nghttp2-client``, installed when missing),
-which sends Envoy's ``RateLimitRequest`` as raw gRPC frames at a fraction of
-a Python client's CPU, leaving the machine to the service. After each run
-the service's own metrics are scraped to check every call was a decision
-(no errors). Everything started is stopped by PID. Targets from the issue:
-service ≥ 50 % of the raw sequential EVALSHA rate, p99 ≤ 2 ms at 5,000 rps.
+Closed-loop load comes from h2load (Debian ``nghttp2-client``, installed when
+missing), which sends Envoy's ``RateLimitRequest`` as raw gRPC frames at a
+fraction of a Python client's CPU, leaving the machine to the service. After
+the runs the service's own metrics are scraped to check every call was a
+decision (no errors). Everything started is stopped by PID. Targets from the
+issue: service ≥ 50 % of the raw sequential EVALSHA rate, p99 ≤ 2 ms at
+5,000 rps.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import struct
 import subprocess
@@ -63,7 +71,7 @@ PRODUCT = "bench/api"
 PATH = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 TENANTS = 1000
 
-FLOOR_SERVER = textwrap.dedent(
+GRPC_AIO_SERVER = textwrap.dedent(
     """
     import asyncio, sys
     import grpc
@@ -85,6 +93,30 @@ FLOOR_SERVER = textwrap.dedent(
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
+    """
+)
+
+# The service's own transport with a handler that only parses the request and answers a constant:
+# what the transport costs, the floor under every decision.
+TRANSPORT_FLOOR_SERVER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import uvloop
+    from envoy.service.ratelimit.v3 import rls_pb2
+    from apx.dataplane.common.grpcserver import GrpcServer, Method, parse_listen
+
+    ANSWER = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK).SerializeToString()
+
+    async def should_rate_limit(message):
+        rls_pb2.RateLimitRequest.FromString(message)
+        return ANSWER
+
+    async def main():
+        server = GrpcServer({sys.argv[2]: Method(should_rate_limit)})
+        await server.start(*parse_listen(sys.argv[1]))
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
     """
 )
 
@@ -374,36 +406,51 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass
 class Driven:
-    """What one gRPC server did under h2load: closed-loop rate, CPU per call, latency at paced rates."""
+    """What one gRPC server did: closed-loop rate and CPU per call (h2load), latency at open-loop rates."""
 
     rate: float
     cpu_us: float
     failed: float
-    paced: dict[int, tuple[float, list[float]]] = field(default_factory=dict)  # rate -> (achieved, ms)
+    paced: dict[int, dict[str, Any]] = field(default_factory=dict)  # rate -> openloop.py's report + "ms"
+    bursty: tuple[float, list[float]] = (0.0, [])  # h2load --rps at the target rate: achieved, ms
+
+
+def open_loop(port: int, body: Path, rate: int, seconds: float, log: Path) -> dict[str, Any]:
+    """``openloop.py`` at ``rate`` (Poisson arrivals, 4 connections); its report, latencies in ms."""
+    command = [
+        sys.executable, str(Path(__file__).with_name("openloop.py")), "--port", str(port), "--path", PATH,
+        "--body", str(body), "--rate", str(rate), "--seconds", str(seconds), "--log", str(log),
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    report["ms"] = sorted(float(line) / 1000 for line in log.read_text().split())
+    return report
 
 
 def drive(
-    h2load_bin: str, port: int, pid: int, body: Path, work: Path, args: argparse.Namespace, name: str
+    h2load_bin: str,
+    port: int,
+    pid: int,
+    body: Path,
+    work: Path,
+    args: argparse.Namespace,
+    name: str,
+    rates: tuple[int, ...],
 ) -> Driven:
     cpu_before = cpu_seconds(pid)
     closed = h2load(h2load_bin, port, body, args.seconds, streams=args.streams)
     # h2load adds one second of warm-up to the measured time.
     cpu_us = (cpu_seconds(pid) - cpu_before) / max(closed.get("done", 0.0) * (1 + 1 / args.seconds), 1) * 1e6
     driven = Driven(closed["rate"], cpu_us, closed.get("failed", 0.0))
-    for rate in (args.rate, args.rate // 2, args.rate // 5):
-        log = work / f"{name}-{rate}.tsv"
-        clients = 4
-        run = h2load(
-            h2load_bin,
-            port,
-            body,
-            args.seconds,
-            streams=args.streams,
-            clients=clients,
-            rps=rate // clients,
-            log=log,
-        )
-        driven.paced[rate] = (run["rate"], latencies_ms(log))
+    for rate in rates:
+        driven.paced[rate] = open_loop(port, body, rate, args.seconds, work / f"{name}-{rate}.txt")
+    log = work / f"{name}-bursty.tsv"
+    clients = 4
+    run = h2load(
+        h2load_bin, port, body, args.seconds, streams=args.streams, clients=clients, rps=args.rate // clients,
+        log=log,
+    )  # fmt: skip
+    driven.bursty = (run["rate"], latencies_ms(log))
     return driven
 
 
@@ -446,14 +493,18 @@ def main() -> int:
         body = work / "request.grpc"
         body.write_bytes(grpc_body("t0"))
 
-        floor_port = free_port()
-        floor_server = spawn(
-            [sys.executable, "-c", FLOOR_SERVER, f"127.0.0.1:{floor_port}"], work / "floor.log"
-        )
-        started.append(floor_server.pid)
-        wait_for_port(floor_port, 20, floor_server, "gRPC floor server")
-        floor = drive(h2load_bin, floor_port, floor_server.pid, body, work, args, "floor")
-        stop_pid(floor_server.pid)
+        floors: dict[str, Driven] = {}
+        for name, source in (("grpc.aio", GRPC_AIO_SERVER), ("transport", TRANSPORT_FLOOR_SERVER)):
+            floor_port = free_port()
+            floor_server = spawn(
+                [sys.executable, "-c", source, f"127.0.0.1:{floor_port}", PATH], work / f"{name}.log"
+            )
+            started.append(floor_server.pid)
+            wait_for_port(floor_port, 20, floor_server, f"{name} floor server")
+            floors[name] = drive(
+                h2load_bin, floor_port, floor_server.pid, body, work, args, name, (args.rate,)
+            )
+            stop_pid(floor_server.pid)
 
         port, metrics_port = free_port(), free_port()
         rls = spawn(
@@ -467,7 +518,8 @@ def main() -> int:
         wait_for_port(port, 20, rls, "apx-ratelimit")
         wait_for_port(metrics_port, 20, rls, "apx-ratelimit metrics")
         before = scrape(metrics_port)
-        driven = drive(h2load_bin, port, rls.pid, body, work, args, "service")
+        rates = (args.rate, args.rate // 2, args.rate // 5)
+        driven = drive(h2load_bin, port, rls.pid, body, work, args, "service", rates)
         after = scrape(metrics_port)
         stop_pid(rls.pid)
     finally:
@@ -486,22 +538,45 @@ def main() -> int:
     row("redis-py EVALSHA, pipelined x100", f"{pipelined:.0f} /s", "Redis' ceiling for this script")
     row(f"redis-py asyncio, {args.streams} in flight", f"{in_flight:.0f} /s")
     row(f"service's PipelinedRedis, {args.streams} in flight", f"{own_pipe:.0f} /s")
-    row("empty grpc.aio servicer (gRPC floor)", f"{floor.rate:.0f} /s", f"{floor.cpu_us:.0f} µs CPU per call")
-    print(f"apx-ratelimit, one process, {args.streams} streams on one HTTP/2 connection:")
+    for name, note in (
+        ("grpc.aio", "empty grpc.aio servicer"),
+        ("transport", "service's transport, constant answer"),
+    ):
+        row(note, f"{floors[name].rate:.0f} /s", f"{floors[name].cpu_us:.0f} µs CPU per call")
+    print(
+        f"apx-ratelimit, one process, {args.streams} streams on one HTTP/2 connection (h2load, closed loop):"
+    )
     row("decisions", f"{rate:.0f} /s", f"{driven.cpu_us:.0f} µs CPU per decision")
     row("", "", f"{decided:.0f} counted by the service, {failures:.0f} failures, {driven.failed:.0f} errors")
     row("/ raw sequential EVALSHA", f"{rate / sequential:.2f}", "target >= 0.50")
     row(f"/ redis-py asyncio, {args.streams} in flight", f"{rate / in_flight:.2f}")
-    row("/ gRPC floor", f"{rate / floor.rate:.2f}")
-    print("latency seen by h2load, paced open loop (4 connections):")
-    for paced_rate in driven.paced:
-        achieved, values = driven.paced[paced_rate]
-        floor_achieved, floor_values = floor.paced[paced_rate]
-        target = "   (target p99 <= 2 ms)" if paced_rate == args.rate else ""
-        print(f"  {paced_rate:5d} rps  service    achieved {achieved:6.0f}/s  {describe(values)}{target}")
-        print(f"  {paced_rate:5d} rps  gRPC floor achieved {floor_achieved:6.0f}/s  {describe(floor_values)}")
+    row("/ empty grpc.aio servicer", f"{rate / floors['grpc.aio'].rate:.2f}")
+    print("latency, open loop: Poisson arrivals on 4 HTTP/2 connections (bench/openloop.py), ms:")
+    lines: list[tuple[str, int, dict[str, Any]]] = [("service", r, driven.paced[r]) for r in driven.paced]
+    lines[1:1] = [(f"{n} floor", args.rate, floors[n].paced[args.rate]) for n in floors]
+    for label, paced_rate, report in lines:
+        target = "   (target p99 <= 2 ms)" if label == "service" and paced_rate == args.rate else ""
+        print(
+            f"  {paced_rate:5d} rps  {label:<16} achieved {report['achieved_per_second']:6.0f}/s  "
+            f"{describe(report['ms'])}{target}"
+        )
+        if report["not_ok"] or report["lost"]:
+            print(f"    {report['not_ok']} answers not OK, {report['lost']} lost", file=sys.stderr)
+    late = driven.paced[args.rate]
+    print(
+        f"  (requests left up to {late['late_p99_ms']:.2f} ms after their arrival time at p99, "
+        f"{late['late_p50_ms']:.2f} ms at p50: the generator's 1 ms timer; not counted in the latency)"
+    )
+    print(
+        f"bursty: h2load --rps, 4 connections, {args.streams} streams each, sending every 10 ms what is due:"
+    )
+    for label, (achieved, values) in [("service", driven.bursty)] + [
+        (f"{n} floor", floors[n].bursty) for n in floors
+    ]:
+        print(f"  {args.rate:5d} rps  {label:<16} achieved {achieved:6.0f}/s  {describe(values)}")
     print(f"  service-side decision time over the whole run (histogram): p99 <= {server_p99:.1f} ms")
-    if failures or driven.failed:
+    not_ok = sum(report["not_ok"] + report["lost"] for report in driven.paced.values())
+    if failures or driven.failed or not_ok:
         print("the service reported failures during the run", file=sys.stderr)
         return 1
     return 0

@@ -4,8 +4,9 @@
 ShouldRateLimit`` (messages from ``xds-protos``), so a stock Envoy with the
 ``envoy.filters.http.ratelimit`` filters the core renders calls it unchanged.
 ``start_service`` wires it up (Redis pool, rule reader, limiter, metrics,
-health, a ``grpc.aio`` server) for ``main`` and for the tests and benchmark,
-which run it in-process.
+health, the lean HTTP/2 server of ``common.grpcserver``) for ``main`` and
+for the tests and benchmark, which run it in-process. Any gRPC client talks
+to it (the tests use ``grpcio``'s, the benchmark h2load with raw frames).
 
 What Envoy gets back:
 
@@ -53,16 +54,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import redis.asyncio as aioredis
 from envoy.config.core.v3 import base_pb2
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import duration_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf.message import DecodeError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from apx.dataplane.common.grpchealth import NOT_SERVING, OVERALL, SERVING, HealthService
+from apx.dataplane.common.grpcserver import GrpcError, GrpcServer, GrpcStatus, Method, parse_listen
 from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.rulesets import RuleSetReader
 
@@ -83,6 +85,7 @@ from .metrics import RateLimitMetrics
 log = logging.getLogger(__name__)
 
 RLS_SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
+SHOULD_RATE_LIMIT = f"/{RLS_SERVICE_NAME}/ShouldRateLimit"
 FAILURE_MODES = ("envoy", "service")
 
 Response = rls_pb2.RateLimitResponse
@@ -170,8 +173,8 @@ def _product_of(request: Any) -> str | None:
     return None
 
 
-class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
-    """``ShouldRateLimit`` on top of a ``Limiter``."""
+class RateLimitService:
+    """``ShouldRateLimit`` on top of a ``Limiter``: serialised request in, serialised response out."""
 
     def __init__(self, limiter: Limiter, metrics: RateLimitMetrics, failure_mode: str = "envoy") -> None:
         if failure_mode not in FAILURE_MODES:
@@ -181,12 +184,23 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         self.failure_mode = failure_mode
         self.redis_ok = True
 
-    async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def should_rate_limit(self, message: bytes) -> bytes:
+        try:
+            request = rls_pb2.RateLimitRequest.FromString(message)
+        except DecodeError as exc:
+            self.metrics.failures.labels(
+                self.limiter.failure_mode(None), self.failure_mode, "bad_request"
+            ).inc()
+            raise GrpcError(GrpcStatus.INVALID_ARGUMENT, f"not a RateLimitRequest: {exc}") from exc
+        return bytes((await self.decide(request)).SerializeToString())
+
+    async def decide(self, request: Any) -> Any:
+        """The ``RateLimitResponse`` to Envoy's ``RateLimitRequest``; ``GrpcError`` when Envoy decides."""
         started = time.perf_counter()
         try:
             decision = await self.limiter.decide(to_limit_request(request))
         except LimiterError as exc:
-            return await self._cannot_decide(request, context, exc)
+            return self._cannot_decide(request, exc)
         finally:
             self.metrics.latency.observe(time.perf_counter() - started)
         if not self.redis_ok:
@@ -196,9 +210,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         )
         return to_response(request, decision)
 
-    async def _cannot_decide(
-        self, request: Any, context: grpc.aio.ServicerContext[Any, Any], exc: LimiterError
-    ) -> Any:
+    def _cannot_decide(self, request: Any, exc: LimiterError) -> Any:
         product = _product_of(request)
         mode = self.limiter.failure_mode(product)
         self.metrics.failures.labels(mode, self.failure_mode, exc.reason).inc()
@@ -209,12 +221,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         else:
             log.info("cannot judge a request: %s", exc, extra={"product": product, "reason": exc.reason})
         if self.failure_mode == "envoy":
-            code = (
-                grpc.StatusCode.INVALID_ARGUMENT
-                if isinstance(exc, BadRequest)
-                else grpc.StatusCode.UNAVAILABLE
-            )
-            await context.abort(code, str(exc))
+            code = GrpcStatus.INVALID_ARGUMENT if isinstance(exc, BadRequest) else GrpcStatus.UNAVAILABLE
+            raise GrpcError(code, str(exc))
         allowed = mode == "open"
         decision = Decision(
             allowed=allowed,
@@ -251,13 +259,13 @@ class RunningService:
     """A started service: its port, parts, and the way to stop it."""
 
     port: int
-    server: grpc.aio.Server
+    server: GrpcServer
     redis: aioredis.Redis
     pipe: PipelinedRedis
     reader: RuleSetReader
     limiter: Limiter
     service: RateLimitService
-    health: health.aio.HealthServicer
+    health: HealthService
     metrics: RateLimitMetrics
     settings: ServiceSettings
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -267,7 +275,7 @@ class RunningService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         await self.reader.close()
         await self.pipe.close()
@@ -300,17 +308,13 @@ async def start_service(
     reader = RuleSetReader(client, pointer_ttl=settings.pointer_ttl)
     limiter = Limiter(reader, pipe, clock_us=clock_us)
     service = RateLimitService(limiter, metrics, settings.failure_mode)
-    health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
-    await server.start()
-    await health_servicer.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+    health_service = HealthService()
+    server = GrpcServer({SHOULD_RATE_LIMIT: Method(service.should_rate_limit), **health_service.methods()})
+    host, requested_port = parse_listen(settings.listen)
+    port = await server.start(host, requested_port)
+    health_service.set(OVERALL, SERVING)
     running = RunningService(
-        port, server, client, pipe, reader, limiter, service, health_servicer, metrics, settings
+        port, server, client, pipe, reader, limiter, service, health_service, metrics, settings
     )
     running._tasks.append(asyncio.create_task(_watch_redis(running)))
     log.info(
@@ -322,8 +326,6 @@ async def start_service(
 
 async def _watch_redis(running: RunningService) -> None:
     """Keep the RLS health status and ``apx_ratelimit_redis_up`` in step with Redis."""
-    serving = health_pb2.HealthCheckResponse.SERVING
-    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     loads_seen = 0
     last: int | None = None
     while True:
@@ -333,9 +335,9 @@ async def _watch_redis(running: RunningService) -> None:
         except (RedisError, OSError):
             up = False
         running.service.set_redis(up)
-        status = serving if up else not_serving
+        status = SERVING if up else NOT_SERVING
         if status != last:
-            await running.health.set(RLS_SERVICE_NAME, status)
+            running.health.set(RLS_SERVICE_NAME, status)
             last = status
         loads = running.reader.version_loads
         if loads > loads_seen:

@@ -1,0 +1,307 @@
+"""The lean gRPC server (``apx.dataplane.common.grpcserver``) and its health service, against real clients.
+
+``grpcio``'s client (the C core, as any gRPC client would) checks answers,
+status codes and messages, gzip, big messages, cancellation, concurrency,
+server streaming and graceful stop; a raw socket checks what a client library
+would hide: flow control with a tiny window, PING, and that a peer breaking
+the protocol is disconnected while others keep being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import hpack
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from apx.dataplane.common.grpchealth import NOT_SERVING, SERVING, HealthService
+from apx.dataplane.common.grpcserver import GrpcError, GrpcServer, GrpcStatus, Method
+
+ECHO = "/test.Echo/Echo"
+SLOW = "/test.Echo/Slow"
+FAIL = "/test.Echo/Fail"
+BROKEN = "/test.Echo/Broken"
+COUNT = "/test.Echo/Count"
+
+
+class Handlers:
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def echo(self, message: bytes) -> bytes:
+        return message[::-1]
+
+    async def slow(self, message: bytes) -> bytes:
+        self.started += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return b"done:" + message
+
+    async def fail(self, message: bytes) -> bytes:
+        raise GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, message.decode())
+
+    async def broken(self, message: bytes) -> bytes:
+        raise KeyError("boom")
+
+    async def count(self, message: bytes) -> AsyncIterator[bytes]:
+        for index in range(int(message)):
+            yield b"%d" % index
+
+
+async def _serve(handlers: Handlers, health: HealthService | None = None) -> tuple[GrpcServer, int]:
+    methods = {
+        ECHO: Method(handlers.echo),
+        SLOW: Method(handlers.slow),
+        FAIL: Method(handlers.fail),
+        BROKEN: Method(handlers.broken),
+        COUNT: Method(handlers.count, streaming=True),
+    }
+    if health is not None:
+        methods.update(health.methods())
+    server = GrpcServer(methods)
+    return server, await server.start("127.0.0.1", 0)
+
+
+def _unary(channel: grpc.aio.Channel, path: str) -> Any:
+    return channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+@pytest.mark.asyncio
+async def test_calls_get_their_answers_status_codes_and_percent_encoded_messages() -> None:
+    handlers = Handlers()
+    server, port = await _serve(handlers)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await _unary(channel, ECHO)(b"hello", timeout=5) == b"olleh"
+            # Many calls at once on one connection, each with its own answer.
+            payloads = [b"call-%d" % i for i in range(500)]
+            answers = await asyncio.gather(*(_unary(channel, ECHO)(p, timeout=10) for p in payloads))
+            assert answers == [p[::-1] for p in payloads]
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await _unary(channel, FAIL)("quota % épuisé\n".encode(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == "quota % épuisé\n"
+
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await _unary(channel, "/test.Echo/Nope")(b"x", timeout=5)
+            assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "/test.Echo/Nope" in str(unknown.value.details())
+
+            with pytest.raises(grpc.aio.AioRpcError) as internal:
+                await _unary(channel, BROKEN)(b"x", timeout=5)
+            assert internal.value.code() == grpc.StatusCode.INTERNAL
+            assert "boom" in str(internal.value.details())
+
+            # The connection is still good after errors.
+            assert await _unary(channel, ECHO)(b"again", timeout=5) == b"niaga"
+    finally:
+        await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_gzip_and_messages_bigger_than_every_default_window_go_both_ways() -> None:
+    server, port = await _serve(Handlers())
+    try:
+        big = bytes(range(256)) * 8192  # 2 MiB: 32 times HTTP/2's default window, 128 frames
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await _unary(channel, ECHO)(big, timeout=20) == big[::-1]
+            compressed = await _unary(channel, ECHO)(
+                b"z" * 10_000, timeout=5, compression=grpc.Compression.Gzip
+            )
+            assert compressed == b"z" * 10_000
+    finally:
+        await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_call_cancels_its_handler() -> None:
+    handlers = Handlers()
+    server, port = await _serve(handlers)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = _unary(channel, SLOW)(b"x", timeout=10)
+            while handlers.started == 0:
+                await asyncio.sleep(0.01)
+            call.cancel()
+            await asyncio.wait_for(handlers.cancelled.wait(), 5)
+            # A deadline is a cancellation too, from the client's side.
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await _unary(channel, SLOW)(b"y", timeout=0.2)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_stop_finishes_calls_in_flight_and_refuses_new_ones() -> None:
+    handlers = Handlers()
+    server, port = await _serve(handlers)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        in_flight = asyncio.ensure_future(_unary(channel, SLOW)(b"x", timeout=10))
+        while handlers.started == 0:
+            await asyncio.sleep(0.01)
+        stopping = asyncio.ensure_future(server.stop(5))
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # waiting for the call in flight
+        handlers.release.set()
+        assert await in_flight == b"done:x"
+        await asyncio.wait_for(stopping, 5)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _unary(channel, ECHO)(b"x", timeout=2)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.asyncio
+async def test_server_streaming_and_the_health_service() -> None:
+    health = HealthService()
+    health.set("", SERVING)
+    health.set("svc", SERVING)
+    server, port = await _serve(Handlers(), health)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stream = channel.unary_stream(COUNT, request_serializer=None, response_deserializer=None)
+            assert [m async for m in stream(b"5", timeout=5)] == [b"0", b"1", b"2", b"3", b"4"]
+
+            stub = health_pb2_grpc.HealthStub(channel)
+            check = health_pb2.HealthCheckRequest
+            assert (await stub.Check(check(service=""), timeout=5)).status == SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await stub.Check(check(service="nope"), timeout=5)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+            watch = stub.Watch(check(service="svc"), timeout=10)
+            seen = [(await watch.read()).status]
+            health.set("svc", NOT_SERVING)
+            seen.append((await watch.read()).status)
+            health.enter_graceful_shutdown()
+            health.set("svc", SERVING)  # frozen: ignored
+            assert (await stub.Check(check(service=""), timeout=5)).status == NOT_SERVING
+            assert seen == [SERVING, NOT_SERVING]
+            watch.cancel()
+    finally:
+        await server.stop(1)
+
+
+# --- raw HTTP/2 -------------------------------------------------------------------------------------------
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">HBBBL", len(payload) >> 8, len(payload) & 0xFF, kind, flags, stream) + payload
+
+
+class RawClient:
+    """A blocking HTTP/2 client that shows every frame, run in a thread."""
+
+    def __init__(self, port: int, initial_window: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buffer = b""
+        self.decoder = hpack.Decoder()
+        encoder = hpack.Encoder()
+        self.block = encoder.encode(
+            [(":method", "POST"), (":scheme", "http"), (":path", ECHO), (":authority", "x"),
+             ("content-type", "application/grpc"), ("te", "trailers")]
+        )  # fmt: skip
+        settings = struct.pack(">HL", 0x4, initial_window)
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings))
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def call(self, stream: int, message: bytes) -> None:
+        body = b"\0" + struct.pack(">L", len(message)) + message
+        self.send(_frame(1, 0x4, stream, self.block) + _frame(0, 0x1, stream, body))
+
+    def frames_until(self, stop: Any, timeout: float = 2.0) -> list[tuple[int, int, int, bytes]]:
+        """Read frames until ``stop(frame)`` is true or nothing comes for ``timeout`` seconds."""
+        seen = []
+        self.sock.settimeout(timeout)
+        while True:
+            while len(self.buffer) >= 9:
+                high, low, kind, flags, stream = struct.unpack_from(">HBBBL", self.buffer)
+                end = 9 + ((high << 8) | low)
+                if len(self.buffer) < end:
+                    break
+                payload, self.buffer = self.buffer[9:end], self.buffer[end:]
+                item = (kind, flags, stream, payload)
+                seen.append(item)
+                if stop(item):
+                    return seen
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return seen
+            if not data:
+                return seen
+            self.buffer += data
+
+
+@pytest.mark.asyncio
+async def test_answers_wait_for_the_clients_flow_control_window() -> None:
+    server, port = await _serve(Handlers())
+    try:
+        client = await asyncio.to_thread(RawClient, port, 10)
+        await asyncio.to_thread(client.call, 1, b"0123456789" * 3)  # 30 bytes back, + 5 of prefix
+        frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 0, 2.0)
+        data = [f for f in frames if f[0] == 0]
+        assert [len(f[3]) for f in data] == [10]  # exactly the window, then it waits
+        more = await asyncio.to_thread(client.frames_until, lambda f: False, 0.3)
+        assert not [f for f in more if f[0] in (0, 1) and f[2] == 1]
+        # PING is answered while the stream waits.
+        await asyncio.to_thread(client.send, _frame(6, 0, 0, b"12345678"))
+        pong = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 6)
+        assert pong[-1][:2] == (6, 0x1) and pong[-1][3] == b"12345678"
+        await asyncio.to_thread(client.send, _frame(8, 0, 1, struct.pack(">L", 100)))
+        rest = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 1 and f[1] & 0x1)
+        body = data[0][3] + b"".join(f[3] for f in rest if f[0] == 0)
+        assert body == b"\0" + struct.pack(">L", 30) + (b"0123456789" * 3)[::-1]
+        trailers = client.decoder.decode([f for f in rest if f[0] == 1][-1][3])
+        assert ("grpc-status", "0") in trailers
+    finally:
+        await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_a_peer_breaking_the_protocol_is_disconnected_and_others_are_still_served() -> None:
+    server, port = await _serve(Handlers())
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)  # read to EOF: the server closed it
+        assert answer  # SETTINGS then GOAWAY
+        writer.close()
+
+        client = await asyncio.to_thread(RawClient, port, 65535)
+        await asyncio.to_thread(client.send, _frame(0, 0x1, 2, b"x"))  # DATA on an even, idle stream
+        frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 7)
+        assert frames[-1][0] == 7 and struct.unpack(">L", frames[-1][3][4:8])[0] == 0x1  # PROTOCOL_ERROR
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await _unary(channel, ECHO)(b"ok", timeout=5) == b"ko"
+    finally:
+        await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_a_header_block_without_end_is_refused_before_it_grows_past_the_limit() -> None:
+    server, port = await _serve(Handlers())
+    try:
+        client = await asyncio.to_thread(RawClient, port, 65535)
+        flood = _frame(1, 0, 1, client.block) + _frame(9, 0, 1, b"\x00" * 8192) * 4  # no END_HEADERS
+        await asyncio.to_thread(client.send, flood)
+        frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 7)
+        assert frames and frames[-1][0] == 7  # GOAWAY
+        assert b"header block" in frames[-1][3][8:]
+    finally:
+        await server.stop(1)
