@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from prometheus_client import start_http_server
 
+from apx.dataplane.common.heap import freeze_startup_heap
 from apx.dataplane.common.jsonlog import configure_logging, env_flag
 from apx.dataplane.common.shutdown import stop_event
 
@@ -142,6 +143,7 @@ async def run(settings: ServiceSettings, metrics_port: int) -> int:
     except (OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    log.info("startup heap frozen", extra={"objects": freeze_startup_heap()})
     await stopping.wait()
     await running.stop()
     log.info("stopped")

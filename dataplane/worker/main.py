@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from apx.dataplane.common import eventloop, redisconn
+from apx.dataplane.common.heap import freeze_startup_heap
 from apx.dataplane.common.jsonlog import configure_logging
 from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.probes import probes_app, start_site
@@ -56,6 +57,7 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     try:
         await processor.start()
         log.info("started", extra={"route": config.route, "track": config.track, "pool": config.pool})
+        log.info("startup heap frozen", extra={"objects": freeze_startup_heap()})
         await stop.wait()
         await processor.drain()
     finally:
