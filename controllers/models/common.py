@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -83,6 +84,24 @@ def cel(rule: str, message: str, field_path: str | None = None, reason: str | No
 def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
     """``json_schema_extra`` carrying CEL rules for the CRD generator."""
     return {"x-kubernetes-validations": list(rules)}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def shared_default(model: type[M], **values: Any) -> Callable[[], M]:
+    """A ``default_factory`` giving every object one shared instance of a frozen ``model``.
+
+    A plain model class as factory runs that model's validation for every
+    object that omits the field (34,000 times when translating 10,000
+    Routes); the models are immutable, so one instance serves them all. A
+    factory rather than ``default=`` keeps the value out of the CRD schema,
+    where the API server would start writing it into stored objects.
+    """
+    if not model.model_config.get("frozen"):
+        raise TypeError(f"{model.__name__} is mutable; a shared default would leak changes between objects")
+    instance = model(**values)
+    return lambda: instance
 
 
 class ApxModel(BaseModel):

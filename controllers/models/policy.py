@@ -28,6 +28,7 @@ from .common import (
     SemVer,
     cel,
     cel_rules,
+    shared_default,
 )
 
 Compat = Literal["backward", "breaking"]
@@ -153,8 +154,8 @@ class HeaderTransform(ApxModel):
 class Headers(ApxModel):
     """Request and response header transforms."""
 
-    request: HeaderTransform = Field(default_factory=HeaderTransform)
-    response: HeaderTransform = Field(default_factory=HeaderTransform)
+    request: HeaderTransform = Field(default_factory=shared_default(HeaderTransform))
+    response: HeaderTransform = Field(default_factory=shared_default(HeaderTransform))
 
 
 def _default_cors_methods() -> list[HttpMethod]:
@@ -229,15 +230,17 @@ class PolicyBundleSpec(ApxModel):
         ),
     )
     auth: Auth = Field(description="Authentication.")
-    authz: Authz = Field(default_factory=Authz, description="Authorization rules.")
-    headers: Headers = Field(default_factory=Headers, description="Header transforms.")
+    authz: Authz = Field(default_factory=shared_default(Authz), description="Authorization rules.")
+    headers: Headers = Field(default_factory=shared_default(Headers), description="Header transforms.")
     cors: Cors | None = Field(default=None, description="CORS; omit to disable.")
     ip_allowlist: list[Annotated[str, Field(pattern=CIDR_PATTERN, max_length=64)]] = Field(
         default_factory=list, max_length=256, description="Client CIDRs allowed; empty allows all."
     )
-    rate_limit: RateLimitPolicy = Field(default_factory=RateLimitPolicy, description="Rate-limit behaviour.")
+    rate_limit: RateLimitPolicy = Field(
+        default_factory=shared_default(RateLimitPolicy), description="Rate-limit behaviour."
+    )
     observability: PolicyObservability = Field(
-        default_factory=PolicyObservability, description="Tracing, PII, labels."
+        default_factory=shared_default(PolicyObservability), description="Tracing, PII, labels."
     )
     rollout_window: Duration = Field(
         default="24h",

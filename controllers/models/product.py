@@ -19,6 +19,7 @@ from .common import (
     DeletionPolicy,
     cel,
     cel_rules,
+    shared_default,
 )
 
 Tier = Literal["free", "pro", "enterprise", "internal"]
@@ -224,7 +225,7 @@ class ProductSpec(ApxModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["id"]},
     )
     observability: ProductObservability = Field(
-        default_factory=ProductObservability, description="Logging of requests."
+        default_factory=shared_default(ProductObservability), description="Logging of requests."
     )
     deletion_policy: DeletionPolicy = Field(
         default="Retain",

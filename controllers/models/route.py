@@ -27,6 +27,7 @@ from .common import (
     cel,
     cel_rules,
     duration_ms,
+    shared_default,
 )
 
 RouteMode = Literal["sync", "async"]
@@ -168,9 +169,11 @@ class Resources(ApxModel):
     """Container resource requests and limits."""
 
     requests: ResourceList = Field(
-        default_factory=lambda: ResourceList(cpu="100m", memory="128Mi"), description="Requests."
+        default_factory=shared_default(ResourceList, cpu="100m", memory="128Mi"), description="Requests."
     )
-    limits: ResourceList = Field(default_factory=lambda: ResourceList(memory="256Mi"), description="Limits.")
+    limits: ResourceList = Field(
+        default_factory=shared_default(ResourceList, memory="256Mi"), description="Limits."
+    )
 
 
 class Worker(ApxModel):
@@ -180,7 +183,9 @@ class Worker(ApxModel):
         description="Container image."
     )
     replicas: int = Field(default=2, ge=0, le=500, description="Worker replicas (stable track).")
-    resources: Resources = Field(default_factory=Resources, description="Container resources.")
+    resources: Resources = Field(
+        default_factory=shared_default(Resources), description="Container resources."
+    )
     max_outstanding_messages: int = Field(
         default=100, ge=1, le=10_000, description="Flow control: messages a replica holds at once."
     )
@@ -222,7 +227,9 @@ class Retries(ApxModel):
     retriable_status_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
         default_factory=list, description="Status codes retried when retryOn has `retriable-status-codes`."
     )
-    backoff: RetryBackoff = Field(default_factory=RetryBackoff, description="Back-off between retries.")
+    backoff: RetryBackoff = Field(
+        default_factory=shared_default(RetryBackoff), description="Back-off between retries."
+    )
 
 
 class AsyncDelivery(ApxModel):
@@ -350,8 +357,12 @@ class Canary(ApxModel):
         description="Canary traffic weights in percent, strictly increasing, each at most 100.",
     )
     interval: Duration = Field(default="1m", description="Time between analysis checks / steps.")
-    analysis: Analysis = Field(default_factory=Analysis, description="Promotion and rollback criteria.")
-    stickiness: Stickiness = Field(default_factory=Stickiness, description="Tenant stickiness.")
+    analysis: Analysis = Field(
+        default_factory=shared_default(Analysis), description="Promotion and rollback criteria."
+    )
+    stickiness: Stickiness = Field(
+        default_factory=shared_default(Stickiness), description="Tenant stickiness."
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> Canary:
@@ -393,9 +404,11 @@ class RouteSpec(ApxModel):
     timeout: Duration = Field(
         default="30s", description="Request timeout (sync) or upstream call timeout (async)."
     )
-    retries: Retries = Field(default_factory=Retries, description="Retry policy for sync routes.")
+    retries: Retries = Field(
+        default_factory=shared_default(Retries), description="Retry policy for sync routes."
+    )
     async_: AsyncDelivery = Field(
-        default_factory=AsyncDelivery,
+        default_factory=shared_default(AsyncDelivery),
         alias="async",
         description="Pub/Sub delivery settings for async routes.",
     )

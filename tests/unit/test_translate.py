@@ -7,8 +7,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from pydantic import BaseModel, ValidationError
 
+from apx.controllers.models.common import shared_default
+from apx.controllers.models.resources import Route
 from apx.controllers.models.route import CanaryStatus
 from apx.controllers.status import build_conditions
 from apx.controllers.translate import canary_revision, translate
@@ -200,3 +204,19 @@ def test_status_the_operator_wrote_changes_nothing_even_when_malformed() -> None
     assert busy.statuses == plain.statuses
     charges = next(r for r in busy.ir.routes if r.key == "default/payments-charges")
     assert charges.canary is not None and charges.canary.weight == 25
+
+
+def test_omitted_nested_settings_share_one_frozen_default_and_mutable_models_cannot() -> None:
+    documents = _samples()
+    routes = [doc for doc in documents if doc["kind"] == "Route" and "retries" not in doc["spec"]]
+    first, second = (Route.model_validate(doc) for doc in routes[:2])
+    # One instance, not one validation per object; safe because it cannot change.
+    assert first.spec.retries is second.spec.retries
+    with pytest.raises(ValidationError):
+        first.spec.retries.attempts = 9  # type: ignore[misc]
+
+    class Mutable(BaseModel):
+        value: int = 0
+
+    with pytest.raises(TypeError, match="mutable"):
+        shared_default(Mutable)
