@@ -273,8 +273,8 @@ class _Connection(asyncio.Protocol):
         for stream in self.streams.values():
             if stream.task is not None and not stream.task.done():
                 stream.task.cancel()
+        self.server._streams_ended(len(self.streams))
         self.streams.clear()
-        self.server._stream_ended()
 
     def pause_writing(self) -> None:
         # A peer that does not read its answers gets no more calls read from it until it does.
@@ -322,7 +322,7 @@ class _Connection(asyncio.Protocol):
                 self.blocked.pop(stream_id, None)
                 if stream.task is not None and not stream.task.done():
                     stream.task.cancel()
-                self.server._stream_ended()
+                self.server._streams_ended(1)
         elif frame_type == GOAWAY:
             # The peer opens no more streams; answer those it has, then let it close.
             self.going_away = True
@@ -567,7 +567,7 @@ class _Connection(asyncio.Protocol):
 
     def _stream_done(self, stream: _Stream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
-            self.server._stream_ended()
+            self.server._streams_ended(1)
         if self.going_away and not self.streams:
             self._close_soon()
 
@@ -703,13 +703,19 @@ class GrpcServer:
     def connections(self) -> int:
         return len(self._connections)
 
+    @property
+    def in_flight(self) -> int:
+        """Calls received and not yet answered, reset or lost with their connection."""
+        return self._in_flight
+
     def _stream_started(self) -> None:
         self._in_flight += 1
         self._idle.clear()
 
-    def _stream_ended(self) -> None:
-        self._in_flight = sum(len(c.streams) for c in self._connections)
-        if self._in_flight == 0:
+    def _streams_ended(self, count: int) -> None:
+        self._in_flight -= count
+        if self._in_flight <= 0:
+            self._in_flight = 0
             self._idle.set()
 
     async def stop(self, grace: float) -> None:

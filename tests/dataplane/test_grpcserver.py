@@ -106,6 +106,7 @@ async def test_calls_get_their_answers_status_codes_and_percent_encoded_messages
 
             # The connection is still good after errors.
             assert await _unary(channel, ECHO)(b"again", timeout=5) == b"niaga"
+        assert server.in_flight == 0
     finally:
         await server.stop(1)
 
@@ -134,8 +135,10 @@ async def test_a_cancelled_call_cancels_its_handler() -> None:
             call = _unary(channel, SLOW)(b"x", timeout=10)
             while handlers.started == 0:
                 await asyncio.sleep(0.01)
+            assert server.in_flight == 1
             call.cancel()
             await asyncio.wait_for(handlers.cancelled.wait(), 5)
+            assert server.in_flight == 0
             # A deadline is a cancellation too, from the client's side.
             with pytest.raises(grpc.aio.AioRpcError) as late:
                 await _unary(channel, SLOW)(b"y", timeout=0.2)
@@ -303,5 +306,32 @@ async def test_a_header_block_without_end_is_refused_before_it_grows_past_the_li
         frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 7)
         assert frames and frames[-1][0] == 7  # GOAWAY
         assert b"header block" in frames[-1][3][8:]
+    finally:
+        await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_a_lost_connection_cancels_its_calls_and_frees_their_slots() -> None:
+    handlers = Handlers()
+    server = GrpcServer({SLOW: Method(handlers.slow)})
+    port = await server.start("127.0.0.1", 0)
+    try:
+        client = await asyncio.to_thread(RawClient, port, 65535)
+        client.block = hpack.Encoder().encode(
+            [(":method", "POST"), (":scheme", "http"), (":path", SLOW), (":authority", "x"),
+             ("content-type", "application/grpc"), ("te", "trailers")]
+        )  # fmt: skip
+        for stream in (1, 3, 5):
+            await asyncio.to_thread(client.call, stream, b"x")
+        while handlers.started < 3:
+            await asyncio.sleep(0.01)
+        assert server.in_flight == 3
+        client.sock.close()
+        await asyncio.wait_for(handlers.cancelled.wait(), 5)
+        for _ in range(100):
+            if server.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.in_flight == 0 and server.connections == 0
     finally:
         await server.stop(1)
