@@ -140,7 +140,7 @@ async def run(settings: ServiceSettings, metrics_port: int) -> int:
         start_http_server(metrics_port, registry=metrics.registry)
     try:
         running = await start_service(settings, metrics=metrics)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # port taken, bad --listen
         log.error("cannot start: %s", exc)
         return 1
     log.info("startup heap frozen", extra={"objects": freeze_startup_heap()})

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -462,6 +463,25 @@ def test_console_script_has_help() -> None:
         check=True,
     )
     assert "--redis-url" in out.stdout and "APX_REDIS_URL" in out.stdout
+
+
+def test_console_script_exits_with_a_clear_error_when_it_cannot_listen() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        for listen in (f"127.0.0.1:{taken.getsockname()[1]}", "no-port-here"):
+            result = subprocess.run(
+                [sys.executable, "-m", "apx.dataplane.ratelimit", "--listen", listen, "--metrics-port", "0"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 1, result.stderr
+            messages = [json.loads(line)["message"] for line in result.stderr.splitlines() if line.strip()]
+            assert any(m.startswith("cannot start") for m in messages), messages
+    finally:
+        taken.close()
 
 
 @pytest.mark.asyncio
