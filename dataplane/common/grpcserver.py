@@ -197,7 +197,7 @@ class _Connection(asyncio.Protocol):
         self.preface_seen = False
         self.decoder = hpack.Decoder()
         self.decoded_blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
-        self.table_mark: tuple[int, object] = (0, None)
+        self.table_mark = self._table_state()
         self.streams: dict[int, _Stream] = {}
         self.last_stream_id = 0
         self.header_block: list[bytes] = []
@@ -350,11 +350,11 @@ class _Connection(asyncio.Protocol):
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         # Envoy sends the same few headers on every call; after the first, the block is a handful
-        # of dynamic-table references. Decoding it again would give the same list as long as the
-        # table has not changed, so blocks are cached until a block changes the table.
-        table = self.decoder.header_table.dynamic_entries
-        mark = (len(table), table[0] if table else None)
-        if mark[0] != self.table_mark[0] or mark[1] is not self.table_mark[1]:
+        # of dynamic-table references. Decoding it again gives the same list as long as the table
+        # is as it was, so a block that left the table unchanged (entries and size limit) is
+        # cached, and the cache is dropped whenever a block changes the table.
+        mark = self._table_state()
+        if not self._same_table(mark, self.table_mark):
             self.decoded_blocks.clear()
             self.table_mark = mark
         cached = self.decoded_blocks.get(block)
@@ -365,11 +365,23 @@ class _Connection(asyncio.Protocol):
             headers = cast(list[tuple[bytes, bytes]], self.decoder.decode(block, raw=True))
         except HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"bad header block: {exc}") from exc
-        table = self.decoder.header_table.dynamic_entries
-        after = (len(table), table[0] if table else None)
-        if after[0] == mark[0] and after[1] is mark[1] and len(self.decoded_blocks) < 64:
+        if self._same_table(self._table_state(), mark) and len(self.decoded_blocks) < 64:
             self.decoded_blocks[block] = headers
         return headers
+
+    def _table_state(self) -> tuple[int, int, object]:
+        """The dynamic table's size limit, length and newest entry.
+
+        Every insertion makes a new entry object, so the newest entry compared by identity (held
+        here, so its identity cannot be reused) tells whether anything was inserted.
+        """
+        table = self.decoder.header_table
+        entries = table.dynamic_entries
+        return (table.maxsize, len(entries), entries[0] if entries else None)
+
+    @staticmethod
+    def _same_table(a: tuple[int, int, object], b: tuple[int, int, object]) -> bool:
+        return a[0] == b[0] and a[1] == b[1] and a[2] is b[2]
 
     def _header_block_done(self) -> None:
         stream_id = self.header_stream

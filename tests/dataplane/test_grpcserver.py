@@ -335,3 +335,65 @@ async def test_a_lost_connection_cancels_its_calls_and_frees_their_slots() -> No
         assert server.in_flight == 0 and server.connections == 0
     finally:
         await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_between_them() -> None:
+    server, port = await _serve(Handlers())
+    try:
+        client = await asyncio.to_thread(RawClient, port, 65535)
+        encoder = hpack.Encoder()
+        reference = hpack.Decoder()  # what the server's decoder must agree with, block by block
+
+        def headers(path: str, extra: str) -> list[tuple[str, str]]:
+            return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
+                    ("content-type", "application/grpc"), ("te", "trailers"), ("x-call", extra)]  # fmt: skip
+
+        echo_indexed = b""
+        blocks: list[bytes] = []
+        blocks.append(encoder.encode(headers(ECHO, "a")))  # inserts into the table
+        echo_indexed = encoder.encode(headers(ECHO, "a"))  # only references now
+        blocks += [echo_indexed, echo_indexed]  # the second is served from the cache
+        blocks.append(encoder.encode(headers(FAIL, "b")))  # inserts: every index above shifts
+        blocks.append(echo_indexed)  # same bytes, different meaning now
+        encoder.header_table_size = 64  # a size update evicts most of the table
+        blocks.append(encoder.encode(headers(ECHO, "c")))
+        encoder.header_table_size = 4096
+        blocks.append(encoder.encode(headers(FAIL, "d")))
+        blocks.append(encoder.encode(headers(ECHO, "e")))
+
+        # A full table (room for two paths): an insertion evicts one, so the length stays the same and
+        # only which entry is newest tells the change. Written by hand: ":method POST", ":scheme http"
+        # from the static table; 0x44 = a literal ":path" added to the table; 0xbe = the newest entry.
+        def insert_path(path: str) -> bytes:
+            return b"\x83\x86\x44" + bytes([len(path)]) + path.encode()
+
+        newest_path = b"\x83\x86\xbe"
+        blocks.append(b"\x3f\x49" + insert_path(ECHO))  # table size 104: two 52-byte path entries
+        blocks += [newest_path, newest_path]
+        blocks.append(insert_path(FAIL))
+        blocks += [newest_path, newest_path]
+        blocks.append(insert_path(ECHO))  # evicts the first ECHO: same length, new newest entry
+        blocks.append(newest_path)
+
+        expected = []
+        for block in blocks:
+            decoded = dict(reference.decode(block))
+            expected.append(decoded.get(":path", ""))
+        assert expected[4] != ECHO  # the replayed block really means something else by then
+        assert expected[-8:] == [ECHO, ECHO, ECHO, FAIL, FAIL, FAIL, ECHO, ECHO]
+
+        outcomes = []
+        for index, block in enumerate(blocks):
+            stream = 1 + 2 * index
+            body = b"\0" + struct.pack(">L", 2) + b"hi"
+            await asyncio.to_thread(client.send, _frame(1, 0x4, stream, block) + _frame(0, 0x1, stream, body))
+            frames = await asyncio.to_thread(
+                client.frames_until, lambda f, s=stream: f[0] == 1 and f[2] == s and bool(f[1] & 0x1)
+            )
+            trailers = dict(client.decoder.decode(frames[-1][3]))
+            outcomes.append(trailers["grpc-status"])
+        status_for = {ECHO: "0", FAIL: str(GrpcStatus.RESOURCE_EXHAUSTED)}
+        assert outcomes == [status_for.get(path, str(GrpcStatus.UNIMPLEMENTED)) for path in expected]
+    finally:
+        await server.stop(1)
