@@ -53,6 +53,16 @@ class RateLimitMetrics:
             "Rule-set versions the service switched to (hot reloads, first loads included).",
             registry=self.registry,
         )
+        self.connections = Gauge(
+            "apx_ratelimit_grpc_connections",
+            "HTTP/2 connections open to the service (Envoy opens one per worker thread).",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "apx_ratelimit_grpc_calls_in_flight",
+            "Calls received and not yet answered.",
+            registry=self.registry,
+        )
         self._decision_children: dict[tuple[str, str, str, str], Counter] = {}
 
     def decided(self, domain: str, tier: str, code: str, limit: str) -> None:

@@ -312,6 +312,9 @@ async def start_service(
     server = GrpcServer({SHOULD_RATE_LIMIT: Method(service.should_rate_limit), **health_service.methods()})
     host, requested_port = parse_listen(settings.listen)
     port = await server.start(host, requested_port)
+    # Read at scrape time: nothing to update per call.
+    metrics.connections.set_function(lambda: server.connections)
+    metrics.in_flight.set_function(lambda: server.in_flight)
     health_service.set(OVERALL, SERVING)
     running = RunningService(
         port, server, client, pipe, reader, limiter, service, health_service, metrics, settings

@@ -90,6 +90,8 @@ async def test_listed_tenant_rule_then_claimed_plan_then_default_plan(
             )
             == 9
         )  # 3 + 2 + 3 + 1
+        assert rls.metric("apx_ratelimit_grpc_connections") == 1  # the test's one channel
+        assert rls.metric("apx_ratelimit_grpc_calls_in_flight") == 0
 
 
 @pytest.mark.asyncio
