@@ -173,7 +173,17 @@ class Method:
 
 
 class _Stream:
-    __slots__ = ("body", "closed", "encoding", "method", "received", "send_window", "stream_id", "task")
+    __slots__ = (
+        "body",
+        "closed",
+        "encoding",
+        "method",
+        "received",
+        "remote_done",
+        "send_window",
+        "stream_id",
+        "task",
+    )
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.stream_id = stream_id
@@ -184,6 +194,7 @@ class _Stream:
         self.send_window = send_window
         self.task: asyncio.Future[Any] | None = None
         self.closed = False
+        self.remote_done = False  # END_STREAM received: the client has sent everything
 
 
 class _Connection(asyncio.Protocol):
@@ -256,10 +267,10 @@ class _Connection(asyncio.Protocol):
             while size - position >= 9:
                 high, low, frame_type, flags, stream_id = unpack(buffer, position)
                 length = (high << 8) | low
+                if length > OUR_MAX_FRAME_SIZE:
+                    raise _ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
                 end = position + 9 + length
                 if end > size:
-                    if length > OUR_MAX_FRAME_SIZE:
-                        raise _ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
                     break
                 self._frame_received(frame_type, flags, stream_id & 0x7FFFFFFF, buffer[position + 9 : end])
                 position = end
@@ -396,7 +407,7 @@ class _Connection(asyncio.Protocol):
                 self._request_complete(stream)
             return
         if stream_id <= self.last_stream_id:
-            raise _ConnectionError(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+            return  # trailers of a call already answered (and reset): decoded for the table, dropped
         self.last_stream_id = stream_id
         if self.going_away or self.server._stopping:
             self._send(_frame(RST_STREAM, 0, stream_id, struct.pack(">L", REFUSED_STREAM)))
@@ -485,6 +496,7 @@ class _Connection(asyncio.Protocol):
     # --- calls -------------------------------------------------------------------------------------------
 
     def _request_complete(self, stream: _Stream) -> None:
+        stream.remote_done = True
         if stream.task is not None or stream.closed:
             return
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
@@ -576,6 +588,10 @@ class _Connection(asyncio.Protocol):
         else:
             self._send(frame)
             self._stream_done(stream)
+        if not stream.remote_done and stream.stream_id not in self.blocked:
+            # Answered before the client finished sending (unknown method, message too large):
+            # tell it to stop, as RFC 9113 §8.1 asks.
+            self._send(_frame(RST_STREAM, 0, stream.stream_id, struct.pack(">L", NO_ERROR)))
 
     def _stream_done(self, stream: _Stream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:

@@ -290,6 +290,12 @@ async def test_a_peer_breaking_the_protocol_is_disconnected_and_others_are_still
         frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 7)
         assert frames[-1][0] == 7 and struct.unpack(">L", frames[-1][3][4:8])[0] == 0x1  # PROTOCOL_ERROR
 
+        # A frame above the advertised SETTINGS_MAX_FRAME_SIZE, even one that arrives whole.
+        client = await asyncio.to_thread(RawClient, port, 65535)
+        await asyncio.to_thread(client.send, _frame(0, 0, 1, b"x" * 16_385))
+        frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 7)
+        assert frames[-1][0] == 7 and struct.unpack(">L", frames[-1][3][4:8])[0] == 0x6  # FRAME_SIZE_ERROR
+
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await _unary(channel, ECHO)(b"ok", timeout=5) == b"ko"
     finally:
@@ -395,5 +401,32 @@ async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_b
             outcomes.append(trailers["grpc-status"])
         status_for = {ECHO: "0", FAIL: str(GrpcStatus.RESOURCE_EXHAUSTED)}
         assert outcomes == [status_for.get(path, str(GrpcStatus.UNIMPLEMENTED)) for path in expected]
+    finally:
+        await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_a_call_answered_before_its_body_ends_is_reset_and_its_late_frames_do_no_harm() -> None:
+    server, port = await _serve(Handlers())
+    try:
+        client = await asyncio.to_thread(RawClient, port, 65535)
+        unknown = hpack.Encoder().encode(
+            [(":method", "POST"), (":scheme", "http"), (":path", "/test.Echo/Nope"), (":authority", "x"),
+             ("content-type", "application/grpc"), ("te", "trailers")]
+        )  # fmt: skip
+        # Headers only: the server knows at once the method does not exist.
+        await asyncio.to_thread(client.send, _frame(1, 0x4, 1, unknown))
+        frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 3 and f[2] == 1)
+        answer = [f for f in frames if f[2] == 1]
+        assert [f[0] for f in answer] == [1, 3]  # trailers-only answer, then RST_STREAM
+        assert struct.unpack(">L", answer[1][3])[0] == 0  # NO_ERROR: "stop sending, all is said"
+        assert ("grpc-status", "12") in client.decoder.decode(answer[0][3])
+        # The client's body and trailers were already on the way: dropped, the connection lives on.
+        body = b"\0" + struct.pack(">L", 1) + b"x"
+        await asyncio.to_thread(client.send, _frame(0, 0, 1, body) + _frame(1, 0x5, 1, b"\x88"))
+        await asyncio.to_thread(client.call, 3, b"abc")
+        frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 1 and f[2] == 3 and f[1] & 1)
+        assert not [f for f in frames if f[0] == 7]  # no GOAWAY
+        assert [f[3][5:] for f in frames if f[0] == 0 and f[2] == 3] == [b"cba"]
     finally:
         await server.stop(1)
