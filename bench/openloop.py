@@ -36,19 +36,23 @@ from pathlib import Path
 
 import hpack
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
-END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
-HEADER = struct.Struct(">HBBBL")
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return HEADER.pack(len(payload) >> 8, len(payload) & 0xFF, kind, flags, stream) + payload
-
-
-def literal(name: bytes, value: bytes) -> bytes:
-    assert len(name) < 127 and len(value) < 127
-    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+# The service's own HTTP/2 framing; what this client sends is plain RFC 9113 either way.
+from apx.dataplane.common.grpcserver import (
+    ACK,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    PING,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+    literal_field,
+)
 
 
 class Connection:
@@ -57,7 +61,7 @@ class Connection:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
         self.block = b"".join(
-            literal(n, v)
+            literal_field(n, v)
             for n, v in (
                 (b":method", b"POST"),
                 (b":scheme", b"http"),
@@ -111,7 +115,7 @@ class Connection:
             self.buffer += data
         buffer, position = self.buffer, 0
         while len(buffer) - position >= 9:
-            high, low, kind, flags, stream = HEADER.unpack_from(buffer, position)
+            high, low, kind, flags, stream = FRAME_HEADER.unpack_from(buffer, position)
             end = position + 9 + ((high << 8) | low)
             if end > len(buffer):
                 break

@@ -3,7 +3,11 @@
 Called by ``apx.operator.main`` once at startup (``tune_process``) and by the
 reconciler around every pass (``HeapKeeper``) and after it
 (``release_free_memory``). The emulated API's server process settles its
-heap with ``HeapKeeper`` too.
+heap with ``HeapKeeper`` too, and the dataplane services (``apx-ratelimit``,
+``apx-gateway``, ``apx-worker``) settle theirs once when they are up: before,
+a full collection walked everything startup built (modules, protobuf
+descriptors, clients) and stopped the rate-limit service's loop for 17-20 ms
+every few seconds under load.
 
 Why each knob:
 

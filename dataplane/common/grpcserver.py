@@ -45,17 +45,15 @@ import logging
 import struct
 import urllib.parse
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import hpack
 from hpack.exceptions import HPACKError
+from hpack.hpack import encode_integer
 
 log = logging.getLogger(__name__)
-
-UnaryHandler = Callable[[bytes], Awaitable[bytes]]
-StreamHandler = Callable[[bytes], AsyncIterator[bytes]]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -70,7 +68,6 @@ PADDED = 0x8
 PRIORITY_FLAG = 0x20
 
 # Settings identifiers.
-SETTINGS_HEADER_TABLE_SIZE = 0x1
 SETTINGS_ENABLE_PUSH = 0x2
 SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
@@ -80,19 +77,16 @@ SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 # Error codes.
 NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
 FLOW_CONTROL_ERROR = 0x3
-STREAM_CLOSED = 0x5
 FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
-CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
 
 DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
 OUR_MAX_FRAME_SIZE = 16_384  # the protocol's default, which every peer accepts
 
-_FRAME_HEADER = struct.Struct(">HBBBL")
+FRAME_HEADER = struct.Struct(">HBBBL")
 _MESSAGE_PREFIX = struct.Struct(">BL")
 
 
@@ -127,41 +121,28 @@ class _ConnectionError(Exception):
         self.code = code
 
 
-def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
+def literal_field(name: bytes, value: bytes) -> bytes:
     """A header field as a literal without indexing and with a literal name (no decoder state needed)."""
-    return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+    return b"\x00" + bytes(encode_integer(len(name), 7)) + name + bytes(encode_integer(len(value), 7)) + value
 
 
 _STATUS_200 = b"\x88"  # static table entry 8, ":status: 200"
-RESPONSE_HEADERS = _STATUS_200 + _literal(b"content-type", b"application/grpc")
-OK_TRAILERS = _literal(b"grpc-status", b"0")
+RESPONSE_HEADERS = _STATUS_200 + literal_field(b"content-type", b"application/grpc")
+OK_TRAILERS = literal_field(b"grpc-status", b"0")
 
 
 def _error_fields(code: int, message: str) -> bytes:
-    fields = _literal(b"grpc-status", b"%d" % code)
+    fields = literal_field(b"grpc-status", b"%d" % code)
     if message:
         # The gRPC spec percent-encodes grpc-message (everything outside printable ASCII, and '%').
         quoted = urllib.parse.quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
-        fields += _literal(b"grpc-message", quoted.encode("ascii"))
+        fields += literal_field(b"grpc-message", quoted.encode("ascii"))
     return fields
 
 
-def _frame(frame_type: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def frame(frame_type: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     length = len(payload)
-    return _FRAME_HEADER.pack(length >> 8, length & 0xFF, frame_type, flags, stream_id) + payload
+    return FRAME_HEADER.pack(length >> 8, length & 0xFF, frame_type, flags, stream_id) + payload
 
 
 @dataclass(frozen=True)
@@ -242,10 +223,10 @@ class _Connection(asyncio.Protocol):
             SETTINGS_MAX_HEADER_LIST_SIZE,
             self.server.max_header_list_bytes,
         )
-        self._send(_frame(SETTINGS, 0, 0, settings))
+        self._send(frame(SETTINGS, 0, 0, settings))
         # The connection window starts at 64 KiB whatever the settings say; open it wide at once.
         self._send(
-            _frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.server.connection_window - DEFAULT_WINDOW))
+            frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.server.connection_window - DEFAULT_WINDOW))
         )
 
     def data_received(self, data: bytes) -> None:
@@ -263,7 +244,7 @@ class _Connection(asyncio.Protocol):
                 buffer = buffer[len(PREFACE) :]
             position = 0
             size = len(buffer)
-            unpack = _FRAME_HEADER.unpack_from
+            unpack = FRAME_HEADER.unpack_from
             while size - position >= 9:
                 high, low, frame_type, flags, stream_id = unpack(buffer, position)
                 length = (high << 8) | low
@@ -325,7 +306,7 @@ class _Connection(asyncio.Protocol):
             if len(payload) != 8:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "PING must carry 8 bytes")
             if not flags & ACK:
-                self._send(_frame(PING, ACK, 0, payload))
+                self._send(frame(PING, ACK, 0, payload))
         elif frame_type == RST_STREAM:
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
@@ -410,10 +391,10 @@ class _Connection(asyncio.Protocol):
             return  # trailers of a call already answered (and reset): decoded for the table, dropped
         self.last_stream_id = stream_id
         if self.going_away or self.server._stopping:
-            self._send(_frame(RST_STREAM, 0, stream_id, struct.pack(">L", REFUSED_STREAM)))
+            self._send(frame(RST_STREAM, 0, stream_id, struct.pack(">L", REFUSED_STREAM)))
             return
         if len(self.streams) >= self.server.max_concurrent_streams:
-            self._send(_frame(RST_STREAM, 0, stream_id, struct.pack(">L", REFUSED_STREAM)))
+            self._send(frame(RST_STREAM, 0, stream_id, struct.pack(">L", REFUSED_STREAM)))
             return
         stream = _Stream(stream_id, self.peer_initial_window)
         path = b""
@@ -435,7 +416,7 @@ class _Connection(asyncio.Protocol):
         # Flow control counts the whole payload, padding included.
         self.recv_unacked += len(payload)
         if self.recv_unacked >= self.server.connection_window // 2:
-            self._send(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.recv_unacked)))
+            self._send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.recv_unacked)))
             self.recv_unacked = 0
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -473,7 +454,7 @@ class _Connection(asyncio.Protocol):
                 self.peer_max_frame = value
             # The header table size only limits the peer's decoder for what we send; our fields are
             # literals without indexing, so any size (even 0) is already honoured.
-        self._send(_frame(SETTINGS, ACK, 0))
+        self._send(frame(SETTINGS, ACK, 0))
         self._release_blocked()
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
@@ -553,7 +534,7 @@ class _Connection(asyncio.Protocol):
                 if stream.closed:
                     return
                 if first:
-                    self._send(_frame(HEADERS, END_HEADERS, stream.stream_id, RESPONSE_HEADERS))
+                    self._send(frame(HEADERS, END_HEADERS, stream.stream_id, RESPONSE_HEADERS))
                     first = False
                 self._send_data(stream, _MESSAGE_PREFIX.pack(0, len(message)) + message, 0)
         except GrpcError as exc:
@@ -568,7 +549,7 @@ class _Connection(asyncio.Protocol):
         self._end(stream, OK_TRAILERS, with_headers=first)
 
     def _answer(self, stream: _Stream, message: bytes) -> None:
-        self._send(_frame(HEADERS, END_HEADERS, stream.stream_id, RESPONSE_HEADERS))
+        self._send(frame(HEADERS, END_HEADERS, stream.stream_id, RESPONSE_HEADERS))
         self._send_data(stream, _MESSAGE_PREFIX.pack(0, len(message)) + message, 0)
         self._end(stream, OK_TRAILERS, with_headers=False)
 
@@ -581,17 +562,17 @@ class _Connection(asyncio.Protocol):
             return
         stream.closed = True
         block = RESPONSE_HEADERS + trailer_fields if with_headers else trailer_fields
-        frame = _frame(HEADERS, END_HEADERS | END_STREAM, stream.stream_id, block)
+        trailers = frame(HEADERS, END_HEADERS | END_STREAM, stream.stream_id, block)
         if stream.stream_id in self.blocked:
             # Trailers must follow the data still waiting for window.
-            self.blocked[stream.stream_id].append((frame, -1))
+            self.blocked[stream.stream_id].append((trailers, -1))
         else:
-            self._send(frame)
+            self._send(trailers)
             self._stream_done(stream)
         if not stream.remote_done and stream.stream_id not in self.blocked:
             # Answered before the client finished sending (unknown method, message too large):
             # tell it to stop, as RFC 9113 §8.1 asks.
-            self._send(_frame(RST_STREAM, 0, stream.stream_id, struct.pack(">L", NO_ERROR)))
+            self._send(frame(RST_STREAM, 0, stream.stream_id, struct.pack(">L", NO_ERROR)))
 
     def _stream_done(self, stream: _Stream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
@@ -621,7 +602,7 @@ class _Connection(asyncio.Protocol):
             sent += room
             self.send_window -= room
             stream.send_window -= room
-            self._send(_frame(DATA, flags if sent == len(data) else 0, stream.stream_id, chunk))
+            self._send(frame(DATA, flags if sent == len(data) else 0, stream.stream_id, chunk))
         return sent
 
     def _release_blocked(self) -> None:
@@ -649,8 +630,8 @@ class _Connection(asyncio.Protocol):
                 if stream.closed:
                     self._stream_done(stream)
 
-    def _send(self, frame: bytes) -> None:
-        self.outgoing.append(frame)
+    def _send(self, encoded: bytes) -> None:
+        self.outgoing.append(encoded)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -667,28 +648,22 @@ class _Connection(asyncio.Protocol):
     def _abort(self, code: int, message: str) -> None:
         log.warning("closing an HTTP/2 connection: %s", message, extra={"h2_error": code})
         self._send(
-            _frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream_id, code) + message.encode()[:256])
+            frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream_id, code) + message.encode()[:256])
         )
-        self._flush()
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
 
     def go_away(self) -> None:
         """Tell the peer no new streams will be served; close once those in flight are answered."""
         if self.closed:
             return
         self.going_away = True
-        self._send(_frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream_id, NO_ERROR)))
+        self._send(frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream_id, NO_ERROR)))
         if not self.streams:
             self._close_soon()
 
     def _close_soon(self) -> None:
-        def close() -> None:
-            self._flush()
-            if self.transport is not None:
-                self.transport.close()
-
-        self.loop.call_soon(close)
+        # After this turn's answers are queued, so they leave with the close.
+        self.loop.call_soon(self.close)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

@@ -19,12 +19,12 @@ import aiohttp
 from aiohttp import web
 
 from apx.dataplane.common import eventloop, redisconn
-from apx.dataplane.common.heap import freeze_startup_heap
 from apx.dataplane.common.jsonlog import configure_logging
 from apx.dataplane.common.probes import probes_app, start_site
 from apx.dataplane.common.routetable import RouteTableUnavailable
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
+from apx.operator.runtime import HeapKeeper
 
 from .app import Gateway
 from .config import GatewayConfig, parse_config
@@ -79,7 +79,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         await gateway.routes.snapshot()
     except RouteTableUnavailable as exc:
         log.warning("route table not readable yet; requests will retry", extra={"error": str(exc)})
-    log.info("startup heap frozen", extra={"objects": freeze_startup_heap()})
+    log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
     await stop.wait()
     log.info("stopping: draining requests in flight", extra={"grace_seconds": config.shutdown_grace_seconds})
     gateway.stopping = True

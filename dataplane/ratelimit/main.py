@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from prometheus_client import start_http_server
 
-from apx.dataplane.common.heap import freeze_startup_heap
 from apx.dataplane.common.jsonlog import configure_logging, env_flag
 from apx.dataplane.common.shutdown import stop_event
+from apx.operator.runtime import HeapKeeper
 
 from .metrics import RateLimitMetrics
 from .server import FAILURE_MODES, ServiceSettings, start_service
@@ -143,7 +143,7 @@ async def run(settings: ServiceSettings, metrics_port: int) -> int:
     except (OSError, RuntimeError, ValueError) as exc:  # port taken, bad --listen
         log.error("cannot start: %s", exc)
         return 1
-    log.info("startup heap frozen", extra={"objects": freeze_startup_heap()})
+    log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
     await stopping.wait()
     await running.stop()
     log.info("stopped")

@@ -52,7 +52,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from envoy.config.core.v3 import base_pb2
@@ -192,7 +192,8 @@ class RateLimitService:
                 self.limiter.failure_mode(None), self.failure_mode, "bad_request"
             ).inc()
             raise GrpcError(GrpcStatus.INVALID_ARGUMENT, f"not a RateLimitRequest: {exc}") from exc
-        return bytes((await self.decide(request)).SerializeToString())
+        response = await self.decide(request)
+        return cast(bytes, response.SerializeToString())
 
     async def decide(self, request: Any) -> Any:
         """The ``RateLimitResponse`` to Envoy's ``RateLimitRequest``; ``GrpcError`` when Envoy decides."""

@@ -16,13 +16,13 @@ import sys
 from collections.abc import Sequence
 
 from apx.dataplane.common import eventloop, redisconn
-from apx.dataplane.common.heap import freeze_startup_heap
 from apx.dataplane.common.jsonlog import configure_logging
 from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.probes import probes_app, start_site
 from apx.dataplane.common.requeststate import ScriptRunner
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
+from apx.operator.runtime import HeapKeeper
 
 from .config import WorkerConfig, parse_config
 from .metrics import WorkerMetrics
@@ -57,7 +57,7 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     try:
         await processor.start()
         log.info("started", extra={"route": config.route, "track": config.track, "pool": config.pool})
-        log.info("startup heap frozen", extra={"objects": freeze_startup_heap()})
+        log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
         await stop.wait()
         await processor.drain()
     finally:

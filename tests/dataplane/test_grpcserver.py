@@ -204,18 +204,20 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return struct.pack(">HBBBL", len(payload) >> 8, len(payload) & 0xFF, kind, flags, stream) + payload
 
 
+def _request_headers(path: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    """What a gRPC client sends to call ``path``."""
+    return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
+            ("content-type", "application/grpc"), ("te", "trailers"), *extra]  # fmt: skip
+
+
 class RawClient:
     """A blocking HTTP/2 client that shows every frame, run in a thread."""
 
-    def __init__(self, port: int, initial_window: int) -> None:
+    def __init__(self, port: int, initial_window: int, path: str = ECHO) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.buffer = b""
         self.decoder = hpack.Decoder()
-        encoder = hpack.Encoder()
-        self.block = encoder.encode(
-            [(":method", "POST"), (":scheme", "http"), (":path", ECHO), (":authority", "x"),
-             ("content-type", "application/grpc"), ("te", "trailers")]
-        )  # fmt: skip
+        self.block = hpack.Encoder().encode(_request_headers(path))
         settings = struct.pack(">HL", 0x4, initial_window)
         self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings))
 
@@ -322,11 +324,7 @@ async def test_a_lost_connection_cancels_its_calls_and_frees_their_slots() -> No
     server = GrpcServer({SLOW: Method(handlers.slow)})
     port = await server.start("127.0.0.1", 0)
     try:
-        client = await asyncio.to_thread(RawClient, port, 65535)
-        client.block = hpack.Encoder().encode(
-            [(":method", "POST"), (":scheme", "http"), (":path", SLOW), (":authority", "x"),
-             ("content-type", "application/grpc"), ("te", "trailers")]
-        )  # fmt: skip
+        client = await asyncio.to_thread(RawClient, port, 65535, SLOW)
         for stream in (1, 3, 5):
             await asyncio.to_thread(client.call, stream, b"x")
         while handlers.started < 3:
@@ -352,10 +350,8 @@ async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_b
         reference = hpack.Decoder()  # what the server's decoder must agree with, block by block
 
         def headers(path: str, extra: str) -> list[tuple[str, str]]:
-            return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
-                    ("content-type", "application/grpc"), ("te", "trailers"), ("x-call", extra)]  # fmt: skip
+            return _request_headers(path, ("x-call", extra))
 
-        echo_indexed = b""
         blocks: list[bytes] = []
         blocks.append(encoder.encode(headers(ECHO, "a")))  # inserts into the table
         echo_indexed = encoder.encode(headers(ECHO, "a"))  # only references now
@@ -410,10 +406,7 @@ async def test_a_call_answered_before_its_body_ends_is_reset_and_its_late_frames
     server, port = await _serve(Handlers())
     try:
         client = await asyncio.to_thread(RawClient, port, 65535)
-        unknown = hpack.Encoder().encode(
-            [(":method", "POST"), (":scheme", "http"), (":path", "/test.Echo/Nope"), (":authority", "x"),
-             ("content-type", "application/grpc"), ("te", "trailers")]
-        )  # fmt: skip
+        unknown = hpack.Encoder().encode(_request_headers("/test.Echo/Nope"))
         # Headers only: the server knows at once the method does not exist.
         await asyncio.to_thread(client.send, _frame(1, 0x4, 1, unknown))
         frames = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 3 and f[2] == 1)
