@@ -12,7 +12,7 @@ Product the way the operator does, and measures in one run:
   script), redis-py asyncio with ``--streams`` calls in flight, and the
   service's own pipelined connection (``pipe.PipelinedRedis``) the same way;
 * two floors driven exactly like the service: an empty ``grpc.aio``
-  servicer, and the service's own transport (``common.grpcserver``) with a
+  servicer, and the service's own transport (``common.grpcserver``, on ``h2``) with a
   handler that parses the request and answers a constant;
 * the service, one process (``python -m apx.dataplane.ratelimit``): decisions
   per second with ``--streams`` concurrent calls on one HTTP/2 connection

@@ -80,6 +80,23 @@ def url_cluster(scheme: str, host: str, port: int) -> str:
     return f"url/{scheme}/{host}:{port}"
 
 
+def track_cluster(namespace: str, route: str, track: str) -> str:
+    """Envoy cluster of one track of a sync canary Route (its own copy of the track's backend cluster)."""
+    return f"track/{namespace}/{route}/{track}"
+
+
+def track_stat_name(namespace: str, route: str, track: str) -> str:
+    """Stat name (``alt_stat_name``) of ``track_cluster``: the ``envoy_cluster_name`` Prometheus sees.
+
+    Envoy's Prometheus tag extraction takes the cluster name up to the first
+    dot of ``cluster.<name>.<stat>``, and Envoy turns ``:`` in stat names into
+    ``_``, so the name has neither, nor the cluster name's ``/``:
+    ``<namespace>_<route>_<track>``. Namespaces and Route names are DNS labels
+    (no ``.``, no ``_``), so the mapping is one-to-one.
+    """
+    return f"{namespace}_{route}_{track}"
+
+
 def envoy_route_name(namespace: str, route: str) -> str:
     return f"{namespace}/{route}"
 

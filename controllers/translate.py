@@ -671,14 +671,9 @@ def _route_summary(route: RouteIR) -> dict[str, Any]:
         "policyArtifact": route.stable.policy.artifact,
         "canaryWeight": route.canary.weight if route.canary is not None else 0,
     }
-    state = route.canary_state
-    if state is not None:
-        summary["canary"] = {
-            "phase": state.phase,
-            "revision": state.revision,
-            "step": state.step,
-            "weight": state.weight,
-        }
-        if route.canary is not None and route.canary.policy is not route.stable.policy:
-            summary["canary"]["policyArtifact"] = route.canary.policy.artifact
+    # ``status.canary`` belongs to the canary controller (``apx.operator.canary``),
+    # its only writer: translation reads it and never writes it back, so a pass
+    # that started before a controller decision cannot revert it.
+    if route.canary is not None and route.canary.policy is not route.stable.policy:
+        summary["canaryPolicyArtifact"] = route.canary.policy.artifact
     return summary

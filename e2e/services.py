@@ -10,13 +10,15 @@ prometheus) are installed with apt-get when running as root.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +190,30 @@ def start_pubsub_emulator(data_dir: Path, port: int | None = None) -> Service:
     return Service("pubsub", port, process.pid, data_dir, log)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def prometheus_config(scrape_targets: Sequence[str], scrape_interval: str = "1s") -> str:
+    """A Prometheus configuration scraping ``host:port`` loopback targets every ``scrape_interval``.
+
+    Rule evaluation runs at the same interval and a scrape times out after one
+    interval (Prometheus refuses a timeout longer than the interval). JSON is
+    valid YAML, so the text goes to ``start_prometheus`` as is.
+    """
+    for target in scrape_targets:
+        if not target.startswith(tuple(f"{host}:" for host in LOOPBACK_HOSTS)):
+            raise ServiceError(f"scrape target {target!r} is not a loopback host:port")
+    config = {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "scrape_timeout": scrape_interval,
+            "evaluation_interval": scrape_interval,
+        },
+        "scrape_configs": [{"job_name": "apx", "static_configs": [{"targets": list(scrape_targets)}]}],
+    }
+    return json.dumps(config, indent=2)
+
+
 def start_prometheus(data_dir: Path, config: str, port: int | None = None) -> Service:
     binary = apt_install("prometheus", "prometheus", no_recommends=True)
     port = port or free_port()
@@ -205,7 +231,22 @@ def start_prometheus(data_dir: Path, config: str, port: int | None = None) -> Se
         log,
     )
     wait_for_port(port, 20, process, "prometheus")
+    # It listens before its storage is open; /-/ready answers 503 until then.
+    deadline = time.monotonic() + 20
+    while not _http_ok(f"http://127.0.0.1:{port}/-/ready"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise ServiceError(f"prometheus on 127.0.0.1:{port} did not become ready (log: {log})")
+        time.sleep(0.05)
     return Service("prometheus", port, process.pid, data_dir, log)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
-"""The ``apx`` command line: ``apx translate`` (offline, no cluster) and ``apx operator run``.
+"""The ``apx`` command line: ``apx translate`` (offline, no cluster), ``apx operator run``, ``apx rollout``.
 
-Entry point of the ``apx`` console script. ``translate`` reads YAML files or
+Entry point of the ``apx`` console script and of ``kubectl-apx`` (the same
+commands as the kubectl plugin ``kubectl apx …``). ``rollout`` is
+``apx.operator.rollout_cli``. ``translate`` reads YAML files or
 folders, runs the same pure pipeline the operator runs (models → IR →
 renderers) and prints every derived object plus the status each source object
 would get.
@@ -81,8 +83,8 @@ def _parse_only(value: str) -> tuple[str, ...]:
     return chosen
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apx", description="APX: API management on Kubernetes.")
+def _build_parser(prog: str = "apx") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="APX: API management on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
     translate = commands.add_parser(
         "translate",
@@ -114,6 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
     translate.add_argument(
         "--operator-namespace", default="apx-system", help="namespace of the Envoy snapshot ConfigMap"
     )
+    from apx.operator.rollout_cli import add_parser as add_rollout_parser
+
+    add_rollout_parser(commands)
     operator = commands.add_parser("operator", help="run the operator")
     operator_commands = operator.add_subparsers(dest="operator_command", required=True)
     from apx.operator.flags import build_parser as build_operator_parser
@@ -146,10 +151,14 @@ def _translate(args: argparse.Namespace) -> int:
     return EXIT_STALLED if stalled else EXIT_READY
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "apx") -> int:
+    args = _build_parser(prog).parse_args(argv)
     if args.command == "translate":
         return _translate(args)
+    if args.command == "rollout":
+        from apx.operator.rollout_cli import run as run_rollout
+
+        return run_rollout(args)
     if args.command == "operator":
         from apx.operator.launcher import block_unused_clients
 
@@ -158,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_from_args(args)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def kubectl_main() -> int:
+    """Entry point of the ``kubectl-apx`` console script: kubectl runs it for ``kubectl apx …``."""
+    return main(prog="kubectl apx")
 
 
 if __name__ == "__main__":

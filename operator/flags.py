@@ -44,6 +44,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (APX_LOG_LEVEL)")
     parser.add_argument("--otlp-endpoint", help="OTLP/HTTP traces endpoint (APX_OTLP_ENDPOINT)")
+    parser.add_argument(
+        "--prometheus-url", help="Prometheus for the canary analysis; unset disables it (APX_PROMETHEUS_URL)"
+    )
+    parser.add_argument(
+        "--canary-queries", help="YAML/JSON file overriding the canary PromQL templates (APX_CANARY_QUERIES)"
+    )
     return parser
 
 

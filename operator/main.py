@@ -23,9 +23,13 @@ from prometheus_client import start_http_server
 from apx.controllers.appliers.kube import KubeClient, discover_connection
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
+from apx.controllers.canary.types import MetricsProvider
+from apx.controllers.providers import DISABLED_MESSAGE, ProviderConfigError, provider_for
+from apx.dataplane.common.redact import RedactingFormatter, redact_url
 
 from . import runtime, tracing
 from .admission import ServiceWebhookServer
+from .canary import CanaryController
 from .flags import build_parser, settings_from_args
 from .handlers import FINALIZER, register
 from .metrics import OperatorMetrics
@@ -53,10 +57,13 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(settings: OperatorSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if settings.json_logs:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = (
+        JsonFormatter()
+        if settings.json_logs
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    # Every line (kopf's and the clients' included) is redacted last: no password leaves the process.
+    handler.setFormatter(RedactingFormatter(formatter))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
@@ -104,6 +111,10 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
     redis = RedisApplier(settings.redis_url, keep_versions=3)
     pubsub = PubSubApplier()
     reconciler = Reconciler(settings, kube, redis, pubsub, metrics=metrics, tracer=tracing.tracer())
+    provider = provider_for(settings)
+    if provider is None:
+        logging.getLogger("apx.operator").warning(DISABLED_MESSAGE)
+    canary = CanaryController(reconciler, kube, provider, metrics, concurrency=settings.worker_limit)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, admission=settings.admission == "managed")
 
@@ -140,6 +151,7 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
             settings.admission.managed = "apx.dev"
 
     loop_task = asyncio.create_task(_reconcile_forever(reconciler))
+    canary_task = asyncio.create_task(canary.run())
     try:
         await kopf.operator(
             registry=registry,
@@ -153,10 +165,18 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
         )
     finally:
         loop_task.cancel()
-        await asyncio.gather(loop_task, return_exceptions=True)
+        canary_task.cancel()
+        await asyncio.gather(loop_task, canary_task, return_exceptions=True)
+        await _close_provider(provider)
         await kube.close()
         await redis.close()
         pubsub.close()
+
+
+async def _close_provider(provider: MetricsProvider | None) -> None:
+    close = getattr(provider, "close", None)
+    if close is not None:
+        await close()
 
 
 async def _reconcile_forever(reconciler: Reconciler) -> None:
@@ -172,12 +192,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_from_args(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings)
+    try:
+        provider_for(settings)  # every metrics setting checked before anything starts
+    except ProviderConfigError as exc:
+        print(f"apx-operator: cannot start: {exc}", file=sys.stderr)
+        return 2
     # Before any thread exists: arenas are created by the first allocation of each thread.
     tuned = runtime.tune_process()
     logging.getLogger("apx.operator").info(
         "starting APX operator (namespaces: %s, redis: %s, pubsub project: %s)",
         ",".join(settings.namespaces) or "all",
-        settings.redis_url,
+        redact_url(settings.redis_url),
         settings.pubsub_project,
     )
     logging.getLogger("apx.operator").info("runtime: %s", tuned)

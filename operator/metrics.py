@@ -3,6 +3,8 @@
 Registered by ``apx.operator.main`` and updated by the reconciler. Labels are
 low-cardinality: ``controller`` (product | route | policybundle), ``result``
 (success | error | requeue), ``dependency`` (kubernetes | redis | pubsub).
+The canary controller's metrics carry ``namespace`` and ``route`` (bounded by
+the Routes that exist, never by traffic) and ``result`` (the decision kinds).
 """
 
 from __future__ import annotations
@@ -59,5 +61,35 @@ class OperatorMetrics:
             "apx_operator_pass_seconds",
             "Duration of one reconcile pass over all resources.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.canary_weight = Gauge(
+            "apx_canary_weight",
+            "Current canary traffic weight of a Route, in percent.",
+            ["namespace", "route"],
+            registry=self.registry,
+        )
+        self.canary_checks = Counter(
+            "apx_canary_checks_total",
+            "Canary analysis checks, by decision: advance, hold, promote, rollback, no-data, halt, manual.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.canary_rollbacks = Counter(
+            "apx_canary_rollbacks_total",
+            "Automated canary rollbacks.",
+            ["namespace", "route"],
+            registry=self.registry,
+        )
+        self.canary_frozen = Gauge(
+            "apx_canary_frozen",
+            "1 while a Route's automated canary changes are frozen by the circuit breaker.",
+            ["namespace", "route"],
+            registry=self.registry,
+        )
+        self.canary_metrics_up = Gauge(
+            "apx_canary_metrics_up",
+            "1 when the last query of the canary metrics backend succeeded, else 0.",
+            ["provider"],
             registry=self.registry,
         )

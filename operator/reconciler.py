@@ -52,7 +52,9 @@ from apx.controllers.pipeline import Compiled, FirstStage, compile_resources, fi
 from apx.controllers.renderers.redis_rules import RedisOutput, RuleSet
 from apx.controllers.status import ResourceStatus
 from apx.controllers.translate import HISTORY_ANNOTATION
+from apx.dataplane.common.redact import redact_text, redact_url
 
+from .events import EventType, post_event
 from .metrics import OperatorMetrics
 from .runtime import HeapKeeper, release_free_memory
 from .settings import OperatorSettings
@@ -73,7 +75,7 @@ SUMMARY_KEYS = (
     "plans",
     "policyArtifact",
     "canaryWeight",
-    "canary",
+    "canaryPolicyArtifact",
     "artifact",
     "servedVersions",
 )
@@ -107,6 +109,10 @@ class DependencyProblem:
     reason: str
     message: str
     stalled: bool = False  # True when retrying cannot fix it (e.g. Pub/Sub forbids the change)
+
+    def __post_init__(self) -> None:
+        # Messages embed dependency errors (URLs); they reach status, Events, logs and /healthz.
+        self.message = redact_text(self.message)
 
 
 @dataclass(slots=True)
@@ -172,6 +178,10 @@ class Reconciler:
         # serving while the status reports the error.
         self._last_good: dict[tuple[str, str], dict[str, Any]] = {}
         self._backoff = 0.0
+        # Called with (kind, stored body) after each significant change is
+        # recorded; the canary controller listens to act on a new canary block
+        # or an `apx rollout` request without waiting for its next check.
+        self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
         self.last_pass: PassReport | None = None
         self.last_error: str | None = None
         self.passes = 0
@@ -197,6 +207,8 @@ class Reconciler:
             self.deleting.pop(key, None)
         self.metrics.workqueue_adds.labels(name=CONTROLLERS[kind]).inc()
         self._dirty.set()
+        for listener in self.listeners:
+            listener(kind, self.objects[key])
 
     def _mark_products(self, kind: str, body: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
         """Remember which products' rule sets a change can affect (for the fast path)."""
@@ -281,6 +293,11 @@ class Reconciler:
                 )
             await asyncio.sleep(0.05)
 
+    @property
+    def listed(self) -> bool:
+        """True once the store holds a full LIST of every kind (it is complete)."""
+        return self._listed
+
     def request_full_pass(self) -> None:
         self._full_requested = True
         self._dirty.set()
@@ -302,7 +319,7 @@ class Reconciler:
                 self._listed = True
                 return
             except KubeError as exc:
-                self.last_error = f"listing APX objects: {exc}"
+                self.last_error = redact_text(f"listing APX objects: {exc}")
                 logger.warning("cannot list APX objects yet: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -352,7 +369,7 @@ class Reconciler:
                 report = await self.reconcile_once(full=full)
             except Exception as exc:  # never crash-loop: report, back off, try again
                 logger.exception("reconcile pass failed")
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = redact_text(f"{type(exc).__name__}: {exc}")
                 self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
                 self._full_requested = True
                 continue
@@ -674,7 +691,8 @@ class Reconciler:
         labels = {"app.kubernetes.io/managed-by": "apx", "app.kubernetes.io/part-of": "apx"}
         data = {"pubsub-project": self.settings.pubsub_project}
         if self.settings.pubsub_emulator_host:
-            data["pubsub-emulator-host"] = self.settings.pubsub_emulator_host
+            # A ConfigMap is no place for a credential (the emulator has no authentication anyway).
+            data["pubsub-emulator-host"] = redact_url(self.settings.pubsub_emulator_host)
         manifests: list[dict[str, Any]] = []
         for namespace in sorted({r.ref.namespace for r in compiled.ir.routes if r.mode == "async"}):
             manifests.append(
@@ -874,35 +892,8 @@ class Reconciler:
             return
         if previous == status.phase and status.reason == (body.get("status") or {}).get("reason"):
             return
-        meta = body.get("metadata") or {}
-        event_type = "Normal" if status.phase == "Ready" else "Warning"
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "generateName": f"{meta.get('name')}.",
-                "namespace": meta.get("namespace", "default"),
-            },
-            "involvedObject": {
-                "apiVersion": "apx.dev/v1alpha1",
-                "kind": key[0],
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace", "default"),
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "reason": status.reason,
-            "message": status.message[:1024],
-            "type": event_type,
-            "source": {"component": "apx-operator"},
-            "firstTimestamp": self.clock(),
-            "lastTimestamp": self.clock(),
-            "count": 1,
-        }
-        try:
-            await self.kube.create(event)
-        except KubeError as exc:
-            logger.info("cannot post event for %s %s: %s", key[0], key[1], exc)
+        event_type: EventType = "Normal" if status.phase == "Ready" else "Warning"
+        await post_event(self.kube, key[0], body, event_type, status.reason, status.message, self.clock())
 
     def health(self) -> dict[str, Any]:
         """Liveness details for kopf's probe endpoint."""

@@ -49,6 +49,14 @@ class OperatorSettings(BaseModel):
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP endpoint for traces; none = no export."
     )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus the canary analysis queries, http(s)://host:port[/prefix]; "
+        "none = canary analysis disabled (canaries hold their weight).",
+    )
+    canary_queries: str | None = Field(
+        default=None, description="YAML/JSON file overriding the canary analysis PromQL templates."
+    )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:

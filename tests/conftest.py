@@ -1,17 +1,18 @@
-"""Session fixtures shared by the API-level and e2e tests: real Redis and the real Pub/Sub emulator.
+"""Fixtures shared by the API-level tests: real Redis, the real Pub/Sub emulator, real Prometheus.
 
 Each is started lazily (only when a test asks for it) on a free port with its
-own data directory, and stopped by PID at the end of the session.
+own data directory, and stopped by PID at the end of the session (Redis,
+Pub/Sub) or of the test module (Prometheus instances).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from apx.e2e.services import Service, start_pubsub_emulator, start_redis
+from apx.e2e.services import Service, prometheus_config, start_prometheus, start_pubsub_emulator, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,27 @@ def pubsub_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus_scraping(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[Sequence[str]], Service]]:
+    """Start a real Prometheus scraping the given loopback ``host:port`` targets every second.
+
+    A factory, so a test module starts the instances it needs (and may stop
+    one itself); every instance is stopped by PID when the module ends.
+    Prometheus answers ``increase()`` over new series only after 2 to 3 s of scrapes.
+    """
+    started: list[Service] = []
+
+    def start(targets: Sequence[str]) -> Service:
+        service = start_prometheus(Path(tmp_path_factory.mktemp("prometheus")), prometheus_config(targets))
+        started.append(service)
+        return service
+
+    try:
+        yield start
+    finally:
+        for service in started:
+            service.stop()

@@ -27,6 +27,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from apx.dataplane.common.redact import redact_document
+
 FIELD_MANAGER = "apx-operator"
 
 
@@ -259,11 +261,15 @@ class KubeClient:
     async def patch_status(
         self, kind: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """Merge-patch ``status`` through the status subresource (never touches spec)."""
+        """Merge-patch ``status`` through the status subresource (never touches spec).
+
+        Every string is redacted first: status messages quote dependency errors, and no
+        credential may reach an object users (and GitOps tools) read.
+        """
         result = await self.request(
             "PATCH",
             KINDS[kind].path(namespace, name, "status"),
-            body={"status": status},
+            body={"status": redact_document(status)},
             content_type="application/merge-patch+json",
         )
         return result or {}

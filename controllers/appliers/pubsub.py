@@ -25,6 +25,8 @@ from google.api_core import retry as gretry
 from google.cloud import pubsub_v1
 from google.protobuf import field_mask_pb2
 
+from apx.dataplane.common.redact import redact_text
+
 _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError)
 # Every admin call is bounded: the client's default retry for some methods
 # waits for the channel to come up and can hang for minutes when the
@@ -149,7 +151,7 @@ class PubSubApplier:
                 if problem is not None:
                     problems.append(problem)
         except _UNAVAILABLE as exc:
-            raise PubSubUnavailable(f"Pub/Sub unreachable: {exc}") from exc
+            raise PubSubUnavailable(f"Pub/Sub unreachable: {redact_text(str(exc))}") from exc
         return problems
 
     def _ensure_topic(self, topic: Mapping[str, Any]) -> None:
@@ -207,7 +209,7 @@ class PubSubApplier:
                 with contextlib.suppress(gexc.NotFound):
                     self._publisher.delete_topic(request={"topic": name}, **_CALL)
         except _UNAVAILABLE as exc:
-            raise PubSubUnavailable(f"Pub/Sub unreachable: {exc}") from exc
+            raise PubSubUnavailable(f"Pub/Sub unreachable: {redact_text(str(exc))}") from exc
 
     def _topic_exists_sync(self, name: str) -> bool:
         try:
@@ -216,7 +218,7 @@ class PubSubApplier:
         except gexc.NotFound:
             return False
         except _UNAVAILABLE as exc:
-            raise PubSubUnavailable(f"Pub/Sub unreachable: {exc}") from exc
+            raise PubSubUnavailable(f"Pub/Sub unreachable: {redact_text(str(exc))}") from exc
 
     def _list_topics_sync(self, project: str) -> list[str]:
         try:
@@ -225,7 +227,7 @@ class PubSubApplier:
                 for t in self._publisher.list_topics(request={"project": f"projects/{project}"}, **_CALL)
             ]
         except _UNAVAILABLE as exc:
-            raise PubSubUnavailable(f"Pub/Sub unreachable: {exc}") from exc
+            raise PubSubUnavailable(f"Pub/Sub unreachable: {redact_text(str(exc))}") from exc
 
     def _list_subscriptions_sync(self, project: str) -> list[str]:
         try:
@@ -236,4 +238,4 @@ class PubSubApplier:
                 )
             ]
         except _UNAVAILABLE as exc:
-            raise PubSubUnavailable(f"Pub/Sub unreachable: {exc}") from exc
+            raise PubSubUnavailable(f"Pub/Sub unreachable: {redact_text(str(exc))}") from exc

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from apx.dataplane.common.redact import redact_url
+
 # KEYS: 1 version hash, 2 current pointer, 3 version log (zset), 4 sequence counter
 # ARGV: 1 version, 2 versions to keep, 3 prefix of version hashes, 4.. field/value pairs
 # Old version hashes are derived from the prefix inside the script; they share
@@ -87,6 +89,8 @@ class RedisApplier:
 
     def __init__(self, url: str, keep_versions: int = 2) -> None:
         self.url = url
+        # What error messages (and from them status, Events and logs) may show: no password.
+        self.shown_url = redact_url(url)
         self.keep_versions = keep_versions
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
@@ -101,7 +105,7 @@ class RedisApplier:
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+            raise RedisUnavailable(f"Redis at {self.shown_url} unreachable: {exc}") from exc
 
     async def current_version(self, keys: VersionedKeys) -> str | None:
         try:
@@ -111,7 +115,7 @@ class RedisApplier:
                 return None
             return str(value)
         except (RedisError, OSError) as exc:
-            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+            raise RedisUnavailable(f"Redis at {self.shown_url} unreachable: {exc}") from exc
 
     async def publish(self, keys: VersionedKeys, version: str, fields: Mapping[str, str]) -> bool:
         """Write ``fields`` as ``version`` and make it current; True when the pointer moved."""
@@ -123,7 +127,7 @@ class RedisApplier:
                 keys=[keys.version_key(version), keys.current, keys.versions, keys.sequence], args=args
             )
         except (RedisError, OSError) as exc:
-            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+            raise RedisUnavailable(f"Redis at {self.shown_url} unreachable: {exc}") from exc
         return bool(moved)
 
     async def drop(self, keys: VersionedKeys) -> int:
@@ -135,7 +139,7 @@ class RedisApplier:
                 )
             )
         except (RedisError, OSError) as exc:
-            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+            raise RedisUnavailable(f"Redis at {self.shown_url} unreachable: {exc}") from exc
 
     async def delete_pattern(self, pattern: str) -> int:
         """Delete keys matching a pattern with SCAN (counters of a deleted product)."""
@@ -144,5 +148,5 @@ class RedisApplier:
             async for key in self._client.scan_iter(match=pattern, count=500):
                 deleted += int(await self._client.delete(key))
         except (RedisError, OSError) as exc:
-            raise RedisUnavailable(f"Redis at {self.url} unreachable: {exc}") from exc
+            raise RedisUnavailable(f"Redis at {self.shown_url} unreachable: {exc}") from exc
         return deleted

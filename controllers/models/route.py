@@ -52,6 +52,8 @@ STEPS_INCREASING_MESSAGE = "canary steps must be strictly increasing"
 CANARY_CHANGES_SOMETHING_MESSAGE = "canary must change something: set backend, worker or policyVersion"
 SYNC_CANARY_WORKER_MESSAGE = "canary.worker is only used when mode is async"
 MAX_BACKOFF_MESSAGE = "maximumBackoff must not be shorter than minimumBackoff"
+WINDOW_COVERS_CHECK_INTERVAL_MESSAGE = "window must not be shorter than checkInterval"
+CHECK_INTERVAL_MINIMUM_MESSAGE = "checkInterval must be at least 1s"
 
 
 class PolicyReference(ApxModel):
@@ -286,6 +288,37 @@ class AsyncDelivery(ApxModel):
 class Analysis(ApxModel):
     """How a canary step is judged: canary metrics against thresholds and against stable."""
 
+    model_config = ApxModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "duration(self.window) >= duration(self.checkInterval)",
+                WINDOW_COVERS_CHECK_INTERVAL_MESSAGE,
+                ".window",
+            ),
+            # A zero interval would make the operator check in a busy loop.
+            cel(
+                "duration(self.checkInterval) >= duration('1s')",
+                CHECK_INTERVAL_MINIMUM_MESSAGE,
+                ".checkInterval",
+            ),
+        )
+    }
+
+    check_interval: Duration = Field(
+        default="10s",
+        description=(
+            "How often the analysis runs (at least 1s). A canary that keeps failing is rolled back "
+            "after failureThreshold consecutive failed checks, i.e. within about "
+            "failureThreshold * checkInterval."
+        ),
+    )
+    window: Duration = Field(
+        default="1m",
+        description=(
+            "Length of the sliding window each check judges; canary and stable are compared over "
+            "the same window. Must not be shorter than checkInterval."
+        ),
+    )
     min_success_rate: float = Field(
         default=0.99, ge=0.0, le=1.0, description="Lowest acceptable canary success rate."
     )
@@ -315,6 +348,14 @@ class Analysis(ApxModel):
             "Consecutive checks without enough samples before the canary halts (never counted as failure)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _window_covers_check_interval(self) -> Analysis:
+        if duration_ms(self.window) < duration_ms(self.check_interval):
+            raise ValueError(f"window: {WINDOW_COVERS_CHECK_INTERVAL_MESSAGE}")
+        if duration_ms(self.check_interval) < 1000:
+            raise ValueError(f"checkInterval: {CHECK_INTERVAL_MINIMUM_MESSAGE}")
+        return self
 
 
 class Stickiness(ApxModel):
@@ -356,7 +397,13 @@ class Canary(ApxModel):
         max_length=20,
         description="Canary traffic weights in percent, strictly increasing, each at most 100.",
     )
-    interval: Duration = Field(default="1m", description="Time between analysis checks / steps.")
+    interval: Duration = Field(
+        default="1m",
+        description=(
+            "How long a step must stay healthy (every analysis check passing) before the next step; "
+            "the last step healthy this long promotes the canary."
+        ),
+    )
     analysis: Analysis = Field(
         default_factory=shared_default(Analysis), description="Promotion and rollback criteria."
     )
@@ -433,6 +480,8 @@ class RouteSpec(ApxModel):
 
 
 CanaryPhase = Literal["Pending", "Progressing", "Halted", "Promoted", "RolledBack"]
+DecisionResult = Literal["advance", "hold", "promote", "rollback", "no-data", "halt", "manual"]
+RolloutAction = Literal["promote", "abort", "retry", "pause", "resume"]
 
 
 class TrackMetrics(ApxModel):
@@ -440,9 +489,11 @@ class TrackMetrics(ApxModel):
 
     model_config = ApxModel.model_config | {"extra": "allow"}
 
-    requests: float | None = None
-    success_rate: float | None = None
-    latency_p99_ms: float | None = None
+    requests: float | None = Field(default=None, description="Requests in the window.")
+    success_rate: float | None = Field(default=None, description="Share of requests that succeeded (0-1).")
+    latency_p99_ms: float | None = Field(
+        default=None, description="p99 latency in milliseconds (from the latency histogram)."
+    )
 
 
 class CanaryDecision(ApxModel):
@@ -450,28 +501,91 @@ class CanaryDecision(ApxModel):
 
     model_config = ApxModel.model_config | {"extra": "allow"}
 
-    result: Literal["advance", "hold", "promote", "rollback", "no-data"]
-    reason: str = ""
-    at: str | None = None
-    canary: TrackMetrics | None = None
-    stable: TrackMetrics | None = None
+    result: DecisionResult = Field(
+        description="`advance`, `hold`, `promote`, `rollback`, `no-data`, `halt` or `manual`."
+    )
+    reason: str = Field(default="", description="Why, with the numbers.")
+    at: str | None = Field(default=None, description="When (RFC 3339).")
+    canary: TrackMetrics | None = Field(default=None, description="The canary track's numbers.")
+    stable: TrackMetrics | None = Field(default=None, description="The stable track's numbers.")
 
 
-class CanaryStatus(ApxModel):
-    """Progress of the canary controller; the translator reads ``weight`` from here."""
+class CanaryRequest(ApxModel):
+    """A person's instruction from `apx rollout`, written by the CLI; handled once per `id`."""
 
     model_config = ApxModel.model_config | {"extra": "allow"}
 
-    phase: CanaryPhase = "Pending"
+    action: RolloutAction = Field(description="`promote`, `abort`, `retry`, `pause` or `resume`.")
+    id: str = Field(min_length=1, max_length=128, description="Unique id; a request is handled once.")
+    full: bool = Field(default=False, description="`promote` only: straight to 100 %.")
+    at: str | None = Field(default=None, description="When it was requested (RFC 3339).")
+
+
+class CanaryCondition(ApxModel):
+    """A condition of the canary itself (kept apart from the Route's own conditions)."""
+
+    model_config = ApxModel.model_config | {"extra": "allow"}
+
+    type: str = Field(description="`MetricsAvailable`, `Halted`, `Frozen` or `Paused`.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", description="One CamelCase word for machines.")
+    message: str = Field(default="", description="What happened.")
+    last_transition_time: str | None = Field(
+        default=None, description="When `status` last changed (RFC 3339)."
+    )
+
+
+class CanaryStatus(ApxModel):
+    """Progress of the canary controller; the translator reads ``weight`` from here.
+
+    Written by the operator's canary loop from ``apx.controllers.canary.decide``;
+    every field has a default so statuses written by older versions parse.
+    """
+
+    model_config = ApxModel.model_config | {"extra": "allow"}
+
+    phase: CanaryPhase = Field(
+        default="Pending", description="`Pending`, `Progressing`, `Halted`, `Promoted` or `RolledBack`."
+    )
     revision: str | None = Field(
         default=None, description="Hash of the canary block this progress belongs to."
     )
     step: int = Field(default=0, ge=0, description="Index of the current step.")
     weight: int = Field(default=0, ge=0, le=100, description="Current canary traffic weight in percent.")
-    failed_checks: int = Field(default=0, ge=0)
-    no_data_checks: int = Field(default=0, ge=0)
-    last_decision: CanaryDecision | None = None
-    last_transition_time: str | None = None
+    step_started_at: str | None = Field(default=None, description="When the current step began (RFC 3339).")
+    healthy_since: str | None = Field(
+        default=None,
+        description="Since when every check of this step has passed (RFC 3339); null when not healthy.",
+    )
+    last_check_at: str | None = Field(
+        default=None, description="When the last analysis check ran (RFC 3339)."
+    )
+    failed_checks: int = Field(default=0, ge=0, description="Consecutive failed checks.")
+    no_data_checks: int = Field(default=0, ge=0, description="Consecutive checks without enough samples.")
+    checks: int = Field(default=0, ge=0, description="Checks run in this revision.")
+    paused: bool = Field(default=False, description="No step advances (automatic rollback still protects).")
+    frozen: bool = Field(
+        default=False,
+        description="Too many automated rollbacks: no automatic change until `apx rollout resume`/`retry`.",
+    )
+    rollbacks: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Times of automated rollbacks (RFC 3339), newest last, across revisions.",
+    )
+    request: CanaryRequest | None = Field(
+        default=None, description="The latest `apx rollout` request (written by the CLI only)."
+    )
+    handled_request: str | None = Field(default=None, description="Id of the last request handled.")
+    last_decision: CanaryDecision | None = Field(
+        default=None, description="The last decision and its numbers."
+    )
+    conditions: list[CanaryCondition] = Field(
+        default_factory=list, description="`MetricsAvailable`, `Halted`, `Frozen`, `Paused`."
+    )
+    last_transition_time: str | None = Field(
+        default=None, description="When `phase` last changed (RFC 3339)."
+    )
 
 
 class RouteStatus(ApxModel):

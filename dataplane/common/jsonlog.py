@@ -3,7 +3,9 @@
 One object per line on stderr: ``time`` (UTC, milliseconds), ``level``,
 ``logger``, ``service``, ``message``, every ``extra={...}`` field the caller
 passed, and ``error`` with the traceback when there is one. Plain text is kept
-for local runs (``json_logs=False``).
+for local runs (``json_logs=False``). Either way every finished line goes
+through ``redact.RedactingFormatter``: a Redis URL with a password inside an
+exception text or an ``extra`` field leaves the process as ``user:***@``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from .redact import RedactingFormatter
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
@@ -46,10 +50,12 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(service: str, level: str = "INFO", json_logs: bool = True) -> None:
     """Route the root logger to stderr, as JSON lines unless ``json_logs`` is false."""
     handler = logging.StreamHandler(sys.stderr)
-    if json_logs:
-        handler.setFormatter(JsonFormatter(service))
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s"))
+    formatter = (
+        JsonFormatter(service)
+        if json_logs
+        else logging.Formatter(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s")
+    )
+    handler.setFormatter(RedactingFormatter(formatter))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -3,7 +3,8 @@
 Started by the async gateway and the worker on ``--metrics-port`` (the worker
 Deployment's liveness and readiness probes call it there). ``/metrics`` is the
 service's own Prometheus registry in the text exposition format; the two
-probes call the service's checks and answer 200 or 503 with the reason.
+probes call the service's checks and answer 200 or 503 with the reason
+(redacted: a reason may quote a Redis error that names the URL).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .redact import redact_text
+
 # A check returns None when fine, or the reason it is not.
 Check = Callable[[], str | None]
 
@@ -23,7 +26,7 @@ def probe_handler(check: Check) -> Callable[[web.Request], Awaitable[web.StreamR
         reason = check()
         if reason is None:
             return web.Response(text="ok\n")
-        return web.Response(status=503, text=reason + "\n")
+        return web.Response(status=503, text=redact_text(reason) + "\n")
 
     return handle
 

@@ -77,6 +77,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import RedisError
 
 from apx.controllers import names
+from apx.dataplane.common.redact import redact_text
 from apx.dataplane.common.requeststate import (
     TERMINAL,
     RequestState,
@@ -211,7 +212,7 @@ class Gateway:
                 return web.Response(text="ok\n")
             except RouteTableUnavailable as exc:
                 reason = str(exc)
-        return web.Response(status=503, text=reason + "\n")
+        return web.Response(status=503, text=redact_text(reason) + "\n")
 
     async def close(self) -> None:
         await self.routes.close()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from apx.dataplane.common.flags import DEFAULT_PROJECT, add_pubsub_flags, add_service_flags, env_value
 
+from .limits import HttpLimits
+
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
@@ -38,6 +40,25 @@ class GatewayConfig:
     json_logs: bool = True
     otlp_endpoint: str | None = None
     event_loop: str = "auto"
+    # Limits on slow and oversized clients (see ``limits``); defaults safe behind Envoy and on their own.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    idle_timeout_seconds: float = 60.0
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    max_connections: int = 10_000
+
+    def limits(self) -> HttpLimits:
+        return HttpLimits(
+            max_body_bytes=self.max_body_bytes,
+            header_timeout=self.header_timeout_seconds,
+            body_timeout=self.body_timeout_seconds,
+            idle_timeout=self.idle_timeout_seconds,
+            max_line_bytes=min(self.max_header_bytes, 8190),
+            max_field_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            max_connections=self.max_connections,
+        )
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -82,6 +103,46 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="largest request body accepted, 413 above (APX_MAX_BODY_BYTES)",
     )
     parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(env_value(env, "APX_HTTP_HEADER_TIMEOUT_SECONDS", "10") or 10),
+        help="seconds a client gets to send a complete request head, else the connection is closed "
+        "(APX_HTTP_HEADER_TIMEOUT_SECONDS)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=float(env_value(env, "APX_HTTP_BODY_TIMEOUT_SECONDS", "30") or 30),
+        help="seconds a client gets to send a request body once its head is in, else the connection is "
+        "closed (APX_HTTP_BODY_TIMEOUT_SECONDS)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(env_value(env, "APX_HTTP_IDLE_TIMEOUT_SECONDS", "60") or 60),
+        help="seconds a keep-alive connection may stay idle before it is closed "
+        "(APX_HTTP_IDLE_TIMEOUT_SECONDS)",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=int(env_value(env, "APX_HTTP_MAX_HEADER_BYTES", "16384") or 16384),
+        help="largest request header (name and value; the request line is capped at 8190), 431 above "
+        "(APX_HTTP_MAX_HEADER_BYTES)",
+    )
+    parser.add_argument(
+        "--max-headers",
+        type=int,
+        default=int(env_value(env, "APX_HTTP_MAX_HEADERS", "100") or 100),
+        help="most headers in one request (APX_HTTP_MAX_HEADERS)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(env_value(env, "APX_HTTP_MAX_CONNECTIONS", "10000") or 10000),
+        help="open client connections above which new ones get 503 and are closed (APX_HTTP_MAX_CONNECTIONS)",
+    )
+    parser.add_argument(
         "--backlog-retry-after",
         type=int,
         default=int(env_value(env, "APX_BACKLOG_RETRY_AFTER_SECONDS", "5") or 5),
@@ -110,6 +171,12 @@ def parse_config(
     args = parser.parse_args(argv)
     if not args.redis_url:
         parser.error("--redis-url (or APX_REDIS_URL) is required")
+    for name in ("header_timeout", "body_timeout", "idle_timeout"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("max_header_bytes", "max_headers", "max_connections", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.pubsub_emulator_host:
         # The Pub/Sub client reads the emulator address from the environment only.
         os.environ["PUBSUB_EMULATOR_HOST"] = args.pubsub_emulator_host
@@ -128,4 +195,10 @@ def parse_config(
         json_logs=args.json_logs,
         otlp_endpoint=args.otlp_endpoint,
         event_loop=args.event_loop,
+        header_timeout_seconds=args.header_timeout,
+        body_timeout_seconds=args.body_timeout,
+        idle_timeout_seconds=args.idle_timeout,
+        max_header_bytes=args.max_header_bytes,
+        max_headers=args.max_headers,
+        max_connections=args.max_connections,
     )

@@ -16,11 +16,11 @@ import sys
 from collections.abc import Sequence
 
 import aiohttp
-from aiohttp import web
 
 from apx.dataplane.common import eventloop, redisconn
 from apx.dataplane.common.jsonlog import configure_logging
 from apx.dataplane.common.probes import probes_app, start_site
+from apx.dataplane.common.redact import redact_text, redact_url
 from apx.dataplane.common.routetable import RouteTableUnavailable
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
@@ -28,6 +28,7 @@ from apx.operator.runtime import HeapKeeper
 
 from .app import Gateway
 from .config import GatewayConfig, parse_config
+from .limits import start_listener
 from .metrics import GatewayMetrics
 from .publisher import Publisher
 
@@ -52,15 +53,16 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         metrics=metrics,
         tracer=tracer,
     )
-    runner = web.AppRunner(
-        gateway.application(),
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=config.shutdown_grace_seconds,
-    )
-    await runner.setup()
     # A deep accept queue: Envoy opens connections in bursts, and a dropped SYN costs the caller 1 s.
-    await web.TCPSite(runner, config.host, config.port, reuse_address=True, backlog=1024).start()
+    listener = await start_listener(
+        gateway.application(),
+        config.host,
+        config.port,
+        config.limits(),
+        refusals=metrics.connections_refused,
+        shutdown_timeout=config.shutdown_grace_seconds,
+        backlog=1024,
+    )
     probes = None
     if config.metrics_port:
         probes = await start_site(
@@ -73,17 +75,21 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
             "metrics_port": config.metrics_port,
             "pubsub_project": config.pubsub_project,
             "region": config.region,
+            "redis": redact_url(config.redis_url),
+            "limits": repr(config.limits()),
         },
     )
     try:
         await gateway.routes.snapshot()
     except RouteTableUnavailable as exc:
-        log.warning("route table not readable yet; requests will retry", extra={"error": str(exc)})
+        log.warning(
+            "route table not readable yet; requests will retry", extra={"error": redact_text(str(exc))}
+        )
     log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
     await stop.wait()
     log.info("stopping: draining requests in flight", extra={"grace_seconds": config.shutdown_grace_seconds})
     gateway.stopping = True
-    await runner.cleanup()
+    await listener.cleanup()
     await publisher.close()
     if probes is not None:
         await probes.cleanup()
@@ -101,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         eventloop.run(serve(config), config.event_loop)
     except OSError as exc:
-        log.error("cannot start", extra={"error": str(exc)})
+        log.error("cannot start", extra={"error": redact_text(str(exc))})
         return 1
     return 0
 

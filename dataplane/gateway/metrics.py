@@ -49,6 +49,13 @@ class GatewayMetrics:
             ["kind", "code"],
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "apx_gateway_connections_refused_total",
+            "Client connections cut off or requests refused by the listener's limits, by reason "
+            "(header_timeout, body_timeout, connection_limit, body_too_large, malformed_request).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.streams = Gauge(
             "apx_gateway_status_streams",
             "Server-Sent Event streams open.",

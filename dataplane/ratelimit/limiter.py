@@ -55,6 +55,7 @@ from redis.exceptions import RedisError
 from apx.controllers import names
 from apx.controllers.renderers.redis_rules import api_key_id, request_counter_keys, request_counter_ttls_ms
 from apx.dataplane.common.pipe import PipelinedRedis, encode_args
+from apx.dataplane.common.redisconn import PoolOverloaded
 from apx.dataplane.common.rulesets import Document, RuleMatch, RuleSetReader
 
 from . import scripts
@@ -120,6 +121,16 @@ class RedisUnavailable(LimiterError):
     """Redis could not be reached or answered with an error."""
 
     reason = "redis"
+
+
+class Overloaded(LimiterError):
+    """Every pooled Redis connection stayed busy past the wait deadline (or the queue was full).
+
+    Answered like an outage (the failure mode applies) but counted apart:
+    Redis itself is fine, the service is short of connections.
+    """
+
+    reason = "overload"
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +314,8 @@ class Limiter:
         identity = parse_descriptors(request)
         try:
             return await self._decide_for(identity, max(request.hits, 0))
+        except PoolOverloaded as exc:
+            raise Overloaded(str(exc)) from exc
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"Redis: {exc}") from exc
 

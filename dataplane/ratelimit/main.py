@@ -4,7 +4,8 @@ The console script of the distribution (``[project.scripts]``) and
 ``python -m apx.dataplane.ratelimit``; a container runs it as its entry point
 with no arguments, configured by the ``APX_*`` variables the Helm chart sets
 (``APX_REDIS_URL``, ``APX_GRPC_PORT``, ``APX_METRICS_PORT``, ``APX_LOG_LEVEL``,
-``APX_JSON_LOGS``). Flags override variables. Logs are JSON lines on stderr.
+``APX_JSON_LOGS``, and ``APX_GRPC_*`` for the transport's limits against hostile
+peers, ``common.grpcflags``). Flags override variables. Logs are JSON lines on stderr.
 On SIGTERM it reports NOT_SERVING, lets in-flight calls finish (``--grace-seconds``)
 and exits 0; it never exits because Redis is down.
 """
@@ -20,7 +21,9 @@ from collections.abc import Sequence
 
 from prometheus_client import start_http_server
 
+from apx.dataplane.common.grpcflags import add_transport_flags, limits_from_args
 from apx.dataplane.common.jsonlog import configure_logging, env_flag
+from apx.dataplane.common.redact import redact_text
 from apx.dataplane.common.shutdown import stop_event
 from apx.operator.runtime import HeapKeeper
 
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--redis-url",
         default=_env("APX_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="Redis URL (APX_REDIS_URL; default %(default)s)",
+        help="Redis URL (APX_REDIS_URL; default redis://127.0.0.1:6379/0)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -93,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="size of the Redis connection pool (APX_RATELIMIT_REDIS_MAX_CONNECTIONS; default %(default)s)",
     )
     parser.add_argument(
+        "--redis-pool-timeout-ms",
+        type=int,
+        default=int(_env("APX_RATELIMIT_REDIS_POOL_TIMEOUT_MS", "250")),
+        help="how long a call waits for a free pooled Redis connection before the failure mode answers it "
+        "(APX_RATELIMIT_REDIS_POOL_TIMEOUT_MS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--redis-pool-max-waiting",
+        type=int,
+        default=int(_env("APX_RATELIMIT_REDIS_POOL_MAX_WAITING", "10000")),
+        help="calls that may wait for a pooled Redis connection at once; more are answered by the failure "
+        "mode at once (APX_RATELIMIT_REDIS_POOL_MAX_WAITING; default %(default)s)",
+    )
+    parser.add_argument(
         "--grace-seconds",
         type=float,
         default=float(_env("APX_RATELIMIT_GRACE_SECONDS", "5")),
@@ -117,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_flag(os.environ.get("APX_JSON_LOGS"), True),
         help="log JSON lines; --no-json-logs for plain text (APX_JSON_LOGS; default on)",
     )
+    add_transport_flags(parser, os.environ)
     return parser
 
 
@@ -128,7 +146,10 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         pointer_ttl=args.rules_cache_seconds,
         redis_timeout_ms=args.redis_timeout_ms,
         redis_max_connections=args.redis_max_connections,
+        redis_pool_timeout_ms=args.redis_pool_timeout_ms,
+        redis_pool_max_waiting=args.redis_pool_max_waiting,
         grace_seconds=args.grace_seconds,
+        transport=limits_from_args(args),
     )
 
 
@@ -140,8 +161,8 @@ async def run(settings: ServiceSettings, metrics_port: int) -> int:
         start_http_server(metrics_port, registry=metrics.registry)
     try:
         running = await start_service(settings, metrics=metrics)
-    except (OSError, RuntimeError, ValueError) as exc:  # port taken, bad --listen
-        log.error("cannot start: %s", exc)
+    except (OSError, RuntimeError, ValueError) as exc:  # port taken, bad --listen, bad --redis-url
+        log.error("cannot start: %s", redact_text(str(exc)))
         return 1
     log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
     await stopping.wait()
@@ -158,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.rules_cache_seconds <= 1:
         # REDIS_KEYS.md: readers cache a product's `current` pointer for at most one second.
         parser.error("--rules-cache-seconds must be in (0, 1]")
+    try:
+        limits_from_args(args)
+    except ValueError as exc:
+        parser.error(f"gRPC transport limits: {exc}")
     configure_logging("apx-ratelimit", args.log_level, args.json_logs)
     coroutine = run(settings_from_args(args), args.metrics_port)
     if args.event_loop == "asyncio":

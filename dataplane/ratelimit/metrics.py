@@ -4,7 +4,8 @@ Labels are low-cardinality by construction: ``domain`` (one per Envoy
 filter, ``apx``), ``tier`` (the plan tiers the Product schema allows),
 ``code`` (OK/OVER_LIMIT), ``limit`` (which limit refused: rate, api_key,
 quota, concurrency, credits, or none), ``failure_mode`` (open/closed) and
-``decided_by`` (service/envoy). Never the tenant, the product, an API key or a
+``decided_by`` (service/envoy), ``reason`` (why the gRPC transport refused a
+peer: a closed set, ``grpcserver.REJECT_REASONS``). Never the tenant, the product, an API key or a
 path: those go to logs and traces.
 
 Each service instance owns a ``CollectorRegistry`` so several can live in one
@@ -37,6 +38,14 @@ class RateLimitMetrics:
             ["failure_mode", "decided_by", "reason"],
             registry=self.registry,
         )
+        self.overload = Counter(
+            "apx_ratelimit_overload_total",
+            "Requests answered by the failure mode because every pooled Redis connection stayed busy past "
+            "the wait deadline or the wait queue was full (Redis itself answered), by the product's failure "
+            "mode and by who applied it.",
+            ["failure_mode", "decided_by"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "apx_ratelimit_decision_seconds",
             "Time to answer ShouldRateLimit, Redis round trip included.",
@@ -63,7 +72,18 @@ class RateLimitMetrics:
             "Calls received and not yet answered.",
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "apx_ratelimit_grpc_rejected_total",
+            "Connections or streams the gRPC transport refused or closed to protect itself, by reason "
+            "(max_connections, handshake_timeout, idle_timeout, refused_stream, malformed_request, "
+            "reset_rate, header_block, message_size, protocol_error, internal_error).",
+            ["reason"],
+            registry=self.registry,
+        )
         self._decision_children: dict[tuple[str, str, str, str], Counter] = {}
+
+    def rejected_peer(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
 
     def decided(self, domain: str, tier: str, code: str, limit: str) -> None:
         key = (domain, tier, code, limit)

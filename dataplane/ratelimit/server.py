@@ -4,7 +4,7 @@
 ShouldRateLimit`` (messages from ``xds-protos``), so a stock Envoy with the
 ``envoy.filters.http.ratelimit`` filters the core renders calls it unchanged.
 ``start_service`` wires it up (Redis pool, rule reader, limiter, metrics,
-health, the lean HTTP/2 server of ``common.grpcserver``) for ``main`` and
+health, the gRPC server of ``common.grpcserver`` on ``h2``) for ``main`` and
 for the tests and benchmark, which run it in-process. Any gRPC client talks
 to it (the tests use ``grpcio``'s, the benchmark h2load with raw frames).
 
@@ -38,6 +38,15 @@ callers that have no failure mode of their own. Both count the event in
 ``apx_ratelimit_failures_total``. Either way nothing needs a restart when
 Redis comes back: the pool reconnects and redis-py reloads the scripts.
 
+Overload is answered the same way: rule-set and API-key reads share a pool of
+``redis_max_connections`` that queues callers when every connection is busy
+(``common.redisconn.BoundedBlockingPool``: at most ``redis_pool_max_waiting``
+waiting, each for at most ``redis_pool_timeout_ms``) instead of failing with
+"Too many connections". A caller past that deadline, or turned away by a full
+queue, gets the failure mode like an outage, counted in
+``apx_ratelimit_overload_total`` (and ``apx_ratelimit_failures_total`` with
+``reason="overload"``); Redis is not marked down for it.
+
 Health: the overall service (``""``, what Kubernetes' gRPC probes ask) is
 SERVING while the process runs, so a Redis outage never restarts the pods;
 ``envoy.service.ratelimit.v3.RateLimitService`` follows Redis (probed every
@@ -64,8 +73,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from apx.dataplane.common.grpchealth import NOT_SERVING, OVERALL, SERVING, HealthService
+from apx.dataplane.common.grpclimits import TransportLimits
 from apx.dataplane.common.grpcserver import GrpcError, GrpcServer, GrpcStatus, Method, parse_listen
 from apx.dataplane.common.pipe import PipelinedRedis
+from apx.dataplane.common.redact import redact_text, redact_url
+from apx.dataplane.common.redisconn import PoolOverloaded, bounded_pool
 from apx.dataplane.common.rulesets import RuleSetReader
 
 from .limiter import (
@@ -219,11 +231,15 @@ class RateLimitService:
             if self.redis_ok:
                 log.warning("Redis unavailable: %s", exc, extra={"failure_mode": mode})
             self.set_redis(False)
+        elif exc.reason == "overload":
+            # Counted, not logged per call: under overload a log line per refusal would add to it.
+            self.metrics.overload.labels(mode, self.failure_mode).inc()
         else:
             log.info("cannot judge a request: %s", exc, extra={"product": product, "reason": exc.reason})
         if self.failure_mode == "envoy":
             code = GrpcStatus.INVALID_ARGUMENT if isinstance(exc, BadRequest) else GrpcStatus.UNAVAILABLE
-            raise GrpcError(code, str(exc))
+            # The gRPC message reaches Envoy's logs: no Redis URL with its password in it.
+            raise GrpcError(code, redact_text(str(exc)))
         allowed = mode == "open"
         decision = Decision(
             allowed=allowed,
@@ -251,8 +267,12 @@ class ServiceSettings:
     pointer_ttl: float = 1.0
     redis_timeout_ms: int = 250
     redis_max_connections: int = 128
+    # How long a rule-set read waits for a pooled connection, and how many may wait at once.
+    redis_pool_timeout_ms: int = 250
+    redis_pool_max_waiting: int = 10_000
     health_interval: float = 1.0
     grace_seconds: float = 5.0
+    transport: TransportLimits = field(default_factory=TransportLimits)
 
 
 @dataclass
@@ -285,15 +305,18 @@ class RunningService:
 
 def redis_client(settings: ServiceSettings) -> aioredis.Redis:
     timeout = settings.redis_timeout_ms / 1000
-    return aioredis.Redis.from_url(
+    pool = bounded_pool(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        pool_timeout=settings.redis_pool_timeout_ms / 1000,
+        max_waiting=settings.redis_pool_max_waiting,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        max_connections=settings.redis_max_connections,
         # One immediate retry replaces a pooled connection Redis closed (a restart)
         # without failing the request; more would only delay the failure mode.
         retry=Retry(NoBackoff(), 1),
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def start_service(
@@ -310,7 +333,11 @@ async def start_service(
     limiter = Limiter(reader, pipe, clock_us=clock_us)
     service = RateLimitService(limiter, metrics, settings.failure_mode)
     health_service = HealthService()
-    server = GrpcServer({SHOULD_RATE_LIMIT: Method(service.should_rate_limit), **health_service.methods()})
+    server = GrpcServer(
+        {SHOULD_RATE_LIMIT: Method(service.should_rate_limit), **health_service.methods()},
+        limits=settings.transport,
+        on_rejected=metrics.rejected_peer,
+    )
     host, requested_port = parse_listen(settings.listen)
     port = await server.start(host, requested_port)
     # Read at scrape time: nothing to update per call.
@@ -323,7 +350,13 @@ async def start_service(
     running._tasks.append(asyncio.create_task(_watch_redis(running)))
     log.info(
         "rate-limit service listening",
-        extra={"listen": settings.listen, "port": port, "failure_mode": settings.failure_mode},
+        extra={
+            "listen": settings.listen,
+            "port": port,
+            "failure_mode": settings.failure_mode,
+            "redis": redact_url(settings.redis_url),
+            "redis_max_connections": settings.redis_max_connections,
+        },
     )
     return running
 
@@ -336,6 +369,9 @@ async def _watch_redis(running: RunningService) -> None:
         try:
             await running.redis.ping()
             up = True
+        except PoolOverloaded:
+            # Every connection is busy with calls: that is overload, not an outage; keep the last state.
+            up = running.service.redis_ok
         except (RedisError, OSError):
             up = False
         running.service.set_redis(up)

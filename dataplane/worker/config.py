@@ -38,6 +38,7 @@ class WorkerConfig:
     max_pull_batch: int = 1000
     drain_seconds: float = 30.0
     max_result_bytes: int = 4 * 1024 * 1024
+    max_response_head_bytes: int = 64 * 1024
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090  # 0: no metrics listener
     log_level: str = "INFO"
@@ -123,6 +124,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="largest upstream response stored as a result (APX_MAX_RESULT_BYTES)",
     )
     parser.add_argument(
+        "--max-response-head-bytes",
+        type=int,
+        default=int(env_value(env, "APX_MAX_RESPONSE_HEAD_BYTES", str(64 * 1024)) or 0),
+        help="largest upstream response head (status line, headers, trailers); a larger one fails the "
+        "call with 502 (APX_MAX_RESPONSE_HEAD_BYTES)",
+    )
+    parser.add_argument(
         "--metrics-host", default=env_value(env, "APX_METRICS_HOST", "0.0.0.0"), help="(APX_METRICS_HOST)"
     )
     parser.add_argument(
@@ -165,6 +173,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         max_outstanding_messages=args.max_outstanding_messages,
         drain_seconds=args.drain_seconds,
         max_result_bytes=args.max_result_bytes,
+        max_response_head_bytes=args.max_response_head_bytes,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         log_level=args.log_level,

@@ -41,7 +41,10 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     redis_client = redisconn.connect(config.redis_url, socket_timeout=10)
     redis_pipe = PipelinedRedis(config.redis_url, timeout=10)
     upstream = UpstreamClient(
-        config.upstream_url, max_connections=config.max_outstanding_messages, max_body=config.max_result_bytes
+        config.upstream_url,
+        max_connections=config.max_outstanding_messages,
+        max_body=config.max_result_bytes,
+        max_head=config.max_response_head_bytes,
     )
     metrics = WorkerMetrics()
     processor = Processor(
@@ -77,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         eventloop.run(run(config), config.event_loop)
     except Exception as exc:
-        log.error("worker failed", exc_info=exc)
+        # The traceback stays in the log line (redacted by the formatter), never on the terminal as is.
+        log.error("worker failed: %s", exc, exc_info=exc)
         return 1
     return 0
 

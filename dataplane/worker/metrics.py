@@ -62,6 +62,13 @@ class WorkerMetrics:
             ["route", "track", "outcome"],
             registry=self.registry,
         )
+        self.upstream_too_large = Counter(
+            "apx_worker_upstream_responses_too_large_total",
+            "Upstream answers refused for size (the call fails with 502), by the part over its bound: "
+            "body (--max-result-bytes) or head (--max-response-head-bytes).",
+            ["part"],
+            registry=self.registry,
+        )
         self.outstanding = Gauge(
             "apx_worker_outstanding_messages",
             "Messages held (pulled, not yet acked or nacked); bounded by max outstanding messages.",

@@ -74,6 +74,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from apx.controllers import names
+from apx.dataplane.common.redact import redact_url
 from apx.dataplane.common.requeststate import Call, ScriptRunner, backlog_key, request_key
 from apx.dataplane.common.tracecontext import (
     BAGGAGE_POLICY_VERSION,
@@ -228,7 +229,7 @@ class Processor:
             extra={
                 "subscriptions": list(self.consumer.subscriptions),
                 "max_outstanding": self.config.max_outstanding_messages,
-                "upstream": self.config.upstream_url,
+                "upstream": redact_url(self.config.upstream_url),
                 "dead_letter_attempts": {p: s.max_delivery_attempts for p, s in self.settings.items()},
             },
         )
@@ -599,6 +600,8 @@ class Processor:
         except UpstreamTimeout:
             return _Outcome("retry", 504, error=f"upstream timed out after {self.config.timeout_ms} ms")
         except ResponseTooLarge as exc:
+            # Oversized answers fail for good (a retry would get the same answer), counted apart.
+            self.metrics.upstream_too_large.labels(exc.part).inc()
             return _Outcome("failed", 502, error=str(exc))
         except UpstreamError as exc:
             return _Outcome("retry", 502, error=f"upstream unreachable: {exc}")

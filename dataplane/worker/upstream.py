@@ -14,8 +14,13 @@ costs about 70 µs, and that difference is most of the worker's throughput
   connection close; ``Connection: close`` honoured; no body for HEAD, 1xx,
   204 and 304; interim ``100 Continue`` skipped;
 * a total timeout per call (waiting for a connection slot, connect, send,
-  response) → ``UpstreamTimeout``; a response larger than ``max_body`` →
-  ``ResponseTooLarge``. The response phase is not timed by an
+  response) → ``UpstreamTimeout``; a response body larger than ``max_body`` →
+  ``ResponseTooLarge``; heads (status line and headers, interim ``1xx``
+  answers and chunked trailers included) larger than ``max_head`` in total →
+  ``ResponseHeadTooLarge``; and whatever the framing (chunk-size lines with
+  huge extensions, endless trailers), a call never receives more than
+  ``max_body + max_head`` bytes before it fails, so a hostile upstream cannot
+  make the worker buffer without bound. The response phase is not timed by an
   ``asyncio.timeout`` per call (a timer handle, a context manager and a
   reschedule per call were a tenth of the worker's CPU): the client keeps the
   deadline of every connection awaiting an answer and one sweep every
@@ -41,6 +46,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from apx.dataplane.common.redact import redact_url
+
 MAX_HEAD_BYTES = 64 * 1024
 # How often the deadlines of calls awaiting an answer are checked (the timeouts' resolution).
 SWEEP_SECONDS = 0.05
@@ -58,6 +65,14 @@ class UpstreamTimeout(UpstreamError):
 class ResponseTooLarge(UpstreamError):
     """The answer's body exceeds the configured maximum."""
 
+    part = "body"  # metric label
+
+
+class ResponseHeadTooLarge(ResponseTooLarge):
+    """The answer's status line and headers (interim answers and trailers included) exceed the maximum."""
+
+    part = "head"
+
 
 @dataclass(frozen=True, slots=True)
 class Response:
@@ -69,8 +84,13 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: collects bytes and parses one response at a time."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, max_head: int = MAX_HEAD_BYTES) -> None:
         self.max_body = max_body
+        self.max_head = max_head
+        # Bytes of the current exchange: everything received, and head bytes parsed (reset per call).
+        self.received = 0
+        self.head_bytes = 0
+        self.in_head = False  # parsing a head or trailers: an overflow then is the head's fault
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.closed = False
@@ -86,9 +106,27 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.received_any = True
-        if len(self.buffer) > self.max_body + MAX_HEAD_BYTES:
-            self._error = ResponseTooLarge(f"response exceeds {self.max_body} bytes")
+        self.received += len(data)
+        if self.received > self.max_body + self.max_head and not self.in_head and self._error is None:
+            # Counted over the whole exchange, not the buffer (which parsing drains): framing
+            # and trailers cannot stretch a response past its bound either. While a head or
+            # trailers are parsed, the parser's own head bound applies (and names the right part).
+            self._error = ResponseTooLarge(f"response exceeds {self.max_body + self.max_head} bytes")
+            if self.transport is not None:
+                self.transport.pause_reading()
         self._wake()
+
+    def start_exchange(self) -> None:
+        """Reset the per-response counters before a request is sent on this connection."""
+        self.received_any = False
+        self.received = len(self.buffer)
+        self.head_bytes = 0
+        self.in_head = False
+
+    def _count_head(self, size: int) -> None:
+        self.head_bytes += size
+        if self.head_bytes > self.max_head:
+            raise ResponseHeadTooLarge(f"response head exceeds {self.max_head} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -115,13 +153,16 @@ class _Connection(asyncio.Protocol):
             raise self._error
 
     async def _head(self) -> tuple[int, dict[str, str]]:
+        self.in_head = True
         while True:
             end = self.buffer.find(b"\r\n\r\n")
             if end >= 0:
                 break
-            if len(self.buffer) > MAX_HEAD_BYTES:
-                raise UpstreamError("response head too large")
+            if self.head_bytes + len(self.buffer) > self.max_head:
+                raise ResponseHeadTooLarge(f"response head exceeds {self.max_head} bytes")
             await self._more()
+        self._count_head(end + 4)
+        self.in_head = False
         head = bytes(self.buffer[:end]).decode("latin-1")
         del self.buffer[: end + 4]
         lines = head.split("\r\n")
@@ -151,8 +192,8 @@ class _Connection(asyncio.Protocol):
                 line = bytes(self.buffer[:end])
                 del self.buffer[: end + 2]
                 return line
-            if len(self.buffer) > MAX_HEAD_BYTES:
-                raise UpstreamError("chunk header too large")
+            if len(self.buffer) > self.max_head:
+                raise ResponseHeadTooLarge(f"chunk header exceeds {self.max_head} bytes")
             await self._more()
 
     async def _chunked(self) -> bytes:
@@ -164,8 +205,10 @@ class _Connection(asyncio.Protocol):
             except ValueError as exc:
                 raise UpstreamError(f"malformed chunk size {size_text[:20]!r}") from exc
             if size == 0:
-                while await self._line():  # trailers, up to the empty line
-                    pass
+                self.in_head = True
+                while trailer := await self._line():  # trailers, up to the empty line
+                    self._count_head(len(trailer) + 2)
+                self.in_head = False
                 return bytes(body)
             if len(body) + size > self.max_body:
                 raise ResponseTooLarge(f"response exceeds {self.max_body} bytes")
@@ -233,10 +276,14 @@ def _clean(value: str) -> str:
 class UpstreamClient:
     """Calls one upstream origin; ``request`` is safe to call from many tasks at once."""
 
-    def __init__(self, base_url: str, *, max_connections: int, max_body: int) -> None:
+    def __init__(
+        self, base_url: str, *, max_connections: int, max_body: int, max_head: int = MAX_HEAD_BYTES
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"upstream URL must be http(s)://host[:port][/path], not {base_url!r}")
+            raise ValueError(
+                f"upstream URL must be http(s)://host[:port][/path], not {redact_url(base_url)!r}"
+            )
         self.tls = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
@@ -244,6 +291,7 @@ class UpstreamClient:
         self.host_header = parts.netloc.rsplit("@", 1)[-1] if self.port != default_port else self.host
         self.base_path = parts.path.rstrip("/")
         self.max_body = max_body
+        self.max_head = max_head
         self._ssl = ssl.create_default_context() if self.tls else None
         self._idle: list[_Connection] = []
         self.max_connections = max_connections
@@ -257,7 +305,7 @@ class UpstreamClient:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_connection(
-            lambda: _Connection(self.max_body),
+            lambda: _Connection(self.max_body, self.max_head),
             self.host,
             self.port,
             ssl=self._ssl,
@@ -351,7 +399,7 @@ class UpstreamClient:
             try:
                 if connection is None:
                     connection = await self._open(deadline, timeout)
-                connection.received_any = False
+                connection.start_exchange()
                 assert connection.transport is not None
                 self._watch(connection, deadline)
                 connection.transport.write(payload)

@@ -44,6 +44,18 @@ DATAPLANE = {"dataplane": {"ratelimit": {"enabled": True}, "gateway": {"enabled"
 PLAIN_LOGS = {"operator": {"jsonLogs": False, "logLevel": "DEBUG"}}
 REDIS_SECRET = {"redis": {"existingSecret": {"name": "apx-redis", "key": "url"}}}
 EMULATOR = {"pubsub": {"project": "apx-local", "emulatorHost": "pubsub-emulator.apx-system.svc:8085"}}
+CANARY = {
+    "canary": {
+        "prometheus": {"url": "http://prometheus-operated.monitoring:9090"},
+        "queries": {
+            "sync": {
+                "errors": 'sum(increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name="$cluster",'
+                'envoy_response_code_class=~"4|5"}[$window]))'
+            },
+            "async": {"latencyUnit": "seconds"},
+        },
+    }
+}
 
 
 def merged(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +85,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "json-logs-off": PLAIN_LOGS,
     "redis-url-from-secret": merged(REDIS_SECRET, DATAPLANE),
     "pubsub-emulator": EMULATOR,
+    "canary-analysis": merged(CANARY, NETWORK_POLICY),
     "namespaced-everything": merged(NAMESPACED, MONITORING, PDB, NETWORK_POLICY, DATAPLANE, REDIS_SECRET),
     "cluster-everything": merged(ADMISSION, MONITORING, PDB, NETWORK_POLICY, DATAPLANE, PLAIN_LOGS, EMULATOR),
 }

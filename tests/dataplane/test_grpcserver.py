@@ -10,6 +10,8 @@ the protocol is disconnected while others keep being served.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -19,9 +21,13 @@ import grpc
 import hpack
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from apx.dataplane.common.grpchealth import NOT_SERVING, SERVING, HealthService
 from apx.dataplane.common.grpcserver import GrpcError, GrpcServer, GrpcStatus, Method
+from apx.dataplane.common.h2conn import HeaderBlockGuard
+from apx.dataplane.common.hpackcache import LiteralEncoder
 
 ECHO = "/test.Echo/Echo"
 SLOW = "/test.Echo/Slow"
@@ -197,6 +203,54 @@ async def test_server_streaming_and_the_health_service() -> None:
         await server.stop(1)
 
 
+@pytest.mark.asyncio
+async def test_keepalive_pings_of_grpcio_keep_one_connection_that_serves_every_call() -> None:
+    server, port = await _serve(Handlers())
+    options = [
+        ("grpc.keepalive_time_ms", 100),
+        ("grpc.keepalive_timeout_ms", 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            for index in range(8):
+                assert await _unary(channel, ECHO)(b"%d" % index, timeout=5) == b"%d" % index
+                await asyncio.sleep(0.15)  # pings go out between the calls
+            assert server.connections == 1  # never dropped for pinging
+    finally:
+        await server.stop(1)
+
+
+@pytest.mark.asyncio
+async def test_cancelled_and_timed_out_calls_log_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    handlers = Handlers()
+    server, port = await _serve(handlers)
+    caplog.set_level(logging.DEBUG)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            late = [_unary(channel, SLOW)(b"x", timeout=0.05) for _ in range(50)]
+            outcomes = await asyncio.gather(*late, return_exceptions=True)
+            assert all(isinstance(o, grpc.aio.AioRpcError) for o in outcomes)
+            assert {o.code() for o in outcomes if isinstance(o, grpc.aio.AioRpcError)} == {
+                grpc.StatusCode.DEADLINE_EXCEEDED
+            }
+            while server.in_flight:
+                await asyncio.sleep(0.01)
+            assert handlers.cancelled.is_set()
+        await server.stop(1)
+        gc.collect()  # a task whose exception nobody read complains when it is collected
+        await asyncio.sleep(0)
+    finally:
+        await server.stop(1)
+    noisy = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING or "never retrieved" in r.getMessage()
+    ]
+    assert noisy == []
+
+
 # --- raw HTTP/2 -------------------------------------------------------------------------------------------
 
 
@@ -208,6 +262,13 @@ def _request_headers(path: str, *extra: tuple[str, str]) -> list[tuple[str, str]
     """What a gRPC client sends to call ``path``."""
     return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
             ("content-type", "application/grpc"), ("te", "trailers"), *extra]  # fmt: skip
+
+
+def _well_formed(headers: list[tuple[str, str]]) -> bool:
+    """Pseudo-headers first, each one a request needs exactly once (h2 requires :authority too)."""
+    names = [name for name, _ in headers]
+    pseudo = [name for name in names if name.startswith(":")]
+    return names[: len(pseudo)] == pseudo and sorted(pseudo) == [":authority", ":method", ":path", ":scheme"]
 
 
 class RawClient:
@@ -228,7 +289,7 @@ class RawClient:
         body = b"\0" + struct.pack(">L", len(message)) + message
         self.send(_frame(1, 0x4, stream, self.block) + _frame(0, 0x1, stream, body))
 
-    def frames_until(self, stop: Any, timeout: float = 2.0) -> list[tuple[int, int, int, bytes]]:
+    def frames_until(self, stop: Any, timeout: float = 2.0) -> list[tuple[int, int, int, bytes, Any]]:
         """Read frames until ``stop(frame)`` is true or nothing comes for ``timeout`` seconds."""
         seen = []
         self.sock.settimeout(timeout)
@@ -239,7 +300,9 @@ class RawClient:
                 if len(self.buffer) < end:
                     break
                 payload, self.buffer = self.buffer[9:end], self.buffer[end:]
-                item = (kind, flags, stream, payload)
+                # Every header block goes through the decoder in order: the server's encoder indexes.
+                headers = self.decoder.decode(payload) if kind == 1 else []
+                item = (kind, flags, stream, payload, headers)
                 seen.append(item)
                 if stop(item):
                     return seen
@@ -271,7 +334,7 @@ async def test_answers_wait_for_the_clients_flow_control_window() -> None:
         rest = await asyncio.to_thread(client.frames_until, lambda f: f[0] == 1 and f[1] & 0x1)
         body = data[0][3] + b"".join(f[3] for f in rest if f[0] == 0)
         assert body == b"\0" + struct.pack(">L", 30) + (b"0123456789" * 3)[::-1]
-        trailers = client.decoder.decode([f for f in rest if f[0] == 1][-1][3])
+        trailers = [f for f in rest if f[0] == 1][-1][4]
         assert ("grpc-status", "0") in trailers
     finally:
         await server.stop(1)
@@ -367,10 +430,11 @@ async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_b
         # A full table (room for two paths): an insertion evicts one, so the length stays the same and
         # only which entry is newest tells the change. Written by hand: ":method POST", ":scheme http"
         # from the static table; 0x44 = a literal ":path" added to the table; 0xbe = the newest entry.
+        # 0x01 0x01 "x": ":authority: x", a literal not added to the table.
         def insert_path(path: str) -> bytes:
-            return b"\x83\x86\x44" + bytes([len(path)]) + path.encode()
+            return b"\x83\x86\x44" + bytes([len(path)]) + path.encode() + b"\x01\x01x"
 
-        newest_path = b"\x83\x86\xbe"
+        newest_path = b"\x83\x86\xbe\x01\x01x"
         blocks.append(b"\x3f\x49" + insert_path(ECHO))  # table size 104: two 52-byte path entries
         blocks += [newest_path, newest_path]
         blocks.append(insert_path(FAIL))
@@ -380,8 +444,10 @@ async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_b
 
         expected = []
         for block in blocks:
-            decoded = dict(reference.decode(block))
-            expected.append(decoded.get(":path", ""))
+            decoded = reference.decode(block)
+            # A block whose replayed references now decode to a malformed request (a pseudo-header
+            # after a regular one, one twice) must be reset, as RFC 9113 §8.1.1 asks.
+            expected.append(dict(decoded).get(":path", "") if _well_formed(decoded) else "malformed")
         assert expected[4] != ECHO  # the replayed block really means something else by then
         assert expected[-8:] == [ECHO, ECHO, ECHO, FAIL, FAIL, FAIL, ECHO, ECHO]
 
@@ -391,11 +457,15 @@ async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_b
             body = b"\0" + struct.pack(">L", 2) + b"hi"
             await asyncio.to_thread(client.send, _frame(1, 0x4, stream, block) + _frame(0, 0x1, stream, body))
             frames = await asyncio.to_thread(
-                client.frames_until, lambda f, s=stream: f[0] == 1 and f[2] == s and bool(f[1] & 0x1)
+                client.frames_until,
+                lambda f, s=stream: f[2] == s and (f[0] == 3 or (f[0] == 1 and bool(f[1] & 0x1))),
             )
-            trailers = dict(client.decoder.decode(frames[-1][3]))
-            outcomes.append(trailers["grpc-status"])
-        status_for = {ECHO: "0", FAIL: str(GrpcStatus.RESOURCE_EXHAUSTED)}
+            last = frames[-1]
+            if last[0] == 3:
+                outcomes.append(f"reset:{struct.unpack('>L', last[3])[0]}")
+            else:
+                outcomes.append(dict(last[4])["grpc-status"])
+        status_for = {ECHO: "0", FAIL: str(GrpcStatus.RESOURCE_EXHAUSTED), "malformed": "reset:1"}
         assert outcomes == [status_for.get(path, str(GrpcStatus.UNIMPLEMENTED)) for path in expected]
     finally:
         await server.stop(1)
@@ -413,7 +483,7 @@ async def test_a_call_answered_before_its_body_ends_is_reset_and_its_late_frames
         answer = [f for f in frames if f[2] == 1]
         assert [f[0] for f in answer] == [1, 3]  # trailers-only answer, then RST_STREAM
         assert struct.unpack(">L", answer[1][3])[0] == 0  # NO_ERROR: "stop sending, all is said"
-        assert ("grpc-status", "12") in client.decoder.decode(answer[0][3])
+        assert ("grpc-status", "12") in answer[0][4]
         # The client's body and trailers were already on the way: dropped, the connection lives on.
         body = b"\0" + struct.pack(">L", 1) + b"x"
         await asyncio.to_thread(client.send, _frame(0, 0, 1, body) + _frame(1, 0x5, 1, b"\x88"))
@@ -423,3 +493,108 @@ async def test_a_call_answered_before_its_body_ends_is_reset_and_its_late_frames
         assert [f[3][5:] for f in frames if f[0] == 0 and f[2] == 3] == [b"cba"]
     finally:
         await server.stop(1)
+
+
+# --- limits as configured -----------------------------------------------------------------------------
+
+
+def test_transport_limits_come_from_apx_grpc_variables_and_flags_override_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from apx.dataplane.ratelimit.main import build_parser, settings_from_args
+
+    monkeypatch.setenv("APX_GRPC_MAX_CONNECTIONS", "7")
+    monkeypatch.setenv("APX_GRPC_IDLE_TIMEOUT", "12.5")
+    args = build_parser().parse_args(["--grpc-max-concurrent-streams", "9", "--grpc-idle-timeout", "3"])
+    limits = settings_from_args(args).transport
+    assert (limits.max_connections, limits.max_concurrent_streams, limits.idle_timeout) == (7, 9, 3.0)
+    assert limits.max_message_bytes == 4 * 1024 * 1024  # untouched: the safe default
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--grpc-max-message-bytes", "0"],
+        ["--grpc-connection-buffer-bytes", "1000"],  # less than one whole message
+        ["--grpc-handshake-timeout", "-1"],
+    ],
+)
+def test_limits_out_of_range_stop_the_service_with_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from apx.dataplane.ratelimit.main import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert "gRPC transport limits" in capsys.readouterr().err
+
+
+# --- the header-block guard and the HPACK caches, in isolation -------------------------------------------
+
+_FRAMES = st.lists(
+    st.tuples(
+        st.sampled_from([0x0, 0x1, 0x4, 0x5, 0x6, 0x9]), st.sampled_from([0, 0x4]), st.binary(max_size=40)
+    ),
+    max_size=30,
+)
+
+
+_OPEN, _CONT, _END = (0x1, 0, b"ab"), (0x9, 0, b""), (0x9, 0x4, b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=_FRAMES, cuts=st.lists(st.integers(1, 2000), max_size=12))
+@example(frames=[_OPEN, _CONT, _CONT, _END], cuts=[30])  # exactly the frame limit: allowed
+@example(frames=[_OPEN, _CONT, _CONT, _CONT, _END], cuts=[30, 40])  # one over
+@example(frames=[(0x1, 0, b"x" * 60), (0x9, 0x4, b"y" * 40)], cuts=[])  # exactly the byte limit
+@example(frames=[(0x1, 0, b"x" * 60), (0x9, 0x4, b"y" * 41)], cuts=[33, 34, 35])  # one byte over
+def test_the_header_block_guard_judges_a_stream_the_same_however_it_is_cut(
+    frames: list[tuple[int, int, bytes]], cuts: list[int]
+) -> None:
+    data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"".join(
+        _frame(kind, flags, 1, p) for kind, flags, p in frames
+    )
+    whole = HeaderBlockGuard(max_bytes=100, max_frames=3)
+    expected = whole.feed(data)
+    pieces = HeaderBlockGuard(max_bytes=100, max_frames=3)
+    verdict = None
+    start = 0
+    for cut in [*sorted({c for c in cuts if c < len(data)}), len(data)]:
+        verdict = pieces.feed(data[start:cut])
+        start = cut
+        if verdict is not None:
+            break
+    assert verdict == expected
+    # Walked frame by frame: the verdict is right, not only consistent.
+    in_block, block, continuations, reason = False, 0, 0, None
+    for kind, flags, payload in frames:
+        if kind in (0x1, 0x5):
+            in_block, block, continuations = True, len(payload), 0
+        elif kind == 0x9 and in_block:
+            block += len(payload)
+            continuations += 1
+            if continuations > 3:
+                reason = "frames"
+                break
+        else:
+            continue
+        if block > 100:
+            reason = "bytes"
+            break
+        in_block = not flags & 0x4
+    assert (expected is None) == (reason is None)
+
+
+def test_the_literal_encoder_signals_a_smaller_table_and_stays_decodable() -> None:
+    encoder = LiteralEncoder()
+    decoder = hpack.Decoder()
+    headers = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+    first = encoder.encode(headers)
+    assert encoder.encode(headers) is first  # encoded once
+    encoder.header_table_size = 0  # the peer's SETTINGS_HEADER_TABLE_SIZE went to 0
+    resized = encoder.encode(headers)
+    assert resized != first and resized.endswith(first)  # a size update in front, then the same fields
+    for block in (first, resized, encoder.encode(headers)):
+        assert [(bytes(n), bytes(v)) for n, v in decoder.decode(block, raw=True)] == list(headers)
+    assert decoder.header_table_size == 0

@@ -425,6 +425,37 @@ CASES = [
         "spec.canary.steps",
         (("spec", "canary", "steps"), [50, 25]),
     ),
+    # --- Route: canary analysis clocks ---
+    accept(
+        "window-longer-than-check-interval",
+        R,
+        "spec.canary.analysis",
+        route.WINDOW_COVERS_CHECK_INTERVAL_MESSAGE,
+        (("spec", "canary", "analysis"), {"checkInterval": "15s", "window": "2m"}),
+    ),
+    reject(
+        "window-shorter-than-check-interval",
+        R,
+        "spec.canary.analysis",
+        route.WINDOW_COVERS_CHECK_INTERVAL_MESSAGE,
+        "spec.canary.analysis.window",
+        (("spec", "canary", "analysis"), {"checkInterval": "30s", "window": "20s"}),
+    ),
+    accept(
+        "check-interval-one-second",
+        R,
+        "spec.canary.analysis",
+        route.CHECK_INTERVAL_MINIMUM_MESSAGE,
+        (("spec", "canary", "analysis"), {"checkInterval": "1s"}),
+    ),
+    reject(
+        "check-interval-below-one-second",
+        R,
+        "spec.canary.analysis",
+        route.CHECK_INTERVAL_MINIMUM_MESSAGE,
+        "spec.canary.analysis.checkInterval",
+        (("spec", "canary", "analysis"), {"checkInterval": "500ms"}),
+    ),
     # --- Route: match ---
     accept(
         "exact-path-only",

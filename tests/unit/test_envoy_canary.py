@@ -28,9 +28,10 @@ def _headers(cluster: Any) -> dict[str, str]:
 def test_canary_at_25_percent_splits_75_25_stable_first() -> None:
     entry = find_route(render(product(), policy(), _canary_route(25)), "default/checkout")
     clusters = _clusters(entry)
+    # Each track goes through its own cluster (a copy of its backend's; see test_envoy_track_clusters).
     assert [(c.name, c.weight.value) for c in clusters] == [
-        (names.service_cluster("default", "checkout", 8080), 75),
-        (names.service_cluster("default", "checkout-v2", 8080), 25),
+        (names.track_cluster("default", "checkout", "stable"), 75),
+        (names.track_cluster("default", "checkout", "canary"), 25),
     ]
     assert sum(c.weight.value for c in clusters) == 100
 
@@ -67,7 +68,7 @@ def test_non_sticky_canary_has_no_hash_policy() -> None:
     assert len(entry.route.hash_policy) == 0
 
 
-def test_policy_only_canary_uses_the_same_cluster_twice_with_its_own_configs() -> None:
+def test_policy_only_canary_gives_each_track_its_own_cluster_and_configs() -> None:
     canary_policy = policy(
         version="1.1.0",
         authz={"defaultAction": "deny", "rules": [{"name": "r", "paths": ["/"]}]},
@@ -83,9 +84,21 @@ def test_policy_only_canary_uses_the_same_cluster_twice_with_its_own_configs() -
             status={"canary": {"phase": "Progressing", "weight": 50}},
         ),
     ]
-    entry = find_route(render(*documents), "default/checkout")
+    output = render(*documents)
+    entry = find_route(output, "default/checkout")
     stable, canary = _clusters(entry)
-    assert stable.name == canary.name == names.service_cluster("default", "checkout", 8080)
+    # One backend, two clusters: Envoy's per-cluster stats tell the tracks apart.
+    assert (stable.name, canary.name) == (
+        names.track_cluster("default", "checkout", "stable"),
+        names.track_cluster("default", "checkout", "canary"),
+    )
+    by_name = {c.name: c for c in output.clusters}
+    backend = names.service_cluster("default", "checkout", 8080)
+    for track in (stable, canary):
+        endpoint = by_name[track.name].load_assignment.endpoints[0].lb_endpoints[0].endpoint
+        assert (
+            endpoint.address == by_name[backend].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+        )
     # Policies differ: each cluster overrides RBAC and both rate-limit instances;
     # jwt_authn stays on the route (the tracks share one provider).
     assert RBAC_FILTER in canary.typed_per_filter_config

@@ -105,29 +105,58 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
+{{/*
+Credentials in URL values (user:password@, or a secret query parameter): such a value never
+appears inline. The chart moves it into the Secret "apx.credentialsSecretName"
+(templates/credentials-secret.yaml) and containers read it from there; NOTES shows it
+redacted. "apx.hasCredentials" answers "true" or "".
+*/}}
+{{- define "apx.hasCredentials" -}}
+{{- if regexMatch "(^|://)[^/@\\s]*:[^/@\\s]*@|[?&](password|passwd|pwd|secret|token|access_token|api_key|apikey|key|sig|signature)=" (toString .) }}true{{ end }}
+{{- end }}
+
+{{- define "apx.redactUrl" -}}
+{{- regexReplaceAll "[?&](password|passwd|pwd|secret|token|access_token|api_key|apikey|key|sig|signature)=[^&#]*" (regexReplaceAll "(^|://)([^/:@\\s]*):[^/@\\s]*@" (toString .) "${1}${2}:***@") "" }}
+{{- end }}
+
+{{- define "apx.credentialsSecretName" -}}
+{{ include "apx.fullname" . }}-credentials
+{{- end }}
+
+{{/* One env entry: the value inline, or from the credentials Secret when it carries a credential. */}}
+{{- define "apx.urlEnv" -}}
+- name: {{ .name }}
+{{- if include "apx.hasCredentials" .value }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "apx.credentialsSecretName" .ctx }}
+      key: {{ .key }}
+{{- else }}
+  value: {{ .value | quote }}
+{{- end }}
+{{- end }}
+
 {{/* Redis URL and Pub/Sub settings as container env, shared by the operator and the dataplane. */}}
 {{- define "apx.backendEnv" -}}
-- name: APX_REDIS_URL
 {{- if .Values.redis.existingSecret.name }}
+- name: APX_REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ .Values.redis.existingSecret.name }}
       key: {{ .Values.redis.existingSecret.key }}
 {{- else }}
-  value: {{ .Values.redis.url | quote }}
+{{ include "apx.urlEnv" (dict "ctx" . "name" "APX_REDIS_URL" "key" "redis-url" "value" .Values.redis.url) }}
 {{- end }}
 - name: APX_PUBSUB_PROJECT
   value: {{ .Values.pubsub.project | quote }}
 {{- with .Values.pubsub.emulatorHost }}
-- name: PUBSUB_EMULATOR_HOST
-  value: {{ . | quote }}
+{{ include "apx.urlEnv" (dict "ctx" $ "name" "PUBSUB_EMULATOR_HOST" "key" "pubsub-emulator-host" "value" .) }}
 {{- end }}
 - name: APX_LOG_LEVEL
   value: {{ .Values.operator.logLevel | quote }}
 - name: APX_JSON_LOGS
   value: {{ .Values.operator.jsonLogs | quote }}
 {{- with .Values.operator.otlpEndpoint }}
-- name: APX_OTLP_ENDPOINT
-  value: {{ . | quote }}
+{{ include "apx.urlEnv" (dict "ctx" $ "name" "APX_OTLP_ENDPOINT" "key" "otlp-endpoint" "value" .) }}
 {{- end }}
 {{- end }}

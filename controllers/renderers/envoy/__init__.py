@@ -13,6 +13,7 @@ Envoy feature per file:
 ``route_config.py``       virtual hosts, matching, ordering, timeouts, retries
 ``canary.py``             weighted clusters, tenant-sticky hashing
 ``clusters.py``           backend, rate-limit, gateway and JWKS clusters
+``track_clusters.py``     per-track clusters of sync canaries (stat names)
 ``jwt.py``                jwt_authn providers and per-route requirements
 ``authz.py``              RBAC per route (scopes, IP allowlist)
 ``ratelimit.py``          rate-limit filters and descriptors (``DESCRIPTORS.md``)

@@ -4,8 +4,11 @@ Called by ``route_config`` for every route that has a canary track. Pure.
 
 * Two ``ClusterWeight``s, stable first, with the IR's weights (they sum to 100;
   the canary weight may be 0 — pending or rolled back — or 100 — promoted).
-  Both tracks may name the same cluster: a policy-only canary, or an async
-  route whose tracks both go to the async gateway.
+  A sync route's entries point at its per-track clusters
+  (``track_clusters.py``: copies of the backends' clusters with their own
+  stat names, so the canary analysis can tell the tracks apart even when
+  both use one backend, as a policy-only canary does); an async route's
+  both go to the async gateway.
 * Each ClusterWeight carries its own ``x-apx-track`` and
   ``x-apx-policy-version`` and its policy's header transforms, so upstreams
   (and the async gateway, which picks the track's topic from ``x-apx-track``)
@@ -40,6 +43,7 @@ from ...ir import RouteIR, TrackIR
 from .common import JWT_FILTER, TRUE, uint32
 from .context import RenderContext
 from .headers import product_header
+from .track_clusters import track_cluster_name
 
 TENANT_HASH_POLICY = route_pb.RouteAction.HashPolicy(
     header=route_pb.RouteAction.HashPolicy.Header(header_name=names.TENANT_HEADER)
@@ -76,7 +80,7 @@ def weighted_route_kwargs(route: RouteIR, ctx: RenderContext, action: dict[str, 
     clusters = []
     for index, track in enumerate(tracks):
         weight: dict[str, Any] = {
-            "name": names.ASYNC_GATEWAY_CLUSTER if is_async else track.backend.cluster,
+            "name": names.ASYNC_GATEWAY_CLUSTER if is_async else track_cluster_name(route, track),
             "weight": uint32(track.weight),
             **ctx.headers.track(track.name, track.policy).kwargs(),
         }

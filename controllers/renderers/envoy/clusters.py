@@ -14,6 +14,8 @@ JWKS endpoints of the JWT providers. Pure. Clusters are sorted by name.
     against the CA bundle (``EnvoySettings.trusted_ca_file``) and its SAN
     matched against the host.
   - HTTP/1.1 upstream (``envoy.extensions.upstreams.http.v3.HttpProtocolOptions``).
+* One cluster per track of each sync canary Route, copies of the backend
+  clusters with their own stat names (``track_clusters.py``).
 * ``names.RATE_LIMIT_CLUSTER`` — the APX rate-limit service, gRPC so HTTP/2.
 * ``names.ASYNC_GATEWAY_CLUSTER`` — the APX async gateway, HTTP/1.1. Always
   present (like the rate-limit cluster), so the listener never references a
@@ -23,7 +25,7 @@ JWKS endpoints of the JWT providers. Pure. Clusters are sorted by name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -36,6 +38,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upst
 from ... import names
 from ...ir import RouteIR
 from .common import EnvoySettings, duration, exact, pack
+from .track_clusters import build_track_clusters
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -111,7 +114,7 @@ def dns_cluster(
 
 
 def build_clusters(
-    routes: Iterable[RouteIR],
+    routes: Collection[RouteIR],
     jwks_endpoints: Mapping[str, tuple[str, str, int]],
     settings: EnvoySettings,
 ) -> list[Any]:
@@ -138,6 +141,7 @@ def build_clusters(
                     logical=backend.kind == "url",
                     tls=backend.tls,
                 )
+    clusters.update(build_track_clusters(routes, clusters))
     for name, (scheme, host, port) in jwks_endpoints.items():
         clusters[name] = dns_cluster(name, host, port, settings, logical=True, tls=scheme == "https")
     return [clusters[name] for name in sorted(clusters)]

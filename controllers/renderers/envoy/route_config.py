@@ -293,8 +293,10 @@ def _canary_fragment(route: RouteIR, ctx: RenderContext) -> bytes:
     tracks = tuple((t.name, t.weight, t.backend, id(t.policy)) for t in route.tracks)
     sticky = route.canary_state is not None and route.canary_state.sticky_by_tenant
     sync = route.mode == "sync"
+    # A sync canary's entries name its own per-track clusters, so its fragment is its own.
     key = (
-        "canary", route.mode, id(route.product), tracks, sticky, match.path is None,
+        "canary", route.mode, route.key if sync else None, id(route.product), tracks, sticky,
+        match.path is None,
         match.path is None and (match.path_prefix or "/").endswith("/"),
         route.timeout_ms if sync else None, _retries_key(route.retries) if sync else None,
     )  # fmt: skip

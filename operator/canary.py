@@ -1,0 +1,329 @@
+"""The canary controller loop: schedules analysis checks, queries metrics, applies each decision at once.
+
+Started by ``apx.operator.main`` beside the reconciler; fed by the
+reconciler's store (``Reconciler.objects``) and woken by its change listener.
+Everything it decides comes from the pure ``apx.controllers.canary.decide``;
+this module only does the I/O around it:
+
+* every Route with a ``canary`` block gets a check when ``decide.due_in``
+  says one is due (``analysis.checkInterval``), and at once when its canary
+  block changes (a new ``revision``) or a person asks through ``apx rollout``
+  (``status.canary.request`` with an id not handled yet);
+* a check queries both tracks over ``analysis.window`` from the metrics
+  provider, concurrently and with bounded concurrency across Routes; a
+  provider that cannot answer is handed to ``decide`` as ``metrics_error``
+  (it holds and, in time, halts; it never rolls back);
+* the next ``status.canary`` (never the spec: GitOps sees no drift) is written
+  with one merge patch through the status subresource, and the written object
+  goes straight into the reconciler's store, so the pass it triggers renders
+  the new weight into the Redis route table and the Envoy snapshot without
+  waiting for a resync;
+* Events, logs and the ``apx_canary_*`` metrics carry the numbers behind each
+  decision.
+
+``status.canary`` has one writer, this loop (the reconciler reads it and
+never writes it back), except ``request``, which only ``apx rollout`` writes:
+the loop never sends that key, so a command given while a check runs is not
+lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from apx.controllers.appliers.kube import KubeClient, KubeError
+from apx.controllers.canary.decide import Outcome, decide, due_in
+from apx.controllers.canary.state import parse_status
+from apx.controllers.canary.targets import target_for_spec
+from apx.controllers.canary.types import (
+    TRACKS,
+    Command,
+    MetricsProvider,
+    MetricsUnavailable,
+    RouteTarget,
+    TrackWindow,
+)
+from apx.controllers.models.common import duration_ms
+from apx.controllers.models.route import CanaryStatus, RouteSpec
+from apx.controllers.translate import canary_revision
+
+from .events import post_event
+from .metrics import OperatorMetrics
+from .reconciler import Reconciler
+
+logger = logging.getLogger("apx.operator.canary")
+
+NO_PROVIDER_MESSAGE = "no canary metrics backend is configured: set --prometheus-url (APX_PROMETHEUS_URL)"
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch_seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """What one Route needs now: a check, a command or a new revision to handle."""
+
+    key: str
+    body: Mapping[str, Any]
+    spec: RouteSpec | None  # None: the canary block was removed, its progress is cleared
+    revision: str
+    status: CanaryStatus | None
+    command: Command | None
+    run_check: bool
+
+
+class CanaryController:
+    """Walks every Route's canary through its steps; one instance per operator process."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        kube: KubeClient,
+        provider: MetricsProvider | None,
+        metrics: OperatorMetrics | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        tick_seconds: float = 1.0,
+        concurrency: int = 8,
+    ) -> None:
+        self.reconciler = reconciler
+        self.kube = kube
+        self.provider = provider
+        self.metrics = metrics or reconciler.metrics
+        self.clock = clock
+        self.tick_seconds = tick_seconds
+        self._queries = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._running: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Parsed specs by Route key, reused while the object's generation is unchanged.
+        self._specs: dict[str, tuple[Any, RouteSpec | None]] = {}
+        self.checks = 0
+        reconciler.listeners.append(self._on_change)
+
+    # --- scheduling ------------------------------------------------------------------
+
+    def _on_change(self, kind: str, body: Mapping[str, Any]) -> None:
+        if kind == "Route" and ((body.get("spec") or {}).get("canary") or _canary_status(body)):
+            self._wake.set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Check Routes until ``stop`` is set (or the task is cancelled)."""
+        stop = stop or asyncio.Event()
+        try:
+            while not stop.is_set():
+                wait = self.tick_seconds
+                if self.reconciler.listed:
+                    # Only from a complete store: a partial one could look like a
+                    # removed canary block and clear progress that is still valid.
+                    wait = min(wait, self.schedule(self.clock()))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.05))
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def schedule(self, now: float) -> float:
+        """Start the work that is due; return seconds until the next check is due."""
+        next_due = float("inf")
+        seen: set[str] = set()
+        for (kind, key), body in list(self.reconciler.objects.items()):
+            if kind != "Route" or (kind, key) in self.reconciler.deleting:
+                continue
+            seen.add(key)
+            if key in self._running:
+                continue
+            work, due = self._work_for(key, body, now)
+            if work is not None:
+                self._start(work)
+            elif due is not None:
+                next_due = min(next_due, due)
+        for gone in set(self._specs) - seen:
+            del self._specs[gone]
+        return next_due
+
+    async def settle(self) -> None:
+        """Wait for the work started so far (tests, and a clean shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _start(self, work: Work) -> None:
+        self._running.add(work.key)
+        task = asyncio.create_task(self._handle(work), name=f"canary {work.key}")
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            self._running.discard(work.key)
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.error("canary work for %s failed: %s", work.key, finished.exception())
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    def _work_for(self, key: str, body: Mapping[str, Any], now: float) -> tuple[Work | None, float | None]:
+        """The work a Route needs now (or None) and, when none, seconds until its next check."""
+        current = _canary_status(body)
+        if not (body.get("spec") or {}).get("canary"):
+            # Most Routes have no canary: nothing is parsed or cached for them.
+            self._specs.pop(key, None)
+            if current:
+                # The canary block is gone (promoted and folded into the spec, or
+                # withdrawn): its progress no longer describes anything.
+                return Work(key, body, None, "", None, None, run_check=False), None
+            return None, None
+        spec = self._spec(key, body)
+        if spec is None or spec.canary is None:
+            return None, None  # the reconciler reports the spec error; the canary stays as it is
+        revision = canary_revision(spec.canary)
+        status = self._status(current)
+        command = _pending_command(current)
+        if status is None or status.revision != revision or command is not None:
+            return Work(key, body, spec, revision, status, command, run_check=False), None
+        due = due_in(spec.canary, status, now)
+        if due <= 0:
+            return Work(key, body, spec, revision, status, None, run_check=True), None
+        return None, due
+
+    def _spec(self, key: str, body: Mapping[str, Any]) -> RouteSpec | None:
+        meta = body.get("metadata") or {}
+        stamp = (meta.get("generation"), meta.get("uid"), id(body.get("spec")))
+        cached = self._specs.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            spec: RouteSpec | None = RouteSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            spec = None
+        self._specs[key] = (stamp, spec)
+        return spec
+
+    @staticmethod
+    def _status(current: Mapping[str, Any] | None) -> CanaryStatus | None:
+        # Lenient: a field mistyped by hand or written by an older version is
+        # dropped (its default applies), so valid progress is never thrown away.
+        return parse_status(current) if current else None
+
+    # --- one Route ---------------------------------------------------------------------
+
+    async def _handle(self, work: Work) -> None:
+        namespace, name = work.key.split("/", 1)
+        if work.spec is None or work.spec.canary is None:
+            await self._write(work, {"canary": None})
+            for gauge in (self.metrics.canary_weight, self.metrics.canary_frozen):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(namespace, name)
+            return
+        stable = canary = None
+        metrics_error: str | None = None
+        if work.run_check:
+            window_seconds = max(1, duration_ms(work.spec.canary.analysis.window) // 1000)
+            target = target_for_spec(namespace, name, work.spec)
+            try:
+                stable, canary = await self._windows(target, window_seconds)
+            except MetricsUnavailable as exc:
+                metrics_error = str(exc)
+        now = self.clock()
+        outcome = decide(
+            work.spec.canary,
+            work.revision,
+            work.status,
+            stable,
+            canary,
+            now,
+            command=work.command,
+            metrics_error=metrics_error,
+        )
+        await self._apply(work, outcome, now)
+
+    async def _windows(self, target: RouteTarget, window_seconds: int) -> tuple[TrackWindow, TrackWindow]:
+        provider = self.provider
+        if provider is None:
+            raise MetricsUnavailable(NO_PROVIDER_MESSAGE)
+
+        async def one(track: Any) -> TrackWindow:
+            async with self._queries:
+                return await provider.query(target, track, window_seconds)
+
+        try:
+            stable, canary = await asyncio.gather(*(one(track) for track in TRACKS))
+        except MetricsUnavailable:
+            self.metrics.canary_metrics_up.labels(provider=provider.name).set(0)
+            raise
+        self.metrics.canary_metrics_up.labels(provider=provider.name).set(1)
+        return stable, canary
+
+    async def _apply(self, work: Work, outcome: Outcome, now: float) -> None:
+        namespace, name = work.key.split("/", 1)
+        previous = dict(_canary_status(work.body) or {})
+        previous.pop("request", None)
+        written = outcome.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        # The request is the CLI's to write: echoing it back could overwrite a
+        # newer command given while this check ran.
+        written.pop("request", None)
+        self.checks += 1 if outcome.check_ran else 0
+        if outcome.check_ran:
+            self.metrics.canary_checks.labels(result=outcome.decision.result).inc()
+        if written != previous:
+            patch: dict[str, Any] = {k: None for k in previous if k not in written}
+            patch.update(written)
+            await self._write(work, {"canary": patch, "canaryWeight": outcome.status.weight})
+        self.metrics.canary_weight.labels(namespace=namespace, route=name).set(outcome.status.weight)
+        self.metrics.canary_frozen.labels(namespace=namespace, route=name).set(
+            1 if outcome.status.frozen else 0
+        )
+        if outcome.rolled_back and outcome.decision.result == "rollback":  # not a person's abort
+            self.metrics.canary_rollbacks.labels(namespace=namespace, route=name).inc()
+        for event in outcome.events:
+            log = logger.warning if event.type == "Warning" else logger.info
+            log("Route %s: %s: %s", work.key, event.reason, event.message)
+            await post_event(
+                self.kube, "Route", work.body, event.type, event.reason, event.message, rfc3339(now)
+            )
+
+    async def _write(self, work: Work, status: dict[str, Any]) -> None:
+        namespace, name = work.key.split("/", 1)
+        try:
+            updated = await self.kube.patch_status("Route", namespace, name, status)
+        except KubeError as exc:
+            # Nothing changed: the same work is due again on the next round.
+            logger.warning("cannot write status.canary of Route %s: %s", work.key, exc)
+            return
+        if updated:
+            # Into the store at once: the pass this triggers renders the new
+            # weight into Redis and the Envoy snapshot.
+            self.reconciler.observe("Route", {**updated, "kind": "Route"})
+
+
+def _canary_status(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    status = body.get("status")
+    if not isinstance(status, Mapping):
+        return None
+    canary = status.get("canary")
+    return dict(canary) if isinstance(canary, Mapping) else None
+
+
+def _pending_command(current: Mapping[str, Any] | None) -> Command | None:
+    """The ``apx rollout`` request not handled yet, if any (malformed requests are ignored)."""
+    request = (current or {}).get("request")
+    if not isinstance(request, Mapping):
+        return None
+    action, request_id = request.get("action"), request.get("id")
+    if action not in ("promote", "abort", "retry", "pause", "resume") or not isinstance(request_id, str):
+        return None
+    handled = (current or {}).get("handledRequest")
+    if request_id == handled:
+        return None
+    return Command(action=action, id=request_id, full=bool(request.get("full")))
