@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PACKAGES := -p apx.controllers -p apx.operator -p apx.e2e -p apx.dataplane
 
-.PHONY: install test unit lint typecheck gen bench demo down translate clean
+.PHONY: install test unit lint typecheck gen bench demo down translate clean image
 
 install:
 	@bash hack/install.sh
@@ -43,6 +43,10 @@ down:
 # Offline: what the operator would produce for samples/, with no cluster and no services.
 translate: install
 	$(VENV)/bin/apx translate -f samples/ --only status
+
+# The APX image (Dockerfile), tagged apx/apx:<Chart.yaml appVersion>; hack/IMAGE.md.
+image:
+	@bash hack/image-build.sh
 
 clean:
 	rm -rf $(VENV) .typecheck .mypy_cache .pytest_cache .ruff_cache .hypothesis

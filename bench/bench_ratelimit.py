@@ -1,6 +1,7 @@
 """Benchmark: the rate-limit service (``apx-ratelimit``) against raw EVALSHA of the same Lua script.
 
     python bench/bench_ratelimit.py [--seconds 5] [--streams 32] [--rate 5000]
+        [--transports lean,h2] [--baseline-path DIR]
 
 Starts its own redis-server (``apx.e2e.services.start_redis``), publishes a
 Product the way the operator does, and measures in one run:
@@ -11,19 +12,24 @@ Product the way the operator does, and measures in one run:
   does), redis-py pipelined (100 per round trip, Redis' own ceiling for this
   script), redis-py asyncio with ``--streams`` calls in flight, and the
   service's own pipelined connection (``pipe.PipelinedRedis``) the same way;
-* two floors driven exactly like the service: an empty ``grpc.aio``
-  servicer, and the service's own transport (``common.grpcserver``, on ``h2``) with a
-  handler that parses the request and answers a constant;
-* the service, one process (``python -m apx.dataplane.ratelimit``): decisions
-  per second with ``--streams`` concurrent calls on one HTTP/2 connection
-  (h2load, closed loop: what one Envoy worker's connection can carry) and
-  server CPU per decision;
+* three floors driven exactly like the service: an empty ``grpc.aio``
+  servicer, and each of the service's two transports (``common.grpcserver``:
+  ``lean``, its own framing, and ``h2``, the library) with a handler that
+  parses the request and answers a constant;
+* the service, one process (``python -m apx.dataplane.ratelimit``), once per
+  transport (``--grpc-transport``): decisions per second with ``--streams``
+  concurrent calls on one HTTP/2 connection (h2load, closed loop: what one
+  Envoy worker's connection can carry) and server CPU per decision;
 * latency at ``--rate`` (and at half and a fifth of it) under open-loop
   load: Poisson arrivals on 4 connections, each request sent at its time
   whatever is in flight (``openloop.py``, which says why not h2load's
   ``--rps``); the floors at ``--rate`` beside it;
 * for comparison, h2load's ``--rps`` at ``--rate``, which sends every 10 ms
-  what is due (bursts of 50 at 5,000 rps on 4 connections).
+  what is due (bursts of 50 at 5,000 rps on 4 connections);
+* with ``--baseline-path DIR`` (a ``PYTHONPATH`` under which ``apx`` is
+  another tree, e.g. an older commit unpacked with ``git archive``), that
+  tree's service too, driven the same way in the same run: before and after
+  a change side by side, beside the same baselines.
 
 Closed-loop load comes from h2load (Debian ``nghttp2-client``, installed when
 missing), which sends Envoy's ``RateLimitRequest`` as raw gRPC frames at a
@@ -31,7 +37,7 @@ fraction of a Python client's CPU, leaving the machine to the service. After
 the runs the service's own metrics are scraped to check every call was a
 decision (no errors). Everything started is stopped by PID. Targets from the
 issue: service ≥ 50 % of the raw sequential EVALSHA rate, p99 ≤ 2 ms at
-5,000 rps.
+5,000 rps; both transports' figures are printed beside the same baselines.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apx.controllers.appliers.redis_rules import RedisApplier, VersionedKeys
 from apx.controllers.renderers.redis_rules import render_redis
 from apx.controllers.translate import translate
+from apx.dataplane.common.grpcserver import TRANSPORTS
 from apx.dataplane.common.pipe import PipelinedRedis, encode_args
 from apx.dataplane.common.rulesets import RuleSetReader
 from apx.dataplane.ratelimit import scripts
@@ -96,8 +103,8 @@ GRPC_AIO_SERVER = textwrap.dedent(
     """
 )
 
-# The service's own transport with a handler that only parses the request and answers a constant:
-# what the transport costs, the floor under every decision.
+# The service's own transport (argv[3]: lean or h2) with a handler that only parses the request and
+# answers a constant: what the transport costs, the floor under every decision.
 TRANSPORT_FLOOR_SERVER = textwrap.dedent(
     """
     import asyncio, sys
@@ -112,7 +119,7 @@ TRANSPORT_FLOOR_SERVER = textwrap.dedent(
         return ANSWER
 
     async def main():
-        server = GrpcServer({sys.argv[2]: Method(should_rate_limit)})
+        server = GrpcServer({sys.argv[2]: Method(should_rate_limit)}, transport=sys.argv[3])
         await server.start(*parse_listen(sys.argv[1]))
         await asyncio.Event().wait()
 
@@ -257,7 +264,7 @@ async def raw_async(url: str, rules: dict[str, Any], seconds: float, streams: in
 
 async def raw_pipe(url: str, rules: dict[str, Any], seconds: float, streams: int) -> float:
     """The service's own connection (``PipelinedRedis``) with the service's pre-encoded commands."""
-    pipe = PipelinedRedis(url)
+    pipe = PipelinedRedis(url, timeout=5.0)  # a baseline on a busy machine: no call may time out
     plans = [build_plan(PRODUCT, f"t{i}", rules["meta"], rules["rule"], None) for i in range(TENANTS)]
     done = 0
 
@@ -394,9 +401,11 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return float("nan")
 
 
-def spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -465,6 +474,65 @@ def describe(values: list[float]) -> str:
     )
 
 
+@dataclass
+class ServiceRun:
+    """One run of the service on one transport: what was driven, and its metrics before and after."""
+
+    transport: str
+    driven: Driven
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+def report_service(
+    label: str,
+    run: ServiceRun,
+    sequential: float,
+    in_flight: float,
+    floors: dict[str, Driven],
+    args: argparse.Namespace,
+) -> bool:
+    """Print one transport's service figures; True when the service reported failures."""
+    before, after, driven, transport = run.before, run.after, run.driven, run.transport
+    decided = after.get("apx_ratelimit_decisions_total", 0) - before.get("apx_ratelimit_decisions_total", 0)
+    failures = after.get("apx_ratelimit_failures_total", 0) - before.get("apx_ratelimit_failures_total", 0)
+    server_p99 = bucket_quantile(before["buckets"], after["buckets"], 0.99)
+    rate = driven.rate
+    print(
+        f"apx-ratelimit --grpc-transport {label}, one process, {args.streams} streams on one HTTP/2 "
+        "connection (h2load, closed loop):"
+    )
+    row("decisions", f"{rate:.0f} /s", f"{driven.cpu_us:.0f} µs CPU per decision")
+    row("", "", f"{decided:.0f} counted by the service, {failures:.0f} failures, {driven.failed:.0f} errors")
+    row("/ raw sequential EVALSHA", f"{rate / sequential:.2f}", "target >= 0.50")
+    row(f"/ redis-py asyncio, {args.streams} in flight", f"{rate / in_flight:.2f}")
+    row("/ empty grpc.aio servicer", f"{rate / floors['grpc.aio'].rate:.2f}")
+    print("  latency, open loop: Poisson arrivals on 4 HTTP/2 connections (bench/openloop.py), ms:")
+    lines: list[tuple[str, int, dict[str, Any]]] = [("service", r, driven.paced[r]) for r in driven.paced]
+    lines[1:1] = [(f"{n} floor", args.rate, floors[n].paced[args.rate]) for n in ("grpc.aio", transport)]
+    for label, paced_rate, report in lines:
+        target = "   (target p99 <= 2 ms)" if label == "service" and paced_rate == args.rate else ""
+        print(
+            f"  {paced_rate:5d} rps  {label:<16} achieved {report['achieved_per_second']:6.0f}/s  "
+            f"{describe(report['ms'])}{target}"
+        )
+        if report["not_ok"] or report["lost"]:
+            print(f"    {report['not_ok']} answers not OK, {report['lost']} lost", file=sys.stderr)
+    late = driven.paced[args.rate]
+    print(
+        f"  (requests left up to {late['late_p99_ms']:.2f} ms after their arrival time at p99, "
+        f"{late['late_p50_ms']:.2f} ms at p50: the generator's 1 ms timer; not counted in the latency)"
+    )
+    print(f"  bursty: h2load --rps, 4 connections, {args.streams} streams each, every 10 ms what is due:")
+    for label, (achieved, values) in [("service", driven.bursty)] + [
+        (f"{n} floor", floors[n].bursty) for n in ("grpc.aio", transport)
+    ]:
+        print(f"  {args.rate:5d} rps  {label:<16} achieved {achieved:6.0f}/s  {describe(values)}")
+    print(f"  service-side decision time over the whole run (histogram): p99 <= {server_p99:.1f} ms")
+    not_ok = sum(report["not_ok"] + report["lost"] for report in driven.paced.values())
+    return bool(failures or driven.failed or not_ok)
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 
@@ -473,6 +541,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
     parser.add_argument("--streams", type=int, default=32, help="concurrent calls (HTTP/2 streams)")
     parser.add_argument("--rate", type=int, default=5000, help="paced rate for the latency figure")
+    parser.add_argument(
+        "--transports",
+        type=lambda text: tuple(text.split(",")),
+        default=TRANSPORTS,
+        help=f"comma-separated transports to measure (default {','.join(TRANSPORTS)})",
+    )
+    parser.add_argument(
+        "--baseline-path",
+        help="PYTHONPATH under which `apx` is another tree (e.g. an older commit): its service is run "
+        "and reported beside this one's, same Redis, same minutes",
+    )
     args = parser.parse_args()
 
     h2load_bin = apt_install("nghttp2-client", "h2load", no_recommends=True)
@@ -494,10 +573,13 @@ def main() -> int:
         body.write_bytes(grpc_body("t0"))
 
         floors: dict[str, Driven] = {}
-        for name, source in (("grpc.aio", GRPC_AIO_SERVER), ("transport", TRANSPORT_FLOOR_SERVER)):
+        for name, source, extra in (
+            ("grpc.aio", GRPC_AIO_SERVER, []),
+            *((transport, TRANSPORT_FLOOR_SERVER, [transport]) for transport in args.transports),
+        ):
             floor_port = free_port()
             floor_server = spawn(
-                [sys.executable, "-c", source, f"127.0.0.1:{floor_port}", PATH], work / f"{name}.log"
+                [sys.executable, "-c", source, f"127.0.0.1:{floor_port}", PATH, *extra], work / f"{name}.log"
             )
             started.append(floor_server.pid)
             wait_for_port(floor_port, 20, floor_server, f"{name} floor server")
@@ -506,78 +588,70 @@ def main() -> int:
             )
             stop_pid(floor_server.pid)
 
-        port, metrics_port = free_port(), free_port()
-        rls = spawn(
-            [
-                sys.executable, "-m", "apx.dataplane.ratelimit", "--listen", f"127.0.0.1:{port}",
-                "--redis-url", url, "--metrics-port", str(metrics_port), "--log-level", "WARNING",
-            ],
-            work / "ratelimit.log",
-        )  # fmt: skip
-        started.append(rls.pid)
-        wait_for_port(port, 20, rls, "apx-ratelimit")
-        wait_for_port(metrics_port, 20, rls, "apx-ratelimit metrics")
-        before = scrape(metrics_port)
-        rates = (args.rate, args.rate // 2, args.rate // 5)
-        driven = drive(h2load_bin, port, rls.pid, body, work, args, "service", rates)
-        after = scrape(metrics_port)
-        stop_pid(rls.pid)
+        services: dict[str, ServiceRun] = {}
+        # The service under test, and (--baseline-path) the same service from another tree, e.g. an
+        # older commit unpacked with `git archive`, driven the same way in the same minutes.
+        runs: list[tuple[str, str, dict[str, str] | None]] = [(t, t, None) for t in args.transports]
+        if args.baseline_path:
+            baseline_env = {**os.environ, "PYTHONPATH": args.baseline_path}
+            runs += [(f"{t} (baseline)", t, baseline_env) for t in args.transports]
+        for label, transport, env in runs:
+            port, metrics_port = free_port(), free_port()
+            rls = spawn(
+                [
+                    sys.executable, "-m", "apx.dataplane.ratelimit", "--listen", f"127.0.0.1:{port}",
+                    "--redis-url", url, "--metrics-port", str(metrics_port), "--log-level", "WARNING",
+                    "--grpc-transport", transport,
+                ],
+                work / f"ratelimit-{len(services)}.log",
+                env,
+            )  # fmt: skip
+            started.append(rls.pid)
+            wait_for_port(port, 20, rls, "apx-ratelimit")
+            wait_for_port(metrics_port, 20, rls, "apx-ratelimit metrics")
+            before = scrape(metrics_port)
+            rates = (args.rate, args.rate // 2, args.rate // 5)
+            driven = drive(h2load_bin, port, rls.pid, body, work, args, f"service-{len(services)}", rates)
+            services[label] = ServiceRun(transport, driven, before, scrape(metrics_port))
+            stop_pid(rls.pid)
     finally:
         for pid in started:
             stop_pid(pid)
         if service is not None:
             service.stop()
 
-    decided = after.get("apx_ratelimit_decisions_total", 0) - before.get("apx_ratelimit_decisions_total", 0)
-    failures = after.get("apx_ratelimit_failures_total", 0) - before.get("apx_ratelimit_failures_total", 0)
-    server_p99 = bucket_quantile(before["buckets"], after["buckets"], 0.99)
-    rate = driven.rate
     print(f"machine: {os.cpu_count()} CPUs, shared by Redis, the server under test and h2load")
     print("baselines, the decision script with 3 checks (sliding-window rate, quota, concurrency):")
     row("redis-py EVALSHA, sequential", f"{sequential:.0f} /s")
     row("redis-py EVALSHA, pipelined x100", f"{pipelined:.0f} /s", "Redis' ceiling for this script")
     row(f"redis-py asyncio, {args.streams} in flight", f"{in_flight:.0f} /s")
     row(f"service's PipelinedRedis, {args.streams} in flight", f"{own_pipe:.0f} /s")
-    for name, note in (
-        ("grpc.aio", "empty grpc.aio servicer"),
-        ("transport", "service's transport, constant answer"),
-    ):
-        row(note, f"{floors[name].rate:.0f} /s", f"{floors[name].cpu_us:.0f} µs CPU per call")
-    print(
-        f"apx-ratelimit, one process, {args.streams} streams on one HTTP/2 connection (h2load, closed loop):"
+    print("floors, a constant answer (h2load, closed loop):")
+    row(
+        "empty grpc.aio servicer",
+        f"{floors['grpc.aio'].rate:.0f} /s",
+        f"{floors['grpc.aio'].cpu_us:.0f} µs CPU per call",
     )
-    row("decisions", f"{rate:.0f} /s", f"{driven.cpu_us:.0f} µs CPU per decision")
-    row("", "", f"{decided:.0f} counted by the service, {failures:.0f} failures, {driven.failed:.0f} errors")
-    row("/ raw sequential EVALSHA", f"{rate / sequential:.2f}", "target >= 0.50")
-    row(f"/ redis-py asyncio, {args.streams} in flight", f"{rate / in_flight:.2f}")
-    row("/ empty grpc.aio servicer", f"{rate / floors['grpc.aio'].rate:.2f}")
-    print("latency, open loop: Poisson arrivals on 4 HTTP/2 connections (bench/openloop.py), ms:")
-    lines: list[tuple[str, int, dict[str, Any]]] = [("service", r, driven.paced[r]) for r in driven.paced]
-    lines[1:1] = [(f"{n} floor", args.rate, floors[n].paced[args.rate]) for n in floors]
-    for label, paced_rate, report in lines:
-        target = "   (target p99 <= 2 ms)" if label == "service" and paced_rate == args.rate else ""
+    for transport in args.transports:
+        floor = floors[transport]
+        row(f"service's {transport} transport", f"{floor.rate:.0f} /s", f"{floor.cpu_us:.0f} µs CPU per call")
+    failed = False
+    for label, run in services.items():
+        failed |= report_service(label, run, sequential, in_flight, floors, args)
+    print("latency, open loop at the target rate, side by side (p99 target <= 2 ms):")
+    for label, run in services.items():
+        paced = run.driven.paced[args.rate]
+        floor_paced = floors[run.transport].paced[args.rate]
         print(
-            f"  {paced_rate:5d} rps  {label:<16} achieved {report['achieved_per_second']:6.0f}/s  "
-            f"{describe(report['ms'])}{target}"
+            f"  {label:<16} service p99 {percentile(paced['ms'], 0.99):8.2f} ms   "
+            f"floor p99 {percentile(floor_paced['ms'], 0.99):8.2f} ms   "
+            f"decisions {run.driven.rate / sequential:.2f}x sequential EVALSHA, "
+            f"{run.driven.cpu_us:.0f} µs CPU each"
         )
-        if report["not_ok"] or report["lost"]:
-            print(f"    {report['not_ok']} answers not OK, {report['lost']} lost", file=sys.stderr)
-    late = driven.paced[args.rate]
-    print(
-        f"  (requests left up to {late['late_p99_ms']:.2f} ms after their arrival time at p99, "
-        f"{late['late_p50_ms']:.2f} ms at p50: the generator's 1 ms timer; not counted in the latency)"
-    )
-    print(
-        f"bursty: h2load --rps, 4 connections, {args.streams} streams each, sending every 10 ms what is due:"
-    )
-    for label, (achieved, values) in [("service", driven.bursty)] + [
-        (f"{n} floor", floors[n].bursty) for n in floors
-    ]:
-        print(f"  {args.rate:5d} rps  {label:<16} achieved {achieved:6.0f}/s  {describe(values)}")
-    print(f"  service-side decision time over the whole run (histogram): p99 <= {server_p99:.1f} ms")
-    not_ok = sum(report["not_ok"] + report["lost"] for report in driven.paced.values())
-    if failures or driven.failed or not_ok:
-        print("the service reported failures during the run", file=sys.stderr)
+    aio = floors["grpc.aio"].paced[args.rate]
+    print(f"  grpc.aio floor p99 {percentile(aio['ms'], 0.99):.2f} ms")
+    if failed:
+        print("a service reported failures during the run", file=sys.stderr)
         return 1
     return 0
 

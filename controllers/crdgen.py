@@ -21,6 +21,7 @@ Pure apart from ``main``: no clients, no clock.
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import typing
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from .models.common import GROUP, VERSION
+from .models.common import GROUP, PATTERN_MESSAGE_KEY, VERSION
 from .models.resources import RESOURCE_MODELS
 
 SchemaNode = dict[str, Any]
@@ -91,6 +92,9 @@ _REASON_COLUMN: SchemaNode = {
     "description": "Reason of the Ready condition.",
 }
 _AGE_COLUMN: SchemaNode = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+# Columns with ``priority: 1`` appear with ``kubectl get -o wide`` only. Every column reads a
+# field that is required, defaulted by the schema, or always written by the operator, so a
+# cell is blank only when the value is unknown (no status yet, or no canary for the phase).
 _KIND_COLUMNS: dict[str, list[SchemaNode]] = {
     "Product": [
         {
@@ -98,7 +102,28 @@ _KIND_COLUMNS: dict[str, list[SchemaNode]] = {
             "type": "string",
             "jsonPath": ".spec.residency",
             "description": "Where request data may live.",
-        }
+        },
+        {
+            "name": "Plans",
+            "type": "string",
+            "jsonPath": ".status.plans",
+            "description": "Plan names served.",
+            "priority": 1,
+        },
+        {
+            "name": "Regions",
+            "type": "string",
+            "jsonPath": ".spec.regions",
+            "description": "Regions that serve the product.",
+            "priority": 1,
+        },
+        {
+            "name": "Rule Set",
+            "type": "string",
+            "jsonPath": ".status.ruleSetVersion",
+            "description": "Version of the live Redis rule set.",
+            "priority": 1,
+        },
     ],
     "Route": [
         {
@@ -113,6 +138,34 @@ _KIND_COLUMNS: dict[str, list[SchemaNode]] = {
             "jsonPath": ".spec.policyRef.version",
             "description": "PolicyBundle version the Route is pinned to.",
         },
+        {
+            "name": "Mode",
+            "type": "string",
+            "jsonPath": ".spec.mode",
+            "description": "sync (proxied) or async (queued to Pub/Sub).",
+            "priority": 1,
+        },
+        {
+            "name": "Product",
+            "type": "string",
+            "jsonPath": ".spec.productRef.name",
+            "description": "The Product the Route belongs to.",
+            "priority": 1,
+        },
+        {
+            "name": "Hosts",
+            "type": "string",
+            "jsonPath": ".spec.match.hosts",
+            "description": "Hosts the Route matches.",
+            "priority": 1,
+        },
+        {
+            "name": "Canary Phase",
+            "type": "string",
+            "jsonPath": ".status.canary.phase",
+            "description": "Pending, Progressing, Halted, Promoted or RolledBack; blank without a canary.",
+            "priority": 1,
+        },
     ],
     "PolicyBundle": [
         {
@@ -120,7 +173,21 @@ _KIND_COLUMNS: dict[str, list[SchemaNode]] = {
             "type": "string",
             "jsonPath": ".spec.version",
             "description": "Version of the policy content.",
-        }
+        },
+        {
+            "name": "Compat",
+            "type": "string",
+            "jsonPath": ".spec.compat",
+            "description": "backward or breaking.",
+            "priority": 1,
+        },
+        {
+            "name": "Artifact",
+            "type": "string",
+            "jsonPath": ".status.artifact",
+            "description": "The current (N) artifact, name@version@sha256.",
+            "priority": 1,
+        },
     ],
 }
 
@@ -200,7 +267,7 @@ def _structural(node: SchemaNode, defs: dict[str, SchemaNode], where: str) -> Sc
 
     out: SchemaNode = {}
     for key, value in node.items():
-        if key == "title":
+        if key in ("title", PATTERN_MESSAGE_KEY):
             continue
         if key == "default":
             if value is not None:
@@ -236,7 +303,26 @@ def _structural(node: SchemaNode, defs: dict[str, SchemaNode], where: str) -> Sc
             out[key] = copy.deepcopy(value)
         else:
             raise CrdGenerationError(f"{where}: JSON-schema keyword {key!r} has no structural CRD equivalent")
+    if PATTERN_MESSAGE_KEY in node:
+        described = node[PATTERN_MESSAGE_KEY]
+        _pattern_as_cel(out, str(described["allowed"]), bool(described["showValue"]), where)
     return out
+
+
+def _pattern_as_cel(out: SchemaNode, allowed: str, show_value: bool, where: str) -> None:
+    """Replace ``pattern`` by a CEL rule that says ``allowed`` in words.
+
+    The API server runs CEL even when a ``pattern`` fails, so keeping both
+    would still print the regex: the pattern goes, the rule checks the same
+    expression (RE2 in both) and its message names the value.
+    """
+    pattern = out.pop("pattern", None)
+    if pattern is None:
+        raise CrdGenerationError(f"{where}: a pattern message without a pattern")
+    rule = {"rule": f"self.matches({json.dumps(pattern)})", "message": allowed}
+    if show_value:
+        rule["messageExpression"] = '"\'" + self + ' + json.dumps("' " + allowed)
+    out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), rule]
 
 
 def _model_schema(model: type[BaseModel], where: str) -> SchemaNode:

@@ -209,10 +209,23 @@ class RouteIR:
     canary: TrackIR | None
     canary_state: CanaryIR | None
     deletion_policy: str
+    # ``metadata.creationTimestamp`` (RFC 3339) when known, else "".
+    created: str = ""
 
     @property
     def key(self) -> str:
         return self.ref.key
+
+    @property
+    def age_order(self) -> tuple[str, str]:
+        """Older first, then namespace/name: who wins between Routes that match alike.
+
+        The one rule for both the translator (which Route keeps an identical
+        match) and the Envoy route order (which of two equally specific
+        overlapping Routes Envoy tries first). Without a creationTimestamp
+        (offline input) the name decides.
+        """
+        return (self.created, self.key)
 
     @property
     def tracks(self) -> tuple[TrackIR, ...]:

@@ -4,30 +4,39 @@ Called by ``apx translate`` and by the operator's reconciler (which then hands
 the outputs to the appliers). Pure: the same inputs always give the same
 outputs.
 
-A route the Envoy renderer cannot render is reported Stalled and left out of
-every output (not just Envoy's), so the targets never disagree about which
-routes exist; everything else is still rendered.
+A Product or Route that fails at any stage (translation, Redis rules, Envoy
+rendering, Kubernetes manifests) is reported Stalled with the field named and
+rendered from its last good body when the caller has one (the operator), or
+left out of every output (not just the failing target's) when it has none
+(``apx translate``), so the targets never disagree about which objects exist;
+everything else is still rendered (``apx.controllers.last_good``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .gcpause import collector_paused
 from .ir import IR
+from .last_good import Fallback, Key, document_key, redis_failures, render_failure
 from .models.common import API_VERSION
 from .models.route import CanaryStatus
 from .renderers.envoy import EnvoyOutput, render_envoy
-from .renderers.kubernetes import KubernetesOutput, deployments_for_route, render_kubernetes
+from .renderers.kubernetes import KubernetesOutput, ManifestConflict, deployments_for_route, render_kubernetes
 from .renderers.pubsub_plan import PubSubOutput, render_pubsub, route_topics
 from .renderers.redis_rules import RedisOutput, render_redis
-from .status import ResourceStatus, stalled
+from .status import ResourceStatus
 from .translate import TranslateResult, translate
 
 SECTIONS: tuple[str, ...] = ("envoy", "redis", "pubsub", "kubernetes", "status")
+
+
+def _max_rounds(documents: tuple[Mapping[str, Any], ...]) -> int:
+    """Each object fails at most twice (its spec, then its last good body), one or more per round."""
+    return 2 * len(documents) + 2
 
 
 @dataclass(slots=True)
@@ -40,6 +49,8 @@ class Compiled:
     redis: RedisOutput
     pubsub: PubSubOutput
     kubernetes: KubernetesOutput
+    # Products and Routes not rendered from their own spec, with their Stalled status.
+    failures: dict[Key, ResourceStatus] = field(default_factory=dict)
 
     @property
     def statuses(self) -> dict[tuple[str, str], ResourceStatus]:
@@ -84,33 +95,96 @@ class Compiled:
         return everything
 
 
-def _without_routes(ir: IR, dropped: set[str]) -> IR:
-    routes = tuple(r for r in ir.routes if r.key not in dropped)
-    by_product = {
-        product: tuple(r for r in routes_ if r.key not in dropped)
-        for product, routes_ in ir.routes_by_product.items()
-    }
-    return dataclasses.replace(ir, routes=routes, routes_by_product=by_product)
-
-
 @dataclass(slots=True)
 class FirstStage:
     """Translation plus the Redis rules: what the operator applies first, before the rest renders.
 
     Rate-limit rules are what a limit change is waiting for, so the operator
-    publishes them before spending time on Envoy and Kubernetes output.
+    publishes them before spending time on Envoy and Kubernetes output. The
+    stage keeps its inputs so a failure found while rendering the rest can be
+    handled by translating again with the failing object substituted.
     """
 
     result: TranslateResult
     redis: RedisOutput
+    documents: tuple[Mapping[str, Any], ...] = ()
+    canary_states: Mapping[str, CanaryStatus] | None = None
+    fallback: Fallback = field(default_factory=Fallback)
 
 
 def first_stage(
-    resources: Iterable[Mapping[str, Any]], canary_states: Mapping[str, CanaryStatus] | None = None
+    resources: Iterable[Mapping[str, Any]],
+    canary_states: Mapping[str, CanaryStatus] | None = None,
+    last_good: Mapping[Key, Mapping[str, Any]] | None = None,
+    known_failures: Mapping[Key, ResourceStatus] | None = None,
 ) -> FirstStage:
+    """Translate and render the Redis rules, serving last good bodies for failing specs.
+
+    ``known_failures`` (the operator's memory of specs that failed a later
+    stage in an earlier pass) are substituted up front, so Redis never sees
+    them even for the moment before the later stage fails again.
+    """
     with collector_paused():
-        result = translate(resources, canary_states)
-        return FirstStage(result=result, redis=render_redis(result.ir))
+        documents = tuple(resources)
+        fallback = Fallback(last_good=last_good or {})
+        current = {document_key(d): d for d in documents}
+        for key, status in (known_failures or {}).items():
+            if key in current:
+                fallback.record(key, dataclasses.replace(status, summary=dict(status.summary)), current[key])
+        result = _translate_again(documents, canary_states, fallback)
+        changed = False
+        for key, status in list(result.statuses.items()):
+            if (
+                key[0] in ("Product", "Route")
+                and status.stalled
+                and key not in fallback.failures
+                and fallback.can_substitute(key, current.get(key))
+            ):
+                fallback.record(key, status, current.get(key))
+                changed = True
+        if changed:
+            result = _translate_again(documents, canary_states, fallback)
+        return _settle_redis(documents, canary_states, fallback, result)
+
+
+def _translate_again(
+    documents: tuple[Mapping[str, Any], ...],
+    canary_states: Mapping[str, CanaryStatus] | None,
+    fallback: Fallback,
+) -> TranslateResult:
+    result = translate(fallback.substituted(documents), canary_states)
+    for key, failure in fallback.failures.items():
+        served = result.statuses.get(key)
+        if served is not None and key not in fallback.left_out:
+            # Stalled, but the summaries (topics, weights) are those of what is served.
+            failure = dataclasses.replace(failure, summary=dict(served.summary))
+        result.statuses[key] = failure
+    return result
+
+
+def _settle_redis(
+    documents: tuple[Mapping[str, Any], ...],
+    canary_states: Mapping[str, CanaryStatus] | None,
+    fallback: Fallback,
+    result: TranslateResult | None,
+) -> FirstStage:
+    current = {document_key(d): d for d in documents}
+    for _ in range(_max_rounds(documents)):
+        if result is None:
+            result = _translate_again(documents, canary_states, fallback)
+        try:
+            redis = render_redis(result.ir)
+        except (ValueError, KeyError, TypeError):
+            failures = redis_failures(result.ir)
+            if not failures:
+                raise
+            for key, message in failures.items():
+                status = render_failure(key[0], key[1], result.statuses[key].generation, message)
+                fallback.record(key, status, current.get(key))
+            result = None
+            continue
+        return FirstStage(result, redis, documents, canary_states, fallback)
+    raise RuntimeError("Redis rules did not settle")  # pragma: no cover - see _max_rounds
 
 
 def compile_resources(
@@ -140,8 +214,10 @@ def finish(
 ) -> Compiled:
     """Render everything else from the first stage.
 
-    A route Envoy cannot render is dropped from every output, so in that
-    (defensive) case the Redis rules are rendered again without it.
+    A route Envoy cannot render (or whose worker manifests collide with
+    another's) is rendered from its last good body, or left out of every
+    output; the Redis rules are then rendered again (``compiled.redis`` is
+    not ``stage.redis``), and the operator applies them again.
 
     ``keep_envoy_resources=False`` (the operator) drops the Envoy messages once
     the snapshot ConfigMap carries them packed: the result keeps the version
@@ -152,26 +228,66 @@ def finish(
         return _finish(stage, project, operator_namespace, envoy_port, keep_envoy_resources)
 
 
+def _manifest_blame(stage: FirstStage, conflict: ManifestConflict) -> str | None:
+    """Which of two colliding Routes gives way: one whose spec changed since it rendered, else the later."""
+    sources = sorted(conflict.sources)
+    if not sources:
+        return None
+    current = {document_key(d): d for d in stage.documents}
+    # A Route that never rendered, or whose spec changed since, is the newcomer.
+    changed = [
+        s
+        for s in sources
+        if ("Route", s) not in stage.fallback.last_good
+        or stage.fallback.can_substitute(("Route", s), current.get(("Route", s)))
+    ]
+    return (changed or sources)[-1]
+
+
 def _finish(
     stage: FirstStage, project: str, operator_namespace: str, envoy_port: int, keep_envoy_resources: bool
 ) -> Compiled:
+    current = {document_key(d): d for d in stage.documents}
+    for _ in range(_max_rounds(stage.documents)):
+        result = stage.result
+        envoy = render_envoy(result.ir, port=envoy_port)
+        failures: dict[Key, str] = {("Route", key): message for key, message in envoy.errors.items()}
+        snapshot: dict[str, Any] = {}
+        kubernetes: KubernetesOutput | None = None
+        if not failures:
+            snapshot = envoy.snapshot_document()
+            try:
+                kubernetes = render_kubernetes(result.ir, snapshot, operator_namespace)
+            except ManifestConflict as exc:
+                blamed = _manifest_blame(stage, exc)
+                if blamed is None:
+                    raise
+                failures[("Route", blamed)] = f"spec: worker manifests collide: {exc}"
+        if failures:
+            for key, message in failures.items():
+                status = render_failure(key[0], key[1], result.statuses[key].generation, message)
+                stage.fallback.record(key, status, current.get(key))
+            stage = _settle_redis(stage.documents, stage.canary_states, stage.fallback, None)
+            continue
+        assert kubernetes is not None
+        return _summarised(stage, envoy, snapshot, kubernetes, project, keep_envoy_resources)
+    raise RuntimeError("rendering did not settle")  # pragma: no cover - see _max_rounds
+
+
+def _summarised(
+    stage: FirstStage,
+    envoy: EnvoyOutput,
+    snapshot: dict[str, Any],
+    kubernetes: KubernetesOutput,
+    project: str,
+    keep_envoy_resources: bool,
+) -> Compiled:
     result = stage.result
-    envoy = render_envoy(result.ir, port=envoy_port)
     ir = result.ir
     redis = stage.redis
-    if envoy.errors:
-        for key, message in envoy.errors.items():
-            previous = result.statuses[("Route", key)]
-            result.statuses[("Route", key)] = stalled(
-                "Route", key, previous.generation, "RenderError", message
-            )
-        ir = _without_routes(ir, set(envoy.errors))
-        redis = render_redis(ir)
-    snapshot = envoy.snapshot_document()
     if not keep_envoy_resources:
         envoy = dataclasses.replace(envoy, listeners=[], route_configurations=[], clusters=[])
     pubsub = render_pubsub(ir, project=project)
-    kubernetes = render_kubernetes(ir, snapshot, operator_namespace)
 
     topics_by_product: dict[str, list[str]] = {}
     for route in ir.routes:
@@ -190,4 +306,12 @@ def _finish(
         status.summary["ruleSetVersion"] = redis.rule_set(product.key).version
         status.summary["topics"] = sorted(topics_by_product.get(product.key, []))
         status.summary["routes"] = len(ir.routes_by_product.get(product.key, ()))
-    return Compiled(result=result, ir=ir, envoy=envoy, redis=redis, pubsub=pubsub, kubernetes=kubernetes)
+    return Compiled(
+        result=result,
+        ir=ir,
+        envoy=envoy,
+        redis=redis,
+        pubsub=pubsub,
+        kubernetes=kubernetes,
+        failures=dict(stage.fallback.failures),
+    )

@@ -5,9 +5,13 @@ operator (which knows whether the appliers succeeded) or by ``apx translate``
 offline. Pure: the time of a transition is passed in, never read.
 
 kstatus rules applied here: ``observedGeneration`` always set; ``Ready`` is the
-summary condition; ``Reconciling`` is True while work is in progress;
-``Stalled`` is True when progress needs a human (an invalid spec or a missing
-reference). A condition's ``lastTransitionTime`` only moves when its status changes.
+summary condition; ``Reconciling`` is True while work is in progress, which
+includes waiting for a referenced object that may still appear or become
+ready (a Product not found yet, a PolicyBundle version not served yet);
+``Stalled`` is True only when progress needs a change to this very object (an
+invalid spec, a conflict it loses). Flux and Argo CD treat Stalled as failed,
+so a Route applied before its Product is not failed, only not Ready yet. A
+condition's ``lastTransitionTime`` only moves when its status changes.
 """
 
 from __future__ import annotations
@@ -29,10 +33,17 @@ class ResourceStatus:
     reason: str
     message: str
     summary: dict[str, Any] = field(default_factory=dict)
+    # True when not Ready because a referenced object is missing or not ready.
+    waits_for_reference: bool = False
 
     @property
     def stalled(self) -> bool:
-        return self.phase == "Stalled"
+        """Left out of what is served: ``Stalled``, or waiting for another object.
+
+        Callers use this to keep the last good spec serving and to set the
+        exit code of ``apx translate``; ``phase`` tells the two apart.
+        """
+        return self.phase == "Stalled" or self.waits_for_reference
 
     def to_dict(
         self, now: str | None = None, previous_conditions: list[dict[str, Any]] | None = None
@@ -96,6 +107,13 @@ def ready(
     kind: str, key: str, generation: int, message: str, summary: dict[str, Any] | None = None
 ) -> ResourceStatus:
     return ResourceStatus(kind, key, generation, "Ready", "Ready", message, summary or {})
+
+
+def waiting(
+    kind: str, key: str, generation: int, reason: str, message: str, summary: dict[str, Any] | None = None
+) -> ResourceStatus:
+    """Reconciling, not Ready: waits for a referenced object (the reason says which)."""
+    return ResourceStatus(kind, key, generation, "Reconciling", reason, message, summary or {}, True)
 
 
 def stalled(

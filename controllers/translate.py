@@ -44,13 +44,14 @@ from .ir import (
     TrackIR,
     WorkerIR,
 )
-from .models.common import DNS_LABEL_PATTERN, DURATION_PATTERN, SEMVER_PATTERN, duration_ms
-from .models.policy import CIDR_PATTERN, ServedVersion
-from .models.product import QUOTA_PERIOD_SECONDS, REGION_PATTERN
+from .models.common import PATTERN_MESSAGES, duration_ms
+from .models.policy import ServedVersion
+from .models.product import QUOTA_PERIOD_SECONDS
 from .models.resources import RESOURCE_MODELS, PolicyBundle, Product, Route
 from .models.route import Backend, Canary, CanaryStatus, RouteSpec, Worker
+from .pinned_versions import kept_while_pinned, pins_by_bundle
 from .policy_artifacts import CompiledPolicy, ServedPolicies, canonical_json, resolve_history
-from .status import ResourceStatus, ready, stalled
+from .status import ResourceStatus, ready, stalled, waiting
 
 APX_KINDS = frozenset(RESOURCE_MODELS)
 # Marks a PolicyBundle document as an earlier apply of the same object (the
@@ -80,13 +81,17 @@ class TranslateResult:
 _RELATIVE_FIELD = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\])?(?:\.[A-Za-z_][\w]*(?:\[\d+\])?)*): (.*)$", re.S)
 
 
-PATTERN_MESSAGES = {
-    DURATION_PATTERN: "must be a duration such as 30s, 250ms or 1m30s",
-    SEMVER_PATTERN: "must be a semantic version such as 1.3.0",
-    REGION_PATTERN: "must be a region name such as europe-west1",
-    CIDR_PATTERN: "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
-    DNS_LABEL_PATTERN: "must be a lowercase DNS label (a-z, 0-9, '-')",
-}
+# What each pattern allows, in words: pydantic's "String should match pattern
+# '…'" is never shown. Fields declared with ``matching`` register their text in
+# ``models.common.PATTERN_MESSAGES`` (the CRD's CEL rules say the same words).
+
+
+def _pattern_message(pattern: str) -> str:
+    known = PATTERN_MESSAGES.get(pattern)
+    if known is None:
+        # A pattern nobody described: still no regex in front of a user.
+        return "has characters or a shape this field does not allow"
+    return known
 
 
 def _join_loc(loc: Iterable[int | str]) -> str:
@@ -117,13 +122,22 @@ def format_validation_error(exc: ValidationError) -> list[str]:
                 message = relative.group(2)
         elif kind == "string_pattern_mismatch":
             pattern = str((error.get("ctx") or {}).get("pattern", ""))
-            message = PATTERN_MESSAGES.get(pattern, message)
+            message = f"{_shown(error.get('input'))} {_pattern_message(pattern)}"
         elif kind == "extra_forbidden":
             message = "unknown field"
         elif kind == "missing":
             message = "required field is missing"
+        elif isinstance(error.get("input"), str | int | float | bool):
+            # Type, enum and bound errors: name the refused value too.
+            message = f"{message} (got {_shown(error.get('input'))})"
         messages.append(f"{path}: {message}" if path else message)
     return messages
+
+
+def _shown(value: Any) -> str:
+    """The refused value, quoted and shortened: a message names the value but stays one line."""
+    text = repr(value)
+    return text if len(text) <= 120 else f"{text[:100]}…' ({len(str(value))} characters)"
 
 
 # --- helpers -----------------------------------------------------------------
@@ -260,9 +274,13 @@ def _match_key(spec: RouteSpec, host: str) -> tuple[Any, ...]:
     return (host, match.path, match.effective_path_prefix, tuple(sorted(match.methods)), headers)
 
 
+def _created(route: Route) -> str:
+    return str((route.metadata.model_extra or {}).get("creationTimestamp") or "")
+
+
 def _creation_order(route: Route) -> tuple[str, str]:
-    created = (route.metadata.model_extra or {}).get("creationTimestamp") or ""
-    return (str(created), route.key)
+    # The same order as ``RouteIR.age_order``: one documented rule for who wins.
+    return (_created(route), route.key)
 
 
 # The only status fields translation reads: a Route's canary state and a
@@ -355,6 +373,7 @@ def _translate(
     # 2. PolicyBundles: compile every served version, check the history.
     served_by_bundle: dict[str, ServedPolicies] = {}
     policy_irs: dict[str, dict[str, PolicyIR]] = {}
+    pins = pins_by_bundle(routes.values())
     for key, applies in sorted(bundle_applies.items()):
         # Documents marked as earlier applies (the operator's memory of versions
         # it served) come first; the rest are ordered by version, so several
@@ -369,7 +388,15 @@ def _translate(
         latest = applies[-1]
         generation = generations[("PolicyBundle", key)]
         served_status: list[ServedVersion] = latest.status.served_versions if latest.status else []
-        history = resolve_history(latest.metadata.name, [b.spec for b in applies], served_status)
+        # Remembered applies older than what the status serves are kept only for
+        # Routes that pin them (below); replaying them would read as a downgrade.
+        floor = min((semver.Version.parse(v.version) for v in served_status[:2]), default=None)
+        replayed = [
+            b.spec
+            for b in applies
+            if b in current or floor is None or semver.Version.parse(b.spec.version) >= floor
+        ]
+        history = resolve_history(latest.metadata.name, replayed, served_status)
         served = history.served
         if served is None:
             message = str(history.error) if history.error else "spec: no version to serve"
@@ -386,12 +413,22 @@ def _translate(
         versions = ", ".join(
             f"{c.version} ({'N' if c is served.current else 'N-1'})" for c in served.versions
         )
-        summary = {
-            "artifact": served.current.artifact,
-            "servedVersions": [
-                c.served_version().model_dump(by_alias=True, exclude_none=True) for c in served.versions
-            ],
-        }
+        served_versions: list[dict[str, Any]] = [
+            c.served_version().model_dump(by_alias=True, exclude_none=True) for c in served.versions
+        ]
+        # Versions older than N-1 stay served while Routes pin them (``pinned_versions``).
+        kept = kept_while_pinned(
+            latest.metadata.name, served, [b.spec for b in applies], served_status, pins.get(key, {})
+        )
+        for compiled, pinned_by in kept:
+            policy_irs[key][compiled.version] = _policy_ir(ref, compiled, False)
+            entry = compiled.served_version().model_dump(by_alias=True, exclude_none=True)
+            served_versions.append({**entry, "pinnedBy": pinned_by})
+        summary = {"artifact": served.current.artifact, "servedVersions": served_versions}
+        if kept:
+            versions += "; " + "; ".join(
+                f"{c.version} kept only while pinned by Route {', '.join(r)}" for c, r in kept
+            )
         if history.error is not None:
             # The rejected apply is reported; what was served before keeps serving.
             statuses[("PolicyBundle", key)] = stalled(
@@ -401,6 +438,10 @@ def _translate(
                 "InvalidVersion",
                 f"{history.error}; still serving {versions}",
                 summary,
+            )
+        elif kept:
+            statuses[("PolicyBundle", key)] = ResourceStatus(
+                "PolicyBundle", key, generation, "Ready", "VersionsPinned", f"serving {versions}", summary
             )
         else:
             statuses[("PolicyBundle", key)] = ready(
@@ -437,7 +478,10 @@ def _translate(
                 (canary_states or {}).get(key),
             )
         except _RouteError as exc:
-            statuses[("Route", key)] = stalled("Route", key, generation, exc.reason, exc.message)
+            # kstatus: Stalled only when this Route itself must change; a
+            # reference that may still appear (or become ready) is waited for.
+            build = waiting if exc.reason in WAITING_REASONS else stalled
+            statuses[("Route", key)] = build("Route", key, generation, exc.reason, exc.message)
             continue
         conflict = next(
             (claimed[k] for k in (_match_key(route.spec, h) for h in route.spec.match.hosts) if k in claimed),
@@ -478,6 +522,12 @@ def _translate(
         routes_by_product={k: tuple(v) for k, v in by_product.items()},
     )
     return TranslateResult(ir=ir, statuses=statuses, ignored=ignored)
+
+
+# Reasons a Route waits for another object rather than for a change of its own.
+WAITING_REASONS = frozenset(
+    {"ProductNotFound", "ProductNotReady", "PolicyNotFound", "PolicyNotReady", "PolicyVersionNotServed"}
+)
 
 
 class _RouteError(Exception):
@@ -654,6 +704,7 @@ def _route_ir(
         canary=canary_track,
         canary_state=canary_ir,
         deletion_policy=spec.deletion_policy,
+        created=_created(route),
     )
 
 

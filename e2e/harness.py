@@ -51,13 +51,10 @@ class Kubectl:
         return result.stdout if result.returncode == 0 else result.stderr
 
     def apply(self, path_or_yaml: str | Path, namespace: str, check: bool = True) -> str:
+        # Validated as on a real cluster: the emulator publishes its OpenAPI documents.
         if isinstance(path_or_yaml, Path):
-            return self.run(
-                "apply", "--validate=false", "-n", namespace, "-f", str(path_or_yaml), check=check
-            )
-        return self.run(
-            "apply", "--validate=false", "-n", namespace, "-f", "-", stdin=path_or_yaml, check=check
-        )
+            return self.run("apply", "-n", namespace, "-f", str(path_or_yaml), check=check)
+        return self.run("apply", "-n", namespace, "-f", "-", stdin=path_or_yaml, check=check)
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBECACHEDIR": str(self.cache_dir)}

@@ -7,24 +7,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 
+echo "== starting the local stack (every service on 127.0.0.1) =="
 $PY -m apx.e2e.stack up
 # shellcheck disable=SC1091
 source .local/stack/stack.env
 export KUBECACHEDIR="$PWD/.local/stack/kubecache"
 
 echo
-echo "== applying samples/ (the Kubernetes API is an emulation: kubectl needs --validate=false) =="
+echo "== applying samples/ (validated by kubectl against the emulated API's OpenAPI documents) =="
 # The first PolicyBundle version is applied and served before the second, so
 # 1.2.0 stays served as N-1 when 1.3.0 lands (see samples/README.md).
 # On a second run the bundle already serves 1.3.0 and 1.2.0: re-applying the
 # folder briefly offers 1.2.0 again (refused as a version decrease, nothing
 # stops serving) and then 1.3.0, which is what is served.
 if ! kubectl get policybundle payments-policy >/dev/null 2>&1; then
-    kubectl apply --validate=false -f samples/03-policybundle-payments-1.2.0.yaml
-    kubectl wait --for=condition=Ready policybundle/payments-policy --timeout=60s >/dev/null
+    kubectl apply -f samples/03-policybundle-payments-1.2.0.yaml
+    $PY -m apx.e2e.stack wait -f samples/03-policybundle-payments-1.2.0.yaml --timeout 60
 fi
-kubectl apply --validate=false -f samples/
-kubectl wait --for=condition=Ready products,routes,policybundles --all --timeout=120s
+kubectl apply -f samples/
+# Waits for what samples/ applied only: other objects in the namespace play no part.
+$PY -m apx.e2e.stack wait -f samples/ --timeout 180
 
 echo
 echo "== kubectl get apx -A =="

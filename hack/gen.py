@@ -35,7 +35,7 @@ def regenerate_goldens() -> int:
 
 
 def sync_chart_crds() -> None:
-    """The Helm chart ships copies of the CRDs (Helm installs charts/apx/crds/)."""
+    """The Helm chart renders copies of the CRDs (charts/apx/files/crds*/, templates/crds.yaml)."""
     spec = importlib.util.spec_from_file_location("sync_chart_crds", ROOT / "hack" / "sync-chart-crds.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

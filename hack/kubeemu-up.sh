@@ -5,7 +5,7 @@
 # $KUBEEMU_STATE overrides the folder, e.g. for tests).
 # Port: $KUBEEMU_PORT, or a free one. CRDs in crds/ are registered at start
 # (override with $KUBEEMU_CRDS). Prints `export KUBECONFIG=...` on success.
-# Use kubectl with --validate=false: the emulator serves no OpenAPI documents.
+# kubectl validates against the emulator's OpenAPI documents (no --validate=false).
 # Stop it with hack/kubeemu-down.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,11 @@ from typing import Any
 import yaml
 
 from apx.controllers.pipeline import SECTIONS, compile_resources
+from apx.operator.yaml_input import MAX_SOURCE_BYTES, InputError, check_size, load_all
 
 EXIT_READY = 0
 EXIT_STALLED = 1
 EXIT_UNREADABLE = 2
-
-
-class InputError(Exception):
-    """The input cannot be read or is not Kubernetes YAML."""
 
 
 def _yaml_files(path: Path) -> Iterator[Path]:
@@ -49,18 +47,22 @@ def load_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
     for raw in paths:
         sources: list[tuple[str, str]] = []
         if raw == "-":
-            sources.append(("<stdin>", sys.stdin.read()))
+            sources.append(("<stdin>", _read_stdin()))
         else:
-            for file in _yaml_files(Path(raw)):
-                try:
-                    sources.append((str(file), file.read_text(encoding="utf-8")))
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise InputError(f"{file}: {exc}") from exc
-        for name, text in sources:
             try:
-                loaded = list(yaml.safe_load_all(text))
-            except yaml.YAMLError as exc:
-                raise InputError(f"{name}: not valid YAML: {exc}") from exc
+                files = list(_yaml_files(Path(raw)))
+            except OSError as exc:
+                raise InputError(f"{raw}: {exc.strerror or exc}") from None
+            for file in files:
+                try:
+                    check_size(str(file), file.stat().st_size)
+                    sources.append((str(file), file.read_text(encoding="utf-8")))
+                except OSError as exc:
+                    raise InputError(f"{file}: {exc.strerror or exc}") from None
+                except UnicodeDecodeError:
+                    raise InputError(f"{file}: not UTF-8 text (is it a binary file?)") from None
+        for name, text in sources:
+            loaded = load_all(name, text)
             for index, document in enumerate(loaded):
                 if document is None:
                     continue
@@ -71,6 +73,25 @@ def load_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
                 else:
                     documents.append(document)
     return documents
+
+
+class _OutputDumper(yaml.SafeDumper):
+    """Safe YAML output that also writes the OrderedDicts protobuf's JSON conversion returns."""
+
+
+_OutputDumper.add_representer(OrderedDict, lambda dumper, data: dumper.represent_dict(dict(data)))
+
+
+def _read_stdin() -> str:
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream put in place of stdin (tests, embedding)
+        return str(sys.stdin.read(MAX_SOURCE_BYTES + 1))
+    data: bytes = stream.read(MAX_SOURCE_BYTES + 1)
+    check_size("<stdin>", len(data))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("<stdin>: not UTF-8 text (is it a binary file?)") from None
 
 
 def _parse_only(value: str) -> tuple[str, ...]:
@@ -85,6 +106,9 @@ def _parse_only(value: str) -> tuple[str, ...]:
 
 def _build_parser(prog: str = "apx") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="APX: API management on Kubernetes.")
+    from apx.dataplane.common.flags import add_version_flag
+
+    add_version_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     translate = commands.add_parser(
         "translate",
@@ -137,12 +161,22 @@ def _translate(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
-    compiled = compile_resources(documents, project=args.project, operator_namespace=args.operator_namespace)
+    try:
+        compiled = compile_resources(
+            documents, project=args.project, operator_namespace=args.operator_namespace
+        )
+    except (RecursionError, MemoryError, TypeError, ValueError, AttributeError) as exc:
+        # Inputs the models cannot even look at (say, metadata that is a
+        # list) end here: one line, no traceback.
+        print(f"error: input cannot be translated: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
     output = compiled.to_json(args.only)
     if args.output == "json":
         sys.stdout.write(json.dumps(output, indent=2, sort_keys=True) + "\n")
     else:
-        sys.stdout.write(yaml.safe_dump(output, sort_keys=True, default_flow_style=False, width=120))
+        sys.stdout.write(
+            yaml.dump(output, Dumper=_OutputDumper, sort_keys=True, default_flow_style=False, width=120)
+        )
     stalled = compiled.stalled_messages()
     for line in stalled:
         print(f"stalled: {line}", file=sys.stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from apx.dataplane.common.flags import add_version_flag
+
 from .settings import OperatorSettings
 
 
@@ -16,6 +18,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(
         prog="apx-operator", description="Run the APX operator (flags override APX_* environment variables)."
     )
+    add_version_flag(parser)
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
         "-n", "--namespace", action="append", dest="namespaces", help="watch this namespace (repeat)"
@@ -29,7 +32,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument("--resync-seconds", type=float, help="full resync period (APX_RESYNC_SECONDS)")
     parser.add_argument("--worker-limit", type=int, help="concurrent API writes (APX_WORKER_LIMIT)")
+    parser.add_argument("--liveness-host", help="address of /healthz (APX_LIVENESS_HOST; default 0.0.0.0)")
     parser.add_argument("--liveness-port", type=int, help="port of /healthz, 0 disables (APX_LIVENESS_PORT)")
+    parser.add_argument("--metrics-host", help="address of /metrics (APX_METRICS_HOST; default 0.0.0.0)")
     parser.add_argument("--metrics-port", type=int, help="port of /metrics, 0 disables (APX_METRICS_PORT)")
     parser.add_argument(
         "--admission", choices=("none", "managed"), help="validating webhook mode (APX_ADMISSION)"
@@ -50,7 +55,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--canary-queries", help="YAML/JSON file overriding the canary PromQL templates (APX_CANARY_QUERIES)"
     )
+    parser.add_argument(
+        "--leader-election",
+        action="store_true",
+        default=None,
+        help="hold a Lease; only its holder reconciles (APX_LEADER_ELECTION)",
+    )
     return parser
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL: an IPv6 address (``::``) in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:

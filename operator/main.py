@@ -30,8 +30,10 @@ from apx.dataplane.common.redact import RedactingFormatter, redact_url
 from . import runtime, tracing
 from .admission import ServiceWebhookServer
 from .canary import CanaryController
-from .flags import build_parser, settings_from_args
+from .flags import build_parser, settings_from_args, url_host
 from .handlers import FINALIZER, register
+from .leader import LeaseElector, lease_settings
+from .leader_run import STANDBY_FINALIZER, run_elected
 from .metrics import OperatorMetrics
 from .reconciler import Reconciler
 from .settings import OperatorSettings
@@ -105,7 +107,7 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
         os.environ["PUBSUB_EMULATOR_HOST"] = settings.pubsub_emulator_host
     metrics = OperatorMetrics()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, registry=metrics.registry)
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
     tracing.configure(otlp_endpoint=settings.otlp_endpoint)
     kube = KubeClient(discover_connection())
     redis = RedisApplier(settings.redis_url, keep_versions=3)
@@ -115,58 +117,83 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
     if provider is None:
         logging.getLogger("apx.operator").warning(DISABLED_MESSAGE)
     canary = CanaryController(reconciler, kube, provider, metrics, concurrency=settings.worker_limit)
-    registry = kopf.OperatorRegistry()
-    register(registry, reconciler, admission=settings.admission == "managed")
+    managed = settings.admission == "managed"
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same discovery the appliers use: service account in a pod, else KUBECONFIG.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    def build_registry(leader: bool) -> kopf.OperatorRegistry:
+        # A standby (leader election) gets the watch, validation and probe handlers only.
+        registry = kopf.OperatorRegistry()
+        register(registry, reconciler, admission=managed, finalize=leader)
 
-    @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = FINALIZER
-        # Handler progress goes to status (declared in the CRDs), never to
-        # annotations of the user's object: GitOps tools see no drift.
-        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-        settings.persistence.diffbase_storage = NoDiffBase()
-        settings.posting.level = logging.WARNING
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.networking.request_timeout = 60
+        @kopf.on.probe(id="leadership", registry=registry)
+        def leadership(**_: Any) -> str:
+            return metrics.role  # /healthz says which replica leads
 
-    if settings.admission == "managed":
-        admission_settings = ServiceWebhookServer(
-            service_name=settings.webhook_service,
-            service_namespace=settings.operator_namespace,
-            port=settings.webhook_port,
-            certfile=settings.webhook_cert,
-            pkeyfile=settings.webhook_key,
-            cafile=settings.webhook_ca,
-        )
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            # The same discovery the appliers use: service account in a pod, else KUBECONFIG.
+            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
         @kopf.on.startup(registry=registry)
-        def configure_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.admission.server = admission_settings
-            settings.admission.managed = "apx.dev"
+        def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.persistence.finalizer = FINALIZER if leader else STANDBY_FINALIZER
+            # Handler progress goes to status (declared in the CRDs), never to
+            # annotations of the user's object: GitOps tools see no drift.
+            settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+            settings.persistence.diffbase_storage = NoDiffBase()
+            settings.posting.level = logging.WARNING
+            settings.watching.server_timeout = 300
+            settings.watching.client_timeout = 330
+            settings.networking.request_timeout = 60
 
-    loop_task = asyncio.create_task(_reconcile_forever(reconciler))
-    canary_task = asyncio.create_task(canary.run())
-    try:
+        if managed:
+            admission_settings = ServiceWebhookServer(
+                service_name=settings.webhook_service,
+                service_namespace=settings.operator_namespace,
+                port=settings.webhook_port,
+                certfile=settings.webhook_cert,
+                pkeyfile=settings.webhook_key,
+                cafile=settings.webhook_ca,
+            )
+
+            @kopf.on.startup(registry=registry)
+            def configure_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
+                # Every replica validates; only the leader registers the webhook configuration.
+                settings.admission.server = admission_settings
+                settings.admission.managed = "apx.dev" if leader else None
+
+        return registry
+
+    async def run_kopf(leader: bool, stop: asyncio.Event | None) -> None:
         await kopf.operator(
-            registry=registry,
+            registry=build_registry(leader),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
-            liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz"
+            liveness_endpoint=f"http://{url_host(settings.liveness_host)}:{settings.liveness_port}/healthz"
             if settings.liveness_port
             else None,
-            stop_flag=stop_flag,
+            stop_flag=stop,
             standalone=True,
         )
+
+    try:
+        if settings.leader_election:
+            await run_elected(
+                LeaseElector(kube, lease_settings(settings)),
+                run_kopf,
+                lambda: [_reconcile_forever(reconciler, full=True), canary.run()],
+                metrics.set_role,
+                stop_flag,
+            )
+        else:
+            loop_task = asyncio.create_task(_reconcile_forever(reconciler))
+            canary_task = asyncio.create_task(canary.run())
+            try:
+                await run_kopf(True, stop_flag)
+            finally:
+                loop_task.cancel()
+                canary_task.cancel()
+                await asyncio.gather(loop_task, canary_task, return_exceptions=True)
     finally:
-        loop_task.cancel()
-        canary_task.cancel()
-        await asyncio.gather(loop_task, canary_task, return_exceptions=True)
         await _close_provider(provider)
         await kube.close()
         await redis.close()
@@ -179,9 +206,11 @@ async def _close_provider(provider: MetricsProvider | None) -> None:
         await close()
 
 
-async def _reconcile_forever(reconciler: Reconciler) -> None:
+async def _reconcile_forever(reconciler: Reconciler, full: bool = False) -> None:
     # kopf cancels tasks created during its run on exit; this one is ours and
     # is cancelled by run_operator itself.
+    if full:  # a new leader: the previous one may have written since this process last did
+        reconciler.request_full_pass()
     await reconciler.run()
 
 

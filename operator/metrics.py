@@ -5,18 +5,43 @@ low-cardinality: ``controller`` (product | route | policybundle), ``result``
 (success | error | requeue), ``dependency`` (kubernetes | redis | pubsub).
 The canary controller's metrics carry ``namespace`` and ``route`` (bounded by
 the Routes that exist, never by traffic) and ``result`` (the decision kinds).
+
+What each controller-runtime name means here (one reconcile pass covers every
+changed object of all three kinds):
+
+* ``workqueue_depth{name}``: objects changed (watch events) and not yet taken
+  by a pass, per controller — pending work, not the size of the store;
+* ``controller_runtime_reconcile_time_seconds{controller}``: the duration of
+  each pass that reconciled changes of that controller's kind;
+* ``controller_runtime_active_workers{controller}``: status writes and
+  Kubernetes applies in flight for that controller (bounded by
+  ``--worker-limit``).
+
+Readiness is counted, not listed: ``apx_operator_objects{kind,phase}`` (three
+kinds by three kstatus phases, whatever the number of objects). A per-object
+``ready`` gauge would grow with every Route of every team; the object at
+fault is in its status, its Events and the reconcile span.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from apx.dataplane.common.metrics import service_registry
+
+CONTROLLER_NAMES = ("product", "route", "policybundle")
+OBJECT_KINDS = ("Product", "Route", "PolicyBundle")
+PHASES = ("Ready", "Reconciling", "Stalled")
+DEPENDENCIES = ("kubernetes", "redis", "pubsub")
 
 
 class OperatorMetrics:
     """The operator's metrics in their own registry (tests create as many as they like)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or service_registry()
         self.reconcile_total = Counter(
             "controller_runtime_reconcile_total",
             "Total number of reconciliations per controller.",
@@ -37,7 +62,10 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self.workqueue_depth = Gauge(
-            "workqueue_depth", "Current depth of the work queue.", ["name"], registry=self.registry
+            "workqueue_depth",
+            "Objects changed and not yet taken by a reconcile pass, per controller.",
+            ["name"],
+            registry=self.registry,
         )
         self.workqueue_adds = Counter(
             "workqueue_adds_total",
@@ -93,3 +121,59 @@ class OperatorMetrics:
             ["provider"],
             registry=self.registry,
         )
+        self.objects = Gauge(
+            "apx_operator_objects",
+            "APX objects by kind and phase (Ready, Reconciling, Stalled) after the last pass.",
+            ["kind", "phase"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "apx_operator_leader",
+            "1 while this replica holds the leader Lease (or runs without leader election), else 0.",
+            registry=self.registry,
+        )
+        self.role = "leader"
+        self.leader.set(1)
+        # Every bounded child exists from the start: a dashboard or an alert sees 0, not "no data".
+        for controller in CONTROLLER_NAMES:
+            self.workqueue_depth.labels(name=controller).set(0)
+            self.active_workers.labels(controller=controller).set(0)
+        self.set_object_phases({})
+
+    def set_role(self, role: str) -> None:
+        """``leader``, ``standby`` or ``stopped`` (leader election); shown by ``/healthz`` too."""
+        self.role = role
+        self.leader.set(1 if role == "leader" else 0)
+
+    def set_object_phases(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Set ``apx_operator_objects`` from (kind, phase) counts; absent combinations read 0."""
+        for kind in OBJECT_KINDS:
+            for phase in PHASES:
+                self.objects.labels(kind=kind, phase=phase).set(counts.get((kind, phase), 0))
+
+
+class PendingChanges:
+    """The work queue ``workqueue_depth`` reports: distinct objects changed since the last pass.
+
+    The reconciler is level-triggered (a pass takes every change at once), so
+    the queue is a set of object keys per controller, emptied when a pass
+    starts; adding a key that is already pending does not deepen it.
+    """
+
+    def __init__(self, metrics: OperatorMetrics) -> None:
+        self._metrics = metrics
+        self._pending: dict[str, set[str]] = {controller: set() for controller in CONTROLLER_NAMES}
+
+    def add(self, controller: str, key: str) -> None:
+        keys = self._pending[controller]
+        if key not in keys:
+            keys.add(key)
+            self._metrics.workqueue_depth.labels(name=controller).set(len(keys))
+
+    def take(self) -> list[str]:
+        """Empty the queue; returns the controllers that had pending changes."""
+        taken = [controller for controller, keys in self._pending.items() if keys]
+        for controller in taken:
+            self._pending[controller] = set()
+            self._metrics.workqueue_depth.labels(name=controller).set(0)
+        return taken

@@ -17,9 +17,12 @@ Safety rules:
   renders from a partial store (which would prune what is serving);
 * a failing dependency marks the affected objects ``Reconciling`` with the
   dependency named, retries with back-off, and never deletes anything;
-* a Product or Route whose new spec fails translation is reported
+* a Product or Route whose new spec fails (translation, Redis rules, Envoy
+  rendering, Kubernetes manifests: ``apx.controllers.last_good``) is reported
   ``Stalled`` but rendered from its last good spec, so a wrong spec never
   removes what was serving;
+* a Product or PolicyBundle deleted while Routes reference it keeps serving
+  until none does (``finalize`` raises ``InUse``; its status names the Routes);
 * only objects labelled ``app.kubernetes.io/managed-by: apx`` are pruned, and
   only while their APX owner still exists (deleted owners are left to
   Kubernetes' garbage collector);
@@ -37,7 +40,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +51,7 @@ from apx.controllers.appliers.kube import KINDS, Invalid, KubeClient, KubeError,
 from apx.controllers.appliers.pubsub import PubSubApplier, PubSubUnavailable
 from apx.controllers.appliers.redis_rules import RedisApplier, RedisUnavailable, VersionedKeys
 from apx.controllers.ir import IR
+from apx.controllers.pinned_versions import route_pins
 from apx.controllers.pipeline import Compiled, FirstStage, compile_resources, finish, first_stage
 from apx.controllers.renderers.redis_rules import RedisOutput, RuleSet
 from apx.controllers.status import ResourceStatus
@@ -55,9 +59,10 @@ from apx.controllers.translate import HISTORY_ANNOTATION
 from apx.dataplane.common.redact import redact_text, redact_url
 
 from .events import EventType, post_event
-from .metrics import OperatorMetrics
+from .metrics import CONTROLLER_NAMES, OperatorMetrics, PendingChanges
 from .runtime import HeapKeeper, release_free_memory
 from .settings import OperatorSettings
+from .workers import WorkerAvailability
 
 logger = logging.getLogger("apx.operator")
 
@@ -78,6 +83,8 @@ SUMMARY_KEYS = (
     "canaryPolicyArtifact",
     "artifact",
     "servedVersions",
+    "inUseBy",
+    "workers",
 )
 CONTROLLERS = {"Product": "product", "Route": "route", "PolicyBundle": "policybundle"}
 
@@ -100,6 +107,10 @@ def _resource_version(body: Mapping[str, Any]) -> int:
 
 def _digest(document: Any) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class InUse(Exception):
+    """A Product or PolicyBundle being deleted is still referenced by Routes; its finalizer stays."""
 
 
 @dataclass(slots=True)
@@ -149,6 +160,7 @@ class Reconciler:
         self.redis = redis
         self.pubsub = pubsub
         self.metrics = metrics or OperatorMetrics()
+        self._pending = PendingChanges(self.metrics)
         self.tracer = tracer or trace.get_tracer("apx.operator")
         self.clock = clock
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
@@ -177,6 +189,13 @@ class Reconciler:
         # wrong, passes render this one in its place: what is serving keeps
         # serving while the status reports the error.
         self._last_good: dict[tuple[str, str], dict[str, Any]] = {}
+        # Per Product and Route whose current body failed a stage after
+        # translation (Envoy, Redis, manifests): that body and its status.
+        self._render_failures: dict[tuple[str, str], tuple[dict[str, Any], ResourceStatus]] = {}
+        # Worker Deployments' availability (from their watch): async Routes are Ready only when served.
+        self.workers = WorkerAvailability()
+        # Products and PolicyBundles being deleted while Routes still use them: those Routes.
+        self._in_use: dict[tuple[str, str], list[str]] = {}
         self._backoff = 0.0
         # Called with (kind, stored body) after each significant change is
         # recorded; the canary controller listens to act on a new canary block
@@ -206,6 +225,7 @@ class Reconciler:
         if (body.get("metadata") or {}).get("deletionTimestamp") is None:
             self.deleting.pop(key, None)
         self.metrics.workqueue_adds.labels(name=CONTROLLERS[kind]).inc()
+        self._pending.add(CONTROLLERS[kind], key[1])
         self._dirty.set()
         for listener in self.listeners:
             listener(kind, self.objects[key])
@@ -258,29 +278,66 @@ class Reconciler:
             meta["annotations"] = {**(meta.get("annotations") or {}), HISTORY_ANNOTATION: "true"}
             remembered["metadata"] = meta
             history[old_version] = remembered
-            # N and N-1 are what is served; older history is only needed to order applies.
+            # N and N-1 are what is served, plus older versions Routes still pin
+            # (``apx.controllers.pinned_versions``); the rest only ordered applies.
+            namespace, name = key[1].split("/", 1)
+            pinned = self.pinned_versions(namespace, name)
             for stale in sorted(history, key=_version_key)[:-2]:
-                history.pop(stale)
+                if stale not in pinned:
+                    history.pop(stale)
+
+    def pinned_versions(self, namespace: str, bundle: str) -> dict[str, list[str]]:
+        """Versions of a PolicyBundle that Routes in the store pin, each with those Routes' keys."""
+        pins: dict[str, list[str]] = {}
+        # A snapshot first: the admission webhook calls this from kopf's thread pool.
+        for (kind, object_key), body in sorted(list(self.objects.items())):
+            if kind != "Route" or not object_key.startswith(f"{namespace}/"):
+                continue
+            for version in route_pins(namespace, bundle, body.get("spec") or {}):
+                pins.setdefault(version, []).append(object_key)
+        return pins
 
     def _replace_body(self, key: tuple[str, str], body: dict[str, Any]) -> None:
         """Store a body whose spec is unchanged; a last-good reference to the old one follows it."""
         if self._last_good.get(key) is self.objects.get(key):
             self._last_good[key] = body
+        failed = self._render_failures.get(key)
+        if failed is not None and failed[0] is self.objects.get(key):
+            self._render_failures[key] = (body, failed[1])
         self.objects[key] = body
 
     def forget(self, kind: str, key: str) -> None:
         """The object is gone from the API (after its finalizer was removed)."""
         self.objects.pop((kind, key), None)
         self._last_good.pop((kind, key), None)
+        self._render_failures.pop((kind, key), None)
+        self._in_use.pop((kind, key), None)
         self.deleting.pop((kind, key), None)
         self._policy_history.pop((kind, key), None)
         self._cleaned.discard((kind, key))
         self._written_status.pop((kind, key), None)
+        self._pending.add(CONTROLLERS[kind], key)
         self._dirty.set()
 
     async def finalize(self, kind: str, body: Mapping[str, Any], timeout: float = 30.0) -> None:
-        """Clean up what a deleted object owns (per deletionPolicy); raises TimeoutError if not done yet."""
+        """Clean up what a deleted object owns (per deletionPolicy); raises TimeoutError if not done yet.
+
+        A Product or PolicyBundle that Routes still reference is protected
+        like a PersistentVolumeClaim in use: the deletion is accepted (the
+        finalizer holds it), the object keeps serving and reports which Routes
+        use it, and ``InUse`` is raised until none does.
+        """
         key = (kind, _key(body))
+        users = self.users_of(kind, key[1])
+        if users:
+            message = f"deletion waits until no Route uses it: in use by Route {', '.join(users)}"
+            if self._in_use.get(key) != users:
+                self._in_use[key] = users
+                self._written_status.pop(key, None)
+                self._dirty.set()
+                await post_event(self.kube, kind, body, "Warning", "InUse", message, self.clock())
+            raise InUse(f"{kind} {key[1]}: {message}")
+        self._in_use.pop(key, None)
         self.deleting[key] = _stored(body)
         self.objects[key] = _stored(body)
         self._cleaned.discard(key)
@@ -292,6 +349,26 @@ class Reconciler:
                     f"cleanup of {kind} {key[1]} not finished: {self.last_error or 'still working'}"
                 )
             await asyncio.sleep(0.05)
+
+    def observe_worker(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        """Record a worker Deployment's availability (from its watch); a change rewrites the status."""
+        changed = self.workers.forget(body) if deleted else self.workers.observe(body)
+        if changed:
+            self._dirty.set()
+
+    def users_of(self, kind: str, object_key: str) -> list[str]:
+        """Keys of the Routes that reference a Product or PolicyBundle (empty for a Route)."""
+        field_name = {"Product": "productRef", "PolicyBundle": "policyRef"}.get(kind)
+        if field_name is None:
+            return []
+        namespace, name = object_key.split("/", 1)
+        return sorted(
+            route_key
+            for (other, route_key), body in list(self.objects.items())
+            if other == "Route"
+            and route_key.startswith(f"{namespace}/")
+            and ((body.get("spec") or {}).get(field_name) or {}).get("name") == name
+        )
 
     @property
     def listed(self) -> bool:
@@ -316,9 +393,11 @@ class Reconciler:
                             body.setdefault("kind", kind)
                             body.setdefault("apiVersion", "apx.dev/v1alpha1")
                             self.observe(kind, body)
+                self.metrics.dependency_up.labels(dependency="kubernetes").set(1)
                 self._listed = True
                 return
             except KubeError as exc:
+                self.metrics.dependency_up.labels(dependency="kubernetes").set(0)
                 self.last_error = redact_text(f"listing APX objects: {exc}")
                 logger.warning("cannot list APX objects yet: %s", exc)
                 await asyncio.sleep(delay)
@@ -432,37 +511,39 @@ class Reconciler:
 
         Its status still comes from the failing spec (Stalled, the field
         named, the new generation observed), so users see the error while
-        Envoy, Redis and Pub/Sub keep what was serving. Runs in a worker
-        thread during full passes: it reads the store but does not change it.
+        Envoy, Redis and Pub/Sub keep what was serving. Specs a later stage
+        refused in an earlier pass (Envoy, manifests) are substituted up front,
+        so even the fast path never publishes them. Runs in a worker thread
+        during full passes: it reads the store but does not change it.
         """
-        stage = first_stage(documents)
-        replaced: dict[tuple[str, str], dict[str, Any]] = {}
-        for key, document, status in _products_and_routes(stage, documents):
-            good = self._last_good.get(key)
-            if status.stalled and good is not None and good is not document:
-                replaced[key] = good
-        if not replaced:
-            return stage
-        substituted = [
-            replaced.get((str(d.get("kind")), _key(d)), d) if d.get("kind") in ("Product", "Route") else d
-            for d in documents
-        ]
-        serving = first_stage(substituted)
-        for key in replaced:
-            serving.result.statuses[key] = stage.result.statuses[key]
-        return serving
+        known = {
+            key: status
+            for key, (body, status) in list(self._render_failures.items())
+            if (self.objects.get(key) or {}).get("spec") == body.get("spec")
+        }
+        return first_stage(documents, last_good=self._last_good, known_failures=known)
 
-    def _remember_good(self, stage: FirstStage, documents: list[dict[str, Any]]) -> None:
-        """Record the bodies of Products and Routes that translated without error."""
-        for key, document, status in _products_and_routes(stage, documents):
-            if not status.stalled and self.objects.get(key) is document:
-                self._last_good[key] = document
+    def _remember_good(self, compiled: Compiled, documents: list[dict[str, Any]]) -> None:
+        """Record the bodies of Products and Routes that rendered without error, and those that failed."""
+        for key, document, status in _products_and_routes(compiled.statuses, documents):
+            current = self.objects.get(key)
+            # By spec, not identity: a status write may have replaced the stored body meanwhile.
+            if not status.stalled and current is not None and current.get("spec") == document.get("spec"):
+                self._last_good[key] = current
+        self._render_failures = {
+            key: (self.objects[key], status)
+            for key, status in compiled.failures.items()
+            if status.reason == "RenderError" and key in self.objects
+        }
 
     # --- one pass -----------------------------------------------------------------
 
     async def reconcile_once(self, full: bool = False) -> PassReport:
         started = time.perf_counter()
         report = PassReport()
+        # A full pass reconciles every controller's objects, changed or not.
+        taken = self._pending.take()
+        reconciled = list(CONTROLLER_NAMES) if full else taken
         objects = await self._pass(full, report)
         # The pass's outputs died with ``_pass`` (by reference counting); what
         # survived is frozen so later collections do not rescan it.
@@ -472,6 +553,8 @@ class Reconciler:
         await asyncio.to_thread(release_free_memory)
         report.duration = time.perf_counter() - started
         self.metrics.pass_duration.observe(report.duration)
+        for controller in reconciled:
+            self.metrics.reconcile_time.labels(controller=controller).observe(report.duration)
         self.last_pass = report
         self.passes += 1
         logger.info(
@@ -500,7 +583,6 @@ class Reconciler:
             if key in self.objects and key not in self.deleting
             for document in history.values()
         ]
-        self.metrics.workqueue_depth.labels(name="apx").set(len(self.objects))
         with self.tracer.start_as_current_span("apx.reconcile.pass") as span:
             span.set_attribute("apx.objects", len(live))
             span.set_attribute("apx.full", full)
@@ -519,7 +601,6 @@ class Reconciler:
             # collector paused and then frozen, it is not rescanned by the
             # collections the I/O phases trigger.
             stage = await asyncio.to_thread(self.heap.build, self._serving_stage, live)
-            self._remember_good(stage, live)
             lap("translate")
             # Rules first: a limit change should not wait for Envoy and Kubernetes rendering.
             await self._apply_redis(stage.redis, stage.result.ir, report, full)
@@ -535,6 +616,7 @@ class Reconciler:
                 ),
             )
             lap("render")
+            self._remember_good(compiled, live)
             if compiled.redis is not stage.redis:
                 await self._apply_redis(compiled.redis, compiled.ir, report, full)
             owners = self._owners_of_deleting() if self.deleting else None
@@ -545,6 +627,7 @@ class Reconciler:
             if self.deleting:
                 await self._cleanup_deleted(owners or {}, report)
             await self._write_statuses(compiled, report)
+            self.metrics.set_object_phases(self._phase_counts(compiled, report))
             lap("status")
         for (kind, object_key), status in compiled.statuses.items():
             if kind == "PolicyBundle":
@@ -647,7 +730,8 @@ class Reconciler:
         desired: set[tuple[str, str, str]] = set()
 
         async def apply_one(manifest: Mapping[str, Any], identity: tuple[str, str, str], digest: str) -> None:
-            async with semaphore:
+            owner_kind = (_owner_key(manifest) or ("Route", ""))[0]
+            async with semaphore, self._active(CONTROLLERS[owner_kind]):
                 try:
                     await self.kube.apply(manifest)
                 except Invalid as exc:
@@ -660,11 +744,13 @@ class Reconciler:
                         )
                     return
                 except Unavailable as exc:
+                    self.metrics.dependency_up.labels(dependency="kubernetes").set(0)
                     owner = _owner_key(manifest)
                     problem = DependencyProblem("KubernetesUnavailable", f"{exc}; retrying")
                     if owner is not None:
                         report.problems[owner] = problem
                     return
+            self.metrics.dependency_up.labels(dependency="kubernetes").set(1)
             self._applied_manifests[identity] = digest
             report.manifests_applied += 1
 
@@ -827,6 +913,20 @@ class Reconciler:
                     problem.message,
                     status.summary,
                 )
+            if key[0] == "Route" and status.summary.get("deployments"):
+                workers, waiting = self.workers.summary(key[1], list(status.summary["deployments"]))
+                status = _with_workers(status, workers, waiting)
+            users = self._in_use.get(key)
+            if users and status.phase == "Ready":
+                status = ResourceStatus(
+                    status.kind,
+                    status.key,
+                    status.generation,
+                    "Ready",
+                    "InUse",
+                    f"being deleted, still serving: in use by Route {', '.join(users)}",
+                    {**status.summary, "inUseBy": users},
+                )
             previous = (body.get("status") or {}) if isinstance(body.get("status"), dict) else {}
             document = status.to_dict(now, previous.get("conditions") or [])
             for summary_key in SUMMARY_KEYS:
@@ -860,7 +960,7 @@ class Reconciler:
                 span.set_attribute("apx.name", name)
                 span.set_attribute("apx.generation", status.generation)
                 span.set_attribute("apx.phase", status.phase)
-                async with semaphore:
+                async with semaphore, self._active(controller):
                     try:
                         updated = await self.kube.patch_status(kind, namespace, name, document)
                     except KubeError as exc:
@@ -895,6 +995,29 @@ class Reconciler:
         event_type: EventType = "Normal" if status.phase == "Ready" else "Warning"
         await post_event(self.kube, key[0], body, event_type, status.reason, status.message, self.clock())
 
+    @contextlib.asynccontextmanager
+    async def _active(self, controller: str) -> AsyncIterator[None]:
+        """Count one worker of ``controller`` as busy (``controller_runtime_active_workers``) meanwhile."""
+        gauge = self.metrics.active_workers.labels(controller=controller)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    def _phase_counts(self, compiled: Compiled, report: PassReport) -> dict[tuple[str, str], int]:
+        """Objects per (kind, phase) as their statuses say after this pass (dependency problems included)."""
+        counts: dict[tuple[str, str], int] = {}
+        for key, status in compiled.statuses.items():
+            if key in self.deleting:
+                continue
+            phase = status.phase
+            problem = report.problems.get(key)
+            if problem is not None and not status.stalled:
+                phase = "Stalled" if problem.stalled else "Reconciling"
+            counts[(key[0], phase)] = counts.get((key[0], phase), 0) + 1
+        return counts
+
     def health(self) -> dict[str, Any]:
         """Liveness details for kopf's probe endpoint."""
         return {
@@ -919,16 +1042,28 @@ def _stored(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _products_and_routes(
-    stage: FirstStage, documents: list[dict[str, Any]]
+    statuses: Mapping[tuple[str, str], ResourceStatus], documents: list[dict[str, Any]]
 ) -> Iterator[tuple[tuple[str, str], dict[str, Any], ResourceStatus]]:
-    """The Products and Routes among ``documents`` (kinds kept at their last good spec), with status."""
+    """The Products and Routes among ``documents``, with the status a pass gave them."""
     for document in documents:
         kind = str(document.get("kind"))
         if kind in ("Product", "Route"):
             key = (kind, _key(document))
-            status = stage.result.statuses.get(key)
+            status = statuses.get(key)
             if status is not None:
                 yield key, document, status
+
+
+def _with_workers(status: ResourceStatus, workers: dict[str, Any], waiting: str | None) -> ResourceStatus:
+    """An async Route's status with ``workers``; not Ready while a worker Deployment has none available."""
+    summary = {**status.summary, "workers": workers} if workers else dict(status.summary)
+    if waiting is not None and status.phase == "Ready":
+        return ResourceStatus(
+            status.kind, status.key, status.generation, "Reconciling", "WorkersUnavailable", waiting, summary
+        )
+    return ResourceStatus(
+        status.kind, status.key, status.generation, status.phase, status.reason, status.message, summary
+    )
 
 
 def _rule_set_keys(rule_set: RuleSet) -> VersionedKeys:

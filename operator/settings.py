@@ -33,7 +33,13 @@ class OperatorSettings(BaseModel):
         default=0.02, ge=0, description="Coalesce bursts of events into one pass."
     )
     worker_limit: int = Field(default=16, ge=1, description="Concurrent API writes per pass.")
+    liveness_host: str = Field(
+        default="0.0.0.0",
+        min_length=1,
+        description="Address /healthz listens on (kubelet probes the pod IP).",
+    )
     liveness_port: int = Field(default=8080, ge=0, le=65535, description="Port of /healthz (0 disables).")
+    metrics_host: str = Field(default="0.0.0.0", min_length=1, description="Address /metrics listens on.")
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="Port of /metrics (0 disables).")
     admission: Literal["none", "managed"] = Field(
         default="none",
@@ -56,6 +62,17 @@ class OperatorSettings(BaseModel):
     )
     canary_queries: str | None = Field(
         default=None, description="YAML/JSON file overriding the canary analysis PromQL templates."
+    )
+    leader_election: bool = Field(
+        default=False,
+        description="Hold a coordination.k8s.io Lease; only its holder reconciles (several replicas).",
+    )
+    lease_name: str = Field(default="apx-operator", description="Lease in the operator namespace.")
+    lease_duration_seconds: float = Field(
+        default=15.0, ge=1, description="A standby takes over when the Lease is not renewed for this long."
+    )
+    lease_renew_seconds: float = Field(
+        default=2.0, gt=0, description="How often the leader renews and a standby retries."
     )
 
     @classmethod

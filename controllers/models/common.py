@@ -18,12 +18,14 @@ Conventions every model follows:
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 GROUP = "apx.dev"
 VERSION = "v1alpha1"
@@ -36,23 +38,68 @@ SEMVER_PATTERN = (
     r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
 )
 HEADER_NAME_PATTERN = r"^[a-zA-Z0-9!#$%&'*+.^_`|~-]+$"
+HEADER_NAME_MESSAGE = "must be a header name: letters, digits and !#$%&'*+.^_`|~- only, such as x-tenant"
+DNS_LABEL_MESSAGE = (
+    "must be a lowercase DNS label (a-z, 0-9 and '-', starting and ending with a letter or digit)"
+)
+SEMVER_MESSAGE = "must be a semantic version such as 1.3.0"
+DURATION_MESSAGE = "must be a duration such as 30s, 250ms, 1m30s or 2h"
+PATH_PATTERN = r"^/"
+PATH_MESSAGE = "must be a path starting with /"
+
+# Pattern → what is allowed, in words. A CRD ``pattern`` failure prints the
+# regular expression to the user, so fields declared with ``matching`` carry
+# a CEL rule with this text instead (``crdgen`` swaps the pattern for it), and
+# ``apx translate`` prints the same text for pydantic's pattern errors.
+PATTERN_MESSAGES: dict[str, str] = {}
+PATTERN_MESSAGE_KEY = "x-apx-pattern-message"
 
 DeletionPolicy = Literal["Delete", "Retain"]
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
-DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+
+def matching(pattern: str, allowed: str, *, max_length: int, show_value: bool = True, **field: Any) -> Any:
+    """A ``Field`` checked against ``pattern`` whose refusal says ``allowed`` instead of the regex.
+
+    ``allowed`` reads after the field name and the value (``spec.match.hosts[0]:
+    'a..b' must be …``). Pydantic keeps the fast native pattern check; the CRD
+    gets ``self.matches(pattern)`` with this text as a CEL rule; the API server
+    and ``apx translate`` therefore both print the words, never the regex.
+    ``show_value=False`` keeps the value out of the API server's message (a
+    value with CR/LF would break the message itself; ``apx translate`` quotes it).
+    """
+    PATTERN_MESSAGES[pattern] = allowed
+    extra: JsonDict = {PATTERN_MESSAGE_KEY: {"allowed": allowed, "showValue": show_value}}
+    return Field(pattern=pattern, max_length=max_length, json_schema_extra=extra, **field)
+
+
+HeaderName = Annotated[str, matching(HEADER_NAME_PATTERN, HEADER_NAME_MESSAGE, min_length=1, max_length=256)]
+DnsLabel = Annotated[str, matching(DNS_LABEL_PATTERN, DNS_LABEL_MESSAGE, min_length=1, max_length=63)]
+SemVer = Annotated[
+    str,
+    matching(SEMVER_PATTERN, SEMVER_MESSAGE, max_length=64, description="A semantic version, e.g. `1.3.0`."),
+]
 Duration = Annotated[
     str,
-    Field(
-        pattern=DURATION_PATTERN,
+    matching(
+        DURATION_PATTERN,
+        DURATION_MESSAGE,
+        max_length=32,
         description="A duration such as `30s`, `250ms`, `1m30s` or `2h`.",
     ),
 ]
-HeaderName = Annotated[str, Field(pattern=HEADER_NAME_PATTERN, min_length=1, max_length=256)]
-SemVer = Annotated[
-    str,
-    Field(pattern=SEMVER_PATTERN, max_length=64, description="A semantic version, e.g. `1.3.0`."),
-]
+
+
+def when_durations_valid(rule: str, *fields: str) -> str:
+    """``rule``, taken as passing while one of the duration ``fields`` is malformed.
+
+    A malformed duration is reported by its own rule (``matching``); without
+    this guard every rule calling ``duration()`` on it would also fail to
+    evaluate and add a second, confusing error.
+    """
+    valid = " && ".join(f"{field}.matches({json.dumps(DURATION_PATTERN)})" for field in fields)
+    return f"!({valid}) || ({rule})"
+
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_MS = {"ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -67,13 +114,24 @@ def duration_ms(text: str) -> int:
     return round(total)
 
 
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(
+    rule: str,
+    message: str,
+    field_path: str | None = None,
+    reason: str | None = None,
+    got: str | None = None,
+) -> dict[str, str]:
     """One ``x-kubernetes-validations`` entry.
 
     ``field_path`` (relative to the object the rule sits on, e.g. ``.regions``)
-    makes the API server report the error against that field.
+    makes the API server report the error against that field. ``got`` is a
+    CEL expression of the refused value (a string): the message then ends with
+    `` (got '<value>')``, as the pydantic mirror's does.
     """
     entry = {"rule": rule, "message": message}
+    if got:
+        opening = json.dumps(message + " (got '")
+        entry["messageExpression"] = opening + " + " + got + ' + "\')"'
     if field_path:
         entry["fieldPath"] = field_path
     if reason:
@@ -119,7 +177,9 @@ class ApxModel(BaseModel):
 class LocalObjectReference(ApxModel):
     """A reference to another object in the same namespace."""
 
-    name: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Object name.")]
+    name: Annotated[
+        str, matching(DNS_LABEL_PATTERN, DNS_LABEL_MESSAGE, max_length=63, description="Object name.")
+    ]
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -14,11 +14,14 @@ taken as successive applies, ordered by version).
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from .common import (
+    PATH_MESSAGE,
+    PATH_PATTERN,
     ApxModel,
     Condition,
     DeletionPolicy,
@@ -28,6 +31,7 @@ from .common import (
     SemVer,
     cel,
     cel_rules,
+    matching,
     shared_default,
 )
 
@@ -40,7 +44,32 @@ CIDR_PATTERN = (
     r"/(3[0-2]|[12]?[0-9])|[0-9a-fA-F:]+:[0-9a-fA-F:]*/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$"
 )
 
+CIDR_MESSAGE = "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32"
+JWKS_URI_PATTERN = r"^https?://[^\s/?#]+(/\S*)?$"
+JWKS_URI_MESSAGE = "must be an http(s) URL such as https://id.example.com/.well-known/jwks.json"
+JWKS_HTTPS_MESSAGE = (
+    "jwksUri must use https (keys fetched over plain http can be forged on the way), "
+    "or set allowInsecureJwks: true to accept it anyway"
+)
+# `*` alone, or an origin whose host may start with one `*.` label (a suffix
+# wildcard: `https://*.example.com` admits every subdomain of example.com).
+CORS_ORIGIN_PATTERN = r"^(\*|https?://(\*\.)?[^\s/*?#]+)$"
+CORS_ORIGIN_MESSAGE = (
+    "must be * or an origin such as https://shop.example.com or https://*.example.com "
+    "(scheme and host, optional port, a wildcard only as the first label, no path)"
+)
+# Tab is allowed (it is valid inside a header value); CR, LF and the other
+# control characters would split or corrupt the header.
+HEADER_VALUE_PATTERN = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"
+HEADER_VALUE_MESSAGE = "must not contain control characters such as CR or LF"
+AUTHZ_RULE_NAME_PATTERN = r"^[a-z0-9][-a-z0-9]*$"
+AUTHZ_RULE_NAME_MESSAGE = "must be a lowercase name of a-z, 0-9 and '-', such as read-charges"
+DUPLICATE_RULE_MESSAGE = "authz rule names must be unique"
 AUTH_REQUIRED_MESSAGE = "set jwt or apiKey, or allowAnonymous: true"
+QUERY_PARAMETER_PATTERN = r"^[A-Za-z0-9_.-]+$"
+QUERY_PARAMETER_MESSAGE = (
+    "must be a query parameter name of letters, digits, '_', '.' or '-', such as api_key"
+)
 CREDENTIALS_WILDCARD_MESSAGE = "allowCredentials cannot be used with the wildcard origin '*'"
 RESERVED_HEADER_MESSAGE = "headers starting with x-apx- are reserved for APX"
 
@@ -48,9 +77,28 @@ RESERVED_HEADER_MESSAGE = "headers starting with x-apx- are reserved for APX"
 class Jwt(ApxModel):
     """JSON Web Token authentication (Envoy jwt_authn)."""
 
+    model_config = ApxModel.model_config | {
+        "json_schema_extra": cel_rules(
+            cel(
+                "self.jwksUri.startsWith('https://') || "
+                "(has(self.allowInsecureJwks) && self.allowInsecureJwks)",
+                JWKS_HTTPS_MESSAGE,
+                ".jwksUri",
+                got="self.jwksUri",
+            )
+        )
+    }
+
     issuer: Annotated[str, Field(min_length=1, max_length=512)] = Field(description="Expected `iss`.")
-    jwks_uri: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2048)] = Field(
-        description="Where the signing keys are published."
+    jwks_uri: Annotated[str, matching(JWKS_URI_PATTERN, JWKS_URI_MESSAGE, max_length=2048)] = Field(
+        description="Where the signing keys are published (https, unless allowInsecureJwks is true)."
+    )
+    # Left out of dumps while false: the digest of every bundle written before
+    # this field existed stays the same, so no served version looks changed.
+    allow_insecure_jwks: bool = Field(
+        default=False,
+        exclude_if=lambda value: value is False,
+        description="Accept a jwksUri over plain http (only for local testing: the keys can be forged).",
     )
     audiences: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
         default_factory=list, description="Accepted `aud` values; empty accepts any."
@@ -68,14 +116,20 @@ class Jwt(ApxModel):
     jwks_cache_duration: Duration = Field(default="300s", description="How long fetched keys are cached.")
     forward_token: bool = Field(default=False, description="Forward the Authorization header upstream.")
 
+    @model_validator(mode="after")
+    def _https_jwks(self) -> Jwt:
+        if not self.jwks_uri.startswith("https://") and not self.allow_insecure_jwks:
+            raise ValueError(f"jwksUri: {JWKS_HTTPS_MESSAGE} (got {self.jwks_uri!r})")
+        return self
+
 
 class ApiKey(ApxModel):
     """API-key authentication; keys map to tenants in the rate-limit service's key table."""
 
     header: HeaderName = Field(default="x-api-key", description="Header carrying the key.")
-    query_parameter: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)] | None = Field(
-        default=None, description="Query parameter that may carry the key instead."
-    )
+    query_parameter: (
+        Annotated[str, matching(QUERY_PARAMETER_PATTERN, QUERY_PARAMETER_MESSAGE, max_length=64)] | None
+    ) = Field(default=None, description="Query parameter that may carry the key instead.")
 
 
 class Auth(ApxModel):
@@ -106,12 +160,15 @@ class Auth(ApxModel):
 class AuthzRule(ApxModel):
     """Allow requests on these methods/paths when the caller holds all scopes."""
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][-a-z0-9]*$", max_length=63)] = Field(
-        description="Rule name."
+    name: Annotated[str, matching(AUTHZ_RULE_NAME_PATTERN, AUTHZ_RULE_NAME_MESSAGE, max_length=63)] = Field(
+        description="Rule name, unique within the bundle."
     )
     methods: list[HttpMethod] = Field(default_factory=list, description="Methods; empty means any.")
-    paths: list[Annotated[str, Field(pattern=r"^/", max_length=1024)]] = Field(
-        default_factory=lambda: ["/"], description="Path prefixes."
+    paths: list[Annotated[str, matching(PATH_PATTERN, PATH_MESSAGE, max_length=1024)]] = Field(
+        # Bounded: a CEL rule checks each path (32 covers any real rule).
+        default_factory=lambda: ["/"],
+        max_length=32,
+        description="Path prefixes (at most 32).",
     )
     scopes: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default_factory=list, description="Scopes the caller must hold (all of them)."
@@ -124,14 +181,34 @@ class Authz(ApxModel):
     default_action: Literal["allow", "deny"] = Field(
         default="deny", description="Action when no rule matches."
     )
-    rules: list[AuthzRule] = Field(default_factory=list, max_length=100, description="Allow rules.")
+    # A list-map keyed by name: the API server refuses a duplicate name itself
+    # (Envoy RBAC keys policies by name, so one would silently replace the other).
+    rules: list[AuthzRule] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Allow rules; names are unique.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Authz:
+        seen: set[str] = set()
+        for index, rule in enumerate(self.rules):
+            if rule.name in seen:
+                raise ValueError(
+                    f"rules[{index}].name: {DUPLICATE_RULE_MESSAGE} ({rule.name!r} is used twice)"
+                )
+            seen.add(rule.name)
+        return self
 
 
 class HeaderValue(ApxModel):
     """A header to set."""
 
     name: HeaderName
-    value: Annotated[str, Field(max_length=4096)]
+    value: Annotated[
+        str, matching(HEADER_VALUE_PATTERN, HEADER_VALUE_MESSAGE, max_length=4096, show_value=False)
+    ]
 
 
 class HeaderTransform(ApxModel):
@@ -177,14 +254,26 @@ class Cors(ApxModel):
 
     # Bounded because a CEL rule scans this list and the API server refuses
     # rules over unbounded lists (64 is Gateway API's CORS limit).
-    allow_origins: list[Annotated[str, Field(pattern=r"^(\*|https?://[^\s/]+)$", max_length=512)]] = Field(
-        min_length=1, max_length=64, description="Origins allowed, or `*`."
+    allow_origins: list[
+        Annotated[str, matching(CORS_ORIGIN_PATTERN, CORS_ORIGIN_MESSAGE, max_length=512)]
+    ] = Field(
+        min_length=1,
+        max_length=64,
+        description=(
+            "Origins allowed: `*`, an exact origin (`https://shop.example.com`) or a subdomain "
+            "wildcard (`https://*.example.com`: any subdomain, not example.com itself)."
+        ),
     )
     allow_methods: list[HttpMethod] = Field(
         default_factory=_default_cors_methods, description="Methods allowed."
     )
-    allow_headers: list[HeaderName] = Field(default_factory=list, description="Request headers allowed.")
-    expose_headers: list[HeaderName] = Field(default_factory=list, description="Response headers exposed.")
+    # Bounded like allowOrigins: each name is checked by a CEL rule.
+    allow_headers: list[HeaderName] = Field(
+        default_factory=list, max_length=64, description="Request headers allowed."
+    )
+    expose_headers: list[HeaderName] = Field(
+        default_factory=list, max_length=64, description="Response headers exposed."
+    )
     max_age_seconds: int = Field(default=600, ge=0, le=86_400, description="Preflight cache time.")
     allow_credentials: bool = Field(default=False, description="Allow cookies/credentials.")
 
@@ -233,7 +322,7 @@ class PolicyBundleSpec(ApxModel):
     authz: Authz = Field(default_factory=shared_default(Authz), description="Authorization rules.")
     headers: Headers = Field(default_factory=shared_default(Headers), description="Header transforms.")
     cors: Cors | None = Field(default=None, description="CORS; omit to disable.")
-    ip_allowlist: list[Annotated[str, Field(pattern=CIDR_PATTERN, max_length=64)]] = Field(
+    ip_allowlist: list[Annotated[str, matching(CIDR_PATTERN, CIDR_MESSAGE, max_length=64)]] = Field(
         default_factory=list, max_length=256, description="Client CIDRs allowed; empty allows all."
     )
     rate_limit: RateLimitPolicy = Field(
@@ -250,6 +339,17 @@ class PolicyBundleSpec(ApxModel):
         default="Retain",
         description="`Retain` keeps the artifact ConfigMaps on deletion; `Delete` removes them.",
     )
+
+    # The schema's pattern admits the shape of an IPv6 CIDR only (CEL has no
+    # CIDR functions before Kubernetes 1.31); the address itself is checked here.
+    @model_validator(mode="after")
+    def _real_cidrs(self) -> PolicyBundleSpec:
+        for index, cidr in enumerate(self.ip_allowlist):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"ipAllowlist[{index}]: {cidr!r} {CIDR_MESSAGE}") from None
+        return self
 
 
 class ServedVersion(ApxModel):

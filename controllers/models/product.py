@@ -13,12 +13,14 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from .common import (
+    DNS_LABEL_MESSAGE,
     DNS_LABEL_PATTERN,
     ApxModel,
     Condition,
     DeletionPolicy,
     cel,
     cel_rules,
+    matching,
     shared_default,
 )
 
@@ -44,6 +46,11 @@ RESIDENCY_REGION_PREFIXES: dict[str, tuple[str, ...]] = {
 }
 
 REGION_PATTERN = r"^[a-z]+-[a-z]+[0-9]+$"
+REGION_MESSAGE = "must be a region name such as europe-west1"
+TENANT_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$"
+TENANT_ID_MESSAGE = (
+    "must be a tenant id of 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
 
 RESIDENCY_RULE = (
     "self.residency == 'GLOBAL' || self.regions.all(r, "
@@ -114,7 +121,8 @@ class Plan(ApxModel):
     """One plan of a product (free, pro, enterprise...)."""
 
     name: Annotated[
-        str, Field(pattern=DNS_LABEL_PATTERN, max_length=40, description="Plan name, a DNS label.")
+        str,
+        matching(DNS_LABEL_PATTERN, DNS_LABEL_MESSAGE, max_length=40, description="Plan name, a DNS label."),
     ]
     tier: Tier = Field(description="Pricing tier; a low-cardinality metric label (`tenant_tier`).")
     rate_limit: RateLimit = Field(description="Per-tenant request rate.")
@@ -140,11 +148,16 @@ class TenantAssignment(ApxModel):
 
     id: Annotated[
         str,
-        Field(
-            pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$", description="Tenant id as carried in credentials."
+        matching(
+            TENANT_ID_PATTERN,
+            TENANT_ID_MESSAGE,
+            max_length=63,
+            description="Tenant id as carried in credentials.",
         ),
     ]
-    plan: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=40, description="Name of a plan.")]
+    # No pattern of its own: it must equal a plan name (a DNS label), which the
+    # tenant-plan rule checks with a message that says so.
+    plan: Annotated[str, Field(min_length=1, max_length=40, description="Name of a plan of this product.")]
     rate_limit: RateLimit | None = Field(default=None, description="Overrides the plan's rate limit.")
     quota: Quota | None = Field(default=None, description="Overrides the plan's quota.")
     # CRD-only bound for CEL cost estimation; a longer value already fails the
@@ -210,7 +223,7 @@ class ProductSpec(ApxModel):
         default="GLOBAL",
         description="Where request data may be stored and processed: US, EU, ASIA or GLOBAL.",
     )
-    regions: list[Annotated[str, Field(pattern=REGION_PATTERN, max_length=40)]] = Field(
+    regions: list[Annotated[str, matching(REGION_PATTERN, REGION_MESSAGE, max_length=40)]] = Field(
         min_length=1, max_length=16, description="Regions (e.g. `europe-west1`) that serve this product."
     )
     # Tenant ids are kept unique by the API server through a list-map keyed on `id`

@@ -15,7 +15,10 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from .common import (
+    DNS_LABEL_MESSAGE,
     DNS_LABEL_PATTERN,
+    PATH_MESSAGE,
+    PATH_PATTERN,
     ApxModel,
     Condition,
     DeletionPolicy,
@@ -27,8 +30,11 @@ from .common import (
     cel,
     cel_rules,
     duration_ms,
+    matching,
     shared_default,
+    when_durations_valid,
 )
+from .quantity import parse_quantity
 
 RouteMode = Literal["sync", "async"]
 RetryOn = Literal[
@@ -41,7 +47,28 @@ RetryOn = Literal[
     "retriable-status-codes",
 ]
 
-HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(:[0-9]{1,5})?$"
+# The port alternatives spell out 1-65535: a port of 0 or above 65535 can never match a request.
+PORT_PATTERN = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+HOST_PATTERN = (
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(:" + PORT_PATTERN + r")?$"
+)
+HOST_MESSAGE = (
+    "must be a lowercase host name such as api.example.com or *.example.com, "
+    "optionally with a port from 1 to 65535 (api.example.com:8443)"
+)
+URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+URL_MESSAGE = (
+    "must be an http or https URL with a host, an optional port and an optional path, "
+    "such as https://payments.example.com/v1, and no query string (?) or fragment (#)"
+)
+IMAGE_PATTERN = r"^\S+$"
+IMAGE_MESSAGE = (
+    "must be a container image reference without spaces, such as registry.example.com/team/app:1.2.0"
+)
+CPU_PATTERN = r"^[0-9]+(\.[0-9]+)?m?$"
+CPU_MESSAGE = "must be a CPU quantity such as 500m, 1 or 1.5"
+MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+MEMORY_MESSAGE = "must be a memory quantity such as 128Mi, 1Gi or 500M"
 
 ONE_HEADER_MATCHER_MESSAGE = "set exactly one of exact, prefix, regex or present"
 PATH_XOR_PREFIX_MESSAGE = "set either path or pathPrefix, not both"
@@ -54,12 +81,29 @@ SYNC_CANARY_WORKER_MESSAGE = "canary.worker is only used when mode is async"
 MAX_BACKOFF_MESSAGE = "maximumBackoff must not be shorter than minimumBackoff"
 WINDOW_COVERS_CHECK_INTERVAL_MESSAGE = "window must not be shorter than checkInterval"
 CHECK_INTERVAL_MINIMUM_MESSAGE = "checkInterval must be at least 1s"
+CANARY_SAME_BACKEND_MESSAGE = (
+    "canary.backend must differ from backend: a canary of the same backend changes nothing"
+)
+CANARY_SAME_IMAGE_MESSAGE = (
+    "canary.worker.image must differ from worker.image: a canary of the same image changes nothing"
+)
+CANARY_SAME_POLICY_MESSAGE = (
+    "canary.policyVersion must differ from policyRef.version: a canary of the same policy changes nothing"
+)
+SYNC_FORBIDS_ASYNC_MESSAGE = "async settings are only used when mode is async"
+TIMEOUT_POSITIVE_MESSAGE = "timeout must be greater than 0s (Envoy reads 0s as no timeout at all)"
+PER_TRY_WITHIN_TIMEOUT_MESSAGE = "retries.perTryTimeout must not be longer than timeout"
+INTERVAL_POSITIVE_MESSAGE = "interval must be greater than 0s"
+RESULT_TTL_MINIMUM_MESSAGE = "resultTtl must be at least 1s"
+REQUESTS_WITHIN_LIMITS_MESSAGE = "must not be above the limit (the API server refuses such a Deployment)"
 
 
 class PolicyReference(ApxModel):
     """A PolicyBundle by name and the version this Route is pinned to."""
 
-    name: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="PolicyBundle name.")]
+    name: Annotated[
+        str, matching(DNS_LABEL_PATTERN, DNS_LABEL_MESSAGE, max_length=63, description="PolicyBundle name.")
+    ]
     version: SemVer = Field(
         description="Pinned version; must be the bundle's current (N) or previous (N-1) version."
     )
@@ -103,13 +147,13 @@ class RouteMatch(ApxModel):
         )
     }
 
-    hosts: list[Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]] = Field(
+    hosts: list[Annotated[str, matching(HOST_PATTERN, HOST_MESSAGE, max_length=253)]] = Field(
         min_length=1, max_length=16, description="Host names (`api.example.com`, `*.example.com`)."
     )
-    path_prefix: Annotated[str, Field(pattern=r"^/", max_length=1024)] | None = Field(
+    path_prefix: Annotated[str, matching(PATH_PATTERN, PATH_MESSAGE, max_length=1024)] | None = Field(
         default=None, description="Path prefix; `/` when neither path nor pathPrefix is set."
     )
-    path: Annotated[str, Field(pattern=r"^/", max_length=1024)] | None = Field(
+    path: Annotated[str, matching(PATH_PATTERN, PATH_MESSAGE, max_length=1024)] | None = Field(
         default=None, description="Exact path."
     )
     methods: list[HttpMethod] = Field(default_factory=list, description="Allowed methods; empty means any.")
@@ -133,7 +177,9 @@ class RouteMatch(ApxModel):
 class ServiceBackend(ApxModel):
     """A Kubernetes Service in the Route's namespace."""
 
-    name: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Service name.")]
+    name: Annotated[
+        str, matching(DNS_LABEL_PATTERN, DNS_LABEL_MESSAGE, max_length=63, description="Service name.")
+    ]
     port: int = Field(ge=1, le=65535, description="Service port.")
 
 
@@ -147,7 +193,7 @@ class Backend(ApxModel):
     service: ServiceBackend | None = Field(default=None, description="A Service in the Route's namespace.")
     # No query string or fragment: Envoy forwards the request's own query, and
     # a silently dropped one would be a surprise.
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", max_length=2048)] | None = Field(
+    url: Annotated[str, matching(URL_PATTERN, URL_MESSAGE, max_length=2048)] | None = Field(
         default=None, description="An http(s) URL outside the cluster (scheme, host, optional port and path)."
     )
 
@@ -161,10 +207,8 @@ class Backend(ApxModel):
 class ResourceList(ApxModel):
     """CPU and memory quantities."""
 
-    cpu: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=16)] | None = None
-    memory: (
-        Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", max_length=16)] | None
-    ) = None
+    cpu: Annotated[str, matching(CPU_PATTERN, CPU_MESSAGE, max_length=16)] | None = None
+    memory: Annotated[str, matching(MEMORY_PATTERN, MEMORY_MESSAGE, max_length=16)] | None = None
 
 
 class Resources(ApxModel):
@@ -177,11 +221,25 @@ class Resources(ApxModel):
         default_factory=shared_default(ResourceList, memory="256Mi"), description="Limits."
     )
 
+    # Quantities cannot be compared in CEL before Kubernetes 1.29 (the
+    # ``quantity`` library), so this rule lives here only: ``apx translate``,
+    # the operator and the admission webhook refuse it, the CRD schema cannot.
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        for name in ("cpu", "memory"):
+            request, limit = getattr(self.requests, name), getattr(self.limits, name)
+            if request is not None and limit is not None and parse_quantity(request) > parse_quantity(limit):
+                raise ValueError(
+                    f"requests.{name}: {request!r} {REQUESTS_WITHIN_LIMITS_MESSAGE} {limit!r} "
+                    f"of limits.{name}"
+                )
+        return self
+
 
 class Worker(ApxModel):
     """The worker Deployment that consumes an async Route's subscription."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(
+    image: Annotated[str, matching(IMAGE_PATTERN, IMAGE_MESSAGE, min_length=1, max_length=512)] = Field(
         description="Container image."
     )
     replicas: int = Field(default=2, ge=0, le=500, description="Worker replicas (stable track).")
@@ -196,7 +254,7 @@ class Worker(ApxModel):
 class CanaryWorker(ApxModel):
     """The canary track's worker: a new image, optionally its own replica count."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(
+    image: Annotated[str, matching(IMAGE_PATTERN, IMAGE_MESSAGE, min_length=1, max_length=512)] = Field(
         description="Canary image."
     )
     replicas: int | None = Field(
@@ -240,10 +298,24 @@ class AsyncDelivery(ApxModel):
     model_config = ApxModel.model_config | {
         "json_schema_extra": cel_rules(
             cel(
-                "duration(self.maximumBackoff) >= duration(self.minimumBackoff)",
+                when_durations_valid(
+                    "duration(self.maximumBackoff) >= duration(self.minimumBackoff)",
+                    "self.maximumBackoff",
+                    "self.minimumBackoff",
+                ),
                 MAX_BACKOFF_MESSAGE,
                 ".maximumBackoff",
-            )
+            ),
+            # The gateway keeps results this long and the worker writes them
+            # with the same TTL (both read the route table); 0 would make
+            # every result vanish before a client could read it.
+            cel(
+                "!has(self.resultTtl) || "
+                + when_durations_valid("duration(self.resultTtl) >= duration('1s')", "self.resultTtl"),
+                RESULT_TTL_MINIMUM_MESSAGE,
+                ".resultTtl",
+                got="self.resultTtl",
+            ),
         )
     }
 
@@ -279,6 +351,8 @@ class AsyncDelivery(ApxModel):
         ):
             if duration_ms(value) > 600_000:
                 raise ValueError(f"{name}: must be at most 600s (Pub/Sub limit)")
+        if duration_ms(self.result_ttl) < 1000:
+            raise ValueError(f"resultTtl: {RESULT_TTL_MINIMUM_MESSAGE} (got {self.result_ttl!r})")
         retention = duration_ms(self.message_retention)
         if not 600_000 <= retention <= 744 * 3_600_000:
             raise ValueError("messageRetention: must be between 10m and 744h (Pub/Sub limit)")
@@ -291,13 +365,17 @@ class Analysis(ApxModel):
     model_config = ApxModel.model_config | {
         "json_schema_extra": cel_rules(
             cel(
-                "duration(self.window) >= duration(self.checkInterval)",
+                when_durations_valid(
+                    "duration(self.window) >= duration(self.checkInterval)",
+                    "self.window",
+                    "self.checkInterval",
+                ),
                 WINDOW_COVERS_CHECK_INTERVAL_MESSAGE,
                 ".window",
             ),
             # A zero interval would make the operator check in a busy loop.
             cel(
-                "duration(self.checkInterval) >= duration('1s')",
+                when_durations_valid("duration(self.checkInterval) >= duration('1s')", "self.checkInterval"),
                 CHECK_INTERVAL_MINIMUM_MESSAGE,
                 ".checkInterval",
             ),
@@ -380,6 +458,13 @@ class Canary(ApxModel):
                 STEPS_INCREASING_MESSAGE,
                 ".steps",
             ),
+            # A zero interval would promote on the first healthy check.
+            cel(
+                when_durations_valid("duration(self.interval) > duration('0s')", "self.interval"),
+                INTERVAL_POSITIVE_MESSAGE,
+                ".interval",
+                got="self.interval",
+            ),
         )
     }
 
@@ -418,6 +503,8 @@ class Canary(ApxModel):
         for previous, current in zip(self.steps, self.steps[1:], strict=False):
             if current <= previous:
                 raise ValueError(f"steps: {STEPS_INCREASING_MESSAGE}: {self.steps}")
+        if duration_ms(self.interval) <= 0:
+            raise ValueError(f"interval: {INTERVAL_POSITIVE_MESSAGE} (got {self.interval!r})")
         return self
 
 
@@ -432,6 +519,43 @@ class RouteSpec(ApxModel):
                 "self.mode == 'async' || !has(self.canary) || !has(self.canary.worker)",
                 SYNC_CANARY_WORKER_MESSAGE,
                 ".canary.worker",
+            ),
+            cel("self.mode == 'async' || !has(self.async)", SYNC_FORBIDS_ASYNC_MESSAGE, ".async"),
+            cel(
+                when_durations_valid("duration(self.timeout) > duration('0s')", "self.timeout"),
+                TIMEOUT_POSITIVE_MESSAGE,
+                ".timeout",
+                got="self.timeout",
+            ),
+            cel(
+                "!has(self.retries) || !has(self.retries.perTryTimeout) || "
+                + when_durations_valid(
+                    "duration(self.retries.perTryTimeout) <= duration(self.timeout)",
+                    "self.retries.perTryTimeout",
+                    "self.timeout",
+                ),
+                PER_TRY_WITHIN_TIMEOUT_MESSAGE,
+                ".retries.perTryTimeout",
+                got="self.retries.perTryTimeout + \"', timeout '\" + self.timeout",
+            ),
+            cel(
+                "!has(self.canary) || !has(self.canary.backend) || self.canary.backend != self.backend",
+                CANARY_SAME_BACKEND_MESSAGE,
+                ".canary.backend",
+            ),
+            cel(
+                "!has(self.canary) || !has(self.canary.worker) || !has(self.worker) || "
+                "self.canary.worker.image != self.worker.image",
+                CANARY_SAME_IMAGE_MESSAGE,
+                ".canary.worker.image",
+                got="self.canary.worker.image",
+            ),
+            cel(
+                "!has(self.canary) || !has(self.canary.policyVersion) || "
+                "self.canary.policyVersion != self.policyRef.version",
+                CANARY_SAME_POLICY_MESSAGE,
+                ".canary.policyVersion",
+                got="self.canary.policyVersion",
             ),
         )
     }
@@ -476,7 +600,33 @@ class RouteSpec(ApxModel):
             raise ValueError(f"worker: {SYNC_FORBIDS_WORKER_MESSAGE}")
         if self.mode == "sync" and self.canary is not None and self.canary.worker is not None:
             raise ValueError(f"canary.worker: {SYNC_CANARY_WORKER_MESSAGE}")
+        if self.mode == "sync" and "async_" in self.model_fields_set:
+            raise ValueError(f"async: {SYNC_FORBIDS_ASYNC_MESSAGE}")
+        if duration_ms(self.timeout) <= 0:
+            raise ValueError(f"timeout: {TIMEOUT_POSITIVE_MESSAGE} (got {self.timeout!r})")
+        per_try = self.retries.per_try_timeout
+        if per_try is not None and duration_ms(per_try) > duration_ms(self.timeout):
+            raise ValueError(
+                f"retries.perTryTimeout: {PER_TRY_WITHIN_TIMEOUT_MESSAGE} "
+                f"(got {per_try!r}, timeout {self.timeout!r})"
+            )
+        self._canary_changes_something()
         return self
+
+    def _canary_changes_something(self) -> None:
+        canary = self.canary
+        if canary is None:
+            return
+        if canary.backend is not None and canary.backend == self.backend:
+            raise ValueError(f"canary.backend: {CANARY_SAME_BACKEND_MESSAGE}")
+        if canary.worker is not None and self.worker is not None and canary.worker.image == self.worker.image:
+            raise ValueError(
+                f"canary.worker.image: {CANARY_SAME_IMAGE_MESSAGE} (got {canary.worker.image!r})"
+            )
+        if canary.policy_version is not None and canary.policy_version == self.policy_ref.version:
+            raise ValueError(
+                f"canary.policyVersion: {CANARY_SAME_POLICY_MESSAGE} (got {canary.policy_version!r})"
+            )
 
 
 CanaryPhase = Literal["Pending", "Progressing", "Halted", "Promoted", "RolledBack"]

@@ -2,9 +2,10 @@
 
 Used by ``apx-ratelimit`` (``ratelimit.main``): ``add_transport_flags`` adds
 one ``--grpc-*`` flag per field of ``grpclimits.TransportLimits``, defaulted
-from ``APX_GRPC_<FIELD>`` and else from the field's safe default;
-``limits_from_args`` builds the limits, raising ``ValueError`` with the
-flag's meaning when a value is out of range.
+from ``APX_GRPC_<FIELD>`` and else from the field's safe default, and
+``--grpc-transport`` (``APX_GRPC_TRANSPORT``: which HTTP/2 transport serves,
+``grpcserver.TRANSPORTS``); ``limits_from_args`` builds the limits, raising
+``ValueError`` with the flag's meaning when a value is out of range.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from .grpclimits import TransportLimits
+from .grpcserver import DEFAULT_TRANSPORT, TRANSPORTS
 
 _HELP = {
     "max_connections": "HTTP/2 connections open at once; beyond it new ones are closed at once",
@@ -40,6 +42,17 @@ def _variable(name: str) -> str:
 def add_transport_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     defaults = TransportLimits()
     group = parser.add_argument_group("gRPC transport limits")
+    transport = env.get("APX_GRPC_TRANSPORT", "").strip() or DEFAULT_TRANSPORT
+    if transport not in TRANSPORTS:
+        parser.error(f"APX_GRPC_TRANSPORT={transport!r} is not one of {', '.join(TRANSPORTS)}")
+    group.add_argument(
+        "--grpc-transport",
+        dest="grpc_transport",
+        choices=TRANSPORTS,
+        default=transport,
+        help="HTTP/2 transport: 'lean' (own framing, hardened; the latency target) or 'h2' (the h2 "
+        "library) (APX_GRPC_TRANSPORT; default %(default)s)",
+    )
     for field in dataclasses.fields(TransportLimits):
         default = getattr(defaults, field.name)
         kind = float if isinstance(default, float) else int

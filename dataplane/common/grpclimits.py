@@ -1,12 +1,13 @@
 """The limits the gRPC transport enforces against hostile or broken peers, and the reset-rate budget.
 
-Used by ``grpcserver.GrpcServer`` (one ``TransportLimits`` per server, one
-``ResetBudget`` per connection) and filled from ``apx-ratelimit``'s flags by
-``ratelimit.main``. Every default is safe on its own: a peer that keeps to
-the protocol and to what a gRPC client (Envoy, ``grpcio``) does never meets
-one of them; a peer that floods meets one quickly and loses its connection
-or its stream, never the process or the other connections. Why each exists
-is in ``dataplane/common/TRANSPORT.md``.
+Used by ``grpcserver.GrpcServer`` and both its transports (one
+``TransportLimits`` per server, one ``ResetBudget`` per connection; the
+rejection reasons of the ``apx_ratelimit_grpc_rejected_total`` metric), and
+filled from ``apx-ratelimit``'s flags by ``ratelimit.main``. Every default is
+safe on its own: a peer that keeps to the protocol and to what a gRPC client
+(Envoy, ``grpcio``) does never meets one of them; a peer that floods meets
+one quickly and loses its connection or its stream, never the process or the
+other connections. Why each exists is in ``dataplane/common/TRANSPORT.md``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,31 @@ from dataclasses import dataclass
 
 MAX_WINDOW = 2**31 - 1
 MESSAGE_PREFIX_BYTES = 5  # gRPC's compressed flag and 4-byte length in front of every message
+
+# Why a peer was refused something: the label of apx_ratelimit_grpc_rejected_total (a closed set),
+# shared by both transports.
+REJECT_CONNECTIONS = "max_connections"
+REJECT_HANDSHAKE = "handshake_timeout"
+REJECT_IDLE = "idle_timeout"
+REJECT_REFUSED_STREAM = "refused_stream"
+REJECT_MALFORMED = "malformed_request"
+REJECT_RESET_RATE = "reset_rate"
+REJECT_HEADER_BLOCK = "header_block"
+REJECT_MESSAGE_SIZE = "message_size"
+REJECT_PROTOCOL = "protocol_error"
+REJECT_INTERNAL = "internal_error"
+REJECT_REASONS = (
+    REJECT_CONNECTIONS,
+    REJECT_HANDSHAKE,
+    REJECT_IDLE,
+    REJECT_REFUSED_STREAM,
+    REJECT_MALFORMED,
+    REJECT_RESET_RATE,
+    REJECT_HEADER_BLOCK,
+    REJECT_MESSAGE_SIZE,
+    REJECT_PROTOCOL,
+    REJECT_INTERNAL,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """gRPC's message framing and status codes over HTTP/2: request bodies in, response headers and trailers out.
 
-Used by ``grpcserver`` (the transport) and by the handlers it serves
+Used by both transports (``grpcserver``, ``grpclean``) and by the handlers they serve
 (``GrpcError``, ``GrpcStatus``). A request body is one length-prefixed
 message, ``identity`` or ``gzip``; a gzip message is inflated in a stream
 with its output capped at the message limit, so a small compressed body

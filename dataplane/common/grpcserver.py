@@ -1,4 +1,4 @@
-"""A lean gRPC server on ``h2``: unary and server-streaming calls over cleartext HTTP/2, on asyncio.
+"""A lean gRPC server: unary and server-streaming calls over cleartext HTTP/2, on asyncio, two transports.
 
 Used by the rate-limit service (``ratelimit.server.start_service``) for
 ``ShouldRateLimit`` and ``grpc.health.v1.Health``, and by the benchmark's
@@ -6,17 +6,21 @@ transport floor. Why not ``grpc.aio``: its floor is 120-230 µs of CPU per
 unary call on these machines and every call hops between the C core's
 completion queue and the loop; Envoy's rate-limit filter sends small unary
 calls on a few long-lived connections and wants the answer within a
-millisecond or two. Why not our own framing: the HTTP/2 protocol (framing,
-HPACK, stream states, flow control, RFC 9113 §8 validation) is ``h2``'s; what
-is ours is the gRPC layer and the limits a hostile peer needs
-(``grpclimits.TransportLimits``, ``h2conn``; ``TRANSPORT.md`` has the
-figures).
+millisecond or two. Two transports serve the same API and the same limits
+(``transport=``, ``--grpc-transport``): ``h2``, the library (framing, HPACK,
+stream states, flow control, RFC 9113 §8 validation), in ``_Connection``
+below with ``h2conn``; and ``lean``, our own framing hardened to pass the
+same hostile-peer suite (``grpclean.LeanConnection``), which the latency
+target needs. What is ours in both is the gRPC layer and the limits a
+hostile peer needs (``grpclimits.TransportLimits``; ``TRANSPORT.md`` has the
+figures of both and why both exist).
 
-Shape of the fast path: bytes from the socket go to ``h2`` in one call per
-read (at most ``read_chunk_bytes`` per loop turn and connection, the rest on
-the next turns, so a connection that floods cannot hold the loop); a call
-whose request is complete is handed to its handler at once; everything
-answered in one loop turn leaves in one ``transport.write`` per connection.
+Shape of the fast path (both transports): the bytes of one read are parsed
+in one go (at most ``read_chunk_bytes`` per loop turn and connection, the
+rest on the next turns, so a connection that floods cannot hold the loop);
+a call whose request is complete is handed to its handler at once;
+everything answered in one loop turn leaves in one ``transport.write`` per
+connection.
 
 gRPC as served: one length-prefixed request message, ``identity`` or
 ``gzip`` (inflated with its output capped at the message limit);
@@ -57,7 +61,22 @@ from h2.events import (
 from h2.exceptions import H2Error
 from hyperframe.frame import GoAwayFrame
 
-from .grpclimits import ResetBudget, TransportLimits
+from .grpclean import LeanConnection
+from .grpclimits import (
+    REJECT_CONNECTIONS,
+    REJECT_HANDSHAKE,
+    REJECT_HEADER_BLOCK,
+    REJECT_IDLE,
+    REJECT_INTERNAL,
+    REJECT_MALFORMED,
+    REJECT_MESSAGE_SIZE,
+    REJECT_PROTOCOL,
+    REJECT_REASONS,
+    REJECT_REFUSED_STREAM,
+    REJECT_RESET_RATE,
+    ResetBudget,
+    TransportLimits,
+)
 from .grpcmessage import (
     OK_TRAILERS,
     RESPONSE_HEADERS,
@@ -69,35 +88,28 @@ from .grpcmessage import (
 )
 from .h2conn import HeaderBlockGuard, StreamRefused, new_connection
 
-__all__ = ["GrpcError", "GrpcServer", "GrpcStatus", "Method", "TransportLimits", "parse_listen"]
+__all__ = [
+    "REJECT_REASONS",
+    "TRANSPORTS",
+    "GrpcError",
+    "GrpcServer",
+    "GrpcStatus",
+    "Method",
+    "TransportLimits",
+    "parse_listen",
+]
+
+# The two HTTP/2 transports a server can run on (``--grpc-transport``): our own framing (``grpclean``,
+# for the latency target) and the ``h2`` library (``_Connection`` below). TRANSPORT.md says why both.
+TRANSPORT_LEAN = "lean"
+TRANSPORT_H2 = "h2"
+TRANSPORTS = (TRANSPORT_LEAN, TRANSPORT_H2)
+DEFAULT_TRANSPORT = TRANSPORT_LEAN
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 65_535
 
-# Why a peer was refused something: the label of apx_ratelimit_grpc_rejected_total (a closed set).
-REJECT_CONNECTIONS = "max_connections"
-REJECT_HANDSHAKE = "handshake_timeout"
-REJECT_IDLE = "idle_timeout"
-REJECT_REFUSED_STREAM = "refused_stream"
-REJECT_MALFORMED = "malformed_request"
-REJECT_RESET_RATE = "reset_rate"
-REJECT_HEADER_BLOCK = "header_block"
-REJECT_MESSAGE_SIZE = "message_size"
-REJECT_PROTOCOL = "protocol_error"
-REJECT_INTERNAL = "internal_error"
-REJECT_REASONS = (
-    REJECT_CONNECTIONS,
-    REJECT_HANDSHAKE,
-    REJECT_IDLE,
-    REJECT_REFUSED_STREAM,
-    REJECT_MALFORMED,
-    REJECT_RESET_RATE,
-    REJECT_HEADER_BLOCK,
-    REJECT_MESSAGE_SIZE,
-    REJECT_PROTOCOL,
-    REJECT_INTERNAL,
-)
 
 # Why reading from a connection is paused (several may hold at once).
 _PAUSED_FOR_WRITES = 1
@@ -640,7 +652,11 @@ class GrpcServer:
         *,
         limits: TransportLimits | None = None,
         on_rejected: Callable[[str], None] | None = None,
+        transport: str = DEFAULT_TRANSPORT,
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+        self.transport = transport
         self.methods = {path.encode(): method for path, method in methods.items()}
         self.limits = limits or TransportLimits()
         self.on_rejected = on_rejected
@@ -648,7 +664,7 @@ class GrpcServer:
         self.max_connections = self.limits.max_connections
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[_Connection | LeanConnection] = set()
         self._stopping = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -658,7 +674,8 @@ class GrpcServer:
         """Listen on ``host:port`` (0 picks a free port); the port listened on."""
         self.max_connections = _within_file_limit(self.limits.max_connections)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, reuse_address=True)
+        connection = LeanConnection if self.transport == TRANSPORT_LEAN else _Connection
+        self._server = await loop.create_server(lambda: connection(self), host, port, reuse_address=True)
         self._sweeper = loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
 

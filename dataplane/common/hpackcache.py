@@ -1,7 +1,8 @@
 """HPACK for the server connection, shaped for gRPC's repetition: identical header blocks are decoded once.
 
 Used by ``h2conn.ServerH2Connection`` in place of ``h2``'s own ``hpack``
-encoder and decoder (same library, same wire format). Measured with ``h2``
+encoder and decoder (same library, same wire format), and by the lean
+transport (``grpclean.LeanConnection``) directly. Measured with ``h2``
 4.4 on these machines, decoding, validating and encoding the same few
 headers of every call was more than a third of the transport's CPU.
 

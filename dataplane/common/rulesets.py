@@ -72,6 +72,9 @@ class RuleMatch:
 class _VersionDocs:
     version: str
     fields: OrderedDict[str, Document | None] = field(default_factory=OrderedDict)
+    # (tenant, plan) -> the match they got: the documents of a version never change, so a repeated
+    # question is answered without rebuilding field names (bounded like ``fields``).
+    matches: dict[tuple[str, str | None], RuleMatch] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -143,6 +146,10 @@ class RuleSetReader:
         docs = pointer.docs
         if docs is None or docs.version != version:
             docs = pointer.docs = _VersionDocs(version)
+        known = docs.matches.get((tenant, plan))
+        if known is not None:
+            pointer.last_meta = known.meta
+            return known
         wanted = ["meta", f"tenant:{tenant}", "default"]
         if plan:
             wanted.insert(2, f"plan:{plan}")
@@ -166,7 +173,12 @@ class RuleSetReader:
         for name in wanted[1:]:
             rule = docs.fields.get(name)
             if rule is not None:
-                return RuleMatch(product, version, meta, rule, name)
+                match = RuleMatch(product, version, meta, rule, name)
+                matches = docs.matches
+                if len(matches) >= self._max_fields:
+                    del matches[next(iter(matches))]
+                matches[(tenant, plan)] = match
+                return match
         return None
 
     async def _pointer(self, product: str, force: bool = False) -> _Pointer:

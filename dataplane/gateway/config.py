@@ -15,7 +15,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from apx.dataplane.common.flags import DEFAULT_PROJECT, add_pubsub_flags, add_service_flags, env_value
+from apx.dataplane.common.flags import (
+    DEFAULT_PROJECT,
+    HelpFormatter,
+    add_pubsub_flags,
+    add_service_flags,
+    env_value,
+)
 
 from .limits import HttpLimits
 
@@ -27,6 +33,7 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 8080
     metrics_port: int = 9090  # 0: no separate metrics listener
+    metrics_host: str | None = None  # None: the same address as ``host``
     region: str | None = None
     max_body_bytes: int = 1024 * 1024
     backlog_retry_after_seconds: int = 5
@@ -70,7 +77,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
             "Route's Pub/Sub topic and answers 202 with Location: /status/{request_id}. Reads the route "
             "table and rule sets the operator writes to Redis."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--host", default=env_value(env, "APX_HTTP_HOST", "0.0.0.0"), help="listen address (APX_HTTP_HOST)"
@@ -86,6 +93,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         type=int,
         default=int(env_value(env, "APX_METRICS_PORT", "9090") or 9090),
         help="port of /metrics, /healthz, /readyz; 0 disables it (APX_METRICS_PORT)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=env_value(env, "APX_METRICS_HOST"),
+        help="address of /metrics, /healthz, /readyz; unset: the --host address (APX_METRICS_HOST)",
     )
     parser.add_argument(
         "--redis-url", default=env_value(env, "APX_REDIS_URL"), help="Redis URL (APX_REDIS_URL)"
@@ -186,6 +198,7 @@ def parse_config(
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         region=args.region,
         max_body_bytes=args.max_body_bytes,
         backlog_retry_after_seconds=args.backlog_retry_after,

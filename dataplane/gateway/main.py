@@ -66,7 +66,9 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     probes = None
     if config.metrics_port:
         probes = await start_site(
-            probes_app(metrics.registry, gateway.healthy, gateway.ready), config.host, config.metrics_port
+            probes_app(metrics.registry, gateway.healthy, gateway.ready),
+            config.metrics_host or config.host,
+            config.metrics_port,
         )
     log.info(
         "listening",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from apx.dataplane.common.metrics import service_registry
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 KNOWN_TIERS = frozenset({"free", "pro", "enterprise", "internal"})
 
@@ -22,7 +24,7 @@ def tier_label(tier: str | None) -> str:
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or service_registry()
         self.submissions = Counter(
             "apx_gateway_requests_total",
             "Async submissions answered, by Route, track, tenant tier and HTTP status (202 = queued).",

@@ -48,7 +48,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
 
@@ -156,8 +156,10 @@ class Check:
     window_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class LimitStatus:
+# LimitStatus and Decision are named tuples, not frozen dataclasses: every decision builds one of
+# each per limit, and a frozen dataclass' __init__ (object.__setattr__ per field) cost ≈2 µs each
+# against ≈0.4 µs; both stay immutable.
+class LimitStatus(NamedTuple):
     """What one limit said about the request."""
 
     purpose: str
@@ -169,8 +171,7 @@ class LimitStatus:
     window_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The answer for one request."""
 
     allowed: bool
@@ -200,12 +201,17 @@ class Decision:
 
     def header_status(self) -> LimitStatus | None:
         """The limit the ``x-ratelimit-*`` headers describe (the most restrictive rate-like one)."""
-        rate_like = [s for s in self.statuses if s.purpose in RATE_LIKE]
-        if not rate_like:
-            return None
-        if not self.allowed and self.deciding in RATE_LIKE:
-            return self.status(self.deciding)
-        return min(rate_like, key=lambda s: (max(s.remaining, 0), -s.reset_ms))
+        # One pass, no intermediate lists: this runs for every decision.
+        refused_by = None if self.allowed else self.deciding
+        shown: LimitStatus | None = None
+        for status in self.statuses:
+            if status.purpose not in RATE_LIKE:
+                continue
+            if status.purpose == refused_by:
+                return status
+            if shown is None or _tighter(status, shown):
+                shown = status
+        return shown
 
     def retry_after_ms(self) -> int | None:
         """How long until every refusing limit would admit the request; None when waiting cannot help."""
@@ -221,14 +227,14 @@ class Decision:
         out: list[tuple[str, str]] = []
         shown = self.header_status()
         if shown is not None:
-            out += [
-                ("x-ratelimit-limit", str(shown.limit)),
-                ("x-ratelimit-remaining", str(max(shown.remaining, 0))),
-                ("x-ratelimit-reset", str(math.ceil(max(shown.reset_ms, 0) / 1000))),
-            ]
-        credits = self.status("credits")
-        if credits is not None:
-            out.append((CREDITS_HEADER, str(max(credits.remaining, 0))))
+            out.append(("x-ratelimit-limit", str(shown.limit)))
+            out.append(("x-ratelimit-remaining", str(max(shown.remaining, 0))))
+            # Whole seconds, rounded up: -(-ms // 1000) is ceil(ms / 1000) without a float.
+            out.append(("x-ratelimit-reset", str(-(-max(shown.reset_ms, 0) // 1000))))
+        for status in self.statuses:
+            if status.purpose == "credits":
+                out.append((CREDITS_HEADER, str(max(status.remaining, 0))))
+                break
         if not self.allowed:
             retry = self.retry_after_ms()
             if retry is not None:
@@ -236,6 +242,12 @@ class Decision:
             if self.reason:
                 out.append((REASON_HEADER, self.reason))
         return out
+
+
+def _tighter(status: LimitStatus, than: LimitStatus) -> bool:
+    """Fewer requests left, or as few and a later reset: the limit the client should see."""
+    left, other_left = max(status.remaining, 0), max(than.remaining, 0)
+    return left < other_left or (left == other_left and status.reset_ms > than.reset_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +310,8 @@ class Limiter:
         # Only tests pass a clock; the service uses Redis TIME so replicas agree.
         self._clock_us = clock_us
         self._plans: OrderedDict[tuple[str, str, str, str, str | None], _Plan] = OrderedDict()
+        # Requests seen (Envoy repeats the same descriptor sets) and who they name, oldest first.
+        self._identities: dict[LimitRequest, _Identity] = {}
         self._max_plans = max_plans
         # Sliding-window log members: unique per request across replicas and restarts.
         self._id_prefix = secrets.token_hex(6).encode()
@@ -311,7 +325,13 @@ class Limiter:
 
     async def decide(self, request: LimitRequest) -> Decision:
         """Judge one request; raises ``LimiterError`` when it cannot be judged."""
-        identity = parse_descriptors(request)
+        identity = self._identities.get(request)
+        if identity is None:
+            identity = parse_descriptors(request)  # BadRequest is not remembered: it is raised each time
+            identities = self._identities
+            if len(identities) >= self._max_plans:
+                del identities[next(iter(identities))]
+            identities[request] = identity
         try:
             return await self._decide_for(identity, max(request.hits, 0))
         except PoolOverloaded as exc:
@@ -344,7 +364,18 @@ class Limiter:
         plan = self._plan(match, tenant, first_key)
         now = b"%d" % self._clock_us() if self._clock_us is not None else b"0"
         request_id = b"%s%x" % (self._id_prefix, next(self._ids))
-        command = plan.head + encode_args((now, b"%d" % hits, request_id)) + plan.tail
+        hits_arg = b"%d" % hits
+        # The three per-call arguments as RESP bulk strings (encode_args, spelled out for the hot path).
+        command = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
+            plan.head,
+            len(now),
+            now,
+            len(hits_arg),
+            hits_arg,
+            len(request_id),
+            request_id,
+            plan.tail,
+        )
         raw = await self._pipe.evalsha(DECIDE_SHA, DECIDE_SOURCE, command)
         return _decision(match, tenant, plan, raw, len(who.api_keys))
 
@@ -431,39 +462,40 @@ def _window_prefix(key: str) -> str:
 
 def _decision(match: RuleMatch, tenant: str, plan: _Plan, raw: Sequence[Any], api_keys: int) -> Decision:
     statuses = []
+    refusing = []
     at = 2
     for check in plan.checks:
         # Lua numbers come back as Redis integers: already ints.
         retry_ms = raw[at + 3]
-        statuses.append(
-            LimitStatus(
-                check.purpose,
-                raw[at] == 1,
-                check.limit,
-                raw[at + 1],
-                raw[at + 2],
-                retry_ms if retry_ms >= 0 else None,
-                check.window_ms,
-            )
+        status = LimitStatus(
+            check.purpose,
+            raw[at] == 1,
+            check.limit,
+            raw[at + 1],
+            raw[at + 2],
+            retry_ms if retry_ms >= 0 else None,
+            check.window_ms,
         )
+        statuses.append(status)
+        if not status.allowed:
+            refusing.append(status)
         at += 4
     allowed = raw[0] == 1
     deciding: str | None = None
     if not allowed:
-        refusing = [s for s in statuses if not s.allowed]
         credits = [s for s in refusing if s.purpose == "credits"]
         chosen = credits[0] if credits else max(refusing, key=_wait)
         deciding = chosen.purpose
     return Decision(
-        allowed=allowed,
-        product=match.product,
-        tenant=tenant,
-        tier=plan.tier,
-        version=match.version,
-        statuses=tuple(statuses),
-        deciding=deciding,
-        reason=REASONS[deciding] if deciding else None,
-        api_keys=api_keys,
+        allowed,
+        match.product,
+        tenant,
+        plan.tier,
+        match.version,
+        tuple(statuses),
+        deciding,
+        REASONS[deciding] if deciding else None,
+        api_keys,
     )
 
 

@@ -4,8 +4,8 @@ The console script of the distribution (``[project.scripts]``) and
 ``python -m apx.dataplane.ratelimit``; a container runs it as its entry point
 with no arguments, configured by the ``APX_*`` variables the Helm chart sets
 (``APX_REDIS_URL``, ``APX_GRPC_PORT``, ``APX_METRICS_PORT``, ``APX_LOG_LEVEL``,
-``APX_JSON_LOGS``, and ``APX_GRPC_*`` for the transport's limits against hostile
-peers, ``common.grpcflags``). Flags override variables. Logs are JSON lines on stderr.
+``APX_JSON_LOGS``, and ``APX_GRPC_*`` for the transport and its limits against
+hostile peers, ``common.grpcflags``). Flags override variables. Logs are JSON lines on stderr.
 On SIGTERM it reports NOT_SERVING, lets in-flight calls finish (``--grace-seconds``)
 and exits 0; it never exits because Redis is down.
 """
@@ -19,16 +19,26 @@ import os
 import sys
 from collections.abc import Sequence
 
+from opentelemetry import trace
 from prometheus_client import start_http_server
 
+from apx.dataplane.common.flags import add_version_flag
 from apx.dataplane.common.grpcflags import add_transport_flags, limits_from_args
 from apx.dataplane.common.jsonlog import configure_logging, env_flag
 from apx.dataplane.common.redact import redact_text
 from apx.dataplane.common.shutdown import stop_event
+from apx.dataplane.common.tracecontext import configure_tracing
 from apx.operator.runtime import HeapKeeper
 
 from .metrics import RateLimitMetrics
 from .server import FAILURE_MODES, ServiceSettings, start_service
+
+# Envoy calls the service once per request: with tracing on, 1% of the calls get a span unless
+# OTEL_TRACES_SAMPLER(_ARG) says otherwise. The service draws that 1% itself before touching the
+# tracer (``RateLimitService.trace_ratio``), so the other 99% create no span object at all; the SDK's
+# sampler then records every span it is given. With OTEL_TRACES_SAMPLER set, every call goes to the
+# tracer and that sampler decides.
+TRACE_RATIO = 0.01
 
 log = logging.getLogger("apx.dataplane.ratelimit")
 
@@ -49,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Flags override the APX_* environment variables named in each help."
         ),
     )
+    add_version_flag(parser)
     parser.add_argument(
         "--listen",
         default=_env("APX_RATELIMIT_LISTEN", f"0.0.0.0:{grpc_port}"),
@@ -61,10 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="Redis URL (APX_REDIS_URL; default redis://127.0.0.1:6379/0)",
     )
     parser.add_argument(
+        "--metrics-host",
+        default=_env("APX_METRICS_HOST", "0.0.0.0"),
+        help="address of the Prometheus /metrics endpoint (APX_METRICS_HOST; default %(default)s)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=int(_env("APX_METRICS_PORT", "9090")),
         help="port of the Prometheus /metrics endpoint, 0 disables (APX_METRICS_PORT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=_env("APX_OTLP_ENDPOINT", "") or None,
+        help="OTLP/HTTP endpoint for traces of a sampled share of the calls (APX_OTLP_ENDPOINT, or the "
+        "standard OTEL_EXPORTER_OTLP_ENDPOINT; sampler OTEL_TRACES_SAMPLER, default 1%% of calls)",
     )
     parser.add_argument(
         "--failure-mode",
@@ -150,20 +172,29 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         redis_pool_max_waiting=args.redis_pool_max_waiting,
         grace_seconds=args.grace_seconds,
         transport=limits_from_args(args),
+        grpc_transport=args.grpc_transport,
     )
 
 
-async def run(settings: ServiceSettings, metrics_port: int) -> int:
+async def run(
+    settings: ServiceSettings,
+    metrics_port: int,
+    metrics_host: str = "0.0.0.0",
+    tracer: trace.Tracer | None = None,
+    trace_ratio: float = 1.0,
+) -> int:
     """Serve until SIGTERM/SIGINT, then stop gracefully; the process exit code."""
     stopping = stop_event()
     metrics = RateLimitMetrics()
     if metrics_port:
-        start_http_server(metrics_port, registry=metrics.registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
     try:
         running = await start_service(settings, metrics=metrics)
     except (OSError, RuntimeError, ValueError) as exc:  # port taken, bad --listen, bad --redis-url
         log.error("cannot start: %s", redact_text(str(exc)))
         return 1
+    running.service.tracer = tracer
+    running.service.trace_ratio = trace_ratio
     log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
     await stopping.wait()
     await running.stop()
@@ -184,7 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"gRPC transport limits: {exc}")
     configure_logging("apx-ratelimit", args.log_level, args.json_logs)
-    coroutine = run(settings_from_args(args), args.metrics_port)
+    # No default ratio for the SDK: without OTEL_TRACES_SAMPLER its sampler records every span it is
+    # given, and the service hands it TRACE_RATIO of the calls.
+    provider = configure_tracing("apx-ratelimit", args.otlp_endpoint)
+    tracer = provider.get_tracer("apx.ratelimit") if provider is not None else None
+    trace_ratio = 1.0 if os.environ.get("OTEL_TRACES_SAMPLER") else TRACE_RATIO
+    coroutine = run(settings_from_args(args), args.metrics_port, args.metrics_host, tracer, trace_ratio)
     if args.event_loop == "asyncio":
         return asyncio.run(coroutine)
     try:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from apx.dataplane.common.metrics import service_registry
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -23,7 +25,7 @@ class RateLimitMetrics:
     """The service's metric families in their own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or service_registry()
         self.decisions = Counter(
             "apx_ratelimit_decisions_total",
             "Rate-limit decisions, by the tier of the rule applied, the answer and the limit that refused.",

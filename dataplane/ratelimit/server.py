@@ -4,7 +4,7 @@
 ShouldRateLimit`` (messages from ``xds-protos``), so a stock Envoy with the
 ``envoy.filters.http.ratelimit`` filters the core renders calls it unchanged.
 ``start_service`` wires it up (Redis pool, rule reader, limiter, metrics,
-health, the gRPC server of ``common.grpcserver`` on ``h2``) for ``main`` and
+health, the gRPC server of ``common.grpcserver`` on its ``--grpc-transport``) for ``main`` and
 for the tests and benchmark, which run it in-process. Any gRPC client talks
 to it (the tests use ``grpcio``'s, the benchmark h2load with raw frames).
 
@@ -58,23 +58,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
-from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from apx.dataplane.common.grpchealth import NOT_SERVING, OVERALL, SERVING, HealthService
 from apx.dataplane.common.grpclimits import TransportLimits
-from apx.dataplane.common.grpcserver import GrpcError, GrpcServer, GrpcStatus, Method, parse_listen
+from apx.dataplane.common.grpcserver import (
+    DEFAULT_TRANSPORT,
+    GrpcError,
+    GrpcServer,
+    GrpcStatus,
+    Method,
+    parse_listen,
+)
 from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.redact import redact_text, redact_url
 from apx.dataplane.common.redisconn import PoolOverloaded, bounded_pool
@@ -104,6 +111,9 @@ Response = rls_pb2.RateLimitResponse
 OK = Response.OK
 OVER_LIMIT = Response.OVER_LIMIT
 TENANT_PURPOSES = ("rate", "quota", "concurrency", "credits")
+# Distinct call messages remembered with their parsed form (``RateLimitService._calls``): Envoy's
+# descriptor sets per tenant, plan and API key; past this the oldest are forgotten.
+PARSED_CALLS_KEPT = 8192
 
 
 def to_limit_request(request: Any) -> LimitRequest:
@@ -112,58 +122,102 @@ def to_limit_request(request: Any) -> LimitRequest:
     Hits: a descriptor's own ``hits_addend`` wins (0 there means "check, do
     not count"); else the request's, where 0 means unset, so 1.
     """
-    descriptors = tuple(tuple((e.key, e.value) for e in d.entries) for d in request.descriptors)
+    descriptors = tuple([tuple([(e.key, e.value) for e in d.entries]) for d in request.descriptors])
     own = [d.hits_addend.value for d in request.descriptors if d.HasField("hits_addend")]
     hits = max(own) if own else (request.hits_addend or 1)
     return LimitRequest(domain=request.domain, descriptors=descriptors, hits=int(hits))
 
 
-def _duration(ms: int) -> duration_pb2.Duration:
-    ms = max(ms, 0)
-    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+@dataclass(frozen=True, slots=True)
+class ParsedCall:
+    """What the bytes of one ``ShouldRateLimit`` call say, read once per distinct message.
+
+    Envoy sends the same few descriptor sets over and over (one per tenant,
+    plan and API key), so ``RateLimitService`` keeps these per message bytes
+    and a repeated call skips protobuf parsing and descriptor reading.
+    """
+
+    domain: str
+    limit_request: LimitRequest
+    # Per descriptor, in request order: does it carry an API key (its status is the key's)?
+    key_descriptors: tuple[bool, ...]
+    product: str | None
 
 
-def _status(code: int, shown: LimitStatus | None) -> Any:
-    if shown is None:
-        return Response.DescriptorStatus(code=code)
-    return Response.DescriptorStatus(
-        code=code, limit_remaining=max(shown.remaining, 0), duration_until_reset=_duration(shown.reset_ms)
-    )
+def parse_call(request: Any) -> ParsedCall:
+    """A ``ParsedCall`` of Envoy's ``RateLimitRequest``."""
+    limit_request = to_limit_request(request)
+    product = None
+    for entries in limit_request.descriptors:
+        for key, value in entries:
+            if key == PRODUCT_KEY:
+                product = value
+                break
+        if product is not None:
+            break
+    key_descriptors = tuple([any(key == API_KEY_KEY for key, _ in d) for d in limit_request.descriptors])
+    return ParsedCall(request.domain, limit_request, key_descriptors, product)
 
 
-def descriptor_statuses(request: Any, decision: Decision) -> list[Any]:
-    """One status per descriptor, in request order."""
+def _fill_status(status: Any, code: int, shown: LimitStatus | None) -> None:
+    status.code = code
+    if shown is not None:
+        status.limit_remaining = max(shown.remaining, 0)
+        ms = max(shown.reset_ms, 0)
+        reset = status.duration_until_reset
+        reset.SetInParent()  # present even when zero, as Envoy reads it
+        reset.seconds = ms // 1000
+        reset.nanos = (ms % 1000) * 1_000_000
+
+
+def _rest_remaining(status: LimitStatus) -> int:
+    return max(status.remaining, 0)
+
+
+def add_descriptor_statuses(response: Any, call: ParsedCall, decision: Decision) -> None:
+    """One status per descriptor of ``call``, in request order, added to ``response``."""
+    add = response.statuses.add
     if decision.failed:
         # Answered by the failure mode: no limit was consulted, every descriptor gets the answer.
-        return [_status(OK if decision.allowed else OVER_LIMIT, None) for _ in request.descriptors]
-    tenant_limits = [s for s in decision.statuses if s.purpose in ("rate", "quota")]
-    tenant_shown = min(tenant_limits, key=lambda s: max(s.remaining, 0)) if tenant_limits else None
-    if not decision.allowed and decision.deciding in ("rate", "quota"):
-        tenant_shown = decision.status(decision.deciding)
-    tenant_refused = not decision.allowed and decision.deciding in TENANT_PURPOSES
-    key_shown = decision.status("api_key_rate")
-    key_refused = not decision.allowed and (
-        decision.deciding == "api_key_rate" or decision.reason == UNKNOWN_API_KEY
-    )
-    statuses = []
+        code = OK if decision.allowed else OVER_LIMIT
+        for _ in call.key_descriptors:
+            add().code = code
+        return
+    allowed = decision.allowed
+    deciding = decision.deciding
+    tenant_shown: LimitStatus | None = None
+    key_shown: LimitStatus | None = None
+    tenant_limits = []
+    for status in decision.statuses:
+        purpose = status.purpose
+        if purpose == "rate" or purpose == "quota":
+            tenant_limits.append(status)
+            if not allowed and purpose == deciding:
+                tenant_shown = status
+        elif purpose == "api_key_rate":
+            key_shown = status
+    if tenant_shown is None and tenant_limits:
+        tenant_shown = min(tenant_limits, key=_rest_remaining)
+    tenant_code = OVER_LIMIT if not allowed and deciding in TENANT_PURPOSES else OK
+    key_refused = not allowed and (deciding == "api_key_rate" or decision.reason == UNKNOWN_API_KEY)
+    key_code = OVER_LIMIT if key_refused else OK
     first_key = True
-    for descriptor in request.descriptors:
-        keys = {entry.key for entry in descriptor.entries}
-        if API_KEY_KEY in keys:
-            statuses.append(_status(OVER_LIMIT if key_refused else OK, key_shown if first_key else None))
+    for is_key in call.key_descriptors:
+        if is_key:
+            _fill_status(add(), key_code, key_shown if first_key else None)
             first_key = False
         else:
-            statuses.append(_status(OVER_LIMIT if tenant_refused else OK, tenant_shown))
-    return statuses
+            _fill_status(add(), tenant_code, tenant_shown)
 
 
-def to_response(request: Any, decision: Decision) -> Any:
-    """The ``RateLimitResponse`` for one decision."""
-    headers = decision.headers()
-    response = Response(
-        overall_code=OK if decision.allowed else OVER_LIMIT,
-        statuses=descriptor_statuses(request, decision),
-    )
+def to_response(call: ParsedCall, decision: Decision) -> Any:
+    """The ``RateLimitResponse`` for one decision (filled in place: fewer objects than keyword building)."""
+    response = Response()
+    response.overall_code = OK if decision.allowed else OVER_LIMIT
+    add_descriptor_statuses(response, call, decision)
+    add_header = response.response_headers_to_add.add
+    for key, value in decision.headers():
+        add_header(key=key, value=value)
     if not decision.allowed:
         retry = decision.retry_after_ms()
         body = {
@@ -172,17 +226,8 @@ def to_response(request: Any, decision: Decision) -> Any:
             "retry_after_seconds": None if retry is None else max(1, -(-retry // 1000)),
         }
         response.raw_body = json.dumps(body, separators=(",", ":")).encode()
-        headers.append(("content-type", "application/json"))
-    response.response_headers_to_add.extend(base_pb2.HeaderValue(key=k, value=v) for k, v in headers)
+        add_header(key="content-type", value="application/json")
     return response
-
-
-def _product_of(request: Any) -> str | None:
-    for descriptor in request.descriptors:
-        for entry in descriptor.entries:
-            if entry.key == PRODUCT_KEY:
-                return str(entry.value)
-    return None
 
 
 class RateLimitService:
@@ -195,8 +240,25 @@ class RateLimitService:
         self.metrics = metrics
         self.failure_mode = failure_mode
         self.redis_ok = True
+        # Set by ``main`` when traces are exported; None: no tracing code at all on the hot path.
+        self.tracer: trace.Tracer | None = None
+        # Share of the calls handed to ``tracer`` (``main`` sets it when the sampling ratio is the
+        # service's own): the others never create a span object, not even a non-recording one.
+        self.trace_ratio = 1.0
+        self._calls: dict[bytes, ParsedCall] = {}
 
     async def should_rate_limit(self, message: bytes) -> bytes:
+        call = self._calls.get(message)
+        if call is None:
+            call = self._parse(message)
+        tracer = self.tracer
+        if tracer is None or (self.trace_ratio < 1.0 and random.random() >= self.trace_ratio):
+            response = await self.decide(call)
+        else:
+            response = await self._traced(tracer, call)
+        return cast(bytes, response.SerializeToString())
+
+    def _parse(self, message: bytes) -> ParsedCall:
         try:
             request = rls_pb2.RateLimitRequest.FromString(message)
         except DecodeError as exc:
@@ -204,27 +266,44 @@ class RateLimitService:
                 self.limiter.failure_mode(None), self.failure_mode, "bad_request"
             ).inc()
             raise GrpcError(GrpcStatus.INVALID_ARGUMENT, f"not a RateLimitRequest: {exc}") from exc
-        response = await self.decide(request)
-        return cast(bytes, response.SerializeToString())
+        call = parse_call(request)
+        calls = self._calls
+        if len(calls) >= PARSED_CALLS_KEPT:
+            del calls[next(iter(calls))]  # the oldest first: a flood of distinct calls only churns
+        calls[message] = call
+        return call
 
-    async def decide(self, request: Any) -> Any:
-        """The ``RateLimitResponse`` to Envoy's ``RateLimitRequest``; ``GrpcError`` when Envoy decides."""
+    async def _traced(self, tracer: trace.Tracer, call: ParsedCall) -> Any:
+        with tracer.start_as_current_span("apx.ratelimit.decide", kind=trace.SpanKind.SERVER) as span:
+            response = await self.decide(call)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "apx.ratelimit.domain": call.domain,
+                        "apx.product": call.product or "",
+                        "apx.ratelimit.code": Response.Code.Name(response.overall_code),
+                    }
+                )
+        return response
+
+    async def decide(self, call: ParsedCall) -> Any:
+        """The ``RateLimitResponse`` to one call; ``GrpcError`` when Envoy decides."""
         started = time.perf_counter()
         try:
-            decision = await self.limiter.decide(to_limit_request(request))
+            decision = await self.limiter.decide(call.limit_request)
         except LimiterError as exc:
-            return self._cannot_decide(request, exc)
+            return self._cannot_decide(call, exc)
         finally:
             self.metrics.latency.observe(time.perf_counter() - started)
         if not self.redis_ok:
             self.set_redis(True)
         self.metrics.decided(
-            request.domain, decision.tier, "OK" if decision.allowed else "OVER_LIMIT", decision.limit_label
+            call.domain, decision.tier, "OK" if decision.allowed else "OVER_LIMIT", decision.limit_label
         )
-        return to_response(request, decision)
+        return to_response(call, decision)
 
-    def _cannot_decide(self, request: Any, exc: LimiterError) -> Any:
-        product = _product_of(request)
+    def _cannot_decide(self, call: ParsedCall, exc: LimiterError) -> Any:
+        product = call.product
         mode = self.limiter.failure_mode(product)
         self.metrics.failures.labels(mode, self.failure_mode, exc.reason).inc()
         if exc.reason == "redis":
@@ -250,7 +329,7 @@ class RateLimitService:
             reason=None if allowed else UNAVAILABLE,
             failed=True,
         )
-        return to_response(request, decision)
+        return to_response(call, decision)
 
     def set_redis(self, up: bool) -> None:
         self.redis_ok = up
@@ -273,6 +352,8 @@ class ServiceSettings:
     health_interval: float = 1.0
     grace_seconds: float = 5.0
     transport: TransportLimits = field(default_factory=TransportLimits)
+    # Which HTTP/2 transport serves (``grpcserver.TRANSPORTS``, ``--grpc-transport``).
+    grpc_transport: str = DEFAULT_TRANSPORT
 
 
 @dataclass
@@ -336,6 +417,7 @@ async def start_service(
     server = GrpcServer(
         {SHOULD_RATE_LIMIT: Method(service.should_rate_limit), **health_service.methods()},
         limits=settings.transport,
+        transport=settings.grpc_transport,
         on_rejected=metrics.rejected_peer,
     )
     host, requested_port = parse_listen(settings.listen)

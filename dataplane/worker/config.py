@@ -17,7 +17,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from apx.dataplane.common.flags import DEFAULT_PROJECT, add_pubsub_flags, add_service_flags, env_value
+from apx.dataplane.common.flags import (
+    DEFAULT_PROJECT,
+    HelpFormatter,
+    add_pubsub_flags,
+    add_service_flags,
+    env_value,
+)
 
 DEFAULT_TIMEOUT_MS = 30_000
 
@@ -61,7 +67,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
             "request, stores the result in Redis for /status and acks; failures are retried by Pub/Sub "
             "and dead-lettered after the subscription's max delivery attempts."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--subscriptions",
@@ -131,7 +137,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "call with 502 (APX_MAX_RESPONSE_HEAD_BYTES)",
     )
     parser.add_argument(
-        "--metrics-host", default=env_value(env, "APX_METRICS_HOST", "0.0.0.0"), help="(APX_METRICS_HOST)"
+        "--metrics-host",
+        default=env_value(env, "APX_METRICS_HOST", "0.0.0.0"),
+        help="address of /metrics, /healthz, /readyz (APX_METRICS_HOST)",
     )
     parser.add_argument(
         "--metrics-port",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from apx.dataplane.common.metrics import service_registry
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 KNOWN_TIERS = frozenset({"free", "pro", "enterprise", "internal"})
@@ -27,7 +29,7 @@ def tier_label(tier: str | None) -> str:
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or service_registry()
         self.requests = Counter(
             "apx_requests_total",
             "Upstream calls made for async requests, by Route, track, tenant tier and upstream status code.",

@@ -21,9 +21,11 @@ subresource; finalizers and ownerReference garbage collection; namespaces;
 CRD registration with schema defaulting, pruning, validation and CEL rules;
 server-side tables for ``kubectl get``; bounded memory.
 
+It also publishes the OpenAPI documents of its kinds (:mod:`.openapi`), so
+kubectl validates, explains and prints tables as against a real server.
+
 Known differences from a real API server: no authentication or RBAC, no
-OpenAPI documents (use ``kubectl apply --validate=false``), no admission
-webhooks, no controllers (Deployments never get Pods), JSON only (no
+admission webhooks, no controllers (Deployments never get Pods), JSON only (no
 protobuf), strategic merge without Go struct tags, and apply without conflict
 detection. See :mod:`.patching` and :mod:`.managed`.
 

@@ -9,7 +9,8 @@ place where a write is committed: next resourceVersion, storage and exactly
 one watch event, in one synchronous step (the server runs on one asyncio
 loop, so nothing can interleave). It also holds reading (get, filtered and
 paginated lists), namespace checks and admission (metadata checks, CRD
-schemas via :mod:`.schema`). :mod:`.deletion` and :mod:`.store` build the
+schemas via :mod:`.schema`, unknown fields of built-in kinds via
+:mod:`.definitions`). :mod:`.deletion` and :mod:`.store` build the
 write verbs on top of it.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 import attrs
 import kmock
 
-from . import errors, schema, strategies
+from . import definitions, errors, schema, strategies
 from .errors import ApiError, Cause
 from .registry import BUILTIN_KINDS, CRD_RESOURCE, NAMESPACE_RESOURCE, Kind, Registry, validate_crd
 from .selectors import FieldSelector, LabelSelector
@@ -56,7 +57,7 @@ class WriteOptions:
     dry_run: bool = False
     field_manager: str | None = None
     default_manager: str = "unknown"
-    strict: bool = False  # fieldValidation=Strict: unknown fields of custom resources are a 400
+    strict: bool = False  # fieldValidation=Strict: unknown fields are a 400
 
     @property
     def manager(self) -> str:
@@ -261,17 +262,28 @@ class StoreBase:
         causes = self._validate_metadata(kind, obj)
         if kind.resource == CRD_RESOURCE:
             causes += validate_crd(obj)
-        if kind.schema is not None and strict:
-            unknown = schema.unknown_fields(obj, kind.schema)
-            if unknown:
-                raise errors.bad_request(
-                    "strict decoding error: " + ", ".join(f'unknown field "{field}"' for field in unknown)
-                )
+        if strict:
+            self._refuse_unknown_fields(kind, obj)
         if kind.schema is not None and not causes:
             obj, causes = schema.admit(obj, kind.schema, old)
         if causes:
             raise self._invalid(kind, name, causes)
         return obj
+
+    @staticmethod
+    def _refuse_unknown_fields(kind: Kind, obj: dict[str, Any]) -> None:
+        """``fieldValidation=Strict``: a 400 naming every unknown field, in the real server's words."""
+        if kind.schema is not None:
+            unknown = schema.unknown_fields(obj, kind.schema)
+        elif kind.crd is None:
+            unknown = definitions.unknown_builtin_fields(obj, kind.group, kind.version, kind.kind)
+        else:
+            unknown = []
+        if unknown:
+            raise errors.bad_request(
+                f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+                "strict decoding error: " + ", ".join(f'unknown field "{field}"' for field in unknown)
+            )
 
     def _prepare(self, kind: Kind, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         """What the real server's strategy for the kind does to every write."""

@@ -36,6 +36,7 @@ import asyncio
 import datetime
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,9 +48,10 @@ import yaml
 # Re-exported by kmock but missing from its __all__; kmock raises it for depleted reactions.
 from kmock._internal.rendering import ReactionMismatchError
 
-from . import errors, protobuf, tables
+from . import errors, openapi_proto, protobuf, tables
 from .base import WriteOptions
 from .errors import ApiError
+from .openapi import OpenApiDocuments
 from .registry import SUBRESOURCE_VERBS, VERBS, Kind
 from .selectors import FieldSelector, LabelSelector
 from .store import PATCH_TYPES, Store
@@ -184,14 +186,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _store: Store = attrs.field(init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _watches: int = attrs.field(default=0, init=False)
+    _openapi: OpenApiDocuments = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self._store = Store(
             self.objects, self.resources, history_size=self.history_size, event_ttl=self.event_ttl
         )
+        self._openapi = OpenApiDocuments(self._store.registry)
         for probe in ("/healthz", "/livez", "/readyz"):
             self.fallback[f"get {probe}"] << b"ok"
+        self.fallback["get /openapi/v2"] << self._serve_openapi_v2
+        self.fallback["get", re.compile(r"/openapi/v3(/.*)?")] << self._serve_openapi_v3
 
     @property
     def store(self) -> Store:
@@ -403,11 +409,38 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _serve_root(self, request: kmock.Request) -> kmock.Payload:
         paths = {"/api", "/api/v1", "/apis", "/version", "/healthz", "/livez", "/readyz"}
+        paths |= {"/openapi/v2", "/openapi/v3"}
         for group, versions in self._store.registry.groups().items():
             if group:
                 paths.add(f"/apis/{group}")
                 paths.update(f"/apis/{group}/{version}" for version in versions)
         return {"paths": sorted(paths)}
+
+    # ------------------------------------------------------------- openapi
+
+    async def _serve_openapi_v2(self, request: kmock.Request) -> kmock.Payload:
+        accept = request.headers.get("Accept", "") or "*/*"
+        if "protobuf" in accept:
+            body = openapi_proto.encode_document(json.loads(self._openapi.v2()))
+            content_type = openapi_proto.CONTENT_TYPE
+        else:
+            body, content_type = self._openapi.v2(), "application/json"
+        raise Reply(aiohttp.web.Response(status=200, body=body, content_type=content_type))
+
+    async def _serve_openapi_v3(self, request: kmock.Request) -> kmock.Payload:
+        key = str(request.url.path).removeprefix("/openapi/v3").strip("/")
+        if not key:
+            return self._openapi.v3_index()
+        body = self._openapi.v3(key)
+        if body is None:
+            raise ApiError(
+                status=404, reason="NotFound", message="the server could not find the requested resource"
+            )
+        # The hash in the URL names this exact content, so clients may cache it for good.
+        headers = {"Cache-Control": "public, immutable"} if request.params.get("hash") else {}
+        raise Reply(
+            aiohttp.web.Response(status=200, body=body, content_type="application/json", headers=headers)
+        )
 
     # ------------------------------------------------------------- helpers
 

@@ -3,7 +3,8 @@
 kubectl asks the server for tables; the emulator answers with a
 ``meta.k8s.io/v1 Table``: ``Name`` plus the CRD's ``additionalPrinterColumns``
 (evaluated with a JSONPath subset: ``.a.b``, ``['k']``, ``[0]``, ``[*]`` and
-``[?(@.f=="v")]`` filters) or ``Age`` for kinds without printer columns.
+``[?(@.f=="v")]`` filters), the usual columns of built-in kinds
+(:mod:`.printers`), or ``Age`` for other kinds.
 Columns of type ``date`` are rendered as ages (``5m``), as the real server
 does. Called by :mod:`.emulator` for get, list and watch responses.
 """
@@ -14,6 +15,7 @@ import datetime
 import re
 from typing import Any
 
+from . import printers
 from .registry import Kind
 
 _TOKEN = re.compile(
@@ -123,25 +125,41 @@ _AGE_COLUMN = {
 }
 
 
-def _columns(kind: Kind) -> list[dict[str, Any]]:
-    if kind.printer_columns:
-        return [_NAME_COLUMN, *kind.printer_columns]
-    return [_NAME_COLUMN, _AGE_COLUMN]
-
-
-def _cell(obj: dict[str, Any], column: dict[str, Any], now: datetime.datetime) -> Any:
-    if column is _NAME_COLUMN:
-        return (obj.get("metadata") or {}).get("name", "")
-    found = jsonpath(obj, str(column.get("jsonPath", "")))
-    if not found or found[0] is None:
-        return None
-    value = found[0]
-    match column.get("type"):
-        case "date":
-            return human_age(str(value), now)
-        case "integer" | "number" | "boolean":
+def _jsonpath_cell(column: dict[str, Any]) -> printers.Cell:
+    def cell(obj: dict[str, Any], now: datetime.datetime) -> Any:
+        if column is _NAME_COLUMN:
+            return (obj.get("metadata") or {}).get("name", "")
+        found = jsonpath(obj, str(column.get("jsonPath", "")))
+        if not found or found[0] is None:
+            return None
+        value = found[0]
+        match column.get("type"):
+            case "date":
+                return human_age(str(value), now)
+            case "integer" | "number" | "boolean":
+                return value
+        if isinstance(value, str):
             return value
-    return value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return cell
+
+
+def _columns(kind: Kind) -> list[tuple[dict[str, Any], printers.Cell]]:
+    """Each column's definition and the function computing its cell."""
+    if not kind.printer_columns and kind.crd is None:
+        builtin = printers.builtin_columns(kind.group, kind.plural, human_age)
+        if builtin is not None:
+            return [(column.definition(), column.cell) for column in builtin]
+    columns = [_NAME_COLUMN, *kind.printer_columns] if kind.printer_columns else [_NAME_COLUMN, _AGE_COLUMN]
+    return [
+        (
+            {key: column.get(key, "") for key in ("name", "type", "format", "description")}
+            | {"priority": int(str(column.get("priority", 0)))},
+            _jsonpath_cell(column),
+        )
+        for column in columns
+    ]
 
 
 def table(
@@ -163,12 +181,6 @@ def table(
         metadata["remainingItemCount"] = remaining
     result: dict[str, Any] = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata}
     if with_columns:
-        result["columnDefinitions"] = [
-            {key: column.get(key, "") for key in ("name", "type", "format", "description")}
-            | {"priority": int(column.get("priority", 0))}
-            for column in columns
-        ]
-    result["rows"] = [
-        {"cells": [_cell(obj, column, now) for column in columns], "object": obj} for obj in objects
-    ]
+        result["columnDefinitions"] = [definition for definition, _ in columns]
+    result["rows"] = [{"cells": [cell(obj, now) for _, cell in columns], "object": obj} for obj in objects]
     return result

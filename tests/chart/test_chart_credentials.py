@@ -1,9 +1,10 @@
 """Credentials given to the chart come from Secrets and appear in no rendered manifest or NOTES.
 
 A password is planted in every URL value the chart takes inline: the Redis
-URL (user:password and ``rediss://``), the OTLP endpoint (user:password and a
-token parameter); the Prometheus URL of the canary analysis can only come from
-an existing Secret. Rendered with the dataplane on and every other option, the
+URL (user:password and ``rediss://``) and the OTLP endpoint (a token
+parameter; user:password there, like in the Prometheus URL, is refused by the
+values schema); the Prometheus URL of the canary analysis with credentials can
+only come from an existing Secret. Rendered with the dataplane on and every other option, the
 password appears nowhere in the output: containers read those values from the
 chart's credentials Secret (base64 ``data``, never ``stringData``) or from the
 user's own Secret, and NOTES shows the URLs redacted.
@@ -22,7 +23,6 @@ PASSWORD = "Pl4nted-Ch4rt-S3cret"  # the credential the test hunts for
 PLANTED: dict[str, dict[str, Any]] = {
     "redis-user-password": {"redis": {"url": f"redis://apx:{PASSWORD}@redis.db:6379/0"}},
     "rediss-password-only": {"redis": {"url": f"rediss://:{PASSWORD}@redis.db:6380/1"}},
-    "otlp-user-password": {"operator": {"otlpEndpoint": f"http://otel:{PASSWORD}@collector:4318"}},
     "otlp-token-parameter": {
         "operator": {"otlpEndpoint": f"http://collector:4318/v1/traces?token={PASSWORD}"}
     },
@@ -30,7 +30,7 @@ PLANTED: dict[str, dict[str, Any]] = {
 ALL_PLANTED = merged(
     DATAPLANE,
     PLANTED["redis-user-password"],
-    PLANTED["otlp-user-password"],
+    PLANTED["otlp-token-parameter"],
     {"canary": {"prometheus": {"existingSecret": {"name": "prom-auth", "key": "url"}}}},
 )
 

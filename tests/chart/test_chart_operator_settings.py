@@ -28,7 +28,8 @@ def _settings(values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Operat
         if "value" in entry:
             monkeypatch.setenv(entry["name"], entry["value"])
         else:
-            assert entry["valueFrom"]["secretKeyRef"]
+            # From a Secret, or the pod's own name (POD_NAME, the leader-election identity).
+            assert entry["valueFrom"].get("secretKeyRef") or entry["valueFrom"].get("fieldRef")
             monkeypatch.setenv(entry["name"], SECRET_PLACEHOLDER)
     return settings_from_args(build_parser().parse_args(operator["args"]))
 

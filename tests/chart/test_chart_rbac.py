@@ -51,6 +51,11 @@ def _granted(role: dict[str, Any]) -> set[Grant]:
     return grants
 
 
+def _operator_objects(rendered: Any, kind: str) -> list[dict[str, Any]]:
+    """The operator's own RBAC objects of ``kind`` (others, e.g. leader election, are checked apart)."""
+    return [o for o in rendered.of_kind(kind) if o["metadata"]["name"] == f"{RELEASE}-operator"]
+
+
 def _admission(values: dict[str, Any]) -> bool:
     return bool(values.get("admission", {}).get("mode") == "managed")
 
@@ -75,19 +80,19 @@ def test_rbac_py_has_cluster_only_and_admission_only_rules_to_leave_out() -> Non
 @pytest.mark.parametrize("set_name", _cluster_sets())
 def test_cluster_role_grants_exactly_the_operator_rules(set_name: str) -> None:
     rendered = render(VALUE_SETS[set_name])
-    (role,) = rendered.of_kind("ClusterRole")
+    (role,) = _operator_objects(rendered, "ClusterRole")
     assert _granted(role) == _expected(cluster=True, admission=_admission(VALUE_SETS[set_name]))
-    assert rendered.of_kind("Role") == [] and rendered.of_kind("RoleBinding") == []
+    assert _operator_objects(rendered, "Role") == [] and _operator_objects(rendered, "RoleBinding") == []
 
 
 @pytest.mark.parametrize("set_name", _cluster_sets())
 def test_cluster_role_is_bound_to_the_operator_service_account_only(set_name: str) -> None:
     rendered = render(VALUE_SETS[set_name])
-    (binding,) = rendered.of_kind("ClusterRoleBinding")
+    (binding,) = _operator_objects(rendered, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
-        "name": rendered.of_kind("ClusterRole")[0]["metadata"]["name"],
+        "name": _operator_objects(rendered, "ClusterRole")[0]["metadata"]["name"],
     }
     account = rendered.of_kind("ServiceAccount")[0]["metadata"]
     assert binding["subjects"] == [
@@ -98,8 +103,11 @@ def test_cluster_role_is_bound_to_the_operator_service_account_only(set_name: st
 @pytest.mark.parametrize("set_name", _namespaced_sets())
 def test_namespaced_roles_grant_exactly_the_non_cluster_only_rules(set_name: str) -> None:
     rendered = render(VALUE_SETS[set_name])
-    assert rendered.of_kind("ClusterRole") == [] and rendered.of_kind("ClusterRoleBinding") == []
-    roles = rendered.of_kind("Role")
+    assert (
+        _operator_objects(rendered, "ClusterRole") == []
+        and _operator_objects(rendered, "ClusterRoleBinding") == []
+    )
+    roles = _operator_objects(rendered, "Role")
     assert roles
     for role in roles:
         assert _granted(role) == _expected(cluster=False)
@@ -111,8 +119,8 @@ def test_namespaced_mode_binds_a_role_in_each_watched_namespace_and_the_release_
 ) -> None:
     rendered = render(VALUE_SETS[set_name])
     wanted = {"team-a", "team-b", NAMESPACE}
-    assert {r["metadata"]["namespace"] for r in rendered.of_kind("Role")} == wanted
-    bindings = rendered.of_kind("RoleBinding")
+    assert {r["metadata"]["namespace"] for r in _operator_objects(rendered, "Role")} == wanted
+    bindings = _operator_objects(rendered, "RoleBinding")
     assert {b["metadata"]["namespace"] for b in bindings} == wanted
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"
@@ -123,7 +131,7 @@ def test_namespaced_mode_binds_a_role_in_each_watched_namespace_and_the_release_
 
 def test_release_namespace_is_not_duplicated_when_it_is_also_watched() -> None:
     rendered = render({"rbac": {"scope": "namespaced"}, "watchNamespaces": [NAMESPACE, "team-a"]})
-    assert sorted(r["metadata"]["namespace"] for r in rendered.of_kind("Role")) == sorted(
+    assert sorted(r["metadata"]["namespace"] for r in _operator_objects(rendered, "Role")) == sorted(
         [NAMESPACE, "team-a"]
     )
 
@@ -144,7 +152,10 @@ def _all_roles() -> list[tuple[str, dict[str, Any]]]:
     roles = []
     for set_name, values in VALUE_SETS.items():
         rendered = render(values)
-        roles += [(set_name, role) for role in rendered.of_kind("ClusterRole") + rendered.of_kind("Role")]
+        roles += [
+            (set_name, role)
+            for role in _operator_objects(rendered, "ClusterRole") + _operator_objects(rendered, "Role")
+        ]
     assert roles
     return roles
 
@@ -206,3 +217,19 @@ def test_a_broader_rule_would_be_caught() -> None:
     assert _granted(broad) - _expected(cluster=True, admission=True)
     with pytest.raises(AssertionError, match="wildcard"):
         _granted({"rules": [{"apiGroups": [""], "resources": ["*"], "verbs": ["get"]}]})
+
+
+def test_the_chart_other_roles_grant_no_delete_no_secrets_and_no_wildcard() -> None:
+    for set_name, values in VALUE_SETS.items():
+        rendered = render(values)
+        operator_roles = _operator_objects(rendered, "ClusterRole") + _operator_objects(rendered, "Role")
+        others = [
+            r for r in rendered.of_kind("ClusterRole") + rendered.of_kind("Role") if r not in operator_roles
+        ]
+        for role in others:
+            for group, resource, verb, _ in _granted(role):
+                assert verb not in ("delete", "deletecollection", "escalate", "bind", "impersonate"), (
+                    set_name,
+                    role,
+                )
+                assert (group, resource) != ("", "secrets"), (set_name, role)

@@ -99,7 +99,7 @@ def test_every_manifest_validates_against_kubernetes_1_30_or_the_monitoring_sche
 
 @pytest.mark.parametrize("set_name", SET_NAMES)
 def test_every_namespaced_object_names_its_namespace(set_name: str) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
     for manifest in _rendered(set_name).manifests:
         if manifest["kind"] in cluster_scoped:
             assert "namespace" not in manifest["metadata"]
@@ -169,10 +169,13 @@ def test_every_deployment_selector_matches_its_pod_template(set_name: str) -> No
         assert selects(workload["spec"]["selector"]["matchLabels"], labels)
 
 
-def test_operator_is_one_replica_recreated_never_two_at_once() -> None:
+def test_operator_is_two_replicas_with_leader_election_or_one_recreated_without() -> None:
     operator = render().operator()
-    assert operator["spec"]["replicas"] == 1
-    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+    assert operator["spec"]["replicas"] == 2
+    assert operator["spec"]["strategy"]["type"] == "RollingUpdate"
+    single = render({"operator": {"replicaCount": 1, "leaderElection": {"enabled": False}}}).operator()
+    assert single["spec"]["replicas"] == 1
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_operator_probes_kopf_liveness_endpoint() -> None:
@@ -225,7 +228,7 @@ def test_notes_render_with_the_operator_name_scope_and_crd_upgrade_step() -> Non
     notes = render().notes
     assert f"Deployment {RELEASE}-operator" in notes
     assert "watching: all namespaces" in notes
-    assert "kubectl apply --server-side" in notes
+    assert "`helm upgrade` upgrades them" in notes  # CRDs are templates (crds.enabled)
     namespaced = render(VALUE_SETS["namespaced-rbac-two-namespaces"]).notes
     assert "watching: team-a, team-b" in namespaced
     assert "RBAC:     namespaced" in namespaced
@@ -237,7 +240,10 @@ def test_notes_render_with_the_operator_name_scope_and_crd_upgrade_step() -> Non
 def test_defaults_render_only_the_operator_and_its_access() -> None:
     rendered = render()
     kinds = sorted({m["kind"] for m in rendered.manifests})
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "PodDisruptionBudget",
+        "Role", "RoleBinding", "Service", "ServiceAccount",
+    ]  # fmt: skip
     assert rendered.names("Deployment") == [f"{RELEASE}-operator"]
     assert rendered.names("Service") == [f"{RELEASE}-operator-metrics"]
 
@@ -248,7 +254,7 @@ def test_monitoring_objects_select_the_metrics_endpoints() -> None:
     service = rendered.get("Service", f"{RELEASE}-operator-metrics")
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
-    pod_monitor = rendered.of_kind("PodMonitor")[0]
+    pod_monitor = rendered.get("PodMonitor", RELEASE)
     selected = [
         w
         for w in rendered.workloads()
@@ -267,15 +273,18 @@ def test_monitoring_labels_are_added_for_prometheus_selection() -> None:
     assert rendered.of_kind("PodMonitor") == []
 
 
-def test_pod_disruption_budget_allows_evicting_the_single_operator_pod() -> None:
+def test_pod_disruption_budget_keeps_a_standby_or_allows_evicting_a_single_operator_pod() -> None:
     rendered = render(VALUE_SETS["pdb-on"])
     budget = rendered.get("PodDisruptionBudget", f"{RELEASE}-operator")
-    assert budget["spec"] == {"maxUnavailable": 1, "selector": budget["spec"]["selector"]}
+    assert budget["spec"] == {"minAvailable": 1, "selector": budget["spec"]["selector"]}
     assert selects(
         budget["spec"]["selector"]["matchLabels"],
         rendered.operator()["spec"]["template"]["metadata"]["labels"],
     )
-    assert render().of_kind("PodDisruptionBudget") == []
+    single = render({"operator": {"replicaCount": 1, "leaderElection": {"enabled": False}}})
+    only = single.get("PodDisruptionBudget", f"{RELEASE}-operator")
+    assert only["spec"] == {"maxUnavailable": 1, "selector": only["spec"]["selector"]}
+    assert render({"podDisruptionBudget": {"enabled": False}}).of_kind("PodDisruptionBudget") == []
 
 
 def test_network_policy_admits_only_operator_ports_and_egress_to_its_dependencies() -> None:

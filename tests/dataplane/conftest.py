@@ -192,6 +192,8 @@ def apx_docs(
         "jwt": {
             "issuer": jwks.issuer,
             "jwksUri": jwks.url,
+            # The test key server listens on plain http on loopback.
+            "allowInsecureJwks": True,
             "audiences": ["orders"],
             "tenantClaim": "tenant",
             "tierClaim": "plan",

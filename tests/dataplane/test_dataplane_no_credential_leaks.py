@@ -182,7 +182,11 @@ def test_a_password_in_every_dataplane_url_setting_appears_in_no_output(
             except urllib.error.HTTPError as error:
                 outputs["gateway submit"] = f"{error.code} {error.read().decode()}"
             _wait_http(f"http://127.0.0.1:{wk_metrics}/healthz")
-            time.sleep(1.0)  # the worker logs its start ("consuming", with the upstream)
+            # Ready once started: by then it has logged "consuming" (with the upstream URL).
+            deadline = time.monotonic() + 30
+            while _get(f"http://127.0.0.1:{wk_metrics}/readyz").strip() != "ok":
+                assert time.monotonic() < deadline, "the worker never became ready"
+                time.sleep(0.1)
             for name, port in (("ratelimit", rl_metrics), ("gateway", gw_metrics), ("worker", wk_metrics)):
                 outputs[f"{name} /metrics"] = _get(f"http://127.0.0.1:{port}/metrics")
             outputs["worker /readyz"] = _get(f"http://127.0.0.1:{wk_metrics}/readyz")
@@ -199,6 +203,19 @@ def test_a_password_in_every_dataplane_url_setting_appears_in_no_output(
             _stop(process)
     for name in ("ratelimit", "gateway", "worker"):
         outputs[f"{name} log"] = (tmp_path / f"{name}.log").read_text()
+    # `--help` shows each flag's default, taken from the environment: redacted too.
+    help_env = {
+        **os.environ,
+        "APX_REDIS_URL": redis_url,
+        "APX_UPSTREAM_URL": f"http://apx:{PASSWORD}@127.0.0.1:{closed}/",
+        "PUBSUB_EMULATOR_HOST": f"apx:{PASSWORD}@127.0.0.1:{closed}",
+        "APX_OTLP_ENDPOINT": f"http://apx:{PASSWORD}@127.0.0.1:{closed}/v1/traces",
+    }
+    for name in ("apx-ratelimit", "apx-gateway", "apx-worker"):
+        shown = subprocess.run(
+            [str(BIN / name), "--help"], env=help_env, capture_output=True, text=True, timeout=60, check=True
+        )
+        outputs[f"{name} --help"] = shown.stdout + shown.stderr
     # The paths ran: the worker reached "consuming" (it logs the upstream), the services logged.
     assert "consuming" in outputs["worker log"], outputs["worker log"][-2000:]
     assert "***" in outputs["worker log"]

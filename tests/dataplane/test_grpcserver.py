@@ -1,5 +1,8 @@
 """The lean gRPC server (``apx.dataplane.common.grpcserver``) and its health service, against real clients.
 
+Every server test runs on both transports (the ``transport`` fixture: ``lean``, our own framing,
+and ``h2``, the library); they are expected to behave alike.
+
 ``grpcio``'s client (the C core, as any gRPC client would) checks answers,
 status codes and messages, gzip, big messages, cancellation, concurrency,
 server streaming and graceful stop; a raw socket checks what a client library
@@ -25,7 +28,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from apx.dataplane.common.grpchealth import NOT_SERVING, SERVING, HealthService
-from apx.dataplane.common.grpcserver import GrpcError, GrpcServer, GrpcStatus, Method
+from apx.dataplane.common.grpcserver import (
+    DEFAULT_TRANSPORT,
+    TRANSPORTS,
+    GrpcError,
+    GrpcServer,
+    GrpcStatus,
+    Method,
+)
 from apx.dataplane.common.h2conn import HeaderBlockGuard
 from apx.dataplane.common.hpackcache import LiteralEncoder
 
@@ -65,7 +75,15 @@ class Handlers:
             yield b"%d" % index
 
 
-async def _serve(handlers: Handlers, health: HealthService | None = None) -> tuple[GrpcServer, int]:
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each server test runs on both transports: our own framing (``lean``) and the ``h2`` library."""
+    return str(request.param)
+
+
+async def _serve(
+    handlers: Handlers, transport: str, health: HealthService | None = None
+) -> tuple[GrpcServer, int]:
     methods = {
         ECHO: Method(handlers.echo),
         SLOW: Method(handlers.slow),
@@ -75,7 +93,7 @@ async def _serve(handlers: Handlers, health: HealthService | None = None) -> tup
     }
     if health is not None:
         methods.update(health.methods())
-    server = GrpcServer(methods)
+    server = GrpcServer(methods, transport=transport)
     return server, await server.start("127.0.0.1", 0)
 
 
@@ -84,9 +102,9 @@ def _unary(channel: grpc.aio.Channel, path: str) -> Any:
 
 
 @pytest.mark.asyncio
-async def test_calls_get_their_answers_status_codes_and_percent_encoded_messages() -> None:
+async def test_calls_get_their_answers_status_codes_and_percent_encoded_messages(transport: str) -> None:
     handlers = Handlers()
-    server, port = await _serve(handlers)
+    server, port = await _serve(handlers, transport)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await _unary(channel, ECHO)(b"hello", timeout=5) == b"olleh"
@@ -118,8 +136,8 @@ async def test_calls_get_their_answers_status_codes_and_percent_encoded_messages
 
 
 @pytest.mark.asyncio
-async def test_gzip_and_messages_bigger_than_every_default_window_go_both_ways() -> None:
-    server, port = await _serve(Handlers())
+async def test_gzip_and_messages_bigger_than_every_default_window_go_both_ways(transport: str) -> None:
+    server, port = await _serve(Handlers(), transport)
     try:
         big = bytes(range(256)) * 8192  # 2 MiB: 32 times HTTP/2's default window, 128 frames
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -133,9 +151,9 @@ async def test_gzip_and_messages_bigger_than_every_default_window_go_both_ways()
 
 
 @pytest.mark.asyncio
-async def test_a_cancelled_call_cancels_its_handler() -> None:
+async def test_a_cancelled_call_cancels_its_handler(transport: str) -> None:
     handlers = Handlers()
-    server, port = await _serve(handlers)
+    server, port = await _serve(handlers, transport)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = _unary(channel, SLOW)(b"x", timeout=10)
@@ -154,9 +172,9 @@ async def test_a_cancelled_call_cancels_its_handler() -> None:
 
 
 @pytest.mark.asyncio
-async def test_stop_finishes_calls_in_flight_and_refuses_new_ones() -> None:
+async def test_stop_finishes_calls_in_flight_and_refuses_new_ones(transport: str) -> None:
     handlers = Handlers()
-    server, port = await _serve(handlers)
+    server, port = await _serve(handlers, transport)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         in_flight = asyncio.ensure_future(_unary(channel, SLOW)(b"x", timeout=10))
         while handlers.started == 0:
@@ -173,11 +191,11 @@ async def test_stop_finishes_calls_in_flight_and_refuses_new_ones() -> None:
 
 
 @pytest.mark.asyncio
-async def test_server_streaming_and_the_health_service() -> None:
+async def test_server_streaming_and_the_health_service(transport: str) -> None:
     health = HealthService()
     health.set("", SERVING)
     health.set("svc", SERVING)
-    server, port = await _serve(Handlers(), health)
+    server, port = await _serve(Handlers(), transport, health)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stream = channel.unary_stream(COUNT, request_serializer=None, response_deserializer=None)
@@ -204,8 +222,8 @@ async def test_server_streaming_and_the_health_service() -> None:
 
 
 @pytest.mark.asyncio
-async def test_keepalive_pings_of_grpcio_keep_one_connection_that_serves_every_call() -> None:
-    server, port = await _serve(Handlers())
+async def test_keepalive_pings_of_grpcio_keep_one_connection_that_serves_every_call(transport: str) -> None:
+    server, port = await _serve(Handlers(), transport)
     options = [
         ("grpc.keepalive_time_ms", 100),
         ("grpc.keepalive_timeout_ms", 1000),
@@ -223,9 +241,11 @@ async def test_keepalive_pings_of_grpcio_keep_one_connection_that_serves_every_c
 
 
 @pytest.mark.asyncio
-async def test_cancelled_and_timed_out_calls_log_nothing(caplog: pytest.LogCaptureFixture) -> None:
+async def test_cancelled_and_timed_out_calls_log_nothing(
+    caplog: pytest.LogCaptureFixture, transport: str
+) -> None:
     handlers = Handlers()
-    server, port = await _serve(handlers)
+    server, port = await _serve(handlers, transport)
     caplog.set_level(logging.DEBUG)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -316,8 +336,8 @@ class RawClient:
 
 
 @pytest.mark.asyncio
-async def test_answers_wait_for_the_clients_flow_control_window() -> None:
-    server, port = await _serve(Handlers())
+async def test_answers_wait_for_the_clients_flow_control_window(transport: str) -> None:
+    server, port = await _serve(Handlers(), transport)
     try:
         client = await asyncio.to_thread(RawClient, port, 10)
         await asyncio.to_thread(client.call, 1, b"0123456789" * 3)  # 30 bytes back, + 5 of prefix
@@ -341,8 +361,10 @@ async def test_answers_wait_for_the_clients_flow_control_window() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_peer_breaking_the_protocol_is_disconnected_and_others_are_still_served() -> None:
-    server, port = await _serve(Handlers())
+async def test_a_peer_breaking_the_protocol_is_disconnected_and_others_are_still_served(
+    transport: str,
+) -> None:
+    server, port = await _serve(Handlers(), transport)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -368,8 +390,8 @@ async def test_a_peer_breaking_the_protocol_is_disconnected_and_others_are_still
 
 
 @pytest.mark.asyncio
-async def test_a_header_block_without_end_is_refused_before_it_grows_past_the_limit() -> None:
-    server, port = await _serve(Handlers())
+async def test_a_header_block_without_end_is_refused_before_it_grows_past_the_limit(transport: str) -> None:
+    server, port = await _serve(Handlers(), transport)
     try:
         client = await asyncio.to_thread(RawClient, port, 65535)
         flood = _frame(1, 0, 1, client.block) + _frame(9, 0, 1, b"\x00" * 8192) * 4  # no END_HEADERS
@@ -382,9 +404,9 @@ async def test_a_header_block_without_end_is_refused_before_it_grows_past_the_li
 
 
 @pytest.mark.asyncio
-async def test_a_lost_connection_cancels_its_calls_and_frees_their_slots() -> None:
+async def test_a_lost_connection_cancels_its_calls_and_frees_their_slots(transport: str) -> None:
     handlers = Handlers()
-    server = GrpcServer({SLOW: Method(handlers.slow)})
+    server = GrpcServer({SLOW: Method(handlers.slow)}, transport=transport)
     port = await server.start("127.0.0.1", 0)
     try:
         client = await asyncio.to_thread(RawClient, port, 65535, SLOW)
@@ -405,8 +427,10 @@ async def test_a_lost_connection_cancels_its_calls_and_frees_their_slots() -> No
 
 
 @pytest.mark.asyncio
-async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_between_them() -> None:
-    server, port = await _serve(Handlers())
+async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_between_them(
+    transport: str,
+) -> None:
+    server, port = await _serve(Handlers(), transport)
     try:
         client = await asyncio.to_thread(RawClient, port, 65535)
         encoder = hpack.Encoder()
@@ -472,8 +496,10 @@ async def test_repeated_header_blocks_decode_as_the_table_says_when_it_changes_b
 
 
 @pytest.mark.asyncio
-async def test_a_call_answered_before_its_body_ends_is_reset_and_its_late_frames_do_no_harm() -> None:
-    server, port = await _serve(Handlers())
+async def test_a_call_answered_before_its_body_ends_is_reset_and_its_late_frames_do_no_harm(
+    transport: str,
+) -> None:
+    server, port = await _serve(Handlers(), transport)
     try:
         client = await asyncio.to_thread(RawClient, port, 65535)
         unknown = hpack.Encoder().encode(_request_headers("/test.Echo/Nope"))
@@ -509,6 +535,33 @@ def test_transport_limits_come_from_apx_grpc_variables_and_flags_override_them(
     limits = settings_from_args(args).transport
     assert (limits.max_connections, limits.max_concurrent_streams, limits.idle_timeout) == (7, 9, 3.0)
     assert limits.max_message_bytes == 4 * 1024 * 1024  # untouched: the safe default
+
+
+def test_the_transport_comes_from_apx_grpc_transport_and_the_flag_overrides_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from apx.dataplane.ratelimit.main import build_parser, settings_from_args
+
+    monkeypatch.delenv("APX_GRPC_TRANSPORT", raising=False)
+    assert settings_from_args(build_parser().parse_args([])).grpc_transport == DEFAULT_TRANSPORT
+    monkeypatch.setenv("APX_GRPC_TRANSPORT", "lean")
+    assert settings_from_args(build_parser().parse_args([])).grpc_transport == "lean"
+    args = build_parser().parse_args(["--grpc-transport", "h2"])
+    assert settings_from_args(args).grpc_transport == "h2"
+
+
+def test_an_unknown_transport_stops_the_service_with_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from apx.dataplane.ratelimit.main import main
+
+    monkeypatch.setenv("APX_GRPC_TRANSPORT", "quic")
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == 2
+    assert "APX_GRPC_TRANSPORT" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="transport must be one of"):
+        GrpcServer({}, transport="quic")
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,10 @@ def test_defaults_are_applied_recursively_to_absent_fields(api: Api) -> None:
 def test_field_validation_strict_refuses_unknown_fields(api: Api) -> None:
     response = api.post(WIDGETS, widget("w", bogus=1), params={"fieldValidation": "Strict"})
     assert response.status_code == 400
-    assert response.json()["message"] == 'strict decoding error: unknown field "spec.bogus"'
+    assert response.json()["message"] == (
+        'Widget in version "v1" cannot be handled as a Widget: '
+        'strict decoding error: unknown field "spec.bogus"'
+    )
     assert api.post(WIDGETS, widget("w", bogus=1), params={"fieldValidation": "Ignore"}).status_code == 201
 
 

@@ -33,9 +33,10 @@ def test_group_discovery_lists_the_kinds_the_operator_writes(api: Api) -> None:
     assert kinds == {"Lease"}
 
 
-def test_openapi_is_not_served(api: Api) -> None:
-    assert api.get("/openapi/v2").status_code == 404
-    assert api.get("/openapi/v3").status_code == 404
+def test_openapi_is_served_and_listed_at_the_root(api: Api) -> None:
+    assert api.get("/openapi/v2").status_code == 200
+    assert "apis/apps/v1" in api.get("/openapi/v3").json()["paths"]
+    assert {"/openapi/v2", "/openapi/v3"} <= set(api.get("/").json()["paths"])
 
 
 def test_health_endpoints(api: Api) -> None:

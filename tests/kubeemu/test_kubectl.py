@@ -1,7 +1,7 @@
 """kubectl 1.32 against the emulator: apply (client- and server-side), get, -A, -w, describe, wait, delete.
 
-kubectl must be used with ``--validate=false`` for apply: the emulator serves
-no OpenAPI documents (``/openapi/v2`` and ``/openapi/v3`` are 404).
+No ``--validate=false``: the emulator publishes its OpenAPI documents, so
+kubectl validates as against a real server (``test_openapi_kubectl``).
 """
 
 from __future__ import annotations
@@ -73,24 +73,22 @@ CONFIGMAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm1"
 
 def test_client_side_apply_creates_then_configures(kubectl: Kubectl) -> None:
     manifest = kubectl.file("m.yaml", widget("w1", size=2), CONFIGMAP)
-    first = kubectl("apply", "--validate=false", "-f", manifest)
+    first = kubectl("apply", "-f", manifest)
     assert "widget.test.kubeemu.dev/w1 created" in first.stdout
     assert "configmap/cm1 created" in first.stdout
     changed = kubectl.file("m.yaml", widget("w1", size=3), {**CONFIGMAP, "data": {"b": "2"}})
-    second = kubectl("apply", "--validate=false", "-f", changed)
+    second = kubectl("apply", "-f", changed)
     assert "widget.test.kubeemu.dev/w1 configured" in second.stdout
     got = yaml.safe_load(kubectl("get", "wd", "w1", "-o", "yaml").stdout)
     assert got["spec"]["size"] == 3 and got["metadata"]["generation"] == 2
     assert "kubectl.kubernetes.io/last-applied-configuration" in got["metadata"]["annotations"]
     assert yaml.safe_load(kubectl("get", "cm", "cm1", "-o", "yaml").stdout)["data"] == {"b": "2"}
-    assert "unchanged" in kubectl("apply", "--validate=false", "-f", changed).stdout
+    assert "unchanged" in kubectl("apply", "-f", changed).stdout
 
 
 def test_server_side_apply(kubectl: Kubectl) -> None:
     manifest = kubectl.file("m.yaml", widget("w1", size=2))
-    assert (
-        "serverside-applied" in kubectl("apply", "--server-side", "--validate=false", "-f", manifest).stdout
-    )
+    assert "serverside-applied" in kubectl("apply", "--server-side", "-f", manifest).stdout
     got = yaml.safe_load(kubectl("get", "wd", "w1", "-o", "yaml", "--show-managed-fields").stdout)
     managers = {(e["manager"], e["operation"]) for e in got["metadata"]["managedFields"]}
     assert ("kubectl", "Apply") in managers
@@ -98,15 +96,15 @@ def test_server_side_apply(kubectl: Kubectl) -> None:
 
 def test_invalid_objects_are_reported_with_the_field(kubectl: Kubectl) -> None:
     manifest = kubectl.file("bad.yaml", widget("bad", residency="EU", regions=["us-1"]))
-    done = kubectl("apply", "--validate=false", "-f", manifest, check=False)
+    done = kubectl("apply", "-f", manifest, check=False)
     assert done.returncode != 0
     assert 'is invalid: spec.regions: Invalid value: "object": regions must satisfy residency' in done.stderr
 
 
 def test_get_tables_short_names_categories_and_all_namespaces(kubectl: Kubectl) -> None:
     kubectl("create", "namespace", "team-a")
-    kubectl("apply", "--validate=false", "-f", kubectl.file("m.yaml", widget("w1", size=4)))
-    kubectl("apply", "--validate=false", "-n", "team-a", "-f", kubectl.file("n.yaml", widget("w2")))
+    kubectl("apply", "-f", kubectl.file("m.yaml", widget("w1", size=4)))
+    kubectl("apply", "-n", "team-a", "-f", kubectl.file("n.yaml", widget("w2")))
     table = kubectl("get", "widgets").stdout.splitlines()
     assert table[0].split() == ["NAME", "READY", "SIZE", "AGE"]
     assert table[1].split()[:2] == ["w1", "4"]
@@ -123,7 +121,7 @@ def test_get_tables_short_names_categories_and_all_namespaces(kubectl: Kubectl) 
 
 
 def test_get_watch_receives_events(kubectl: Kubectl) -> None:
-    kubectl("apply", "--validate=false", "-f", kubectl.file("m.yaml", widget("w1")))
+    kubectl("apply", "-f", kubectl.file("m.yaml", widget("w1")))
     watcher = kubectl.popen("get", "wd", "-w", "--request-timeout=20s")
     try:
         assert watcher.stdout is not None
@@ -138,14 +136,14 @@ def test_get_watch_receives_events(kubectl: Kubectl) -> None:
 
 
 def test_describe(kubectl: Kubectl) -> None:
-    kubectl("apply", "--validate=false", "-f", kubectl.file("m.yaml", widget("w1", size=5), CONFIGMAP))
+    kubectl("apply", "-f", kubectl.file("m.yaml", widget("w1", size=5), CONFIGMAP))
     described = kubectl("describe", "wd", "w1").stdout
     assert "Name:         w1" in described and "Size:" in described
     assert "Data" in kubectl("describe", "configmap", "cm1").stdout
 
 
 def test_wait_for_a_condition_set_later(kubectl: Kubectl) -> None:
-    kubectl("apply", "--validate=false", "-f", kubectl.file("m.yaml", widget("w1")))
+    kubectl("apply", "-f", kubectl.file("m.yaml", widget("w1")))
 
     def become_ready() -> None:
         time.sleep(0.5)
@@ -161,14 +159,14 @@ def test_wait_for_a_condition_set_later(kubectl: Kubectl) -> None:
 
 
 def test_delete_waits_for_finalizers_and_removes(kubectl: Kubectl) -> None:
-    kubectl("apply", "--validate=false", "-f", kubectl.file("m.yaml", widget("w1")))
+    kubectl("apply", "-f", kubectl.file("m.yaml", widget("w1")))
     assert 'widget.test.kubeemu.dev "w1" deleted' in kubectl("delete", "wd", "w1").stdout
     gone = kubectl("get", "wd", "w1", check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
 
     held = widget("w2")
     held["metadata"]["finalizers"] = ["x.dev/hold"]
-    kubectl("apply", "--validate=false", "-f", kubectl.file("h.yaml", held))
+    kubectl("apply", "-f", kubectl.file("h.yaml", held))
     kubectl("delete", "wd", "w2", "--wait=false")
     deletion = kubectl("get", "wd", "w2", "-o", "jsonpath={.metadata.deletionTimestamp}").stdout
     assert deletion

@@ -119,3 +119,29 @@ async def test_webhook_registers_itself_as_a_service_with_the_ca_bundle(tmp_path
     assert "url" not in config
     assert config["service"] == {"namespace": "apx-system", "name": "apx-webhook", "port": 443, "path": "/"}
     assert base64.b64decode(config["caBundle"] or "") == ca.read_bytes()
+
+
+def test_new_bundle_version_that_would_drop_a_pinned_version_is_refused_naming_the_routes() -> None:
+    old = _doc("04-policybundle-payments-1.3.0.yaml")
+    new = copy.deepcopy(old)
+    new["spec"]["version"] = "1.4.0"
+    pins = {
+        "1.2.0": ["default/payments-charges", "default/payments-legacy"],
+        "1.3.0": ["default/ledger-exports"],
+    }
+    asked: list[tuple[str, str]] = []
+
+    def pinned(namespace: str, bundle: str) -> dict[str, list[str]]:
+        asked.append((namespace, bundle))
+        return pins
+
+    with pytest.raises(kopf.AdmissionError) as error:
+        validate_object("PolicyBundle", new, old, pinned)
+    message = str(error.value)
+    assert "spec.version" in message and "1.2.0" in message
+    assert "default/payments-charges" in message and "default/payments-legacy" in message
+    assert "default/ledger-exports" not in message  # 1.3.0 stays served as N-1
+    assert asked == [("default", "payments-policy")]
+    # Once no Route pins 1.2.0, the same apply is admitted.
+    del pins["1.2.0"]
+    validate_object("PolicyBundle", new, old, pinned)

@@ -39,6 +39,9 @@ class _RecordingReconciler:
     def forget(self, kind: str, key: str) -> None:
         self._record(f"forget {kind}")
 
+    def observe_worker(self, body: dict[str, Any], deleted: bool = False) -> None:
+        self._record("observe worker Deployment")
+
     def health(self) -> dict[str, Any]:
         return {}
 
@@ -53,7 +56,7 @@ async def test_watch_events_reach_the_reconciler_on_the_event_loop_thread() -> N
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, admission=False)  # type: ignore[arg-type]
     handlers = _event_handlers(registry)
-    assert len(handlers) == 3  # Product, Route, PolicyBundle
+    assert len(handlers) == 4  # Product, Route, PolicyBundle, worker Deployments
 
     body = kopf.Body({"metadata": {"name": "payments", "namespace": "default"}, "spec": {}})
     for handler in handlers:
@@ -61,7 +64,7 @@ async def test_watch_events_reach_the_reconciler_on_the_event_loop_thread() -> N
             await invoke(handler.fn, kwargs={"type": event_type, "body": body})
 
     loop = asyncio.get_running_loop()
-    assert len(reconciler.calls) == 6
+    assert len(reconciler.calls) == 8
     for what, thread, running in reconciler.calls:
         assert thread == threading.get_ident(), f"{what} ran in kopf's thread pool"
         assert running is loop, f"{what} ran outside the operator's event loop"

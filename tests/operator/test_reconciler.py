@@ -176,7 +176,7 @@ async def test_changing_a_plan_limit_publishes_a_new_rule_set_version(
 
 
 @pytest.mark.asyncio
-async def test_invalid_update_is_stalled_and_what_was_applied_keeps_serving(
+async def test_update_pinning_an_unserved_version_waits_and_what_was_applied_keeps_serving(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reconciler, _ = await _reconciler_with_samples(
@@ -194,7 +194,9 @@ async def test_invalid_update_is_stalled_and_what_was_applied_keeps_serving(
     stalled = await kube.get("Route", "default", "payments-legacy")
     assert stalled is not None
     conditions = {c["type"]: c["status"] for c in stalled["status"]["conditions"]}
-    assert conditions["Stalled"] == "True"
+    # kstatus: the version may still be applied, so the Route waits (not Stalled).
+    assert conditions == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
+    assert stalled["status"]["reason"] == "PolicyVersionNotServed"
     assert "spec.policyRef.version" in stalled["status"]["message"]
     assert _ready(await kube.get("Route", "default", "payments-charges"))
     assert client.get(ruleset_current_key("default/payments")) is not None

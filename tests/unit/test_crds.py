@@ -224,7 +224,8 @@ def test_every_rule_field_path_and_self_field_exist_on_the_rule_s_object(
     for path, node in walk(openapi_schema(crds[kind])):
         for rule in node.get("x-kubernetes-validations", []):
             properties = node.get("properties", {})
-            for name in re.findall(r"\bself\.(\w+)", rule["rule"]):
+            # `self.matches(...)` is a method call on a string, not a field.
+            for name in re.findall(r"\bself\.(\w+)\b(?!\()", rule["rule"]):
                 assert name in properties, f"{path}: rule reads self.{name}, which {path} does not have"
             field_path = rule.get("fieldPath")
             if field_path:
@@ -261,9 +262,15 @@ def test_names_scope_and_version(crds: dict[str, Node], kind: str) -> None:
 
 
 def test_printer_columns_per_kind(crds: dict[str, Node]) -> None:
+    # The default `kubectl get` columns (priority 0); tests/unit/test_printer_columns.py
+    # covers the `-o wide` ones.
     def columns(kind: str) -> list[tuple[str, str, str]]:
         version = crds[kind]["spec"]["versions"][0]
-        return [(c["name"], c["type"], c["jsonPath"]) for c in version["additionalPrinterColumns"]]
+        return [
+            (c["name"], c["type"], c["jsonPath"])
+            for c in version["additionalPrinterColumns"]
+            if not c.get("priority")
+        ]
 
     ready = ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status')
     reason = ("Reason", "string", ".status.reason")
@@ -537,12 +544,10 @@ def test_unknown_spec_fields_are_refused_and_unknown_status_fields_kept(
     [
         ("Product", ("spec", "plans"), [], "should be non-empty"),
         ("Product", ("spec", "plans", 0, "tier"), "gold", "is not one of"),
-        ("Product", ("spec", "regions", 0), "Europe West", "does not match"),
-        ("Route", ("spec", "timeout"), "30 seconds", "does not match"),
         ("Route", ("spec", "canary", "steps"), [10, 101], "is greater than the maximum"),
         ("Route", ("spec", "async", "maxDeliveryAttempts"), 4, "is less than the minimum"),
-        ("PolicyBundle", ("spec", "version"), "1.3", "does not match"),
-        ("PolicyBundle", ("spec", "ipAllowlist", 0), "10.0.0.0/33", "does not match"),
+        # Durations, regions, versions and ipAllowlist items are checked by CEL rules that say
+        # what is allowed (tests/unit/test_cel_rules.py), not by patterns that print a regex.
     ],
 )
 def test_schema_constraints_from_the_models_are_enforced(

@@ -30,15 +30,19 @@ def _by_name(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str,
     return next(d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
-def test_route_created_before_its_product_is_stalled_then_ready_once_the_product_exists() -> None:
+def test_route_created_before_its_product_is_reconciling_then_ready_once_the_product_exists() -> None:
     documents = _samples()
     without_product = [
         d for d in documents if not (d["kind"] == "Product" and d["metadata"]["name"] == "ledger")
     ]
     before = translate(without_product)
     status = before.statuses[("Route", "default/ledger-exports")]
-    assert status.phase == "Stalled"
+    # kstatus: the Product may still appear, so the Route waits (Reconciling), it is not Stalled.
+    assert status.phase == "Reconciling"
     assert status.reason == "ProductNotFound"
+    assert status.stalled, "still left out of what is served"
+    conditions = {c["type"]: c["status"] for c in status.to_dict()["conditions"]}
+    assert conditions == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
     assert "spec.productRef.name" in status.message
     after = translate(documents)
     assert after.statuses[("Route", "default/ledger-exports")].phase == "Ready"
@@ -49,7 +53,9 @@ def test_one_bad_route_does_not_stop_the_other_routes() -> None:
     broken = copy.deepcopy(_by_name(documents, "Route", "payments-legacy"))
     broken["spec"]["policyRef"]["version"] = "9.9.9"
     result = translate([d for d in documents if d["metadata"]["name"] != "payments-legacy"] + [broken])
-    assert result.statuses[("Route", "default/payments-legacy")].phase == "Stalled"
+    # A version not served yet may still be applied: the Route waits for it.
+    assert result.statuses[("Route", "default/payments-legacy")].phase == "Reconciling"
+    assert result.statuses[("Route", "default/payments-legacy")].reason == "PolicyVersionNotServed"
     assert {r.key for r in result.ir.routes} == {"default/payments-charges", "default/ledger-exports"}
 
 

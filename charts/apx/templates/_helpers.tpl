@@ -51,8 +51,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* repository@digest when a digest is set, else repository:tag (tag defaults to appVersion). */}}
 {{- define "apx.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
 {{- end }}
 
 {{/* Namespaces that get a Role in namespaced mode: the watched ones and the release namespace. */}}
@@ -72,6 +77,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if and (eq .Values.admission.mode "managed") (ne .Values.rbac.scope "cluster") }}
 {{- fail "admission.mode=managed needs rbac.scope=cluster: kopf manages the cluster-scoped ValidatingWebhookConfiguration apx.dev" }}
+{{- end }}
+{{- include "apx.validatePorts" . }}
+{{- end }}
+
+{{/*
+Two listeners of one pod cannot share a port (JSON schema cannot compare two values, so
+this check lives here; values.schema.json checks each port's range).
+*/}}
+{{- define "apx.validatePorts" -}}
+{{- $pods := list
+  (dict "name" "operator" "ports" (dict "operator.livenessPort" .Values.operator.livenessPort "operator.metricsPort" .Values.operator.metricsPort "admission.webhookPort" .Values.admission.webhookPort))
+  (dict "name" "dataplane.ratelimit" "ports" (dict "dataplane.ratelimit.grpcPort" .Values.dataplane.ratelimit.grpcPort "dataplane.ratelimit.metricsPort" .Values.dataplane.ratelimit.metricsPort))
+  (dict "name" "dataplane.gateway" "ports" (dict "dataplane.gateway.httpPort" .Values.dataplane.gateway.httpPort "dataplane.gateway.metricsPort" .Values.dataplane.gateway.metricsPort)) }}
+{{- range $pod := $pods }}
+{{- $seen := dict }}
+{{- range $key := keys $pod.ports | sortAlpha }}
+{{- $port := toString (get $pod.ports $key) }}
+{{- if hasKey $seen $port }}
+{{- fail (printf "%s and %s are both %s: two listeners of the %s pod cannot share a port" (get $seen $port) $key $port $pod.name) }}
+{{- end }}
+{{- $_ := set $seen $port $key }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -159,4 +186,5 @@ redacted. "apx.hasCredentials" answers "true" or "".
 {{- with .Values.operator.otlpEndpoint }}
 {{ include "apx.urlEnv" (dict "ctx" $ "name" "APX_OTLP_ENDPOINT" "key" "otlp-endpoint" "value" .) }}
 {{- end }}
+{{- include "apx.otelEnv" . }}
 {{- end }}

@@ -6,7 +6,9 @@ filter, first in the chain so a preflight is answered before authentication.
 Pure; one message per policy artifact.
 
 Mapping of the PolicyBundle's ``cors`` block: ``allowOrigins`` → one exact
-string matcher per origin (``*`` → the RE2 ``.*``), ``allowMethods``,
+string matcher per origin (``*`` → the RE2 ``.*``; a subdomain wildcard
+``https://*.example.com`` → an RE2 of its labels and ``.example.com``, any
+subdomain at any depth but not ``example.com`` itself), ``allowMethods``,
 ``allowHeaders``, ``exposeHeaders`` → comma-separated lists, ``maxAgeSeconds``
 → ``max_age``, ``allowCredentials`` → ``allow_credentials``.
 
@@ -33,7 +35,17 @@ from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.type.v3 import percent_pb2
 
 from ...ir import PolicyIR
-from .common import CORS_FILTER, JWT_FILTER, TRUE, RenderError, exact, header_value_error, pack, regex
+from .common import (
+    CORS_FILTER,
+    JWT_FILTER,
+    TRUE,
+    RenderError,
+    exact,
+    header_value_error,
+    pack,
+    re2_escape,
+    regex,
+)
 
 PREFLIGHT_SUFFIX = "/cors-preflight"
 PREFLIGHT_HEADERS = (
@@ -75,7 +87,7 @@ class Cors:
                 problem = header_value_error(value)
                 if problem:
                     raise RenderError(f"PolicyBundle {policy.key}: spec.cors.{field}[{index}]: {problem}")
-        origins = [regex(".*") if o == "*" else exact(o) for o in sorted(set(cors.allow_origins))]
+        origins = [_origin_matcher(o) for o in sorted(set(cors.allow_origins))]
         return pack(
             cors_pb2.CorsPolicy(
                 allow_origin_string_match=origins,
@@ -99,3 +111,18 @@ def preflight_route_kwargs(cors: Any, jwt_disabled: Any) -> dict[str, Any]:
         "direct_response": route_pb.DirectResponseAction(status=204),
         "typed_per_filter_config": {CORS_FILTER: cors, JWT_FILTER: jwt_disabled},
     }
+
+
+_LABELS = r"[a-z0-9-]+(\.[a-z0-9-]+)*"
+
+
+def _origin_matcher(origin: str) -> Any:
+    """``*`` matches any origin; ``scheme://*.rest`` any subdomain of ``rest``; anything else exactly."""
+    if origin == "*":
+        return regex(".*")
+    scheme, _, host = origin.partition("://")
+    if host.startswith("*."):
+        # Browsers send the full origin, host lowercased: the wildcard stands
+        # for one or more DNS labels, the rest must follow literally.
+        return regex(f"{re2_escape(scheme)}://{_LABELS}{re2_escape(host[1:])}")
+    return exact(origin)

@@ -12,8 +12,10 @@ most specific domain, then matches routes only there).
 
 Order inside a virtual host, most specific first: exact paths before
 prefixes, longer paths before shorter, more header matchers before fewer,
-routes restricted to methods before unrestricted ones; ties by route key, so
-the output never depends on input order.
+routes restricted to methods before unrestricted ones; ties (overlapping
+Routes that are equally specific) go to the older Route (creationTimestamp,
+then namespace/name: ``RouteIR.age_order``, the rule the translator also uses
+for identical matches), so the output never depends on input order.
 
 Matching: ``path`` → ``path``; ``pathPrefix`` → ``prefix``; ``methods`` → a
 ``:method`` header matcher (exact for one method, the RE2 alternation
@@ -104,13 +106,13 @@ PlannedRoute = tuple[str, Any, Any, tuple[bytes, ...], str | None]
 # --- matching ----------------------------------------------------------------
 
 
-def order(route: RouteIR) -> tuple[int, int, int, int, str]:
-    """Sort key putting more specific matches first, ties broken by route key."""
+def order(route: RouteIR) -> tuple[int, int, int, int, tuple[str, str]]:
+    """Sort key putting more specific matches first, ties to the older Route."""
     match = route.match
     if match.path is not None:
-        return (0, -len(match.path), -len(match.headers), 0 if match.methods else 1, route.key)
+        return (0, -len(match.path), -len(match.headers), 0 if match.methods else 1, route.age_order)
     prefix = match.path_prefix or "/"
-    return (1, -len(prefix), -len(match.headers), 0 if match.methods else 1, route.key)
+    return (1, -len(prefix), -len(match.headers), 0 if match.methods else 1, route.age_order)
 
 
 def _check_path(field: str, value: str) -> None:

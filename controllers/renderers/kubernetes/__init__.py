@@ -29,7 +29,16 @@ DEFAULT_OPERATOR_NAMESPACE = "apx-system"
 
 
 class ManifestConflict(ValueError):
-    """Two rendered objects would have the same kind, namespace and name."""
+    """Two rendered objects would have the same kind, namespace and name.
+
+    ``sources`` names the Routes (``namespace/name``) the two objects were
+    rendered for, so the pipeline can blame one of them instead of failing
+    the whole render.
+    """
+
+    def __init__(self, message: str, sources: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.sources = sources
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +71,8 @@ def render_kubernetes(
         if identity in seen:
             raise ManifestConflict(
                 f"{identity[1]} {identity[0]}/{identity[2]} would be rendered twice "
-                f"(for {seen[identity] or 'another object'} and {source or 'another object'})"
+                f"(for {seen[identity] or 'another object'} and {source or 'another object'})",
+                tuple(s for s in (seen[identity], source) if s),
             )
         seen[identity] = source
     return KubernetesOutput(manifests=tuple(sorted(manifests, key=sort_key)))
