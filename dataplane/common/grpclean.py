@@ -2,11 +2,13 @@
 
 Used by ``grpcserver.GrpcServer`` when built with ``transport="lean"`` (the
 ``--grpc-transport`` flag of ``apx-ratelimit``); the other transport is the
-``h2`` library (``grpcserver._Connection``). Why this exists beside ``h2``:
-``h2`` costs ≈127 µs of CPU per call here, so one process saturates below
-the 5,000 calls/s at which the service must answer within 2 ms (p99);
-this transport costs a fraction of that (``TRANSPORT.md`` has the numbers
-of both from the same run). What is a library's still is: HPACK
+``h2`` library (``grpcserver._Connection``). Both subclass
+``grpcconn.ConnectionBase`` (calls, limits, reading, ends: what the two do
+alike); this module is only what is lean: frames in, frames out. Why this
+exists beside ``h2``: ``h2`` costs ≈127 µs of CPU per call here, so one
+process saturates below the 5,000 calls/s at which the service must answer
+within 2 ms (p99); this transport costs a fraction of that
+(``TRANSPORT.md`` has the numbers of both from the same run). What is a library's still is: HPACK
 (``hpack``, through ``hpackcache``), the RFC 9113 §8 header checks
 (``h2.utilities.validate_headers``), gzip (``zlib``, capped, in
 ``grpcmessage``). What is ours is reading the 9-byte frame headers and the
@@ -49,35 +51,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from h2.exceptions import ProtocolError
 from h2.utilities import HeaderValidationFlags, validate_headers
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
+from .grpcconn import CallStream, ConnectionBase, HeaderList, start_task
 from .grpclimits import (
     MAX_WINDOW,
-    REJECT_HANDSHAKE,
     REJECT_HEADER_BLOCK,
-    REJECT_IDLE,
-    REJECT_INTERNAL,
     REJECT_MALFORMED,
-    REJECT_MESSAGE_SIZE,
     REJECT_REFUSED_STREAM,
     REJECT_RESET_RATE,
-    ResetBudget,
 )
-from .grpcmessage import (
-    OK_TRAILERS,
-    RESPONSE_HEADERS,
-    GrpcError,
-    GrpcStatus,
-    decode_request,
-    frame_message,
-    status_trailers,
-)
+from .grpcmessage import GrpcError, GrpcStatus
 from .h2wire import (
     ACK,
     COMPRESSION_ERROR,
@@ -95,7 +84,6 @@ from .h2wire import (
     HEADER_TABLE_SIZE,
     HEADERS,
     INITIAL_WINDOW_SIZE,
-    INTERNAL_ERROR,
     MAX_CONCURRENT_STREAMS,
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE,
@@ -124,7 +112,7 @@ from .h2wire import (
 from .hpackcache import CachingDecoder, LiteralEncoder
 
 if TYPE_CHECKING:
-    from .grpcserver import GrpcServer, Method
+    from .grpcserver import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -137,77 +125,21 @@ _REQUEST = HeaderValidationFlags(
 )
 _TRAILERS = _REQUEST._replace(is_trailer=True)
 
-# Why reading from a connection is paused (several may hold at once).
-_PAUSED_FOR_WRITES = 1
-_PAUSED_FOR_BACKLOG = 2
 
-HeaderList = Sequence[tuple[bytes, bytes]]
-
-
-class _Stream:
-    __slots__ = (
-        "body",
-        "closed",
-        "encoding",
-        "method",
-        "path",
-        "pending",
-        "received",
-        "recv_window",
-        "remote_done",
-        "running",
-        "send_window",
-        "stream_id",
-        "task",
-        "trailers",
-        "unacked",
-    )
-
-    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
-        self.stream_id = stream_id
-        self.method: Method | None = None
-        self.path = b""
-        self.encoding = b"identity"
-        self.body: list[bytes] = []
-        self.received = 0  # request bytes, padding excluded
-        self.recv_window = recv_window  # what the peer may still send on it (never re-opened)
-        self.send_window = send_window
-        self.unacked = 0  # flow-controlled bytes not yet handed back to the connection window
-        self.task: asyncio.Future[Any] | None = None
-        self.running = False  # handed to its handler, not answered yet
-        self.closed = False  # answered, reset or refused: nothing more to send
-        self.remote_done = False  # END_STREAM received
-        self.pending: list[bytes] = []  # answer bytes waiting for the peer's flow-control window
-        self.trailers: bytes | None = None  # the trailers frame, sent once ``pending`` has left
-
-
-if sys.version_info >= (3, 12):
-
-    def _start(coroutine: Any) -> asyncio.Future[Any]:
-        # The call's first step runs at once, inside its task (what eager tasks do).
-        return asyncio.Task(coroutine, eager_start=True)
-
-else:
-    _start = asyncio.ensure_future
-
-
-class LeanConnection(asyncio.Protocol):
+class LeanConnection(ConnectionBase):
     """One HTTP/2 connection: frames in, calls dispatched, answers out in one write per loop turn."""
 
     def __init__(self, server: GrpcServer) -> None:
-        self.server = server
-        self.limits = limits = server.limits
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        super().__init__(server)
+        limits = self.limits
         self.buffer = b""  # input not yet parsed: part of a frame, or of the preface
         self.preface_seen = False
         self.decoder = CachingDecoder(limits.max_header_list_bytes)
         self.encoder = LiteralEncoder()
-        self.streams: dict[int, _Stream] = {}
         # Streams whose request ended (or whose method is unknown) in the input being parsed: answered or
         # handed to their handler once the whole chunk is read, so the frames after them in the same
         # chunk (a reset, a protocol error) count first, as they do in h2's batch of events.
-        self.ready: list[_Stream] = []
+        self.ready: list[CallStream] = []
         self.last_stream_id = 0
         self.closed_streams: dict[int, bool] = {}  # stream id -> closed by a reset (True) or by END_STREAM
         # The header block being received (HEADERS then CONTINUATION frames).
@@ -223,30 +155,11 @@ class LeanConnection(asyncio.Protocol):
         self.recv_window = limits.connection_window
         self.recv_unacked = 0  # bytes consumed (handed to handlers or dropped) not yet given back
         self.reopen_below = limits.connection_window // 2
-        self.blocked: dict[int, _Stream] = {}  # streams whose answer waits for window, oldest first
         self.out: list[bytes] = []
-        self.flush_scheduled = False
-        self.backlog = bytearray()
-        self.paused = 0
-        self.opened_at = self.loop.time()
-        self.idle_since = self.opened_at
-        self.handshaken = False
-        self.running = 0
-        self.stalled_since: float | None = None
-        self.resets = ResetBudget(limits.max_resets_per_second, self.opened_at)
-        self.going_away = False
-        self.closed = False
 
     # --- transport callbacks ----------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a TCP transport; uvloop's is no subclass
-        if not self.server._admit():
-            # Accepted only to be closed: the descriptor is released at once and nothing is read.
-            self.closed = True
-            transport.close()
-            return
-        self.server._connections.add(self)
+    def _handshake(self) -> None:
         limits = self.limits
         settings = b"".join(
             SETTING.pack(identifier, value)
@@ -261,65 +174,14 @@ class LeanConnection(asyncio.Protocol):
         # The connection window starts at 64 KiB whatever SETTINGS say; open it to the buffer bound once.
         if limits.connection_window > DEFAULT_WINDOW:
             self._send(frame(WINDOW_UPDATE, 0, 0, U32.pack(limits.connection_window - DEFAULT_WINDOW)))
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self.backlog or len(data) > self.limits.read_chunk_bytes:
-            self.backlog += data
-            if not self.paused & _PAUSED_FOR_BACKLOG:
-                self._pause(_PAUSED_FOR_BACKLOG)
-                self.loop.call_soon(self._drain_backlog)
-            return
-        self._receive(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.server._connections.discard(self)
-        for stream in self.streams.values():
-            stream.closed = True
-            if stream.task is not None and not stream.task.done():
-                stream.task.cancel()
-        self.server._streams_ended(len(self.streams))
-        self.streams.clear()
-        self.blocked.clear()
-        self.backlog.clear()
+        super().connection_lost(exc)
         self.buffer = b""
         self.block = []
         self.ready.clear()
 
-    def pause_writing(self) -> None:
-        # A peer that does not read its answers gets no more of its requests read until it does.
-        self._pause(_PAUSED_FOR_WRITES)
-
-    def resume_writing(self) -> None:
-        self._resume(_PAUSED_FOR_WRITES)
-
-    def _pause(self, reason: int) -> None:
-        if not self.paused and self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def _resume(self, reason: int) -> None:
-        self.paused &= ~reason
-        if not self.paused and self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
     # --- bytes in ----------------------------------------------------------------------------------------
-
-    def _drain_backlog(self) -> None:
-        if self.closed:
-            self.backlog.clear()
-            return
-        size = self.limits.read_chunk_bytes
-        chunk = bytes(self.backlog[:size])
-        del self.backlog[:size]
-        self._receive(chunk)
-        if self.backlog and not self.closed:
-            self.loop.call_soon(self._drain_backlog)  # after the other connections' turn
-        else:
-            self._resume(_PAUSED_FOR_BACKLOG)
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -342,9 +204,7 @@ class LeanConnection(asyncio.Protocol):
             if stream.closed:
                 continue  # reset meanwhile, or listed twice
             if stream.method is None:
-                self._finish(
-                    stream, GrpcStatus.UNIMPLEMENTED, f"unknown method {stream.path.decode('latin-1')}"
-                )
+                self._unimplemented(stream)
             else:
                 self._request_complete(stream)
 
@@ -516,7 +376,7 @@ class LeanConnection(asyncio.Protocol):
         decoder.remember_valid(block)
         return True
 
-    def _trailers(self, stream: _Stream, headers: HeaderList, end_stream: bool) -> None:
+    def _trailers(self, stream: CallStream, headers: HeaderList, end_stream: bool) -> None:
         if stream.remote_done:
             # The request had ended already (half-closed): a stream error, as h2 treats it.
             self._drop(stream)
@@ -552,12 +412,12 @@ class LeanConnection(asyncio.Protocol):
                 raise ProtocolViolation(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
             # A closed stream: the bytes are dropped (and handed back to the window), and the stream
             # reset with STREAM_CLOSED; a stream error, as h2 treats it, not one that ends the connection.
-            self._consumed(length)
+            self._give_back(stream_id, length)
             self._reset(stream_id, STREAM_CLOSED, remember=False)
             return
         if stream.remote_done:
             # DATA after END_STREAM: a stream error (STREAM_CLOSED), as h2 treats it.
-            self._consumed(length)
+            self._give_back(stream_id, length)
             self._drop(stream)
             self._reset(stream_id, STREAM_CLOSED)
             return
@@ -565,17 +425,9 @@ class LeanConnection(asyncio.Protocol):
         if stream.recv_window < 0:
             raise ProtocolViolation(FLOW_CONTROL_ERROR, f"DATA beyond the window of stream {stream_id}")
         if stream.closed:
-            self._consumed(length)  # answered already (waiting for window to send it): dropped
-        else:
-            stream.unacked += length
-            stream.received += len(payload)
-            if stream.received > self.limits.stream_window:
-                # Unreachable within flow control (the stream window is the limit); kept as the invariant.
-                self.server._rejected(REJECT_MESSAGE_SIZE)
-                self._finish(stream, GrpcStatus.RESOURCE_EXHAUSTED, "request message too large")
-                return
-            if payload:
-                stream.body.append(payload)
+            self._give_back(stream_id, length)  # answered already (waiting for window to send it): dropped
+        elif not self._take_data(stream, payload, length):
+            return
         if flags & END_STREAM:
             stream.remote_done = True
             self.ready.append(stream)
@@ -651,60 +503,11 @@ class LeanConnection(asyncio.Protocol):
     # --- streams -----------------------------------------------------------------------------------------
 
     def _request(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
-        path = b""
-        encoding = b"identity"
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b"grpc-encoding":
-                encoding = value
-        stream = _Stream(stream_id, self.peer_initial_window, self.limits.stream_window)
-        self.streams[stream_id] = stream
-        self.server._stream_started()
-        stream.path = path
-        stream.method = self.server.methods.get(path)  # None: answered UNIMPLEMENTED by _dispatch
-        stream.encoding = encoding
+        stream = CallStream(stream_id, self.peer_initial_window, self.limits.stream_window)
+        self._open(stream, headers)  # method None: answered UNIMPLEMENTED by _dispatch
         stream.remote_done = end_stream
         if end_stream or stream.method is None:
             self.ready.append(stream)
-
-    def _request_complete(self, stream: _Stream) -> None:
-        stream.remote_done = True
-        if stream.closed:
-            return
-        body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
-        stream.body = []
-        # The message is consumed: only now does the peer get the window back.
-        self._consumed(stream.unacked)
-        stream.unacked = 0
-        method = stream.method
-        if method is None:
-            return
-        try:
-            message = decode_request(body, stream.encoding, self.limits.max_message_bytes)
-        except GrpcError as exc:
-            if exc.code == GrpcStatus.RESOURCE_EXHAUSTED:
-                self.server._rejected(REJECT_MESSAGE_SIZE)
-            self._finish(stream, exc.code, exc.message)
-            return
-        stream.running = True
-        self.running += 1
-        if method.streaming:
-            stream.task = self.loop.create_task(self._run_stream(stream, method.handler(message)))
-            return
-        # A task per call: handlers may use what needs one (asyncio.timeout in redis-py, for one).
-        # A task per call (handlers may use what needs one: asyncio.timeout in redis-py, for one), which
-        # answers as it ends: no done callback, so no extra loop turn between the result and the answer.
-        stream.task = _start(self._call(stream, method.handler, message))
-
-    def _drop(self, stream: _Stream) -> None:
-        """Forget a stream that was reset: its call is cancelled, nothing is sent."""
-        stream.closed = True
-        stream.pending.clear()
-        stream.trailers = None
-        if stream.task is not None and not stream.task.done():
-            stream.task.cancel()
-        self._stream_done(stream)
 
     def _reset(self, stream_id: int, code: int, *, remember: bool = True) -> None:
         self._send(rst_stream(stream_id, code))
@@ -721,8 +524,8 @@ class LeanConnection(asyncio.Protocol):
         if not self.resets.spend(self.loop.time()):
             raise ProtocolViolation(ENHANCE_YOUR_CALM, "too many reset or refused streams", REJECT_RESET_RATE)
 
-    def _consumed(self, length: int) -> None:
-        """``length`` received bytes are no longer held: the peer may send them again."""
+    def _give_back(self, stream_id: int, length: int) -> None:
+        # One window for the whole connection: the stream's own is never re-opened (one message each).
         if not length:
             return
         self.recv_unacked += length
@@ -733,25 +536,14 @@ class LeanConnection(asyncio.Protocol):
             self.recv_window += self.recv_unacked
             self.recv_unacked = 0
 
-    def _stream_done(self, stream: _Stream) -> None:
-        if self.streams.pop(stream.stream_id, None) is None:
-            return
-        self.server._streams_ended(1)
-        self.blocked.pop(stream.stream_id, None)
-        if stream.unacked:
-            self._consumed(stream.unacked)
-            stream.unacked = 0
-        if stream.running:
-            stream.running = False
-            self.running -= 1
-            if not self.running:
-                self.idle_since = self.loop.time()
-        if self.going_away and not self.streams:
-            self._close_soon()
-
     # --- calls -------------------------------------------------------------------------------------------
 
-    async def _call(self, stream: _Stream, handler: Any, message: bytes) -> None:
+    def _start_unary(self, stream: CallStream, handler: Callable[[bytes], Any], message: bytes) -> None:
+        # A task which answers as it ends: no done callback, so no extra loop turn between the result
+        # and the answer.
+        stream.task = start_task(self._call(stream, handler, message))
+
+    async def _call(self, stream: CallStream, handler: Any, message: bytes) -> None:
         """Run a unary handler and answer its call; every outcome is handled here, none escapes the task."""
         try:
             result = await handler(message)
@@ -778,55 +570,20 @@ class LeanConnection(asyncio.Protocol):
         except Exception as exc:
             self._internal_error(exc)
 
-    async def _run_stream(self, stream: _Stream, messages: AsyncIterator[bytes]) -> None:
-        first = True
-        try:
-            async for message in messages:
-                if stream.closed or self.closed:
-                    return
-                if first:
-                    self._send(self._headers_frame(stream.stream_id, RESPONSE_HEADERS, 0))
-                    first = False
-                self._send_data(stream, frame_message(message))
-        except asyncio.CancelledError:
-            return  # reset by the client or lost with the connection: nothing to say, nothing to log
-        except GrpcError as exc:
-            self._end(stream, status_trailers(exc.code, exc.message), with_headers=first)
-        except Exception as exc:
-            log.error("stream handler failed", exc_info=exc)
-            self._end(stream, status_trailers(GrpcStatus.INTERNAL, str(exc)), with_headers=first)
-        else:
-            self._end(stream, OK_TRAILERS, with_headers=first)
-        finally:
-            aclose = getattr(messages, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    def _answer(self, stream: _Stream, message: bytes) -> None:
-        self._send(self._headers_frame(stream.stream_id, RESPONSE_HEADERS, 0))
-        self._send_data(stream, frame_message(message))
-        self._end(stream, OK_TRAILERS, with_headers=False)
-
-    def _finish(self, stream: _Stream, code: int, message: str) -> None:
-        """End a call with an error status, trailers-only."""
-        self._end(stream, status_trailers(code, message), with_headers=True)
+    # --- bytes out ---------------------------------------------------------------------------------------
 
     def _headers_frame(self, stream_id: int, fields: HeaderList, flags: int) -> bytes:
         block = self.encoder.encode(fields if type(fields) is tuple else tuple(fields))
         return frame(HEADERS, END_HEADERS | flags, stream_id, block)
 
-    def _end(self, stream: _Stream, trailers: HeaderList, *, with_headers: bool) -> None:
-        if stream.closed:
-            return
-        stream.closed = True
-        fields = (*RESPONSE_HEADERS, *trailers) if with_headers else trailers
-        last = self._headers_frame(stream.stream_id, fields, END_STREAM)
-        if stream.pending:
-            stream.trailers = last  # sent after the data still waiting for window
-            return
-        self._send_trailers(stream, last)
+    def _send_headers(self, stream_id: int, fields: HeaderList) -> None:
+        self._send(self._headers_frame(stream_id, fields, 0))
 
-    def _send_trailers(self, stream: _Stream, last: bytes) -> None:
+    def _last_block(self, stream_id: int, fields: HeaderList) -> bytes:
+        # Encoded at once, in the order the blocks are made, as the HPACK state wants.
+        return self._headers_frame(stream_id, fields, END_STREAM)
+
+    def _send_trailers(self, stream: CallStream, last: bytes) -> None:
         self._send(last)
         if stream.remote_done:
             self._remember_closed(stream.stream_id, by_reset=False)
@@ -836,18 +593,10 @@ class LeanConnection(asyncio.Protocol):
             self._reset(stream.stream_id, NO_ERROR)
         self._stream_done(stream)
 
-    # --- bytes out ---------------------------------------------------------------------------------------
+    def _can_send(self) -> bool:
+        return self.send_window > 0  # no stream can send while the connection's window is shut
 
-    def _send_data(self, stream: _Stream, data: bytes) -> None:
-        if stream.pending:
-            stream.pending.append(data)
-            return
-        sent = self._write_data(stream, data)
-        if sent < len(data):
-            stream.pending.append(data[sent:])
-            self.blocked[stream.stream_id] = stream
-
-    def _write_data(self, stream: _Stream, data: bytes) -> int:
+    def _write_data(self, stream: CallStream, data: bytes) -> int:
         """Frame as much of ``data`` as the windows allow; how many bytes went."""
         size = len(data)
         stream_id = stream.stream_id
@@ -866,24 +615,6 @@ class LeanConnection(asyncio.Protocol):
             self._send(frame(DATA, 0, stream_id, data[sent : sent + room]))
             sent += room
         return sent
-
-    def _release_blocked(self) -> None:
-        for stream_id, stream in list(self.blocked.items()):
-            if self.send_window <= 0:
-                return
-            while stream.pending:
-                data = stream.pending[0]
-                sent = self._write_data(stream, data)
-                if sent < len(data):
-                    stream.pending[0] = data[sent:]
-                    break
-                stream.pending.pop(0)
-            if stream.pending:
-                continue
-            del self.blocked[stream_id]
-            if stream.trailers is not None:
-                last, stream.trailers = stream.trailers, None
-                self._send_trailers(stream, last)
 
     def _send(self, encoded: bytes) -> None:
         self.out.append(encoded)
@@ -905,13 +636,7 @@ class LeanConnection(asyncio.Protocol):
 
     # --- ends of connections ----------------------------------------------------------------------------
 
-    def _internal_error(self, exc: Exception) -> None:
-        # A fault of ours, not the peer's: this connection only is closed; one line, no traceback.
-        log.warning("closing an HTTP/2 connection after an internal error: %s: %s", type(exc).__name__, exc)
-        self._abort(INTERNAL_ERROR, "internal error", REJECT_INTERNAL)
-
     def _abort(self, code: int, message: str, reason: str) -> None:
-        """GOAWAY with ``code`` and ``message`` as debug data, then close."""
         if self.closed:
             return
         self.server._rejected(reason)
@@ -919,52 +644,6 @@ class LeanConnection(asyncio.Protocol):
         self._send(goaway(self.last_stream_id, code, message.encode()))
         self._close_now()
 
-    def go_away(self) -> None:
-        """Tell the peer no new streams will be served; close once those in flight are answered."""
-        if self.closed or self.going_away:
-            return
-        self.going_away = True
+    def _send_goaway(self) -> None:
         self._send(goaway(self.last_stream_id, NO_ERROR))
         self._flush()
-        if not self.streams:
-            self._close_soon()
-
-    def check_timers(self, now: float) -> None:
-        """Called every second or so by the server: the handshake and idle timeouts."""
-        if self.closed:
-            return
-        if not self.handshaken:
-            if now - self.opened_at > self.limits.handshake_timeout:
-                self._abort(NO_ERROR, "no HTTP/2 handshake in time", REJECT_HANDSHAKE)
-        elif self._idle(now) > self.limits.idle_timeout:
-            # No call running (half-sent requests are dropped with the connection), or every answer
-            # waiting for a window the peer never opens.
-            self.server._rejected(REJECT_IDLE)
-            self.go_away()
-            self._close_soon()
-
-    def _idle(self, now: float) -> float:
-        """For how long nothing has been going on that this server is waiting for."""
-        if not self.running:
-            return now - self.idle_since
-        stalled = sum(1 for stream in self.blocked.values() if stream.running)
-        if stalled < self.running:
-            self.stalled_since = None
-            return 0.0
-        if self.stalled_since is None:
-            self.stalled_since = now
-        return now - self.stalled_since
-
-    def _close_soon(self) -> None:
-        # After this turn's answers are queued, so they leave with the close.
-        self.loop.call_soon(self.close)
-
-    def _close_now(self) -> None:
-        self._flush()
-        self.close()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self._flush()
-            self.closed = True
-            self.transport.close()

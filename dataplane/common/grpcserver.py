@@ -11,7 +11,9 @@ millisecond or two. Two transports serve the same API and the same limits
 stream states, flow control, RFC 9113 §8 validation), in ``_Connection``
 below with ``h2conn``; and ``lean``, our own framing hardened to pass the
 same hostile-peer suite (``grpclean.LeanConnection``), which the latency
-target needs. What is ours in both is the gRPC layer and the limits a
+target needs. Both subclass ``grpcconn.ConnectionBase``, which holds what a
+connection does the same way on either (calls, limits, reading, ends); each
+keeps only its framing. What is ours in both is the gRPC layer and the limits a
 hostile peer needs (``grpclimits.TransportLimits``; ``TRANSPORT.md`` has the
 figures of both and why both exist).
 
@@ -43,8 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,31 +62,19 @@ from h2.events import (
 from h2.exceptions import H2Error
 from hyperframe.frame import GoAwayFrame
 
+from .grpcconn import CallStream, ConnectionBase, HeaderList, start_task
 from .grpclean import LeanConnection
 from .grpclimits import (
     REJECT_CONNECTIONS,
-    REJECT_HANDSHAKE,
     REJECT_HEADER_BLOCK,
-    REJECT_IDLE,
-    REJECT_INTERNAL,
     REJECT_MALFORMED,
-    REJECT_MESSAGE_SIZE,
     REJECT_PROTOCOL,
     REJECT_REASONS,
     REJECT_REFUSED_STREAM,
     REJECT_RESET_RATE,
-    ResetBudget,
     TransportLimits,
 )
-from .grpcmessage import (
-    OK_TRAILERS,
-    RESPONSE_HEADERS,
-    GrpcError,
-    GrpcStatus,
-    decode_request,
-    frame_message,
-    status_trailers,
-)
+from .grpcmessage import GrpcError, GrpcStatus
 from .h2conn import HeaderBlockGuard, StreamRefused, new_connection
 
 __all__ = [
@@ -111,12 +100,7 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW = 65_535
 
 
-# Why reading from a connection is paused (several may hold at once).
-_PAUSED_FOR_WRITES = 1
-_PAUSED_FOR_BACKLOG = 2
-
 Headers = Iterable[tuple[bytes, bytes]]
-HeaderList = Sequence[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True)
@@ -127,143 +111,23 @@ class Method:
     streaming: bool = False
 
 
-class _Stream:
-    __slots__ = (
-        "body",
-        "closed",
-        "encoding",
-        "method",
-        "pending",
-        "received",
-        "remote_done",
-        "running",
-        "stream_id",
-        "task",
-        "trailers",
-        "unacked",
-    )
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-        self.method: Method | None = None
-        self.encoding = b"identity"
-        self.body: list[bytes] = []
-        self.received = 0  # request bytes, padding excluded
-        self.unacked = 0  # flow-controlled bytes not yet handed back to the peer
-        self.task: asyncio.Future[Any] | None = None
-        self.running = False  # handed to its handler, not answered yet
-        self.closed = False  # answered, reset or refused: nothing more to send
-        self.remote_done = False  # END_STREAM received
-        self.pending: list[bytes] = []  # answer bytes waiting for the peer's flow-control window
-        self.trailers: HeaderList | None = None  # sent once ``pending`` has left
-
-
-if sys.version_info >= (3, 12):
-
-    def _start(coroutine: Any) -> asyncio.Future[Any]:
-        # The handler's first step runs at once, inside its task (what eager tasks do): a handler
-        # that needs no I/O is done before this returns, and one that waits for Redis has queued
-        # its command before this loop turn ends.
-        return asyncio.Task(coroutine, eager_start=True)
-
-else:
-    _start = asyncio.ensure_future
-
-
-class _Connection(asyncio.Protocol):
+class _Connection(ConnectionBase):
     """One HTTP/2 connection: bytes into ``h2``, events to calls, answers out in one write per loop turn."""
 
+    _STREAM_GONE = (H2Error,)  # what h2 raises when a stream or the connection closed under a send
+
     def __init__(self, server: GrpcServer) -> None:
-        self.server = server
-        self.limits = server.limits
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        super().__init__(server)
         self.h2 = new_connection(self.limits)
         self.guard = HeaderBlockGuard(self.limits.max_header_list_bytes, self.limits.max_continuation_frames)
-        self.streams: dict[int, _Stream] = {}
-        self.blocked: dict[int, _Stream] = {}  # streams whose answer waits for window, oldest first
-        self.backlog = bytearray()
-        self.paused = 0
-        self.flush_scheduled = False
-        self.opened_at = self.loop.time()
-        self.idle_since = self.opened_at
-        self.handshaken = False
-        self.running = 0
-        self.stalled_since: float | None = None  # since when every running call waits for the peer's window
-        self.resets = ResetBudget(self.limits.max_resets_per_second, self.opened_at)
-        self.going_away = False
-        self.closed = False
 
-    # --- transport callbacks ----------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a TCP transport; uvloop's is no subclass
-        if not self.server._admit():
-            # Accepted only to be closed: the descriptor is released at once and nothing is read.
-            self.closed = True
-            transport.close()
-            return
-        self.server._connections.add(self)
+    def _handshake(self) -> None:
         self.h2.initiate_connection()
         # The connection window starts at 64 KiB whatever SETTINGS say; open it to the buffer bound once.
         if self.limits.connection_window > DEFAULT_WINDOW:
             self.h2.increment_flow_control_window(self.limits.connection_window - DEFAULT_WINDOW)
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self.backlog or len(data) > self.limits.read_chunk_bytes:
-            self.backlog += data
-            if not self.paused & _PAUSED_FOR_BACKLOG:
-                self._pause(_PAUSED_FOR_BACKLOG)
-                self.loop.call_soon(self._drain_backlog)
-            return
-        self._receive(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.server._connections.discard(self)
-        for stream in self.streams.values():
-            stream.closed = True
-            if stream.task is not None and not stream.task.done():
-                stream.task.cancel()
-        self.server._streams_ended(len(self.streams))
-        self.streams.clear()
-        self.blocked.clear()
-        self.backlog.clear()
-
-    def pause_writing(self) -> None:
-        # A peer that does not read its answers gets no more of its requests read until it does.
-        self._pause(_PAUSED_FOR_WRITES)
-
-    def resume_writing(self) -> None:
-        self._resume(_PAUSED_FOR_WRITES)
-
-    def _pause(self, reason: int) -> None:
-        if not self.paused and self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def _resume(self, reason: int) -> None:
-        self.paused &= ~reason
-        if not self.paused and self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     # --- bytes in ----------------------------------------------------------------------------------------
-
-    def _drain_backlog(self) -> None:
-        if self.closed:
-            self.backlog.clear()
-            return
-        size = self.limits.read_chunk_bytes
-        chunk = bytes(self.backlog[:size])
-        del self.backlog[:size]
-        self._receive(chunk)
-        if self.backlog and not self.closed:
-            self.loop.call_soon(self._drain_backlog)  # after the other connections' turn
-        else:
-            self._resume(_PAUSED_FOR_BACKLOG)
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -295,7 +159,7 @@ class _Connection(asyncio.Protocol):
         elif kind is DataReceived:
             self._data(event.stream_id, event.data, event.flow_controlled_length)
         elif kind is StreamEnded:
-            self._request_complete(event.stream_id)
+            self._request_ended(event.stream_id)
         elif kind is StreamReset:
             self._peer_reset(event.stream_id)
         elif kind is WindowUpdated:
@@ -322,67 +186,23 @@ class _Connection(asyncio.Protocol):
             # Opened after our GOAWAY crossed it: the client retries elsewhere.
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        path = b""
-        encoding = b"identity"
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b"grpc-encoding":
-                encoding = value
-        stream = _Stream(stream_id)
-        self.streams[stream_id] = stream
-        self.server._stream_started()
-        method = self.server.methods.get(path)
-        if method is None:
-            self._finish(stream, GrpcStatus.UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")
-            return
-        stream.method = method
-        stream.encoding = encoding
+        stream = CallStream(stream_id)
+        self._open(stream, headers)
+        if stream.method is None:
+            self._unimplemented(stream)
 
     def _data(self, stream_id: int, data: bytes, flow_controlled: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None or stream.closed:
-            self._acknowledge(stream_id, flow_controlled)  # answered already: the bytes are dropped
+            self._give_back(stream_id, flow_controlled)  # answered already: the bytes are dropped
             return
-        stream.unacked += flow_controlled
-        stream.received += len(data)
-        if stream.received > self.limits.stream_window:
-            # Unreachable within flow control (the stream window is the limit); kept as the invariant.
-            self.server._rejected(REJECT_MESSAGE_SIZE)
-            self._finish(stream, GrpcStatus.RESOURCE_EXHAUSTED, "request message too large")
-            return
-        if data:
-            stream.body.append(data)
+        self._take_data(stream, data, flow_controlled)
 
-    def _request_complete(self, stream_id: int) -> None:
+    def _request_ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None or stream.closed:
             return
-        stream.remote_done = True
-        body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
-        stream.body = []
-        # The message is consumed: only now does the peer get the window back.
-        self._acknowledge(stream_id, stream.unacked)
-        stream.unacked = 0
-        method = stream.method
-        if method is None:
-            return
-        try:
-            message = decode_request(body, stream.encoding, self.limits.max_message_bytes)
-        except GrpcError as exc:
-            if exc.code == GrpcStatus.RESOURCE_EXHAUSTED:
-                self.server._rejected(REJECT_MESSAGE_SIZE)
-            self._finish(stream, exc.code, exc.message)
-            return
-        stream.running = True
-        self.running += 1
-        if method.streaming:
-            stream.task = self.loop.create_task(self._run_stream(stream, method.handler(message)))
-            return
-        # A task per call: handlers may use what needs one (asyncio.timeout in redis-py, for one).
-        task = _start(method.handler(message))
-        stream.task = task
-        task.add_done_callback(lambda done: self._unary_done(stream, done))
+        self._request_complete(stream)
 
     def _peer_reset(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
@@ -390,20 +210,23 @@ class _Connection(asyncio.Protocol):
             self._drop(stream)
         self._spend_reset()
 
-    def _drop(self, stream: _Stream) -> None:
-        """Forget a stream that was reset: its call is cancelled, nothing is sent."""
-        stream.closed = True
-        if stream.task is not None and not stream.task.done():
-            stream.task.cancel()
-        self._stream_done(stream)
-
     def _spend_reset(self) -> None:
         if not self.resets.spend(self.loop.time()):
             self._abort(ErrorCodes.ENHANCE_YOUR_CALM, "too many reset or refused streams", REJECT_RESET_RATE)
 
+    def _give_back(self, stream_id: int, length: int) -> None:
+        if length:
+            with contextlib.suppress(H2Error):  # the connection is closing
+                self.h2.acknowledge_received_data(length, stream_id)
+
     # --- calls -------------------------------------------------------------------------------------------
 
-    def _unary_done(self, stream: _Stream, task: asyncio.Future[Any]) -> None:
+    def _start_unary(self, stream: CallStream, handler: Callable[[bytes], Any], message: bytes) -> None:
+        task = start_task(handler(message))
+        stream.task = task
+        task.add_done_callback(lambda done: self._unary_done(stream, done))
+
+    def _unary_done(self, stream: CallStream, task: asyncio.Future[Any]) -> None:
         # The outcome is always read, so a call cancelled or lost with its connection never leaves
         # "Task exception was never retrieved" behind.
         cancelled = task.cancelled()
@@ -411,7 +234,7 @@ class _Connection(asyncio.Protocol):
         self._unary_result(stream, cancelled, error, None if cancelled or error else task.result())
 
     def _unary_result(
-        self, stream: _Stream, cancelled: bool, error: BaseException | None, result: Any
+        self, stream: CallStream, cancelled: bool, error: BaseException | None, result: Any
     ) -> None:
         if stream.closed:
             return
@@ -430,54 +253,15 @@ class _Connection(asyncio.Protocol):
             return
         self._schedule_flush()
 
-    async def _run_stream(self, stream: _Stream, messages: AsyncIterator[bytes]) -> None:
-        first = True
-        try:
-            async for message in messages:
-                if stream.closed or self.closed:
-                    return
-                if first:
-                    self.h2.send_headers(stream.stream_id, RESPONSE_HEADERS)
-                    first = False
-                self._send_data(stream, frame_message(message))
-                self._schedule_flush()
-        except asyncio.CancelledError:
-            return  # reset by the client or lost with the connection: nothing to say, nothing to log
-        except GrpcError as exc:
-            self._end(stream, status_trailers(exc.code, exc.message), with_headers=first)
-        except H2Error:
-            return  # the stream or connection closed under us
-        except Exception as exc:
-            log.error("stream handler failed", exc_info=exc)
-            self._end(stream, status_trailers(GrpcStatus.INTERNAL, str(exc)), with_headers=first)
-        else:
-            self._end(stream, OK_TRAILERS, with_headers=first)
-        finally:
-            aclose = getattr(messages, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        self._schedule_flush()
+    # --- bytes out ---------------------------------------------------------------------------------------
 
-    def _answer(self, stream: _Stream, message: bytes) -> None:
-        self.h2.send_headers(stream.stream_id, RESPONSE_HEADERS)
-        self._send_data(stream, frame_message(message))
-        self._end(stream, OK_TRAILERS, with_headers=False)
+    def _send_headers(self, stream_id: int, fields: HeaderList) -> None:
+        self.h2.send_headers(stream_id, fields)
 
-    def _finish(self, stream: _Stream, code: int, message: str) -> None:
-        """End a call with an error status, trailers-only."""
-        self._end(stream, status_trailers(code, message), with_headers=True)
+    def _last_block(self, stream_id: int, fields: HeaderList) -> HeaderList:
+        return fields  # h2 encodes it when it is sent
 
-    def _end(self, stream: _Stream, trailers: HeaderList, *, with_headers: bool) -> None:
-        if stream.closed:
-            return
-        stream.closed = True
-        block = (*RESPONSE_HEADERS, *trailers) if with_headers else trailers
-        if stream.pending:
-            stream.trailers = block  # sent after the data still waiting for window
-            return
-        self._send_trailers(stream, block)
-
-    def _send_trailers(self, stream: _Stream, block: HeaderList) -> None:
+    def _send_trailers(self, stream: CallStream, block: HeaderList) -> None:
         try:
             self.h2.send_headers(stream.stream_id, block, end_stream=True)
             if not stream.remote_done:
@@ -488,39 +272,7 @@ class _Connection(asyncio.Protocol):
             pass  # reset by the peer meanwhile
         self._stream_done(stream)
 
-    def _stream_done(self, stream: _Stream) -> None:
-        if self.streams.pop(stream.stream_id, None) is None:
-            return
-        self.server._streams_ended(1)
-        self.blocked.pop(stream.stream_id, None)
-        if stream.unacked:
-            self._acknowledge(stream.stream_id, stream.unacked)
-            stream.unacked = 0
-        if stream.running:
-            stream.running = False
-            self.running -= 1
-            if not self.running:
-                self.idle_since = self.loop.time()
-        if self.going_away and not self.streams:
-            self._close_soon()
-
-    def _acknowledge(self, stream_id: int, length: int) -> None:
-        if length:
-            with contextlib.suppress(H2Error):  # the connection is closing
-                self.h2.acknowledge_received_data(length, stream_id)
-
-    # --- bytes out ---------------------------------------------------------------------------------------
-
-    def _send_data(self, stream: _Stream, data: bytes) -> None:
-        if stream.pending:
-            stream.pending.append(data)
-            return
-        sent = self._write_data(stream, data)
-        if sent < len(data):
-            stream.pending.append(data[sent:])
-            self.blocked[stream.stream_id] = stream
-
-    def _write_data(self, stream: _Stream, data: bytes) -> int:
+    def _write_data(self, stream: CallStream, data: bytes) -> int:
         """Send as much of ``data`` as the windows allow; how many bytes went."""
         h2 = self.h2
         stream_id = stream.stream_id
@@ -537,31 +289,6 @@ class _Connection(asyncio.Protocol):
             sent += room
         return sent
 
-    def _release_blocked(self) -> None:
-        for stream_id, stream in list(self.blocked.items()):
-            try:
-                while stream.pending:
-                    data = stream.pending[0]
-                    sent = self._write_data(stream, data)
-                    if sent < len(data):
-                        stream.pending[0] = data[sent:]
-                        break
-                    stream.pending.pop(0)
-            except H2Error:
-                stream.pending.clear()  # the stream went away meanwhile
-            if stream.pending:
-                continue
-            del self.blocked[stream_id]
-            if stream.trailers is not None:
-                self._send_trailers(stream, stream.trailers)
-            elif stream.closed:
-                self._stream_done(stream)
-
-    def _schedule_flush(self) -> None:
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
     def _flush(self) -> None:
         self.flush_scheduled = False
         transport = self.transport
@@ -573,24 +300,14 @@ class _Connection(asyncio.Protocol):
 
     # --- ends of connections ----------------------------------------------------------------------------
 
-    def _internal_error(self, exc: Exception) -> None:
-        # A fault of ours, not the peer's: this connection only is closed; one line, no traceback.
-        log.warning("closing an HTTP/2 connection after an internal error: %s: %s", type(exc).__name__, exc)
-        self._abort(ErrorCodes.INTERNAL_ERROR, "internal error", REJECT_INTERNAL)
-
-    def _abort(self, code: ErrorCodes, message: str, reason: str) -> None:
-        """GOAWAY with ``code`` and ``message`` as debug data, then close."""
+    def _abort(self, code: int, message: str, reason: str) -> None:
         self.server._rejected(reason)
         log.debug("closing an HTTP/2 connection: %s", message, extra={"reason": reason})
         with contextlib.suppress(H2Error):  # already closed on h2's side: its GOAWAY is queued
             self.h2.close_connection(code, additional_data=message.encode()[:256])
         self._close_now()
 
-    def go_away(self) -> None:
-        """Tell the peer no new streams will be served; close once those in flight are answered."""
-        if self.closed or self.going_away:
-            return
-        self.going_away = True
+    def _send_goaway(self) -> None:
         # Written beside h2 rather than through close_connection: h2 sends nothing more after its own
         # GOAWAY, and the calls in flight still have to be answered.
         goaway = GoAwayFrame(0)
@@ -599,48 +316,6 @@ class _Connection(asyncio.Protocol):
         self._flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(goaway.serialize())
-        if not self.streams:
-            self._close_soon()
-
-    def check_timers(self, now: float) -> None:
-        """Called every second or so by the server: the handshake and idle timeouts."""
-        if self.closed:
-            return
-        if not self.handshaken:
-            if now - self.opened_at > self.limits.handshake_timeout:
-                self._abort(ErrorCodes.NO_ERROR, "no HTTP/2 handshake in time", REJECT_HANDSHAKE)
-        elif self._idle(now) > self.limits.idle_timeout:
-            # No call running (half-sent requests are dropped with the connection), or every answer
-            # waiting for a window the peer never opens.
-            self.server._rejected(REJECT_IDLE)
-            self.go_away()
-            self._close_soon()
-
-    def _idle(self, now: float) -> float:
-        """For how long nothing has been going on that this server is waiting for."""
-        if not self.running:
-            return now - self.idle_since
-        stalled = sum(1 for stream in self.blocked.values() if stream.running)
-        if stalled < self.running:
-            self.stalled_since = None
-            return 0.0
-        if self.stalled_since is None:
-            self.stalled_since = now
-        return now - self.stalled_since
-
-    def _close_soon(self) -> None:
-        # After this turn's answers are queued, so they leave with the close.
-        self.loop.call_soon(self.close)
-
-    def _close_now(self) -> None:
-        self._flush()
-        self.close()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self._flush()
-            self.closed = True
-            self.transport.close()
 
 
 class GrpcServer:
@@ -664,7 +339,7 @@ class GrpcServer:
         self.max_connections = self.limits.max_connections
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._connections: set[_Connection | LeanConnection] = set()
+        self._connections: set[ConnectionBase] = set()
         self._stopping = False
         self._in_flight = 0
         self._idle = asyncio.Event()

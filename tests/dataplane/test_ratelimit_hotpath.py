@@ -1,28 +1,36 @@
 """The rate-limit service's per-call path: one decision per call, parsed once per distinct message,
-no tracing objects for calls the sampler leaves out, and the same answer as before the fast path.
+no tracing objects for calls the sampler leaves out, and no Redis timeout for a reply that arrived
+while the process was busy.
 
 In-process, with a stand-in limiter (no Redis): what is proven here is what
 ``RateLimitService`` does around ``Limiter.decide``; the decisions themselves
-are ``test_ratelimit_service.py``'s.
+are ``test_ratelimit_service.py``'s. The pipe test uses a private Redis and
+uvloop, whose loop runs due timers before it reads sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from apx.dataplane.common.pipe import PipelinedRedis, encode_command
 from apx.dataplane.ratelimit import server
 from apx.dataplane.ratelimit.limiter import Decision, LimitRequest, LimitStatus
 from apx.dataplane.ratelimit.metrics import RateLimitMetrics
 from apx.dataplane.ratelimit.server import RateLimitService
+from apx.e2e.services import start_redis
 
 Response = rls_pb2.RateLimitResponse
 
@@ -147,3 +155,42 @@ def test_the_service_draws_its_own_one_percent_when_no_sampler_variable_is_set(
         asyncio.run(service.should_rate_limit(_message(f"t{i}")))
 
     assert len(exporter.get_finished_spans()) == 1
+
+
+def test_a_redis_reply_that_arrived_while_the_loop_was_busy_is_delivered_not_timed_out(
+    tmp_path: Path,
+) -> None:
+    service = start_redis(tmp_path / "redis")
+    ping = encode_command([b"PING"])
+    # A script of ≈10-25 ms: its reply comes after the loop has polled, while it is busy.
+    slow = encode_command([b"EVAL", b"local i = 0 while i < 1000000 do i = i + 1 end return 'done'", b"0"])
+
+    async def scenario() -> tuple[bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        pipe = PipelinedRedis(f"redis://{service.address}/0", timeout=0.15)
+        busy, poke = socket.socketpair()
+
+        def long_callback() -> None:  # a callback of the I/O phase that holds the loop past the deadline
+            loop.remove_reader(busy)
+            busy.recv(1)
+            time.sleep(0.6)
+
+        try:
+            assert await pipe.execute(ping) == b"PONG"  # connected
+            loop.add_reader(busy, long_callback)
+            call = asyncio.ensure_future(pipe.execute(slow))
+            # Readable right after the command is written (the write is the next loop pass's first step).
+            loop.call_soon(lambda: loop.call_soon(poke.send, b"x"))
+            late = await call
+            # The connection was kept: no failure, no reconnect.
+            return late, await pipe.execute(ping)
+        finally:
+            busy.close()
+            poke.close()
+            await pipe.close()
+
+    try:
+        # uvloop runs due timers before it polls: the deadline is checked before the reply is read.
+        assert uvloop.run(scenario()) == (b"done", b"PONG")
+    finally:
+        service.stop()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,12 @@ import redis
 from envoy.config.route.v3 import route_pb2
 
 from apx.controllers import names
-from apx.controllers.appliers.kube import Connection, KubeClient
+from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.canary.types import MetricsUnavailable, RouteTarget, Track, TrackWindow
 from apx.controllers.renderers.envoy import decode_snapshot
 from apx.e2e.canaryrig import documents
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
 from apx.e2e.services import Service
 from apx.operator.canary import CanaryController
 from apx.operator.metrics import OperatorMetrics
@@ -76,19 +75,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with running_emulator(crds=ROOT / "crds") as running:
-        yield running
-
-
-@pytest_asyncio.fixture
-async def kube(emulator: RunningEmulator) -> AsyncIterator[KubeClient]:
-    async with KubeClient(Connection(server=emulator.url)) as client:
-        await client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apx-system"}})
-        yield client
 
 
 class Loop:

@@ -18,44 +18,23 @@ import asyncio
 import copy
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis
-import yaml
 
-from apx.controllers.appliers.kube import Connection, KubeClient
+from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.names import route_table_current_key, route_table_key
 from apx.controllers.renderers import redis_rules
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
 from apx.e2e.services import Service
 from apx.operator.reconciler import InUse, Reconciler
 from apx.operator.settings import OperatorSettings
+from tests.operator.conftest import samples
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = sorted((ROOT / "samples").glob("*.yaml"))
-
-
-def _samples() -> list[dict[str, Any]]:
-    return [d for f in SAMPLES for d in yaml.safe_load_all(f.read_text()) if d]
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with running_emulator(crds=ROOT / "crds") as running:
-        yield running
-
-
-@pytest_asyncio.fixture
-async def kube(emulator: RunningEmulator) -> AsyncIterator[KubeClient]:
-    async with KubeClient(Connection(server=emulator.url)) as client:
-        await client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apx-system"}})
-        yield client
 
 
 async def _put(kube: KubeClient, reconciler: Reconciler, document: dict[str, Any]) -> None:
@@ -85,7 +64,7 @@ async def _serving(
         redis_url=url, pubsub_project=f"apx-test-{uuid.uuid4().hex[:8]}", resync_seconds=3600
     )
     reconciler = Reconciler(settings, kube, RedisApplier(url, keep_versions=3), PubSubApplier())
-    for document in [*_samples(), *extra]:
+    for document in [*samples(), *extra]:
         await _put(kube, reconciler, document)
         if document["kind"] == "PolicyBundle":
             await reconciler.reconcile_once()
@@ -139,7 +118,7 @@ async def _apply_bad_spec_and_check_old_keeps_serving(
 
 
 def _route(name: str) -> dict[str, Any]:
-    return copy.deepcopy(next(d for d in _samples() if d["metadata"]["name"] == name))
+    return copy.deepcopy(next(d for d in samples() if d["metadata"]["name"] == name))
 
 
 @pytest.mark.asyncio
@@ -198,7 +177,7 @@ async def test_spec_whose_redis_rules_fail_to_render_is_stalled_and_its_last_goo
     assert status["reason"] == "RenderError"
     assert _condition(status, "Stalled") == "True", status
     # The fast path (a limit change of the same product) still publishes the last good rules.
-    product = next(d for d in _samples() if d["metadata"]["name"] == "payments")
+    product = next(d for d in samples() if d["metadata"]["name"] == "payments")
     product["spec"]["plans"][0]["rateLimit"]["requestsPerSecond"] += 1
     await _put(kube, reconciler, product)
     assert await reconciler.publish_rule_sets_fast() == 1
@@ -237,7 +216,7 @@ async def test_new_bundle_version_keeps_serving_a_version_routes_still_pin_until
 ) -> None:
     reconciler, client = await _serving(kube, redis_service, pubsub_service, monkeypatch, database=8)
     before = await _serving_state(kube, client)
-    bundle = copy.deepcopy(next(d for d in _samples() if d["spec"].get("version") == "1.3.0"))
+    bundle = copy.deepcopy(next(d for d in samples() if d["spec"].get("version") == "1.3.0"))
     bundle["spec"]["version"] = "1.4.0"  # backward compatible: N-1 becomes 1.3.0
     await _put(kube, reconciler, bundle)
     await reconciler.reconcile_once()

@@ -11,20 +11,17 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from apx.controllers.appliers.kube import Connection, KubeClient
+from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
 from apx.e2e.services import Service, free_port
 from apx.operator.metrics import CONTROLLER_NAMES, OperatorMetrics
 from apx.operator.reconciler import Reconciler
@@ -36,19 +33,6 @@ SAMPLES = [
 ]
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with running_emulator(crds=ROOT / "crds") as running:
-        yield running
-
-
-@pytest_asyncio.fixture
-async def kube(emulator: RunningEmulator) -> AsyncIterator[KubeClient]:
-    async with KubeClient(Connection(server=emulator.url)) as client:
-        await client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apx-system"}})
-        yield client
 
 
 def scrape(port: int) -> tuple[str, Samples]:

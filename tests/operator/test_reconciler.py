@@ -10,45 +10,24 @@ from __future__ import annotations
 import base64
 import copy
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis
-import yaml
 from google.cloud import pubsub_v1
 
-from apx.controllers.appliers.kube import Connection, KubeClient
+from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.names import ruleset_current_key
 from apx.controllers.renderers.envoy import decode_snapshot
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
 from apx.e2e.services import Service, start_redis
 from apx.operator.reconciler import Reconciler
 from apx.operator.settings import OperatorSettings
+from tests.operator.conftest import samples
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = sorted((ROOT / "samples").glob("*.yaml"))
-
-
-def _samples() -> list[dict[str, Any]]:
-    return [d for f in SAMPLES for d in yaml.safe_load_all(f.read_text()) if d]
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with running_emulator(crds=ROOT / "crds") as running:
-        yield running
-
-
-@pytest_asyncio.fixture
-async def kube(emulator: RunningEmulator) -> AsyncIterator[KubeClient]:
-    async with KubeClient(Connection(server=emulator.url)) as client:
-        await client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apx-system"}})
-        yield client
 
 
 def _make_reconciler(
@@ -61,7 +40,7 @@ def _make_reconciler(
 
 async def _apply_samples(kube: KubeClient, reconciler: Reconciler) -> None:
     """Apply samples in order, with a pass after each PolicyBundle version (as the operator sees them)."""
-    for document in _samples():
+    for document in samples():
         existing = await kube.get(document["kind"], "default", document["metadata"]["name"])
         if existing is None:
             await kube.create(document)
@@ -111,7 +90,7 @@ async def test_samples_become_ready_with_rules_topics_deployments_and_snapshot(
 ) -> None:
     _, project = await _reconciler_with_samples(kube, redis_service, pubsub_service, monkeypatch, database=1)
 
-    for document in _samples():
+    for document in samples():
         body = await kube.get(document["kind"], "default", document["metadata"]["name"])
         assert _ready(body), (document["metadata"]["name"], (body or {}).get("status"))
 
@@ -162,7 +141,7 @@ async def test_changing_a_plan_limit_publishes_a_new_rule_set_version(
     client = redis.Redis.from_url(f"redis://{redis_service.address}/2", decode_responses=True)
     before = client.get(ruleset_current_key("default/payments"))
 
-    product = copy.deepcopy(next(d for d in _samples() if d["metadata"]["name"] == "payments"))
+    product = copy.deepcopy(next(d for d in samples() if d["metadata"]["name"] == "payments"))
     product["spec"]["plans"][0]["rateLimit"]["requestsPerSecond"] = 7
     updated = await kube.apply({**product, "metadata": {**product["metadata"], "namespace": "default"}})
     reconciler.observe("Product", updated)
