@@ -27,6 +27,10 @@ mkdir -p "$work/src"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip wheel --quiet --wheel-dir "$work/wheels" "$work/src"
 "$venv/bin/python" -m pip install --quiet --no-compile --no-index --find-links "$work/wheels" apx
+# xds-protos ships an old copy of the opentelemetry.proto modules; the OTLP exporter
+# needs opentelemetry-proto's own, whatever order pip installed the two in.
+"$venv/bin/python" -m pip install --quiet --no-compile --no-index --find-links "$work/wheels" \
+    --force-reinstall --no-deps opentelemetry-proto
 "$venv/bin/python" -m pip uninstall --quiet --yes pip
 "$venv/bin/python" -m compileall -q -j 0 "$venv/lib"
 "$venv/bin/apx" --version

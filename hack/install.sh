@@ -12,5 +12,10 @@ stamp=.venv/.apx-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e '.[dev]'
+    # xds-protos ships an old copy of the opentelemetry.proto modules, and which
+    # copy ends up on disk depends on the order pip installs them in; the OTLP
+    # exporter needs opentelemetry-proto's own (InstrumentationScope).
+    otel_proto="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+    .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
     touch "$stamp"
 fi
