@@ -25,19 +25,12 @@ from apx.e2e.harness import OperatorProcess, condition, eventually
 from apx.e2e.services import Service, start_pubsub_emulator, start_redis
 
 from .conftest import Backend
+from .test_operator import NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 LEASE_SECONDS = 4.0
 RENEW_SECONDS = 0.5
-NAMES = {
-    ("Product", "payments"),
-    ("Product", "ledger"),
-    ("PolicyBundle", "payments-policy"),
-    ("Route", "payments-charges"),
-    ("Route", "payments-legacy"),
-    ("Route", "ledger-exports"),
-}
 
 
 def _metric(operator: OperatorProcess, name: str) -> float:

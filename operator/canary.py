@@ -108,7 +108,6 @@ class CanaryController:
         self._tasks: set[asyncio.Task[None]] = set()
         # Parsed specs by Route key, reused while the object's generation is unchanged.
         self._specs: dict[str, tuple[Any, RouteSpec | None]] = {}
-        self.checks = 0
         reconciler.listeners.append(self._on_change)
 
     # --- scheduling ------------------------------------------------------------------
@@ -273,7 +272,6 @@ class CanaryController:
         # The request is the CLI's to write: echoing it back could overwrite a
         # newer command given while this check ran.
         written.pop("request", None)
-        self.checks += 1 if outcome.check_ran else 0
         if outcome.check_ran:
             self.metrics.canary_checks.labels(result=outcome.decision.result).inc()
         if written != previous:
