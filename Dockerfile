@@ -23,6 +23,8 @@ COPY hack/image-install.sh hack/
 COPY operator/ operator/
 COPY controllers/ controllers/
 COPY dataplane/ dataplane/
+COPY contracts/ contracts/
+COPY runtime/ runtime/
 COPY e2e/ e2e/
 RUN bash hack/image-install.sh /src /opt/apx
 

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PACKAGES := -p apx.controllers -p apx.operator -p apx.e2e -p apx.dataplane
+PACKAGES := -p apx.controllers -p apx.operator -p apx.e2e -p apx.dataplane -p apx.contracts -p apx.runtime
 
 .PHONY: install test unit lint typecheck gen bench demo down translate clean image
 

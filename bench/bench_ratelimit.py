@@ -1,7 +1,7 @@
 """Benchmark: the rate-limit service (``apx-ratelimit``) against raw EVALSHA of the same Lua script.
 
     python bench/bench_ratelimit.py [--seconds 5] [--streams 32] [--rate 5000]
-        [--transports lean,h2] [--baseline-path DIR]
+        [--transports lean,h2] [--workers 1,2] [--baseline-path DIR]
 
 Starts its own redis-server (``apx.e2e.services.start_redis``), publishes a
 Product the way the operator does, and measures in one run:
@@ -17,7 +17,9 @@ Product the way the operator does, and measures in one run:
   ``lean``, its own framing, and ``h2``, the library) with a handler that
   parses the request and answers a constant;
 * the service, one process (``python -m apx.dataplane.ratelimit``), once per
-  transport (``--grpc-transport``): decisions per second with ``--streams``
+  transport (``--grpc-transport``) and, with ``--workers 1,2``, once per
+  worker count too (``--workers N``: N processes on one port, SO_REUSEPORT;
+  CPU is the whole process tree's): decisions per second with ``--streams``
   concurrent calls on one HTTP/2 connection (h2load, closed loop: what one
   Envoy worker's connection can carry) and server CPU per decision;
 * latency at ``--rate`` (and at half and a fifth of it) under open-loop
@@ -387,7 +389,9 @@ def scrape(port: int) -> dict[str, Any]:
             if sample.name in ("apx_ratelimit_decisions_total", "apx_ratelimit_failures_total"):
                 totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
             elif sample.name == "apx_ratelimit_decision_seconds_bucket":
-                totals["buckets"][float(sample.labels["le"])] = sample.value
+                # Summed over the ``worker`` label when the service runs several processes.
+                le = float(sample.labels["le"])
+                totals["buckets"][le] = totals["buckets"].get(le, 0.0) + sample.value
     return totals
 
 
@@ -409,8 +413,16 @@ def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> s
 
 
 def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    """CPU time of a process and its live children (the workers of ``--workers``)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 @dataclass
@@ -482,6 +494,7 @@ class ServiceRun:
     driven: Driven
     before: dict[str, Any]
     after: dict[str, Any]
+    workers: int = 1
 
 
 def report_service(
@@ -498,8 +511,9 @@ def report_service(
     failures = after.get("apx_ratelimit_failures_total", 0) - before.get("apx_ratelimit_failures_total", 0)
     server_p99 = bucket_quantile(before["buckets"], after["buckets"], 0.99)
     rate = driven.rate
+    processes = "one process" if run.workers == 1 else f"--workers {run.workers} (SO_REUSEPORT)"
     print(
-        f"apx-ratelimit --grpc-transport {label}, one process, {args.streams} streams on one HTTP/2 "
+        f"apx-ratelimit --grpc-transport {label}, {processes}, {args.streams} streams on one HTTP/2 "
         "connection (h2load, closed loop):"
     )
     row("decisions", f"{rate:.0f} /s", f"{driven.cpu_us:.0f} µs CPU per decision")
@@ -548,6 +562,13 @@ def main() -> int:
         help=f"comma-separated transports to measure (default {','.join(TRANSPORTS)})",
     )
     parser.add_argument(
+        "--workers",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=(1,),
+        help="comma-separated --workers values the service is run with, each on every transport "
+        "(default 1: one process)",
+    )
+    parser.add_argument(
         "--baseline-path",
         help="PYTHONPATH under which `apx` is another tree (e.g. an older commit): its service is run "
         "and reported beside this one's, same Redis, same minutes",
@@ -591,17 +612,19 @@ def main() -> int:
         services: dict[str, ServiceRun] = {}
         # The service under test, and (--baseline-path) the same service from another tree, e.g. an
         # older commit unpacked with `git archive`, driven the same way in the same minutes.
-        runs: list[tuple[str, str, dict[str, str] | None]] = [(t, t, None) for t in args.transports]
+        runs: list[tuple[str, str, int, dict[str, str] | None]] = [
+            (t if w == 1 else f"{t} x{w} workers", t, w, None) for w in args.workers for t in args.transports
+        ]
         if args.baseline_path:
             baseline_env = {**os.environ, "PYTHONPATH": args.baseline_path}
-            runs += [(f"{t} (baseline)", t, baseline_env) for t in args.transports]
-        for label, transport, env in runs:
+            runs += [(f"{t} (baseline)", t, 1, baseline_env) for t in args.transports]
+        for label, transport, workers, env in runs:
             port, metrics_port = free_port(), free_port()
             rls = spawn(
                 [
                     sys.executable, "-m", "apx.dataplane.ratelimit", "--listen", f"127.0.0.1:{port}",
                     "--redis-url", url, "--metrics-port", str(metrics_port), "--log-level", "WARNING",
-                    "--grpc-transport", transport,
+                    "--grpc-transport", transport, *(["--workers", str(workers)] if workers != 1 else []),
                 ],
                 work / f"ratelimit-{len(services)}.log",
                 env,
@@ -612,7 +635,7 @@ def main() -> int:
             before = scrape(metrics_port)
             rates = (args.rate, args.rate // 2, args.rate // 5)
             driven = drive(h2load_bin, port, rls.pid, body, work, args, f"service-{len(services)}", rates)
-            services[label] = ServiceRun(transport, driven, before, scrape(metrics_port))
+            services[label] = ServiceRun(transport, driven, before, scrape(metrics_port), workers)
             stop_pid(rls.pid)
     finally:
         for pid in started:

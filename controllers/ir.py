@@ -29,10 +29,11 @@ class ObjectRef:
     name: str
     uid: str
     api_version: str = "apx.dev/v1alpha1"
+    # ``namespace/name``, computed once: every pass reads it for every object many times.
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,8 @@ class Fallback:
 
     def substituted(self, documents: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """``documents`` with failing objects replaced by their last good body (or removed)."""
+        if not self.failures:
+            return list(documents)  # the usual pass: nothing to substitute, no key to compute
         chosen: list[Mapping[str, Any]] = []
         for document in documents:
             key = document_key(document)

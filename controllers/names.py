@@ -1,7 +1,9 @@
 """Names of every derived object: Envoy clusters, Redis keys, Pub/Sub topics, Kubernetes objects.
 
-One module so the translator (status summaries), the renderers and later the
-appliers and dataplane agree on names without re-deriving them. Pure.
+One module so the translator (status summaries), the renderers and the
+appliers agree on names without re-deriving them. Pure. What the dataplane
+reads too (Redis keys, header names) is defined in ``apx.contracts`` and
+re-exported here; the dataplane imports the contracts, never this module.
 
 Length limits are enforced here: a name that would be too long keeps a
 readable prefix and ends with a short hash of the full name, so it stays
@@ -13,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import re
 from functools import lru_cache
+
+from apx.contracts import headers, redis_keys
 
 PUBSUB_NAME_MAX = 255
 K8S_NAME_MAX = 63
@@ -58,16 +62,17 @@ def pubsub_name(*parts: str) -> str:
 
 LISTENER_NAME = "apx-http"
 ROUTE_CONFIG_NAME = "apx-routes"
-RATE_LIMIT_DOMAIN = "apx"
+# Header names and the rate-limit domain are shared with the dataplane: defined in the contracts.
+PLAN_HEADER = headers.PLAN_HEADER
+POLICY_VERSION_HEADER = headers.POLICY_VERSION_HEADER
+PRODUCT_HEADER = headers.PRODUCT_HEADER
+RATE_LIMIT_DOMAIN = headers.RATE_LIMIT_DOMAIN
+REQUEST_ID_HEADER = headers.REQUEST_ID_HEADER
+ROUTE_HEADER = headers.ROUTE_HEADER
+TENANT_HEADER = headers.TENANT_HEADER
+TRACK_HEADER = headers.TRACK_HEADER
 RATE_LIMIT_CLUSTER = "apx-ratelimit"
 ASYNC_GATEWAY_CLUSTER = "apx-gateway"
-POLICY_VERSION_HEADER = "x-apx-policy-version"
-TENANT_HEADER = "x-apx-tenant"
-PLAN_HEADER = "x-apx-plan"
-TRACK_HEADER = "x-apx-track"
-ROUTE_HEADER = "x-apx-route"
-PRODUCT_HEADER = "x-apx-product"
-REQUEST_ID_HEADER = "x-request-id"
 
 
 def service_cluster(namespace: str, service: str, port: int) -> str:
@@ -116,62 +121,25 @@ def jwt_provider(bundle_key: str, jwt_digest: str) -> str:
 
 
 # --- Redis -------------------------------------------------------------------
-# Every key of one product's rule set shares the hash tag {ns/product}, so one
-# Lua script or MULTI can touch them together on Redis Cluster. Counters of one
-# request share the tag {ns/product/tenant}: all descriptors of a request
-# (tenant, tier, API key, quota, concurrency, credits) are judged in one round trip.
+# Redis key names are part of the operator/dataplane contract and are built only in
+# ``apx.contracts.redis_keys`` (hash-tag rules there); re-exported so the operator finds
+# every name in this module.
 
-REDIS_PREFIX = "apx"
-
-
-def product_tag(product_key: str) -> str:
-    return "{" + product_key + "}"
-
-
-def ruleset_key(product_key: str, version: str) -> str:
-    """Hash of the rules of one rule-set version of a product (immutable once written)."""
-    return f"{REDIS_PREFIX}:rules:{product_tag(product_key)}:v:{version}"
-
-
-def ruleset_current_key(product_key: str) -> str:
-    """String holding the live rule-set version of a product; switched atomically."""
-    return f"{REDIS_PREFIX}:rules:{product_tag(product_key)}:current"
-
-
-def ruleset_versions_key(product_key: str) -> str:
-    """Sorted set of the versions written for a product (score = write order), for cleanup."""
-    return f"{REDIS_PREFIX}:rules:{product_tag(product_key)}:versions"
-
-
-def api_key_table_key(product_key: str) -> str:
-    """Hash: API-key id (sha256 prefix of the key) → JSON ``{"tenant": …}``; written by key management."""
-    return f"{REDIS_PREFIX}:apikeys:{product_tag(product_key)}"
-
-
-def counter_tag(product_key: str, tenant: str) -> str:
-    return "{" + f"{product_key}/{tenant}" + "}"
-
-
-def counter_key(product_key: str, tenant: str, descriptor: str) -> str:
-    """Counter of one descriptor (``tenant``, ``apikey:<id>``, ``quota``, ``concurrency``, ``credits``)."""
-    return f"{REDIS_PREFIX}:c:{counter_tag(product_key, tenant)}:{descriptor}"
-
-
-ROUTE_TABLE_TAG = "{routes}"
-
-
-def route_table_key(version: str) -> str:
-    """Hash: route key → JSON route entry, read by the async gateway."""
-    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:v:{version}"
-
-
-def route_table_current_key() -> str:
-    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:current"
-
-
-def route_table_versions_key() -> str:
-    """Sorted set of the route-table versions written (score = write order), for cleanup."""
-    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:versions"
+REDIS_PREFIX = redis_keys.REDIS_PREFIX
+ROUTE_TABLE_TAG = redis_keys.ROUTE_TABLE_TAG
+api_key_table_key = redis_keys.api_key_table_key
+counter_key = redis_keys.counter_key
+counter_tag = redis_keys.counter_tag
+product_counters_pattern = redis_keys.product_counters_pattern
+product_tag = redis_keys.product_tag
+route_table_current_key = redis_keys.route_table_current_key
+route_table_key = redis_keys.route_table_key
+route_table_version_prefix = redis_keys.route_table_version_prefix
+route_table_versions_key = redis_keys.route_table_versions_key
+ruleset_current_key = redis_keys.ruleset_current_key
+ruleset_key = redis_keys.ruleset_key
+ruleset_version_prefix = redis_keys.ruleset_version_prefix
+ruleset_versions_key = redis_keys.ruleset_versions_key
 
 
 # --- Pub/Sub -----------------------------------------------------------------
@@ -210,7 +178,13 @@ def worker_deployment(route: str, track: str, pool: str | None = None) -> str:
 
 
 def envoy_snapshot_configmap() -> str:
+    """The index ConfigMap of the Envoy snapshot (version, and the parts holding the files)."""
     return "apx-envoy-snapshot"
+
+
+def envoy_snapshot_part_configmap(index: int) -> str:
+    """Part ``index`` (0, 1, …) of the Envoy snapshot: slices of its files, at most ~768 KiB each."""
+    return f"{envoy_snapshot_configmap()}-{index}"
 
 
 def policy_artifact_configmap(bundle: str, version: str, digest: str) -> str:

@@ -1,7 +1,8 @@
 """PolicyBundle versions older than N-1 that stay served while Routes still pin them.
 
-Called by ``apx.controllers.translate`` (step 2, PolicyBundles) and, for the
-pins, by the operator (the admission check and its history memory). Pure.
+Called by ``apx.controllers.translation.policybundles`` (step 2; the pins
+come from ``translation.facts``) and, for the pins of raw specs, by the
+operator (the admission check and its history memory). Pure.
 
 The rule: a bundle serves N and N-1; a new version moves N-1 out. If Routes
 still pin that version (``policyRef.version`` or ``canary.policyVersion``),
@@ -18,7 +19,6 @@ from collections.abc import Iterable, Mapping
 import semver
 
 from .models.policy import PolicyBundleSpec, ServedVersion
-from .models.resources import Route
 from .policy_artifacts import CompiledPolicy, ServedPolicies, compile_policy
 
 
@@ -32,20 +32,6 @@ def route_pins(namespace: str, bundle: str, spec: Mapping[str, object]) -> set[s
     if isinstance(canary, Mapping) and canary.get("policyVersion"):
         pins.add(str(canary["policyVersion"]))
     return pins
-
-
-def pins_by_bundle(routes: Iterable[Route]) -> dict[str, dict[str, list[str]]]:
-    """Bundle key → version → keys of the Routes that pin it (sorted)."""
-    pins: dict[str, dict[str, set[str]]] = {}
-    for route in routes:
-        spec = route.spec
-        bundle = f"{route.metadata.namespace}/{spec.policy_ref.name}"
-        versions = {spec.policy_ref.version}
-        if spec.canary is not None and spec.canary.policy_version is not None:
-            versions.add(spec.canary.policy_version)
-        for version in versions:
-            pins.setdefault(bundle, {}).setdefault(version, set()).add(route.key)
-    return {b: {v: sorted(keys) for v, keys in by.items()} for b, by in pins.items()}
 
 
 def kept_while_pinned(

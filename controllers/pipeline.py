@@ -20,18 +20,50 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .gcpause import collector_paused
-from .ir import IR
+from .ir import IR, RouteIR
 from .last_good import Fallback, Key, document_key, redis_failures, render_failure
+from .memo import Caches
 from .models.common import API_VERSION
 from .models.route import CanaryStatus
 from .renderers.envoy import EnvoyOutput, render_envoy
-from .renderers.kubernetes import KubernetesOutput, ManifestConflict, deployments_for_route, render_kubernetes
-from .renderers.pubsub_plan import PubSubOutput, render_pubsub, route_topics
+from .renderers.kubernetes import (
+    KubernetesOutput,
+    ManifestConflict,
+    deployments_for_route,
+    render_kubernetes,
+    route_manifests,
+)
+from .renderers.pubsub_plan import PubSubOutput, cached_route_documents, render_pubsub
 from .renderers.redis_rules import RedisOutput, render_redis
 from .status import ResourceStatus
-from .translate import TranslateResult, translate
+from .translation import TranslateResult, translate
+from .translation.summaries import AsyncRouteOutputs, add_output_summaries
 
 SECTIONS: tuple[str, ...] = ("envoy", "redis", "pubsub", "kubernetes", "status")
+
+
+class _ByKey:
+    """Documents by (kind, namespace/name), built on first use: most passes never need it."""
+
+    __slots__ = ("_documents", "_map")
+
+    def __init__(self, documents: Iterable[Mapping[str, Any]]) -> None:
+        self._documents = documents
+        self._map: dict[Key, Mapping[str, Any]] | None = None
+
+    def _built(self) -> dict[Key, Mapping[str, Any]]:
+        if self._map is None:
+            self._map = {document_key(d): d for d in self._documents}
+        return self._map
+
+    def get(self, key: Key) -> Mapping[str, Any] | None:
+        return self._built().get(key)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._built()
+
+    def __getitem__(self, key: Key) -> Mapping[str, Any]:
+        return self._built()[key]
 
 
 def _max_rounds(documents: tuple[Mapping[str, Any], ...]) -> int:
@@ -110,6 +142,7 @@ class FirstStage:
     documents: tuple[Mapping[str, Any], ...] = ()
     canary_states: Mapping[str, CanaryStatus] | None = None
     fallback: Fallback = field(default_factory=Fallback)
+    caches: Caches | None = None
 
 
 def first_stage(
@@ -117,21 +150,24 @@ def first_stage(
     canary_states: Mapping[str, CanaryStatus] | None = None,
     last_good: Mapping[Key, Mapping[str, Any]] | None = None,
     known_failures: Mapping[Key, ResourceStatus] | None = None,
+    caches: Caches | None = None,
 ) -> FirstStage:
     """Translate and render the Redis rules, serving last good bodies for failing specs.
 
     ``known_failures`` (the operator's memory of specs that failed a later
     stage in an earlier pass) are substituted up front, so Redis never sees
     them even for the moment before the later stage fails again.
+    ``caches`` (the operator's, ``apx.controllers.memo``) makes unchanged
+    objects cheap in every stage; the output is the same without.
     """
     with collector_paused():
         documents = tuple(resources)
         fallback = Fallback(last_good=last_good or {})
-        current = {document_key(d): d for d in documents}
+        current = _ByKey(documents)
         for key, status in (known_failures or {}).items():
             if key in current:
                 fallback.record(key, dataclasses.replace(status, summary=dict(status.summary)), current[key])
-        result = _translate_again(documents, canary_states, fallback)
+        result = _translate_again(documents, canary_states, fallback, caches)
         changed = False
         for key, status in list(result.statuses.items()):
             if (
@@ -143,16 +179,17 @@ def first_stage(
                 fallback.record(key, status, current.get(key))
                 changed = True
         if changed:
-            result = _translate_again(documents, canary_states, fallback)
-        return _settle_redis(documents, canary_states, fallback, result)
+            result = _translate_again(documents, canary_states, fallback, caches)
+        return _settle_redis(documents, canary_states, fallback, result, caches)
 
 
 def _translate_again(
     documents: tuple[Mapping[str, Any], ...],
     canary_states: Mapping[str, CanaryStatus] | None,
     fallback: Fallback,
+    caches: Caches | None = None,
 ) -> TranslateResult:
-    result = translate(fallback.substituted(documents), canary_states)
+    result = translate(fallback.substituted(documents), canary_states, caches)
     for key, failure in fallback.failures.items():
         served = result.statuses.get(key)
         if served is not None and key not in fallback.left_out:
@@ -167,13 +204,14 @@ def _settle_redis(
     canary_states: Mapping[str, CanaryStatus] | None,
     fallback: Fallback,
     result: TranslateResult | None,
+    caches: Caches | None = None,
 ) -> FirstStage:
-    current = {document_key(d): d for d in documents}
+    current = _ByKey(documents)
     for _ in range(_max_rounds(documents)):
         if result is None:
-            result = _translate_again(documents, canary_states, fallback)
+            result = _translate_again(documents, canary_states, fallback, caches)
         try:
-            redis = render_redis(result.ir)
+            redis = render_redis(result.ir, caches)
         except (ValueError, KeyError, TypeError):
             failures = redis_failures(result.ir)
             if not failures:
@@ -183,7 +221,7 @@ def _settle_redis(
                 fallback.record(key, status, current.get(key))
             result = None
             continue
-        return FirstStage(result, redis, documents, canary_states, fallback)
+        return FirstStage(result, redis, documents, canary_states, fallback, caches)
     raise RuntimeError("Redis rules did not settle")  # pragma: no cover - see _max_rounds
 
 
@@ -194,10 +232,11 @@ def compile_resources(
     project: str = "apx-local",
     operator_namespace: str = "apx-system",
     envoy_port: int = 8080,
+    caches: Caches | None = None,
 ) -> Compiled:
     """Translate and render everything; statuses carry the summaries users look for."""
     return finish(
-        first_stage(resources, canary_states),
+        first_stage(resources, canary_states, caches=caches),
         project=project,
         operator_namespace=operator_namespace,
         envoy_port=envoy_port,
@@ -211,6 +250,7 @@ def finish(
     operator_namespace: str = "apx-system",
     envoy_port: int = 8080,
     keep_envoy_resources: bool = True,
+    snapshot_configmaps: bool = True,
 ) -> Compiled:
     """Render everything else from the first stage.
 
@@ -223,9 +263,17 @@ def finish(
     the snapshot ConfigMap carries them packed: the result keeps the version
     and errors, and the pass never holds the messages and the other outputs
     at the same time (on 1,000 Routes the messages are ~10 MiB).
+
+    ``snapshot_configmaps=False`` (the operator) leaves the Envoy snapshot
+    ConfigMaps out of the Kubernetes output: the operator writes them after
+    the xDS push and at most every few seconds (``snapshot_configmap_seconds``),
+    because at 10,000 Routes rendering them costs more than everything else a
+    one-Route change does.
     """
     with collector_paused():
-        return _finish(stage, project, operator_namespace, envoy_port, keep_envoy_resources)
+        return _finish(
+            stage, project, operator_namespace, envoy_port, keep_envoy_resources, snapshot_configmaps
+        )
 
 
 def _manifest_blame(stage: FirstStage, conflict: ManifestConflict) -> str | None:
@@ -233,7 +281,7 @@ def _manifest_blame(stage: FirstStage, conflict: ManifestConflict) -> str | None
     sources = sorted(conflict.sources)
     if not sources:
         return None
-    current = {document_key(d): d for d in stage.documents}
+    current = _ByKey(stage.documents)
     # A Route that never rendered, or whose spec changed since, is the newcomer.
     changed = [
         s
@@ -245,19 +293,26 @@ def _manifest_blame(stage: FirstStage, conflict: ManifestConflict) -> str | None
 
 
 def _finish(
-    stage: FirstStage, project: str, operator_namespace: str, envoy_port: int, keep_envoy_resources: bool
+    stage: FirstStage,
+    project: str,
+    operator_namespace: str,
+    envoy_port: int,
+    keep_envoy_resources: bool,
+    snapshot_configmaps: bool = True,
 ) -> Compiled:
-    current = {document_key(d): d for d in stage.documents}
+    current = _ByKey(stage.documents)
     for _ in range(_max_rounds(stage.documents)):
         result = stage.result
-        envoy = render_envoy(result.ir, port=envoy_port)
+        envoy = render_envoy(result.ir, port=envoy_port, caches=stage.caches)
         failures: dict[Key, str] = {("Route", key): message for key, message in envoy.errors.items()}
         snapshot: dict[str, Any] = {}
         kubernetes: KubernetesOutput | None = None
         if not failures:
             snapshot = envoy.snapshot_document()
             try:
-                kubernetes = render_kubernetes(result.ir, snapshot, operator_namespace)
+                kubernetes = render_kubernetes(
+                    result.ir, snapshot if snapshot_configmaps else None, operator_namespace, stage.caches
+                )
             except ManifestConflict as exc:
                 blamed = _manifest_blame(stage, exc)
                 if blamed is None:
@@ -267,11 +322,18 @@ def _finish(
             for key, message in failures.items():
                 status = render_failure(key[0], key[1], result.statuses[key].generation, message)
                 stage.fallback.record(key, status, current.get(key))
-            stage = _settle_redis(stage.documents, stage.canary_states, stage.fallback, None)
+            stage = _settle_redis(stage.documents, stage.canary_states, stage.fallback, None, stage.caches)
             continue
         assert kubernetes is not None
         return _summarised(stage, envoy, snapshot, kubernetes, project, keep_envoy_resources)
     raise RuntimeError("rendering did not settle")  # pragma: no cover - see _max_rounds
+
+
+def _deployments(route: RouteIR, caches: Caches | None) -> list[str]:
+    if caches is None:
+        return deployments_for_route(route)
+    deployments, _ = caches.kubernetes_routes.get(route, lambda: route_manifests(route))
+    return [str(manifest["metadata"]["name"]) for manifest in deployments]
 
 
 def _summarised(
@@ -287,25 +349,20 @@ def _summarised(
     redis = stage.redis
     if not keep_envoy_resources:
         envoy = dataclasses.replace(envoy, listeners=[], route_configurations=[], clusters=[])
-    pubsub = render_pubsub(ir, project=project)
+    pubsub = render_pubsub(ir, project=project, caches=stage.caches)
 
-    topics_by_product: dict[str, list[str]] = {}
-    for route in ir.routes:
-        # The rule-set version lives on the Product only: a limit change would
-        # otherwise rewrite the status of every Route of the product.
-        status = result.statuses[("Route", route.key)]
-        if route.mode == "async":
-            plans = route_topics(route)  # once: it is the costliest part of a Route's summary
-            topics = [plan.topic for plan in plans]
-            status.summary["topics"] = topics
-            status.summary["subscriptions"] = [plan.subscription for plan in plans]
-            status.summary["deployments"] = deployments_for_route(route)
-            topics_by_product.setdefault(route.product.key, []).extend(topics)
-    for product in ir.products:
-        status = result.statuses[("Product", product.key)]
-        status.summary["ruleSetVersion"] = redis.rule_set(product.key).version
-        status.summary["topics"] = sorted(topics_by_product.get(product.key, []))
-        status.summary["routes"] = len(ir.routes_by_product.get(product.key, ()))
+    def async_outputs(route: RouteIR) -> AsyncRouteOutputs:
+        # The costliest part of a Route's summary: reuse what the renderers built.
+        plans = cached_route_documents(route, project, stage.caches)[0]
+        return AsyncRouteOutputs(
+            topics=[plan.topic for plan in plans],
+            subscriptions=[plan.subscription for plan in plans],
+            deployments=_deployments(route, stage.caches),
+        )
+
+    # What the summaries say is decided in ``translation.summaries``; this stage only supplies names.
+    versions = {rule_set.product: rule_set.version for rule_set in redis.rule_sets}
+    add_output_summaries(result.statuses, ir, versions.__getitem__, async_outputs)
     return Compiled(
         result=result,
         ir=ir,

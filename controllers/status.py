@@ -35,6 +35,8 @@ class ResourceStatus:
     summary: dict[str, Any] = field(default_factory=dict)
     # True when not Ready because a referenced object is missing or not ready.
     waits_for_reference: bool = False
+    # Set when a proxy rejected (xDS NACK) what was rendered for this object: Envoy's message.
+    rejected: str | None = None
 
     @property
     def stalled(self) -> bool:
@@ -92,6 +94,9 @@ def build_conditions(
             _condition("Reconciling", "False", status.reason, "", generation),
             _condition("Stalled", "True", status.reason, status.message, generation),
         ]
+    if status.rejected is not None:
+        # Envoy NACKed the configuration carrying this object; the proxy keeps its last accepted one.
+        conditions.append(_condition("Programmed", "False", "Rejected", status.rejected, generation))
     if now is not None:
         before = {c.get("type"): c for c in previous}
         for condition in conditions:
@@ -120,3 +125,18 @@ def stalled(
     kind: str, key: str, generation: int, reason: str, message: str, summary: dict[str, Any] | None = None
 ) -> ResourceStatus:
     return ResourceStatus(kind, key, generation, "Stalled", reason, message, summary or {})
+
+
+def with_rejection(status: ResourceStatus, message: str | None) -> ResourceStatus:
+    """``status`` with the ``Programmed=False`` / ``Rejected`` condition (the proxy's message), or as is.
+
+    Called by the operator while it builds statuses, with what its xDS server
+    reports (``XdsServer.rejections()``); the phase is left alone: a Ready
+    Route stays Ready (its spec is valid) and gets the extra condition.
+    """
+    if message is None or status.rejected == message:
+        return status
+    return ResourceStatus(
+        status.kind, status.key, status.generation, status.phase, status.reason, status.message,
+        status.summary, status.waits_for_reference, message,
+    )  # fmt: skip

@@ -283,13 +283,15 @@ class CanaryRig:
 
     def snapshot_weights(self) -> dict[str, int]:
         """The track weights in the operator's Envoy snapshot ConfigMap (what Envoy would get)."""
-        from .envoystats import snapshot_from_configmap  # the Envoy stand-in's own reading
+        from .envoystats import snapshot_from_configmaps  # the Envoy stand-in's own reading
 
-        configmap = self.kubectl.get("configmap", names.envoy_snapshot_configmap(), "apx-system")
-        if configmap is None:
+        prefix = names.envoy_snapshot_configmap()
+        listed = self.kubectl.list("configmap", "apx-system")
+        configmaps = [c for c in listed if c["metadata"]["name"].startswith(prefix)]
+        if not configmaps:
             return {}
         route_name = f"{self.namespace}/{ROUTE}"
-        for configuration in snapshot_from_configmap(configmap).route_configurations:
+        for configuration in snapshot_from_configmaps(configmaps).route_configurations:
             for host in configuration.virtual_hosts:
                 for route in host.routes:
                     if route.name != route_name:

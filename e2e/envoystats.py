@@ -9,10 +9,10 @@ Envoy-named stats, the controller queries them.
 
 What it reproduces of Envoy:
 
-* **Configuration** from the snapshot ConfigMap the operator writes
-  (``apx-envoy-snapshot`` in the operator namespace; the binary form of
-  ``apx.controllers.renderers.envoy.EnvoyOutput.snapshot_document`` or its
-  JSON form), re-read every ``refresh_seconds`` (0.5 s) and swapped in whole
+* **Configuration** from the snapshot ConfigMaps the operator writes
+  (``apx-envoy-snapshot`` and its parts in the operator namespace, read with
+  ``apx.controllers.renderers.kubernetes.envoy_snapshot.decode_configmaps``),
+  re-read every ``refresh_seconds`` (0.5 s) and swapped in whole
   when it changed, as an xDS update would be; the last good snapshot keeps
   serving while the API is unreachable or a new one cannot be decoded.
 * **Routing**: virtual host by the Host header (exact domain, then the longest
@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import bisect
 import contextlib
 import hashlib
@@ -83,7 +82,6 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from google.protobuf import any_pb2, json_format
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
@@ -97,7 +95,7 @@ from prometheus_client.registry import Collector
 import apx.controllers.renderers.envoy  # noqa: F401  (registers every message type a snapshot packs)
 from apx.controllers import names
 from apx.controllers.appliers.kube import KubeClient, KubeError
-from apx.controllers.renderers.envoy import decode_snapshot
+from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
 
 log = logging.getLogger("apx.envoystats")
 
@@ -143,21 +141,16 @@ def _unpack(packed: Iterable[Any]) -> Iterator[Any]:
         yield message
 
 
-def snapshot_from_configmap(configmap: Mapping[str, Any]) -> Snapshot:
-    """Decode the snapshot ConfigMap (binary ``snapshot.pb.gz`` or JSON ``snapshot.json``)."""
-    data = configmap.get("data") or {}
-    binary = (configmap.get("binaryData") or {}).get("snapshot.pb.gz")
-    if binary:
-        resources = list(_unpack(decode_snapshot(base64.b64decode(binary))))
-    elif data.get("snapshot.json"):
-        document = json.loads(data["snapshot.json"])
-        sections = (document.get("resources") or {}).values()
-        packed = [json_format.ParseDict(item, any_pb2.Any()) for section in sections for item in section]
-        resources = list(_unpack(packed))
-    else:
-        raise ValueError("the ConfigMap holds neither snapshot.pb.gz nor snapshot.json")
+def snapshot_from_configmaps(configmaps: Sequence[Mapping[str, Any]]) -> Snapshot:
+    """Decode the snapshot ConfigMaps (the index ``apx-envoy-snapshot`` and its parts)."""
+    packed = decode_configmaps(configmaps)
+    if packed is None:
+        raise ValueError("the snapshot ConfigMaps are missing or incomplete")
+    resources = list(_unpack(packed))
+    index_name = names.envoy_snapshot_configmap()
+    index = next(c for c in configmaps if (c.get("metadata") or {}).get("name") == index_name)
     return Snapshot(
-        version=str(data.get("version", "")),
+        version=str((index.get("data") or {}).get("version", "")),
         route_configurations=tuple(r for r in resources if isinstance(r, route_pb2.RouteConfiguration)),
         clusters={r.name: r for r in resources if isinstance(r, cluster_pb2.Cluster)},
     )
@@ -459,15 +452,16 @@ def _bound_text(bound: float) -> str:
 # --- the server --------------------------------------------------------------------
 
 
-SnapshotSource = Callable[[], Awaitable[Mapping[str, Any] | None]]
+SnapshotSource = Callable[[], Awaitable[Sequence[Mapping[str, Any]] | None]]
 
 
-def configmap_source(kube: KubeClient, namespace: str, name: str | None = None) -> SnapshotSource:
-    """Read the snapshot ConfigMap the operator writes (``apx-envoy-snapshot`` in ``namespace``)."""
-    configmap = name or names.envoy_snapshot_configmap()
+def configmap_source(kube: KubeClient, namespace: str) -> SnapshotSource:
+    """Read the snapshot ConfigMaps the operator writes (``apx-envoy-snapshot`` and its parts)."""
+    prefix = names.envoy_snapshot_configmap()
 
-    async def fetch() -> Mapping[str, Any] | None:
-        return await kube.get("ConfigMap", namespace, configmap)
+    async def fetch() -> Sequence[Mapping[str, Any]] | None:
+        configmaps = await kube.list("ConfigMap", namespace)
+        return [c for c in configmaps if str((c.get("metadata") or {}).get("name", "")).startswith(prefix)]
 
     return fetch
 
@@ -512,17 +506,20 @@ class EnvoyEmulator:
             self._last_error = str(exc)
             return False
         self._last_error = ""
-        if configmap is None:
+        if not configmap:
             return False
-        metadata = configmap.get("metadata") or {}
-        data = configmap.get("data") or {}
-        binary = (configmap.get("binaryData") or {}).get("snapshot.pb.gz", "")
-        content = str(data.get("snapshot.json", "")) + str(binary)
-        seen = (str(metadata.get("resourceVersion", "")), hashlib.sha256(content.encode()).hexdigest())
+        content = json.dumps(
+            sorted(
+                [str((c.get("metadata") or {}).get("name")), c.get("data") or {}, c.get("binaryData") or {}]
+                for c in configmap
+            ),
+            sort_keys=True,
+        )
+        seen = ("", hashlib.sha256(content.encode()).hexdigest())
         if seen == self._seen:
             return False
         try:
-            table = RouteTable(snapshot_from_configmap(configmap))
+            table = RouteTable(snapshot_from_configmaps(configmap))
         except Exception as exc:  # a snapshot Envoy would NACK: keep serving the last one
             log.warning("snapshot not applied (keeping the last one): %s", exc)
             self._seen = seen

@@ -112,6 +112,7 @@ class OperatorProcess:
     process: subprocess.Popen[bytes] | None = None
     liveness_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    xds_port: int = field(default_factory=free_port)
 
     def start(self, wait: bool = True) -> None:
         binary = Path(sys.executable).parent / "apx-operator"
@@ -120,6 +121,7 @@ class OperatorProcess:
             **self.env,
             "APX_LIVENESS_PORT": str(self.liveness_port),
             "APX_METRICS_PORT": str(self.metrics_port),
+            "APX_XDS_PORT": str(self.xds_port),
         }
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:

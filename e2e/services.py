@@ -1,4 +1,4 @@
-"""Start and stop the real services APX runs against: Redis, the Pub/Sub emulator, Prometheus.
+"""Start and stop the real services APX runs against: Redis (one server or a Cluster), Pub/Sub, Prometheus.
 
 Used by the test fixtures (``tests/conftest.py``), the e2e suites, the
 benchmarks and the local stack (``python -m apx.e2e.stack``). Every service
@@ -162,6 +162,123 @@ def start_redis(data_dir: Path, port: int | None = None) -> Service:
     )
     wait_for_port(port, 10, process, "redis-server")
     return Service("redis", port, process.pid, data_dir, log)
+
+
+@dataclass
+class RedisClusterService:
+    """A local Redis Cluster: one ``Service`` per primary; ``url`` is what APX is given."""
+
+    nodes: list[Service]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with the first primary as seed (any node works; the client finds the rest)."""
+        return f"redis+cluster://{self.nodes[0].address}/0"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [node.address for node in self.nodes]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+
+def _redis_cluster_ok(port: int) -> bool:
+    """True when the node at ``port`` reports ``cluster_state:ok`` (all 16384 slots served)."""
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    try:
+        done = subprocess.run(
+            [cli, "-h", "127.0.0.1", "-p", str(port), "cluster", "info"],
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"cluster_state:ok" in done.stdout
+
+
+def start_redis_cluster(data_dir: Path, primaries: int = 3, timeout: float = 30.0) -> RedisClusterService:
+    """Start ``primaries`` cluster-enabled ``redis-server`` processes and join them into one cluster.
+
+    Each node has its own free loopback port, data directory and
+    ``nodes.conf``; the slots are split evenly by ``redis-cli --cluster create``
+    (no replicas). Returns once every node reports ``cluster_state:ok``.
+    Nodes are stopped by PID (``RedisClusterService.stop``), also when joining fails.
+    """
+    binary = apt_install("redis-server", "redis-server")
+    cli = apt_install("redis-tools", "redis-cli")
+    nodes: list[Service] = []
+    try:
+        for index in range(primaries):
+            port = free_port()
+            node_dir = data_dir / f"node-{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            log = node_dir / "redis.log"
+            process = _spawn(
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(node_dir),
+                    "--protected-mode",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(node_dir / "nodes.conf"),
+                    # The bus port defaults to port + 10000, which may be taken or above 65535:
+                    # a free port of its own.
+                    "--cluster-port",
+                    str(free_port()),
+                    # Failure detection plays no part on loopback without replicas; a short
+                    # timeout only makes a stopped node show as failed sooner.
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+                log,
+            )
+            nodes.append(Service(f"redis-cluster-{index}", port, process.pid, node_dir, log))
+            wait_for_port(port, 10, process, "redis-server (cluster)")
+        created = subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(node.address for node in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise ServiceError(
+                f"redis-cli --cluster create failed ({created.returncode}): {created.stdout.decode()[-500:]}"
+                f"{created.stderr.decode()[-500:]}"
+            )
+        deadline = time.monotonic() + timeout
+        while not all(_redis_cluster_ok(node.port) for node in nodes):
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"Redis Cluster on {[n.address for n in nodes]} not ok within {timeout:.0f}s"
+                )
+            time.sleep(0.05)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return RedisClusterService(nodes)
 
 
 def pubsub_emulator_binary() -> str:

@@ -94,14 +94,16 @@ def _documents(
 
 def snapshot_configmap(
     stable_port: int, canary_port: int, weight: int, methods: list[str] | None = None
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """The snapshot ConfigMaps (index and parts) the operator would write for the test Routes."""
     result = translate(_documents(stable_port, canary_port, weight, methods))
     assert not result.stalled, [s.message for s in result.stalled]
     return render_envoy_snapshot(render_envoy(result.ir).snapshot_document(), NAMESPACE)
 
 
-async def store(kube: KubeClient, configmap: dict[str, Any]) -> None:
-    await kube.apply(copy.deepcopy(configmap))
+async def store(kube: KubeClient, configmaps: list[dict[str, Any]]) -> None:
+    for configmap in configmaps:
+        await kube.apply(copy.deepcopy(configmap))
 
 
 # --- backends and the emulator ------------------------------------------------------------
@@ -156,7 +158,9 @@ async def stack(kubeemu: RunningEmulator, weight: int, **options: Any) -> AsyncI
                 }
         finally:
             await emulator.stop()
-            await kube.delete("ConfigMap", NAMESPACE, "apx-envoy-snapshot")
+            for configmap in await kube.list("ConfigMap", NAMESPACE):
+                if configmap["metadata"]["name"].startswith("apx-envoy-snapshot"):
+                    await kube.delete("ConfigMap", NAMESPACE, configmap["metadata"]["name"])
 
 
 async def send(s: dict[str, Any], count: int, path: str = "/r/x", **headers: str) -> Counter[str]:

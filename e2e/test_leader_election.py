@@ -21,6 +21,7 @@ import pytest
 import redis
 import yaml
 
+from apx.contracts import redis_keys
 from apx.e2e.harness import OperatorProcess, condition, eventually
 from apx.e2e.services import Service, start_pubsub_emulator, start_redis
 
@@ -124,7 +125,7 @@ def test_standby_takes_over_within_the_lease_after_the_leader_is_killed_and_only
         )
         took_over = time.monotonic() - killed
         client = redis.Redis.from_url(f"redis://{redis_service.address}/0", decode_responses=True)
-        key = f"apx:rules:{{{namespace}/payments}}:current"
+        key = redis_keys.ruleset_current_key(f"{namespace}/payments")
         before = client.get(key)
         product = yaml.safe_load((SAMPLES / "01-product-payments.yaml").read_text())
         product["spec"]["plans"][0]["rateLimit"]["requestsPerSecond"] = 7

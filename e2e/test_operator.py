@@ -15,6 +15,7 @@ import redis
 import yaml
 from google.cloud import pubsub_v1
 
+from apx.contracts import redis_keys
 from apx.e2e.harness import condition, eventually
 from apx.e2e.services import start_pubsub_emulator, start_redis
 
@@ -106,7 +107,10 @@ def test_samples_become_ready_with_topics_rules_and_workers(stack: Stack, namesp
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     product = stack.kubectl.get("product", "payments", namespace)
     assert product is not None
-    assert client.get(f"apx:rules:{{{namespace}/payments}}:current") == product["status"]["ruleSetVersion"]
+    assert (
+        client.get(redis_keys.ruleset_current_key(f"{namespace}/payments"))
+        == product["status"]["ruleSetVersion"]
+    )
 
     deployments = {d["metadata"]["name"] for d in stack.kubectl.list("deployments", namespace)}
     assert set(route["status"]["deployments"]) <= deployments
@@ -125,7 +129,7 @@ def test_samples_become_ready_with_topics_rules_and_workers(stack: Stack, namesp
 def test_plan_limit_update_reaches_redis_without_a_resync(stack: Stack, namespace: str) -> None:
     _apply_samples(stack, namespace)
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    key = f"apx:rules:{{{namespace}/payments}}:current"
+    key = redis_keys.ruleset_current_key(f"{namespace}/payments")
     before = client.get(key)
 
     product = yaml.safe_load((SAMPLES / "01-product-payments.yaml").read_text())
@@ -136,7 +140,7 @@ def test_plan_limit_update_reaches_redis_without_a_resync(stack: Stack, namespac
         lambda: (v := client.get(key)) != before and v, timeout=10, what="new rule-set version"
     )
     assert isinstance(after, str)
-    rule = client.hget(f"apx:rules:{{{namespace}/payments}}:v:{after}", "plan:free")
+    rule = client.hget(redis_keys.ruleset_key(f"{namespace}/payments", after), "plan:free")
     assert rule is not None and '"requests_per_second":9' in rule
     eventually(
         lambda: (
@@ -151,7 +155,7 @@ def test_invalid_documents_are_rejected_or_stalled_and_nothing_applied_changes(
 ) -> None:
     _apply_samples(stack, namespace)
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    rules_before = client.get(f"apx:rules:{{{namespace}/payments}}:current")
+    rules_before = client.get(redis_keys.ruleset_current_key(f"{namespace}/payments"))
     topics_before = _topics(stack)
 
     outcomes: dict[str, str] = {}
@@ -208,7 +212,7 @@ def test_invalid_documents_are_rejected_or_stalled_and_nothing_applied_changes(
     assert set(outcomes.values()) == {"rejected", "stalled"}, outcomes
     # What was applied keeps serving: the valid routes stay Ready, rules and topics are untouched.
     _wait_all_ready(stack, namespace, {n for n in NAMES if n[0] == "Route"})
-    assert client.get(f"apx:rules:{{{namespace}/payments}}:current") == rules_before
+    assert client.get(redis_keys.ruleset_current_key(f"{namespace}/payments")) == rules_before
     assert topics_before <= _topics(stack)
 
 
@@ -320,7 +324,7 @@ def test_dependency_outages_show_in_status_and_recover_without_restart(
     stack.redis = start_redis(tmp_path / "redis-again", port=redis_port)
     _wait_all_ready(stack, namespace, timeout=90)
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    assert client.get(f"apx:rules:{{{namespace}/ledger}}:current") is not None
+    assert client.get(redis_keys.ruleset_current_key(f"{namespace}/ledger")) is not None
 
     pubsub_port = stack.pubsub.port
     stack.pubsub.stop()

@@ -21,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 
 # Only what the distribution is made of (pyproject.toml's package-dir), nothing else.
 mkdir -p "$work/src"
-(cd "$src" && tar --exclude=__pycache__ -cf - pyproject.toml README.md operator controllers dataplane e2e) |
+(cd "$src" && tar --exclude=__pycache__ -cf - pyproject.toml README.md operator controllers dataplane contracts runtime e2e) |
     tar -xf - -C "$work/src"
 
 "$python" -m venv "$venv"

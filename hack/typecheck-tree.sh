@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .typecheck/apx
-for folder in controllers operator dataplane e2e; do
+for folder in controllers operator dataplane contracts runtime e2e; do
     if [ -d "$folder" ]; then
         ln -sfn "../../$folder" ".typecheck/apx/$folder"
     fi

@@ -31,11 +31,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--operator-namespace", help="namespace of operator-wide objects (APX_OPERATOR_NAMESPACE)"
     )
     parser.add_argument("--resync-seconds", type=float, help="full resync period (APX_RESYNC_SECONDS)")
+    parser.add_argument(
+        "--snapshot-configmap-seconds",
+        type=float,
+        help="least time between writes of the Envoy snapshot ConfigMaps (APX_SNAPSHOT_CONFIGMAP_SECONDS)",
+    )
     parser.add_argument("--worker-limit", type=int, help="concurrent API writes (APX_WORKER_LIMIT)")
     parser.add_argument("--liveness-host", help="address of /healthz (APX_LIVENESS_HOST; default 0.0.0.0)")
     parser.add_argument("--liveness-port", type=int, help="port of /healthz, 0 disables (APX_LIVENESS_PORT)")
     parser.add_argument("--metrics-host", help="address of /metrics (APX_METRICS_HOST; default 0.0.0.0)")
     parser.add_argument("--metrics-port", type=int, help="port of /metrics, 0 disables (APX_METRICS_PORT)")
+    parser.add_argument("--xds-host", help="address of the xDS (ADS) server (APX_XDS_HOST; default 0.0.0.0)")
+    parser.add_argument("--xds-port", type=int, help="port of the xDS server, 0 disables (APX_XDS_PORT)")
     parser.add_argument(
         "--admission", choices=("none", "managed"), help="validating webhook mode (APX_ADMISSION)"
     )

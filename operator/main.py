@@ -26,8 +26,9 @@ from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.canary.types import MetricsProvider
 from apx.controllers.providers import DISABLED_MESSAGE, ProviderConfigError, provider_for
 from apx.dataplane.common.redact import RedactingFormatter, redact_url
+from apx.runtime import process as runtime
 
-from . import runtime, tracing
+from . import tracing
 from .admission import ServiceWebhookServer
 from .canary import CanaryController
 from .flags import build_parser, settings_from_args, url_host
@@ -37,6 +38,7 @@ from .leader_run import STANDBY_FINALIZER, run_elected
 from .metrics import OperatorMetrics
 from .reconciler import Reconciler
 from .settings import OperatorSettings
+from .xds.wiring import start_xds
 
 
 class JsonFormatter(logging.Formatter):
@@ -113,6 +115,10 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
     redis = RedisApplier(settings.redis_url, keep_versions=3)
     pubsub = PubSubApplier()
     reconciler = Reconciler(settings, kube, redis, pubsub, metrics=metrics, tracer=tracing.tracer())
+    # Every replica serves xDS: the stored snapshot at once, then its own passes' (xds/XDS.md).
+    xds = None
+    if settings.xds_port:
+        xds = await start_xds(settings, reconciler, kube, metrics.registry)
     provider = provider_for(settings)
     if provider is None:
         logging.getLogger("apx.operator").warning(DISABLED_MESSAGE)
@@ -194,6 +200,8 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
                 canary_task.cancel()
                 await asyncio.gather(loop_task, canary_task, return_exceptions=True)
     finally:
+        if xds is not None:
+            await xds.close()
         await _close_provider(provider)
         await kube.close()
         await redis.close()

@@ -17,14 +17,18 @@ changed object of all three kinds):
   Kubernetes applies in flight for that controller (bounded by
   ``--worker-limit``).
 
-Readiness is counted, not listed: ``apx_operator_objects{kind,phase}`` (three
-kinds by three kstatus phases, whatever the number of objects). A per-object
-``ready`` gauge would grow with every Route of every team; the object at
-fault is in its status, its Events and the reconcile span.
+Readiness is counted, ``apx_operator_objects{kind,phase}`` (three kinds by
+three kstatus phases, whatever the number of objects), and also given per
+object, ``apx_operator_object_ready{kind,namespace,name}`` (1 Ready, 0 not),
+in the manner of kube-state-metrics' per-object gauges, so an alert can name
+the object: one series per APX object (no reason or message label, which
+would multiply it), removed when the object is deleted. The reason is in its
+status, its Events and the reconcile span.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -121,6 +125,12 @@ class OperatorMetrics:
             ["provider"],
             registry=self.registry,
         )
+        self.object_ready = Gauge(
+            "apx_operator_object_ready",
+            "1 when the APX object is Ready after the last pass, else 0; one series per object.",
+            ["kind", "namespace", "name"],
+            registry=self.registry,
+        )
         self.objects = Gauge(
             "apx_operator_objects",
             "APX objects by kind and phase (Ready, Reconciling, Stalled) after the last pass.",
@@ -144,6 +154,15 @@ class OperatorMetrics:
         """``leader``, ``standby`` or ``stopped`` (leader election); shown by ``/healthz`` too."""
         self.role = role
         self.leader.set(1 if role == "leader" else 0)
+
+    def set_object_ready(self, kind: str, key: str, ready: bool | None) -> None:
+        """Set (or with ``None`` remove) one object's ``apx_operator_object_ready`` series."""
+        namespace, name = key.split("/", 1)
+        if ready is None:
+            with contextlib.suppress(KeyError):
+                self.object_ready.remove(kind, namespace, name)
+            return
+        self.object_ready.labels(kind=kind, namespace=namespace, name=name).set(1 if ready else 0)
 
     def set_object_phases(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Set ``apx_operator_objects`` from (kind, phase) counts; absent combinations read 0."""

@@ -39,6 +39,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,16 +52,21 @@ from apx.controllers.appliers.kube import KINDS, Invalid, KubeClient, KubeError,
 from apx.controllers.appliers.pubsub import PubSubApplier, PubSubUnavailable
 from apx.controllers.appliers.redis_rules import RedisApplier, RedisUnavailable, VersionedKeys
 from apx.controllers.ir import IR
+from apx.controllers.memo import Caches
 from apx.controllers.pinned_versions import route_pins
 from apx.controllers.pipeline import Compiled, FirstStage, compile_resources, finish, first_stage
+from apx.controllers.renderers.envoy import EnvoyOutput
+from apx.controllers.renderers.kubernetes.envoy_snapshot import render_envoy_snapshot
+from apx.controllers.renderers.pubsub_plan import cached_route_documents
 from apx.controllers.renderers.redis_rules import RedisOutput, RuleSet
-from apx.controllers.status import ResourceStatus
+from apx.controllers.status import ResourceStatus, with_rejection
 from apx.controllers.translate import HISTORY_ANNOTATION
+from apx.controllers.translation import summaries
 from apx.dataplane.common.redact import redact_text, redact_url
+from apx.runtime.process import HeapKeeper, release_free_memory
 
 from .events import EventType, post_event
 from .metrics import CONTROLLER_NAMES, OperatorMetrics, PendingChanges
-from .runtime import HeapKeeper, release_free_memory
 from .settings import OperatorSettings
 from .workers import WorkerAvailability
 
@@ -71,21 +77,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by=apx"
 PRUNABLE_KINDS = ("Deployment", "Service", "ConfigMap")
 # Summary keys the operator writes; a key missing from a new status is sent as
 # null so a merge-patch removes it (e.g. topics of a Route that became sync).
-SUMMARY_KEYS = (
-    "ruleSetVersion",
-    "topics",
-    "subscriptions",
-    "deployments",
-    "routes",
-    "plans",
-    "policyArtifact",
-    "canaryWeight",
-    "canaryPolicyArtifact",
-    "artifact",
-    "servedVersions",
-    "inUseBy",
-    "workers",
-)
+SUMMARY_KEYS = summaries.SUMMARY_KEYS
 CONTROLLERS = {"Product": "product", "Route": "route", "PolicyBundle": "policybundle"}
 
 
@@ -173,8 +165,24 @@ class Reconciler:
         self._applied_route_table: str | None = None
         self._applied_pubsub: set[str] = set()
         self._applied_manifests: dict[tuple[str, str, str], str] = {}
+        # Envoy snapshot part ConfigMaps of the last pass (``_prune_snapshot_parts``).
+        self._snapshot_parts: set[tuple[str, str, str]] = set()
+        # The Envoy version the snapshot ConfigMaps hold, when they were written, and the timer of
+        # the pass that writes a newer one once ``snapshot_configmap_seconds`` have gone by.
+        self._snapshot_written: tuple[str, float] = ("", -math.inf)
+        self._snapshot_timer: asyncio.TimerHandle | None = None
         self._written_status: dict[tuple[str, str], str] = {}
         self._last_phase: dict[tuple[str, str], str] = {}
+        # Per object, the last status found already written, with the body it was checked against:
+        # an equal status for the same body needs no document, no digest and no write.
+        self._verified_status: dict[tuple[str, str], tuple[ResourceStatus, dict[str, Any]]] = {}
+        # What ``apx_operator_object_ready`` holds per object (only changes are exported).
+        self._ready_exported: dict[tuple[str, str], bool] = {}
+        # What translation and rendering reuse between passes (``apx.controllers.memo``): a pass
+        # redoes only the objects whose inputs changed. Cleared by the periodic resync, which
+        # therefore compiles from scratch (and must, and does, give the same bytes).
+        self.caches = Caches()
+        self._rebuild_requested = True
         self._policy_history: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._dirty_products: set[str] = set()
         # Per product, a counter bumped by every change that can affect its
@@ -201,6 +209,12 @@ class Reconciler:
         # recorded; the canary controller listens to act on a new canary block
         # or an `apx rollout` request without waiting for its next check.
         self.listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
+        # Called with each pass's full EnvoyOutput (the xDS server); while one is registered
+        # the pass keeps the Envoy messages instead of dropping them once packed.
+        self.envoy_listeners: list[Callable[[EnvoyOutput], None]] = []
+        # The xDS server's NACKs per object (Programmed=False on them); set by apx.operator.xds.wiring.
+        self.xds_rejections: Callable[[], Mapping[tuple[str, str], str]] | None = None
+        self._rejections_now: Mapping[tuple[str, str], str] = {}
         self.last_pass: PassReport | None = None
         self.last_error: str | None = None
         self.passes = 0
@@ -316,6 +330,7 @@ class Reconciler:
         self._policy_history.pop((kind, key), None)
         self._cleaned.discard((kind, key))
         self._written_status.pop((kind, key), None)
+        self._verified_status.pop((kind, key), None)
         self._pending.add(CONTROLLERS[kind], key)
         self._dirty.set()
 
@@ -334,6 +349,7 @@ class Reconciler:
             if self._in_use.get(key) != users:
                 self._in_use[key] = users
                 self._written_status.pop(key, None)
+                self._verified_status.pop(key, None)
                 self._dirty.set()
                 await post_event(self.kube, kind, body, "Warning", "InUse", message, self.clock())
             raise InUse(f"{kind} {key[1]}: {message}")
@@ -377,6 +393,10 @@ class Reconciler:
 
     def request_full_pass(self) -> None:
         self._full_requested = True
+        self._dirty.set()
+
+    def request_pass(self) -> None:
+        """Schedule an ordinary pass (e.g. a proxy's NACK must show in status)."""
         self._dirty.set()
 
     # --- the loop -------------------------------------------------------------------
@@ -440,7 +460,10 @@ class Reconciler:
             if self.settings.debounce_seconds:
                 await asyncio.sleep(self.settings.debounce_seconds)
             self._dirty.clear()
-            full = self._full_requested or time.monotonic() >= next_full
+            periodic = time.monotonic() >= next_full
+            full = self._full_requested or periodic
+            if periodic:
+                self._rebuild_requested = True
             if full:
                 next_full = time.monotonic() + self.settings.resync_seconds
             self._full_requested = False
@@ -506,7 +529,7 @@ class Reconciler:
             published += 1
         return published
 
-    def _serving_stage(self, documents: list[dict[str, Any]]) -> FirstStage:
+    def _serving_stage(self, documents: list[dict[str, Any]], caches: Caches | None = None) -> FirstStage:
         """Translate ``documents``; a Product or Route whose new spec fails is rendered as last good.
 
         Its status still comes from the failing spec (Stalled, the field
@@ -521,14 +544,18 @@ class Reconciler:
             for key, (body, status) in list(self._render_failures.items())
             if (self.objects.get(key) or {}).get("spec") == body.get("spec")
         }
-        return first_stage(documents, last_good=self._last_good, known_failures=known)
+        return first_stage(documents, last_good=self._last_good, known_failures=known, caches=caches)
 
     def _remember_good(self, compiled: Compiled, documents: list[dict[str, Any]]) -> None:
         """Record the bodies of Products and Routes that rendered without error, and those that failed."""
         for key, document, status in _products_and_routes(compiled.statuses, documents):
             current = self.objects.get(key)
             # By spec, not identity: a status write may have replaced the stored body meanwhile.
-            if not status.stalled and current is not None and current.get("spec") == document.get("spec"):
+            if (
+                not status.stalled
+                and current is not None
+                and (current is document or current.get("spec") == document.get("spec"))
+            ):
                 self._last_good[key] = current
         self._render_failures = {
             key: (self.objects[key], status)
@@ -575,6 +602,10 @@ class Reconciler:
             self._applied_pubsub.clear()
             self._applied_manifests.clear()
             self._written_status.clear()
+            self._verified_status.clear()
+        if self._rebuild_requested:
+            self._rebuild_requested = False
+            self.caches.clear()
         self._pass_epochs = dict(self._epoch)
         live = [body for key, body in sorted(self.objects.items()) if key not in self.deleting]
         live += [
@@ -600,7 +631,7 @@ class Reconciler:
             # What a stage builds lives until the pass ends: built with the
             # collector paused and then frozen, it is not rescanned by the
             # collections the I/O phases trigger.
-            stage = await asyncio.to_thread(self.heap.build, self._serving_stage, live)
+            stage = await asyncio.to_thread(self.heap.build, self._serving_stage, live, self.caches)
             lap("translate")
             # Rules first: a limit change should not wait for Envoy and Kubernetes rendering.
             await self._apply_redis(stage.redis, stage.result.ir, report, full)
@@ -612,17 +643,21 @@ class Reconciler:
                     stage,
                     project=self.settings.pubsub_project,
                     operator_namespace=self.settings.operator_namespace,
-                    keep_envoy_resources=False,
+                    keep_envoy_resources=True,
+                    snapshot_configmaps=False,
                 ),
             )
             lap("render")
             self._remember_good(compiled, live)
+            for envoy_listener in self.envoy_listeners:
+                envoy_listener(compiled.envoy)
             if compiled.redis is not stage.redis:
                 await self._apply_redis(compiled.redis, compiled.ir, report, full)
             owners = self._owners_of_deleting() if self.deleting else None
-            await self._apply_pubsub(compiled, report)
+            await self._apply_pubsub(compiled, report, full)
             lap("pubsub")
             await self._apply_kubernetes(compiled, report, full)
+            await self._apply_envoy_snapshot(compiled, report, full)
             lap("kubernetes")
             if self.deleting:
                 await self._cleanup_deleted(owners or {}, report)
@@ -633,6 +668,8 @@ class Reconciler:
             if kind == "PolicyBundle":
                 served = status.summary.get("servedVersions") or []
                 self._served_policies[(kind, object_key)] = {str(v["version"]) for v in served}
+        # What this pass did not use (deleted objects, replaced bodies) leaves the caches now.
+        self.caches.end_pass()
         return len(live)
 
     # --- Redis ---------------------------------------------------------------------
@@ -672,19 +709,20 @@ class Reconciler:
 
     # --- Pub/Sub ---------------------------------------------------------------------
 
-    async def _apply_pubsub(self, compiled: Compiled, report: PassReport) -> None:
-        plan = compiled.pubsub
-        route_of_topic: dict[str, str] = {}
-        for topic_plan in plan.plans:
-            for topic_id in (topic_plan.topic, topic_plan.dead_letter_topic):
-                route_of_topic[f"projects/{plan.project}/topics/{topic_id}"] = topic_plan.route
+    async def _apply_pubsub(self, compiled: Compiled, report: PassReport, full: bool) -> None:
+        # Per async Route, its topics and subscriptions as the renderer built them: an unchanged
+        # Route's are the very tuples of the last pass, so their digest is kept too.
+        project = compiled.pubsub.project
         by_route: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
-        for topic in plan.topics:
-            route = route_of_topic.get(str(topic["name"]), "")
-            by_route.setdefault(route, ([], []))[0].append(topic)
-        for subscription in plan.subscriptions:
-            route = route_of_topic.get(str(subscription["topic"]), "")
-            by_route.setdefault(route, ([], []))[1].append(subscription)
+        digests: dict[str, str] = {}
+        for route in compiled.ir.routes:
+            if route.mode != "async":
+                continue
+            _, topics, subscriptions = cached_route_documents(route, project, self.caches)
+            by_route[route.key] = (list(topics), list(subscriptions))
+            digests[route.key] = self.caches.digests.get(
+                topics, functools.partial(_digest, [list(topics), list(subscriptions)])
+            )
         semaphore = asyncio.Semaphore(8)
         unavailable: list[PubSubUnavailable] = []
 
@@ -695,7 +733,8 @@ class Reconciler:
                 if unavailable:
                     return
                 try:
-                    problems = await self.pubsub.ensure(topics, subscriptions)
+                    # Ordinary passes trust the applier's memory; a full pass checks every object (drift).
+                    problems = await self.pubsub.ensure(topics, subscriptions, verify=full)
                 except PubSubUnavailable as exc:
                     unavailable.append(exc)
                     return
@@ -709,9 +748,7 @@ class Reconciler:
             else:
                 self._applied_pubsub.add(digest)
 
-        digested = await asyncio.to_thread(
-            lambda: [(key, *docs, _digest(list(docs))) for key, docs in sorted(by_route.items())]
-        )
+        digested = [(key, *docs, digests[key]) for key, docs in sorted(by_route.items())]
         await asyncio.gather(
             *(ensure_route(*item) for item in digested if item[3] not in self._applied_pubsub)
         )
@@ -726,8 +763,47 @@ class Reconciler:
     # --- Kubernetes ------------------------------------------------------------------
 
     async def _apply_kubernetes(self, compiled: Compiled, report: PassReport, full: bool) -> None:
+        manifests = [*compiled.kubernetes.manifests, *self._dataplane_settings(compiled)]
+        desired = await self._apply_manifests(manifests, report)
+        if full or self.deleting:
+            await self._prune(desired, report)
+
+    async def _apply_envoy_snapshot(self, compiled: Compiled, report: PassReport, full: bool) -> None:
+        """Write the Envoy snapshot ConfigMaps after the xDS push, at most every few seconds.
+
+        They are the readable and restart copy of what xDS serves, not the
+        way Envoy gets a change, and at 10,000 Routes rendering them (JSON,
+        gzip) costs more than the rest of a one-Route change: a burst of
+        changes writes them once. A pass that finds them due too early leaves
+        a timer that asks for one more pass when they are.
+        """
+        envoy = compiled.envoy
+        version, written_at = self._snapshot_written
+        if envoy.version == version and not full:
+            return  # a full pass writes them again: that is how a deleted or edited part is repaired
+        wait = written_at + self.settings.snapshot_configmap_seconds - time.monotonic()
+        if wait > 0 and not full:
+            if self._snapshot_timer is None:
+                self._snapshot_timer = asyncio.get_running_loop().call_later(wait, self._snapshot_due)
+            return
+        manifests = await asyncio.to_thread(
+            render_envoy_snapshot, envoy.snapshot_document(), self.settings.operator_namespace
+        )
+        desired = await self._apply_manifests(manifests, report)
+        index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap())
+        if index in self._applied_manifests:
+            await self._prune_snapshot_parts(desired, report, full)
+            self._snapshot_written = (envoy.version, time.monotonic())
+
+    def _snapshot_due(self) -> None:
+        self._snapshot_timer = None
+        self.request_pass()
+
+    async def _apply_manifests(
+        self, manifests: list[dict[str, Any]], report: PassReport
+    ) -> set[tuple[str, str, str]]:
+        """Apply the manifests that differ from what was applied; returns every manifest's identity."""
         semaphore = asyncio.Semaphore(self.settings.worker_limit)
-        desired: set[tuple[str, str, str]] = set()
 
         async def apply_one(manifest: Mapping[str, Any], identity: tuple[str, str, str], digest: str) -> None:
             owner_kind = (_owner_key(manifest) or ("Route", ""))[0]
@@ -754,10 +830,12 @@ class Reconciler:
             self._applied_manifests[identity] = digest
             report.manifests_applied += 1
 
-        manifests = [*compiled.kubernetes.manifests, *self._dataplane_settings(compiled)]
-        # Digests in a thread: the Envoy snapshot alone is megabytes of JSON.
-        digested = await asyncio.to_thread(lambda: [(m, _identity(m), _digest(m)) for m in manifests])
-        desired.update(identity for _, identity, _ in digested)
+        # Unchanged manifests are the very dicts of the last pass (the renderers' caches): their
+        # digests are kept too, so an unchanged Route costs no JSON encoding here.
+        digests = self.caches.digests
+        digested = await asyncio.to_thread(
+            lambda: [(m, _identity(m), digests.get(m, functools.partial(_digest, m))) for m in manifests]
+        )
         await asyncio.gather(
             *(
                 apply_one(manifest, identity, digest)
@@ -765,8 +843,39 @@ class Reconciler:
                 if self._applied_manifests.get(identity) != digest
             )
         )
-        if full or self.deleting:
-            await self._prune(desired, report)
+        return {identity for _, identity, _ in digested}
+
+    async def _prune_snapshot_parts(
+        self, desired: set[tuple[str, str, str]], report: PassReport, full: bool
+    ) -> None:
+        """Delete Envoy snapshot parts the current index no longer names (the snapshot shrank).
+
+        They have no ownerReference (the snapshot spans namespaces), so ``_prune``
+        leaves them. Runs once the new index is applied (a reader following the
+        old index finds an incomplete set and waits, rather than a mixed one), on
+        full passes and whenever the number of parts went down.
+        """
+        namespace = self.settings.operator_namespace
+        prefix = names.envoy_snapshot_configmap() + "-"
+        parts = {i for i in desired if i[0] == "ConfigMap" and i[1] == namespace and i[2].startswith(prefix)}
+        shrank = bool(self._snapshot_parts - parts)
+        self._snapshot_parts = parts
+        if not (full or shrank):
+            return
+        try:
+            items = await self.kube.list("ConfigMap", namespace, label_selector="apx.dev/envoy-snapshot=part")
+        except KubeError as exc:
+            logger.warning("cannot list Envoy snapshot parts for pruning: %s", exc)
+            return
+        for item in items:
+            meta = item.get("metadata") or {}
+            identity = ("ConfigMap", namespace, str(meta.get("name")))
+            # The label selector is checked here too: not every API (the emulated one) applies it.
+            if (meta.get("labels") or {}).get("apx.dev/envoy-snapshot") != "part" or identity in desired:
+                continue
+            await self.kube.delete("ConfigMap", namespace, identity[2])
+            self._applied_manifests.pop(identity, None)
+            report.manifests_pruned += 1
 
     def _dataplane_settings(self, compiled: Compiled) -> list[dict[str, Any]]:
         """Per namespace with async Routes: where workers find Redis and Pub/Sub (a ConfigMap and a Secret).
@@ -863,7 +972,7 @@ class Reconciler:
                         if rule_set is not None:
                             await self.redis.drop(_rule_set_keys(rule_set))
                             self._applied_rule_sets.pop(object_key, None)
-                        await self.redis.delete_pattern(f"{names.REDIS_PREFIX}:c:{{{object_key}/*")
+                        await self.redis.delete_pattern(names.product_counters_pattern(object_key))
                     if kind in ("Route", "Product"):
                         plans = [
                             p
@@ -902,46 +1011,46 @@ class Reconciler:
             body = self.objects.get(key)
             if body is None or key in self.deleting:
                 continue
-            problem = report.problems.get(key)
-            if problem is not None and not status.stalled:
-                status = ResourceStatus(
-                    status.kind,
-                    status.key,
-                    status.generation,
-                    "Stalled" if problem.stalled else "Reconciling",
-                    problem.reason,
-                    problem.message,
-                    status.summary,
-                )
-            if key[0] == "Route" and status.summary.get("deployments"):
-                workers, waiting = self.workers.summary(key[1], list(status.summary["deployments"]))
-                status = _with_workers(status, workers, waiting)
-            users = self._in_use.get(key)
-            if users and status.phase == "Ready":
-                status = ResourceStatus(
-                    status.kind,
-                    status.key,
-                    status.generation,
-                    "Ready",
-                    "InUse",
-                    f"being deleted, still serving: in use by Route {', '.join(users)}",
-                    {**status.summary, "inUseBy": users},
-                )
+            status = self._final_status(key, status, report)
+            verified = self._verified_status.get(key)
+            if verified is not None and verified[1] is body and verified[0] == status:
+                continue  # the same status as last time, found written on this very body
             previous = (body.get("status") or {}) if isinstance(body.get("status"), dict) else {}
             document = status.to_dict(now, previous.get("conditions") or [])
             for summary_key in SUMMARY_KEYS:
                 if summary_key not in document and summary_key in previous:
                     document[summary_key] = None
+            _drop_stale_tracks(document, previous)
             comparable = {k: v for k, v in document.items() if v is not None}
             digest = _digest(_without_times(comparable))
             if self._written_status.get(key) == digest or _same_status(previous, comparable):
                 self._written_status[key] = digest
+                self._verified_status[key] = (status, body)
                 continue
             changed.append((key, status, document, digest, body))
         return changed
 
+    def _final_status(
+        self, key: tuple[str, str], status: ResourceStatus, report: PassReport
+    ) -> ResourceStatus:
+        """The status as written: this pass's dependency problem, worker availability, in-use, NACKs.
+
+        One function for the status document and for ``apx_operator_objects``,
+        so the metric counts what the objects say (a Route waiting for its
+        workers is Reconciling in both).
+        """
+        problem = report.problems.get(key)
+        if problem is not None and not status.stalled:
+            status = summaries.with_problem(status, problem.stalled, problem.reason, problem.message)
+        if key[0] == "Route" and status.summary.get("deployments"):
+            workers, waiting = self.workers.summary(key[1], list(status.summary["deployments"]))
+            status = summaries.with_workers(status, workers, waiting)
+        status = summaries.with_in_use(status, self._in_use.get(key))
+        return with_rejection(status, self._rejections_now.get(key))
+
     async def _write_statuses(self, compiled: Compiled, report: PassReport) -> None:
         semaphore = asyncio.Semaphore(self.settings.worker_limit)
+        self._rejections_now = self.xds_rejections() if self.xds_rejections is not None else {}
         changed = await asyncio.to_thread(self._statuses_to_write, compiled, report, self.clock())
 
         async def write(
@@ -1006,16 +1115,25 @@ class Reconciler:
             gauge.dec()
 
     def _phase_counts(self, compiled: Compiled, report: PassReport) -> dict[tuple[str, str], int]:
-        """Objects per (kind, phase) as their statuses say after this pass (dependency problems included)."""
+        """Objects per (kind, phase) as their statuses say after this pass (every overlay included).
+
+        Also keeps ``apx_operator_object_ready`` per object, touching only the
+        series whose value changed (and removing those of objects gone).
+        """
         counts: dict[tuple[str, str], int] = {}
+        ready: dict[tuple[str, str], bool] = {}
         for key, status in compiled.statuses.items():
             if key in self.deleting:
                 continue
-            phase = status.phase
-            problem = report.problems.get(key)
-            if problem is not None and not status.stalled:
-                phase = "Stalled" if problem.stalled else "Reconciling"
+            phase = self._final_status(key, status, report).phase
             counts[(key[0], phase)] = counts.get((key[0], phase), 0) + 1
+            ready[key] = phase == "Ready"
+        for key, value in ready.items():
+            if self._ready_exported.get(key) != value:
+                self.metrics.set_object_ready(key[0], key[1], value)
+        for key in self._ready_exported.keys() - ready.keys():
+            self.metrics.set_object_ready(key[0], key[1], None)
+        self._ready_exported = ready
         return counts
 
     def health(self) -> dict[str, Any]:
@@ -1052,18 +1170,6 @@ def _products_and_routes(
             status = statuses.get(key)
             if status is not None:
                 yield key, document, status
-
-
-def _with_workers(status: ResourceStatus, workers: dict[str, Any], waiting: str | None) -> ResourceStatus:
-    """An async Route's status with ``workers``; not Ready while a worker Deployment has none available."""
-    summary = {**status.summary, "workers": workers} if workers else dict(status.summary)
-    if waiting is not None and status.phase == "Ready":
-        return ResourceStatus(
-            status.kind, status.key, status.generation, "Reconciling", "WorkersUnavailable", waiting, summary
-        )
-    return ResourceStatus(
-        status.kind, status.key, status.generation, status.phase, status.reason, status.message, summary
-    )
 
 
 def _rule_set_keys(rule_set: RuleSet) -> VersionedKeys:
@@ -1124,3 +1230,17 @@ def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
 def _same_status(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     comparable_previous = {k: v for k, v in previous.items() if k in new and v is not None}
     return _without_times(comparable_previous) == _without_times(new) and set(new) <= set(previous)
+
+
+def _drop_stale_tracks(document: dict[str, Any], previous: Mapping[str, Any]) -> None:
+    """Remove worker tracks the new status no longer has (a merge patch would keep them forever).
+
+    ``workers: {stable, canary}`` followed by ``workers: {stable}`` (a
+    promoted or rolled-back canary) must clear ``canary``: sent as null.
+    """
+    old = previous.get("workers")
+    new = document.get("workers")
+    if isinstance(old, Mapping) and isinstance(new, dict):
+        for track in old:
+            if track not in new:
+                new[track] = None

@@ -33,6 +33,11 @@ class OperatorSettings(BaseModel):
         default=0.02, ge=0, description="Coalesce bursts of events into one pass."
     )
     worker_limit: int = Field(default=16, ge=1, description="Concurrent API writes per pass.")
+    snapshot_configmap_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Least time between two writes of the Envoy snapshot ConfigMaps (xDS is pushed at once).",
+    )
     liveness_host: str = Field(
         default="0.0.0.0",
         min_length=1,
@@ -62,6 +67,10 @@ class OperatorSettings(BaseModel):
     )
     canary_queries: str | None = Field(
         default=None, description="YAML/JSON file overriding the canary analysis PromQL templates."
+    )
+    xds_host: str = Field(default="0.0.0.0", min_length=1, description="Address the xDS server listens on.")
+    xds_port: int = Field(
+        default=18000, ge=0, le=65535, description="Port of the xDS (ADS) server Envoy uses (0 disables)."
     )
     leader_election: bool = Field(
         default=False,

@@ -1,4 +1,4 @@
-"""Fixtures shared by the API-level tests: real Redis, the real Pub/Sub emulator, real Prometheus.
+"""Fixtures shared by the API-level tests: real Redis (and a Redis Cluster), the Pub/Sub emulator, Prometheus.
 
 Each is started lazily (only when a test asks for it) on a free port with its
 own data directory, and stopped by PID at the end of the session (Redis,
@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from apx.e2e.services import Service, prometheus_config, start_prometheus, start_pubsub_emulator, start_redis
+from apx.e2e.services import (
+    RedisClusterService,
+    Service,
+    prometheus_config,
+    start_prometheus,
+    start_pubsub_emulator,
+    start_redis,
+    start_redis_cluster,
+)
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +30,16 @@ def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterService]:
+    """A real 3-primary Redis Cluster (``redis-server --cluster-enabled yes``); ``.url`` is ``redis+cluster://``."""
+    cluster = start_redis_cluster(Path(tmp_path_factory.mktemp("redis-cluster")))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

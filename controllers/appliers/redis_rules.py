@@ -6,7 +6,9 @@ content), then the ``current`` pointer is switched — all in one Lua script, so
 a reader sees either the old or the new complete rule set, never half of one.
 The previous version is kept (a reader may have fetched the old pointer a
 moment ago); older versions are deleted. Every key one script touches shares
-a hash tag, so this works on Redis Cluster.
+a hash tag, so this works on Redis Cluster: a ``redis+cluster://`` URL
+(``apx.dataplane.common.redisconn``) gives redis-py's cluster client, which
+loads each script on the node that runs it.
 
 Idempotent: publishing the version that is already current does nothing;
 re-running after a crash at any point completes the switch.
@@ -20,7 +22,9 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from apx.contracts import redis_keys
 from apx.dataplane.common.redact import redact_url
+from apx.dataplane.common.redisconn import RedisClient, cluster_client, is_cluster_url
 
 # KEYS: 1 version hash, 2 current pointer, 3 version log (zset), 4 sequence counter
 # ARGV: 1 version, 2 versions to keep, 3 prefix of version hashes, 4.. field/value pairs
@@ -78,7 +82,7 @@ class VersionedKeys:
 
     @property
     def sequence(self) -> str:
-        return self.versions + ":seq"
+        return redis_keys.sequence_key(self.versions)
 
     def version_key(self, version: str) -> str:
         return self.version_prefix + version
@@ -92,9 +96,15 @@ class RedisApplier:
         # What error messages (and from them status, Events and logs) may show: no password.
         self.shown_url = redact_url(url)
         self.keep_versions = keep_versions
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-        )
+        self._client: RedisClient
+        if is_cluster_url(url):
+            self._client = cluster_client(
+                url, max_connections=64, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+            )
+        else:
+            self._client = aioredis.Redis.from_url(
+                url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+            )
         self._publish = self._client.register_script(_PUBLISH)
         self._drop = self._client.register_script(_DROP)
 

@@ -365,6 +365,13 @@ class ServedVersion(ApxModel):
     spec: dict[str, Any] | None = Field(
         default=None, description="The spec this artifact was compiled from (kept so N-1 can be re-rendered)."
     )
+    pinned_by: list[str] | None = Field(
+        default=None,
+        description=(
+            "Routes (`namespace/name`) that pin this version; set only on versions older than N-1, "
+            "which stay served while a Route pins them (Ready reason `VersionsPinned`)."
+        ),
+    )
 
 
 class PolicyBundleStatus(ApxModel):
@@ -372,9 +379,19 @@ class PolicyBundleStatus(ApxModel):
 
     model_config = ApxModel.model_config | {"extra": "allow"}
 
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    message: str | None = None
-    reason: str | None = None
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Reconciling, Stalled.")
+    message: str | None = Field(default=None, description="Human summary; names the field at fault.")
+    reason: str | None = Field(default=None, description="Reason of the Ready condition (printer column).")
     artifact: str | None = Field(default=None, description="The current (N) artifact.")
-    served_versions: list[ServedVersion] = Field(default_factory=list, description="N first, then N-1.")
+    served_versions: list[ServedVersion] = Field(
+        default_factory=list,
+        description="Compiled versions served: N first, then N-1, then older versions Routes still pin.",
+    )
+    in_use_by: list[str] | None = Field(
+        default=None,
+        description=(
+            "Routes (`namespace/name`) that still reference this PolicyBundle while it is being deleted: "
+            "it keeps serving (Ready, reason `InUse`) and its finalizer holds the deletion until none does."
+        ),
+    )

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from apx.contracts import residency as residency_contract
+
 from .common import (
     DNS_LABEL_MESSAGE,
     DNS_LABEL_PATTERN,
@@ -38,12 +40,10 @@ QUOTA_PERIOD_SECONDS: dict[str, int] = {
     "month": 2_592_000,
 }
 
-# Region prefixes (Google Cloud region names) allowed for each residency.
-RESIDENCY_REGION_PREFIXES: dict[str, tuple[str, ...]] = {
-    "US": ("us-",),
-    "EU": ("europe-",),
-    "ASIA": ("asia-", "australia-"),
-}
+# Region prefixes (Google Cloud region names) allowed for each residency: the rule the
+# dataplane's placement applies too, so it is defined once in the contracts.
+RESIDENCY_REGION_PREFIXES = residency_contract.RESIDENCY_REGION_PREFIXES
+region_allowed = residency_contract.region_allowed
 
 REGION_PATTERN = r"^[a-z]+-[a-z]+[0-9]+$"
 REGION_MESSAGE = "must be a region name such as europe-west1"
@@ -68,12 +68,6 @@ TENANT_PLAN_MESSAGE = "every tenant must name a plan of this product"
 TENANT_REGION_MESSAGE = "a tenant's region must be one of the product's regions"
 DEFAULT_PLAN_MESSAGE = "defaultPlan must name a plan of this product"
 UNIQUE_TENANTS_MESSAGE = "tenant ids must be unique"
-
-
-def region_allowed(residency: str, region: str) -> bool:
-    """True when ``region`` satisfies ``residency``."""
-    prefixes = RESIDENCY_REGION_PREFIXES.get(residency)
-    return prefixes is None or region.startswith(prefixes)
 
 
 class RateLimit(ApxModel):
@@ -295,3 +289,10 @@ class ProductStatus(ApxModel):
         default_factory=list, description="Pub/Sub topics of this product's async routes."
     )
     routes: int | None = Field(default=None, description="Number of Routes that reference this product.")
+    in_use_by: list[str] | None = Field(
+        default=None,
+        description=(
+            "Routes (`namespace/name`) that still reference this Product while it is being deleted: "
+            "it keeps serving (Ready, reason `InUse`) and its finalizer holds the deletion until none does."
+        ),
+    )

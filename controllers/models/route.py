@@ -738,21 +738,81 @@ class CanaryStatus(ApxModel):
     )
 
 
+class WorkerReplicas(ApxModel):
+    """Worker replicas of one track of an async Route, summed over its Deployments (dedicated pools too)."""
+
+    # Unknown keys are ignored when a status is parsed (a newer operator may add
+    # some) but not preserved by the schema: the shape is exactly what is declared.
+    model_config = ApxModel.model_config | {"extra": "ignore"}
+
+    # The operator sends ``null`` while no controller has observed a Deployment
+    # yet (``apx.operator.workers``): unknown, which is not 0. A merge-patch
+    # removes a key sent as null, so the stored status has no ``available`` then;
+    # the schema is not ``nullable`` because no null is ever stored.
+    available: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Available replicas (the Deployments' `status.availableReplicas`); "
+            "absent while no controller has observed a Deployment yet (unknown, not 0)."
+        ),
+    )
+    desired: int | None = Field(
+        default=None, ge=0, description="Desired replicas (the Deployments' `spec.replicas`)."
+    )
+
+
+class RouteWorkers(ApxModel):
+    """Available and desired worker replicas of an async Route, per track.
+
+    Written by the operator from the worker Deployments it watches. The Route
+    is Ready only when every worker Deployment with desired replicas has an
+    available one; otherwise it is `Reconciling` with reason `WorkersUnavailable`.
+    """
+
+    model_config = ApxModel.model_config | {"extra": "ignore"}
+
+    stable: WorkerReplicas | None = Field(default=None, description="Workers of the stable track.")
+    canary: WorkerReplicas | None = Field(
+        default=None, description="Workers of the canary track (a canary with a new worker image)."
+    )
+
+
 class RouteStatus(ApxModel):
     """Observed state of a Route, written by the operator only."""
 
     model_config = ApxModel.model_config | {"extra": "allow"}
 
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    message: str | None = None
-    reason: str | None = None
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Reconciling, Stalled.")
+    message: str | None = Field(default=None, description="Human summary; names the field at fault.")
+    reason: str | None = Field(default=None, description="Reason of the Ready condition (printer column).")
     policy_artifact: str | None = Field(
         default=None, description="`name@version@sha256:…` applied to stable."
     )
+    canary_policy_artifact: str | None = Field(
+        default=None,
+        description=(
+            "`name@version@sha256:…` applied to the canary track; "
+            "absent when the canary keeps the stable policy."
+        ),
+    )
     canary_weight: int | None = Field(default=None, description="Canary weight in percent (printer column).")
     canary: CanaryStatus | None = None
-    topics: list[str] = Field(default_factory=list)
-    subscriptions: list[str] = Field(default_factory=list)
-    deployments: list[str] = Field(default_factory=list)
-    rule_set_version: str | None = None
+    topics: list[str] = Field(default_factory=list, description="Pub/Sub request topics (async Routes).")
+    subscriptions: list[str] = Field(
+        default_factory=list, description="Pub/Sub subscriptions the workers consume (async Routes)."
+    )
+    deployments: list[str] = Field(
+        default_factory=list, description="Names of the worker Deployments (async Routes)."
+    )
+    workers: RouteWorkers | None = Field(
+        default=None,
+        description=(
+            "Available and desired worker replicas per track (async Routes); "
+            "the Route is Ready only when every worker Deployment has an available replica."
+        ),
+    )
+    rule_set_version: str | None = Field(
+        default=None, description="Version (content hash) of the live Redis rule set of the Product."
+    )

@@ -44,10 +44,11 @@ paths ``projects/<project>/topics/<id>``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .. import names
 from ..ir import IR, RouteIR, TenantIR
+from ..memo import Caches
 from ..models.product import region_allowed
 
 DEFAULT_PROJECT = "apx-local"
@@ -263,22 +264,48 @@ class PubSubOutput:
         }
 
 
-def render_pubsub(ir: IR, project: str = DEFAULT_PROJECT) -> PubSubOutput:
+RouteDocuments = tuple[tuple[TopicPlan, ...], tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]
+
+
+def route_documents(route: RouteIR, project: str) -> RouteDocuments:
+    """One Route's topic plans, topics and subscriptions in ``project`` (empty for a sync Route)."""
+    plans = tuple(route_topics(route))
+    topics: list[dict[str, Any]] = []
+    subscriptions: list[dict[str, Any]] = []
+    retention = route.delivery.message_retention_ms
+    for plan in plans:
+        topics.append(_topic(project, plan.topic, plan, "request", retention))
+        topics.append(_topic(project, plan.dead_letter_topic, plan, "dead-letter", retention))
+        subscriptions.extend(_subscriptions(project, route, plan))
+    return plans, tuple(topics), tuple(subscriptions)
+
+
+def cached_route_documents(route: RouteIR, project: str, caches: Caches | None) -> RouteDocuments:
+    """``route_documents``, reused while the RouteIR is the same object (and the project the same)."""
+    if caches is None:
+        return route_documents(route, project)
+    cached = caches.pubsub_routes.get(route, lambda: (project, route_documents(route, project)))
+    if cached[0] != project:
+        cached = (project, route_documents(route, project))
+    return cast(RouteDocuments, cached[1])
+
+
+def render_pubsub(ir: IR, project: str = DEFAULT_PROJECT, caches: Caches | None = None) -> PubSubOutput:
     """Every topic and subscription of the IR's async Routes in ``project``."""
     plans: list[TopicPlan] = []
     topics: dict[str, dict[str, Any]] = {}
     subscriptions: dict[str, dict[str, Any]] = {}
     for route in sorted(ir.routes, key=lambda r: r.key):
-        retention = route.delivery.message_retention_ms
-        for plan in route_topics(route):
-            plans.append(plan)
-            for document in (
-                _topic(project, plan.topic, plan, "request", retention),
-                _topic(project, plan.dead_letter_topic, plan, "dead-letter", retention),
-            ):
-                topics[document["name"]] = document
-            for document in _subscriptions(project, route, plan):
-                subscriptions[document["name"]] = document
+        if route.mode != "async":
+            continue
+        route_plans, route_topic_documents, route_subscriptions = cached_route_documents(
+            route, project, caches
+        )
+        plans.extend(route_plans)
+        for document in route_topic_documents:
+            topics[document["name"]] = document
+        for document in route_subscriptions:
+            subscriptions[document["name"]] = document
     return PubSubOutput(
         project=project,
         plans=tuple(sorted(plans, key=lambda p: (p.route, p.topic))),

@@ -4,10 +4,12 @@ Pure. Called through ``apx.controllers.renderers.registry`` (golden files,
 ``apx translate``) and by the Redis applier, which writes each rule set and
 the route table and then switches their ``current`` pointer. The rate-limit
 service (Envoy RLS) reads the rule sets; the async gateway reads the route
-table. ``controllers/renderers/REDIS_KEYS.md`` is the same contract written
-for the dataplane's authors; keep both in step.
+table. The records, their encoders and the key rules are the contract shared
+with the dataplane (``apx.contracts``: ``rule_set``, ``route_table``,
+``redis_keys``); this module builds the records from the IR.
+``controllers/renderers/REDIS_KEYS.md`` is the same contract in prose.
 
-Key schema (all names come from ``apx.controllers.names``)::
+Key schema (all names come from ``apx.contracts.redis_keys``, re-exported by ``names``)::
 
     apx:rules:{<ns>/<product>}:v:<version>   HASH   field -> canonical JSON rule document
     apx:rules:{<ns>/<product>}:current       STRING live rule-set version
@@ -47,174 +49,89 @@ so ``failure_mode`` here is a record for status and debugging.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import math
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from apx.contracts import documents as contract_documents
+from apx.contracts import redis_keys, route_table
+from apx.contracts import rule_set as rules
+from apx.contracts.documents import VERSION_LENGTH, canonical_json
+from apx.contracts.rule_set import Quota, Rate, Rule
 
 from .. import names
 from ..ir import IR, PlanIR, PolicyIR, ProductIR, RouteIR, TenantIR
+from ..memo import Caches, same
 from ..models.common import duration_ms
-from ..models.policy import RateLimitPolicy
-from ..policy_artifacts import canonical_json
 from .pubsub_plan import route_topics
 
-RULES_SCHEMA = 1
-VERSION_LENGTH = 16
-
-# Most accurate first: when Routes of one product disagree, the product's
-# shared counters use the first algorithm any of them asks for.
-ALGORITHM_PRECEDENCE = ("sliding-window", "token-bucket", "fixed-window")
-FAILURE_MODE_PRECEDENCE = ("closed", "open")
-ALGORITHM_CODES = {"sliding-window": "sw", "token-bucket": "tb", "fixed-window": "fw"}
-
-# Tenant ids as a Product may list them. A tenant id from a token that does not
-# look like one (it could carry "{", "}" or ":") is hashed before it becomes
-# part of a key, so it can neither break the hash tag nor alias another key.
-_SAFE_TENANT = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
-# Concurrency leases outlive the longest request by this much before Redis drops them.
-LEASE_MARGIN_MS = 5_000
-# Quota counters stay a little past their period so a late request near the
-# boundary still finds the counter of the period it was admitted in.
-QUOTA_GRACE_SECONDS = 60
-
-
-def content_version(documents: Mapping[str, Any]) -> str:
-    """Version of a set of documents: sha256 prefix of their canonical JSON (the bytes written)."""
-    return hashlib.sha256(canonical_json(documents).encode()).hexdigest()[:VERSION_LENGTH]
-
-
-# --- counters -------------------------------------------------------------------
-
-
-def counter_tenant(tenant: str) -> str:
-    """The tenant component of counter keys: the id itself when it is a plain id, else ``~<hash>``."""
-    if _SAFE_TENANT.match(tenant):
-        return tenant
-    return "~" + hashlib.sha256(tenant.encode()).hexdigest()[:16]
-
-
-def api_key_id(api_key: str) -> str:
-    """Identifier of an API key in counter keys: never the secret itself."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
-
-
-def request_counter_keys(
-    product_key: str,
-    tenant: str,
-    rule: Mapping[str, Any],
-    algorithm: str,
-    now_ms: int,
-    api_key: str | None = None,
-) -> dict[str, str]:
-    """Every counter key one request touches, by purpose (``rate``, ``api_key_rate``, ``quota``, ...).
-
-    ``rule`` is the tenant or plan rule document answering the request. Keys of
-    time windows (fixed-window rate, quota) depend on ``now_ms``; all keys
-    share the hash tag ``{<product>/<tenant>}``.
-    """
-    who = counter_tenant(tenant)
-    code = ALGORITHM_CODES[algorithm]
-
-    def rate_key(prefix: str, limit: Mapping[str, Any]) -> str:
-        descriptor = f"{prefix}:{code}"
-        if algorithm == "fixed-window":
-            descriptor += f":{now_ms // int(limit['window_ms'])}"
-        return names.counter_key(product_key, who, descriptor)
-
-    keys = {"rate": rate_key("tenant", rule["rate"])}
-    if api_key is not None and rule.get("api_key_rate") is not None:
-        keys["api_key_rate"] = rate_key(f"apikey:{api_key_id(api_key)}", rule["api_key_rate"])
-    quota = rule.get("quota")
-    if quota is not None:
-        period = int(quota["period_seconds"])
-        keys["quota"] = names.counter_key(product_key, who, f"quota:{period}:{now_ms // (period * 1000)}")
-    if rule.get("concurrency") is not None:
-        keys["concurrency"] = names.counter_key(product_key, who, "concurrency")
-    if rule.get("credits_cost") is not None:
-        keys["credits"] = names.counter_key(product_key, who, "credits")
-    return keys
-
-
-def request_counter_ttls_ms(rule: Mapping[str, Any], now_ms: int, lease_ms: int) -> dict[str, int | None]:
-    """How long each counter of ``request_counter_keys`` lives after a write (``None``: no expiry).
-
-    Rate counters of every algorithm need ``window_ms``: a sliding window
-    forgets older entries, a token bucket refills from empty in
-    ``burst / requests_per_second`` seconds, and a fixed window ends. Quota
-    counters live to the end of their period plus a grace period; leases
-    outlive the slowest request (``meta.lease_ms``); credits are a balance.
-    """
-    ttls: dict[str, int | None] = {"rate": int(rule["rate"]["window_ms"])}
-    if rule.get("api_key_rate") is not None:
-        ttls["api_key_rate"] = int(rule["api_key_rate"]["window_ms"])
-    quota = rule.get("quota")
-    if quota is not None:
-        period_ms = int(quota["period_seconds"]) * 1000
-        ttls["quota"] = period_ms - now_ms % period_ms + QUOTA_GRACE_SECONDS * 1000
-    if rule.get("concurrency") is not None:
-        ttls["concurrency"] = lease_ms
-    if rule.get("credits_cost") is not None:
-        ttls["credits"] = None
-    return ttls
+# The record types, their encoders and the key and counter rules are the
+# operator/dataplane contract (``apx.contracts``); re-exported here for the
+# operator's callers. This module only builds the records from the IR.
+RULES_SCHEMA = rules.RULES_SCHEMA
+ALGORITHM_PRECEDENCE = rules.ALGORITHM_PRECEDENCE
+FAILURE_MODE_PRECEDENCE = rules.FAILURE_MODE_PRECEDENCE
+LEASE_MARGIN_MS = rules.LEASE_MARGIN_MS
+QUOTA_GRACE_SECONDS = rules.QUOTA_GRACE_SECONDS
+ALGORITHM_CODES = redis_keys.ALGORITHM_CODES
+content_version = contract_documents.content_version
+counter_tenant = redis_keys.counter_tenant
+api_key_id = redis_keys.api_key_id
+request_counter_keys = redis_keys.request_counter_keys
+request_counter_ttls_ms = rules.request_counter_ttls_ms
 
 
 # --- rule documents ---------------------------------------------------------------
 
 
-def _rate(requests_per_second: int, burst: int) -> dict[str, int]:
-    # window_ms: the sliding/fixed window in which `burst` requests are admitted,
-    # so the long-run rate is `requests_per_second` whatever the algorithm.
-    return {
-        "requests_per_second": requests_per_second,
-        "burst": burst,
-        "window_ms": math.ceil(1000 * burst / requests_per_second),
-    }
-
-
-def _quota(requests: int | None, period_seconds: int | None) -> dict[str, int] | None:
+def _quota(requests: int | None, period_seconds: int | None) -> Quota | None:
     if requests is None or period_seconds is None:
         return None
-    return {"requests": requests, "period_seconds": period_seconds}
+    return Quota(requests, period_seconds)
 
 
-def _plan_limits(plan: PlanIR) -> dict[str, Any]:
+def plan_record(plan: PlanIR) -> Rule:
     api_key_rate = None
     if plan.api_key_requests_per_second is not None:
-        api_key_rate = _rate(
+        api_key_rate = Rate.of(
             plan.api_key_requests_per_second, plan.api_key_burst or plan.api_key_requests_per_second
         )
-    return {
-        "plan": plan.name,
-        "tier": plan.tier,
-        "isolation": plan.isolation,
-        "rate": _rate(plan.requests_per_second, plan.burst),
-        "api_key_rate": api_key_rate,
-        "quota": _quota(plan.quota_requests, plan.quota_period_seconds),
-        "concurrency": plan.concurrency,
-        "credits_cost": plan.credits_cost,
-    }
+    return Rule(
+        kind="plan",
+        plan=plan.name,
+        tier=plan.tier,
+        isolation=plan.isolation,
+        rate=Rate.of(plan.requests_per_second, plan.burst),
+        api_key_rate=api_key_rate,
+        quota=_quota(plan.quota_requests, plan.quota_period_seconds),
+        concurrency=plan.concurrency,
+        credits_cost=plan.credits_cost,
+    )
 
 
-def plan_rule(plan: PlanIR) -> dict[str, Any]:
-    return {"kind": "plan", **_plan_limits(plan)}
-
-
-def tenant_rule(tenant: TenantIR, plan: PlanIR) -> dict[str, Any]:
+def tenant_record(tenant: TenantIR, plan: PlanIR) -> Rule:
     # Start from the plan so limits a tenant cannot override (API-key rate,
     # concurrency, credits, isolation) are still in the one document read.
-    document = {"kind": "tenant", **_plan_limits(plan)}
-    document.update(
+    return replace(
+        plan_record(plan),
+        kind="tenant",
         tenant=tenant.id,
         tier=tenant.tier,
         region=tenant.region,
-        rate=_rate(tenant.requests_per_second, tenant.burst),
+        rate=Rate.of(tenant.requests_per_second, tenant.burst),
         quota=_quota(tenant.quota_requests, tenant.quota_period_seconds),
     )
-    return document
+
+
+def plan_rule(plan: PlanIR) -> dict[str, Any]:
+    return rules.encode_rule(plan_record(plan))
+
+
+def tenant_rule(tenant: TenantIR, plan: PlanIR) -> dict[str, Any]:
+    return rules.encode_rule(tenant_record(tenant, plan))
 
 
 def _first(precedence: tuple[str, ...], values: Iterable[str]) -> str:
@@ -222,72 +139,72 @@ def _first(precedence: tuple[str, ...], values: Iterable[str]) -> str:
     return next(value for value in precedence if value in present)
 
 
-def _limits_of(policies: Iterable[PolicyIR]) -> tuple[str, str, list[str]]:
+def _limits_of(policies: Iterable[PolicyIR]) -> tuple[str, str, tuple[str, ...]]:
     """(algorithm, failure mode, what disagreed) for policies sharing counters."""
     chosen = list(policies)
     if not chosen:
-        default = RateLimitPolicy()
-        return default.algorithm, default.failure_mode, []
+        return rules.DEFAULT_ALGORITHM, rules.DEFAULT_FAILURE_MODE, ()
     algorithms = {p.spec.rate_limit.algorithm for p in chosen}
     failure_modes = {p.spec.rate_limit.failure_mode for p in chosen}
-    conflicts = [
+    conflicts = tuple(
         name for name, seen in (("algorithm", algorithms), ("failure_mode", failure_modes)) if len(seen) > 1
-    ]
+    )
     return _first(ALGORITHM_PRECEDENCE, algorithms), _first(FAILURE_MODE_PRECEDENCE, failure_modes), conflicts
 
 
-def route_rule(route: RouteIR) -> dict[str, Any]:
+def route_rule_record(route: RouteIR) -> rules.RouteRule:
     # Weights are left out on purpose: a canary step must not rewrite rule sets.
     algorithm, failure_mode, conflicts = _limits_of(track.policy for track in route.tracks)
-    return {
-        "kind": "route",
-        "route": route.key,
-        "mode": route.mode,
-        "timeout_ms": route.timeout_ms,
-        "algorithm": algorithm,
-        "failure_mode": failure_mode,
-        "conflicts": conflicts,
-        "policy_artifact": route.stable.policy.artifact,
-        "tracks": [
-            {
-                "track": track.name,
-                "policy_version": track.policy.version,
-                "policy_artifact": track.policy.artifact,
-                "algorithm": track.policy.spec.rate_limit.algorithm,
-                "failure_mode": track.policy.spec.rate_limit.failure_mode,
-            }
+    return rules.RouteRule(
+        route=route.key,
+        mode=route.mode,
+        timeout_ms=route.timeout_ms,
+        algorithm=algorithm,
+        failure_mode=failure_mode,
+        conflicts=conflicts,
+        policy_artifact=route.stable.policy.artifact,
+        tracks=tuple(
+            rules.RouteRuleTrack(
+                track=track.name,
+                policy_version=track.policy.version,
+                policy_artifact=track.policy.artifact,
+                algorithm=track.policy.spec.rate_limit.algorithm,
+                failure_mode=track.policy.spec.rate_limit.failure_mode,
+            )
             for track in route.tracks
-        ],
-    }
+        ),
+    )
 
 
-def _meta(product: ProductIR, routes: tuple[RouteIR, ...]) -> dict[str, Any]:
+def route_rule(route: RouteIR) -> dict[str, Any]:
+    return rules.encode_route_rule(route_rule_record(route))
+
+
+def meta_record(product: ProductIR, routes: tuple[RouteIR, ...]) -> rules.RuleSetMeta:
     used = {track.policy.artifact: track.policy for route in routes for track in route.tracks}
     algorithm, failure_mode, conflicts = _limits_of(used[a] for a in sorted(used))
-    return {
-        "kind": "meta",
-        "schema": RULES_SCHEMA,
-        "product": product.key,
-        "residency": product.residency,
-        "regions": list(product.regions),
-        "default_plan": product.default_plan,
-        "plans": [plan.name for plan in product.plans],
-        "algorithm": algorithm,
-        "failure_mode": failure_mode,
-        "conflicts": conflicts,
-        "policies": {
-            artifact: {
-                "bundle": policy.bundle.key,
-                "version": policy.version,
-                "algorithm": policy.spec.rate_limit.algorithm,
-                "failure_mode": policy.spec.rate_limit.failure_mode,
-            }
+    return rules.RuleSetMeta(
+        product=product.key,
+        residency=product.residency,
+        regions=tuple(product.regions),
+        default_plan=product.default_plan,
+        plans=tuple(plan.name for plan in product.plans),
+        algorithm=algorithm,
+        failure_mode=failure_mode,
+        conflicts=conflicts,
+        policies={
+            artifact: rules.PolicyLimits(
+                bundle=policy.bundle.key,
+                version=policy.version,
+                algorithm=policy.spec.rate_limit.algorithm,
+                failure_mode=policy.spec.rate_limit.failure_mode,
+            )
             for artifact, policy in sorted(used.items())
         },
-        "routes": sorted(route.key for route in routes),
+        routes=tuple(sorted(route.key for route in routes)),
         # Concurrency leases must outlive the slowest request of any Route.
-        "lease_ms": max((route.timeout_ms for route in routes), default=0) + LEASE_MARGIN_MS,
-    }
+        lease_ms=max((route.timeout_ms for route in routes), default=0) + LEASE_MARGIN_MS,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,18 +223,19 @@ class RuleSet:
 
 
 def render_rule_set(product: ProductIR, routes: tuple[RouteIR, ...]) -> RuleSet:
-    documents: dict[str, Any] = {"meta": _meta(product, routes)}
+    meta = meta_record(product, routes)
+    documents: dict[str, Any] = {rules.META_FIELD: rules.encode_meta(meta)}
     plans = {plan.name: plan for plan in product.plans}
     for plan in product.plans:
-        documents[f"plan:{plan.name}"] = plan_rule(plan)
-    documents["default"] = documents[f"plan:{product.default_plan}"]
+        documents[rules.plan_field(plan.name)] = plan_rule(plan)
+    documents[rules.DEFAULT_FIELD] = documents[rules.plan_field(product.default_plan)]
     for tenant in product.tenants:
-        documents[f"tenant:{tenant.id}"] = tenant_rule(tenant, plans[tenant.plan])
+        documents[rules.tenant_field(tenant.id)] = tenant_rule(tenant, plans[tenant.plan])
     for route in routes:
-        documents[f"route:{route.key}"] = route_rule(route)
+        documents[rules.route_field(route.key)] = route_rule(route)
     # The version is the hash of everything else, then recorded in meta.
     version = content_version(documents)
-    documents["meta"]["version"] = version
+    documents[rules.META_FIELD] = rules.encode_meta(replace(meta, version=version))
     return RuleSet(
         product=product.key,
         version=version,
@@ -331,7 +249,7 @@ def render_rule_set(product: ProductIR, routes: tuple[RouteIR, ...]) -> RuleSet:
 # --- route table --------------------------------------------------------------------
 
 
-def track_auth(policy: PolicyIR) -> dict[str, Any]:
+def track_auth_record(policy: PolicyIR) -> route_table.AuthSettings:
     """How the async gateway authenticates a request on a track: the policy's auth settings, nothing else.
 
     The gateway takes tenant identity only from a credential it verified
@@ -342,22 +260,28 @@ def track_auth(policy: PolicyIR) -> dict[str, Any]:
     auth = policy.spec.auth
     jwt = None
     if auth.jwt is not None:
-        jwt = {
-            "issuer": auth.jwt.issuer,
-            "jwks_uri": auth.jwt.jwks_uri,
-            "audiences": list(auth.jwt.audiences),
-            "tenant_claim": auth.jwt.tenant_claim,
-            "tier_claim": auth.jwt.tier_claim,
-            "clock_skew_seconds": auth.jwt.clock_skew_seconds,
-            "jwks_cache_ms": duration_ms(auth.jwt.jwks_cache_duration),
-        }
+        jwt = route_table.JwtSettings(
+            issuer=auth.jwt.issuer,
+            jwks_uri=auth.jwt.jwks_uri,
+            audiences=tuple(auth.jwt.audiences),
+            tenant_claim=auth.jwt.tenant_claim,
+            tier_claim=auth.jwt.tier_claim,
+            clock_skew_seconds=auth.jwt.clock_skew_seconds,
+            jwks_cache_ms=duration_ms(auth.jwt.jwks_cache_duration),
+        )
     api_key = None
     if auth.api_key is not None:
-        api_key = {"header": auth.api_key.header, "query_parameter": auth.api_key.query_parameter}
-    return {"jwt": jwt, "api_key": api_key, "allow_anonymous": auth.allow_anonymous}
+        api_key = route_table.ApiKeySettings(
+            header=auth.api_key.header, query_parameter=auth.api_key.query_parameter
+        )
+    return route_table.AuthSettings(jwt=jwt, api_key=api_key, allow_anonymous=auth.allow_anonymous)
 
 
-def route_entry(route: RouteIR) -> dict[str, Any]:
+def track_auth(policy: PolicyIR) -> dict[str, Any]:
+    return route_table.encode_auth(track_auth_record(policy))
+
+
+def route_record(route: RouteIR) -> route_table.RouteEntry:
     """What the async gateway needs to accept a request for ``route`` and publish it."""
     topics: dict[str, dict[str, str]] = {}
     tenant_topics: dict[str, dict[str, dict[str, str]]] = {}
@@ -368,35 +292,40 @@ def route_entry(route: RouteIR) -> dict[str, Any]:
             tenant_topics.setdefault(plan.tenant, {}).setdefault(plan.track, {})[plan.region] = plan.topic
     delivery = route.delivery
     state = route.canary_state
-    return {
-        "route": route.key,
-        "mode": route.mode,
-        "product": route.product.key,
-        "hosts": list(route.match.hosts),
-        "path": route.match.path,
-        "path_prefix": route.match.path_prefix,
-        "methods": list(route.match.methods),
-        "residency": route.product.residency,
-        "regions": list(route.product.regions),
-        "timeout_ms": route.timeout_ms,
-        "backlog_limit": delivery.backlog_limit,
-        "result_ttl_ms": delivery.result_ttl_ms,
-        "ordering": delivery.ordering,
-        "sticky_by_tenant": state.sticky_by_tenant if state is not None else False,
-        "canary_phase": state.phase if state is not None else None,
-        "tracks": [
-            {
-                "track": track.name,
-                "weight": track.weight,
-                "policy_version": track.policy.version,
-                "policy_artifact": track.policy.artifact,
-                "auth": track_auth(track.policy),
-            }
+    return route_table.RouteEntry(
+        key=route.key,
+        mode=route.mode,
+        product=route.product.key,
+        hosts=tuple(route.match.hosts),
+        path=route.match.path,
+        path_prefix=route.match.path_prefix,
+        methods=tuple(route.match.methods),
+        residency=route.product.residency,
+        regions=tuple(route.product.regions),
+        timeout_ms=route.timeout_ms,
+        backlog_limit=delivery.backlog_limit,
+        result_ttl_ms=delivery.result_ttl_ms,
+        ordering=delivery.ordering,
+        sticky_by_tenant=state.sticky_by_tenant if state is not None else False,
+        canary_phase=state.phase if state is not None else None,
+        tracks=tuple(
+            route_table.TrackEntry(
+                name=track.name,
+                weight=track.weight,
+                policy_version=track.policy.version,
+                policy_artifact=track.policy.artifact,
+                auth=track_auth_record(track.policy),
+            )
             for track in route.tracks
-        ],
-        "topics": topics,
-        "tenant_topics": tenant_topics,
-    }
+        ),
+        topics=topics,
+        tenant_topics=tenant_topics,
+    )
+
+
+def route_entry(route: RouteIR) -> dict[str, Any]:
+    """The route-table document of ``route`` (``apx.contracts.route_table`` encodes it)."""
+    return route_table.encode_route_entry(route_record(route))
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,16 +342,36 @@ class RouteTable:
         return {name: json.loads(value) for name, value in self.entries}
 
 
-def render_route_table(routes: Iterable[RouteIR]) -> RouteTable:
-    documents = {route.key: route_entry(route) for route in routes}
-    version = content_version(documents)
+def render_route_table(routes: Iterable[RouteIR], caches: Caches | None = None) -> RouteTable:
+    if caches is None:
+        encoded = {route.key: canonical_json(route_entry(route)) for route in routes}
+    else:
+        memo = caches.redis_routes
+        encoded = {route.key: memo.get(route, functools.partial(_encoded_entry, route)) for route in routes}
+    entries = tuple((key, encoded[key]) for key in sorted(encoded))
+    version = _joined_version(entries)
     return RouteTable(
         version=version,
         key=names.route_table_key(version),
         current_key=names.route_table_current_key(),
         versions_key=names.route_table_versions_key(),
-        entries=tuple((key, canonical_json(documents[key])) for key in sorted(documents)),
+        entries=entries,
     )
+
+
+def _encoded_entry(route: RouteIR) -> str:
+    return canonical_json(route_entry(route))
+
+
+def _joined_version(entries: tuple[tuple[str, str], ...]) -> str:
+    """``content_version`` of ``{key: document}`` from the documents' canonical JSON, without re-encoding.
+
+    ``canonical_json`` of a dict is its sorted members joined by commas, so
+    the bytes hashed are the same as ``content_version``'s (a unit test
+    pins the equality) while each entry is encoded once, when it changes.
+    """
+    text = "{" + ",".join(f"{json.dumps(key, ensure_ascii=False)}:{value}" for key, value in entries) + "}"
+    return hashlib.sha256(text.encode()).hexdigest()[:VERSION_LENGTH]
 
 
 # --- output -------------------------------------------------------------------------
@@ -464,14 +413,31 @@ class RedisOutput:
         }
 
 
-def render_redis(ir: IR) -> RedisOutput:
-    """Rule sets of every Product and the route table of every Route in the IR."""
+def render_redis(ir: IR, caches: Caches | None = None) -> RedisOutput:
+    """Rule sets of every Product and the route table of every Route in the IR.
+
+    With ``caches``, a product's rule set is rendered again only when its
+    ProductIR or one of its RouteIRs is another object than last time, and
+    a route-table entry only when its RouteIR is.
+    """
     routes = sorted(ir.routes, key=lambda r: r.key)
     by_product: dict[str, list[RouteIR]] = {}
     for route in routes:
         by_product.setdefault(route.product.key, []).append(route)
     rule_sets = tuple(
-        render_rule_set(product, tuple(by_product.get(product.key, ())))
+        _rule_set(product, tuple(by_product.get(product.key, ())), caches)
         for product in sorted(ir.products, key=lambda p: p.key)
     )
-    return RedisOutput(rule_sets=rule_sets, route_table=render_route_table(routes))
+    return RedisOutput(rule_sets=rule_sets, route_table=render_route_table(routes, caches))
+
+
+def _rule_set(product: ProductIR, routes: tuple[RouteIR, ...], caches: Caches | None) -> RuleSet:
+    if caches is None:
+        return render_rule_set(product, routes)
+    inputs = (product, *routes)
+    cached = caches.redis_products.get(product.key)
+    if cached is not None and same(cached[0], inputs):
+        return cast(RuleSet, cached[1])
+    rule_set = render_rule_set(product, routes)
+    caches.redis_products.put(product.key, (inputs, rule_set))
+    return rule_set

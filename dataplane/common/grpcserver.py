@@ -22,7 +22,8 @@ in one go (at most ``read_chunk_bytes`` per loop turn and connection, the
 rest on the next turns, so a connection that floods cannot hold the loop);
 a call whose request is complete is handed to its handler at once;
 everything answered in one loop turn leaves in one ``transport.write`` per
-connection.
+connection. ``start(reuse_port=True)`` lets several processes listen on one
+port (``apx-ratelimit --workers``).
 
 gRPC as served: one length-prefixed request message, ``identity`` or
 ``gzip`` (inflated with its output capped at the message limit);
@@ -345,12 +346,18 @@ class GrpcServer:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0 picks a free port); the port listened on."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on ``host:port`` (0 picks a free port); the port listened on.
+
+        ``reuse_port``: bind with ``SO_REUSEPORT``, so several processes listen on the same port and the
+        kernel spreads new connections over them (``apx-ratelimit --workers``).
+        """
         self.max_connections = _within_file_limit(self.limits.max_connections)
         loop = asyncio.get_running_loop()
         connection = LeanConnection if self.transport == TRANSPORT_LEAN else _Connection
-        self._server = await loop.create_server(lambda: connection(self), host, port, reuse_address=True)
+        self._server = await loop.create_server(
+            lambda: connection(self), host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
         self._sweeper = loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
 

@@ -184,7 +184,8 @@ class PipelinedRedis:
     async def evalsha(self, sha: bytes, source: bytes, command: bytes) -> Any:
         """Run an ``EVALSHA`` command; on ``NOSCRIPT`` load ``source`` and run it once more."""
         try:
-            return await self.execute(command)
+            # ``_queue`` rather than ``execute``: one coroutine less per decision on the hot path.
+            return await self._queue(command, None)
         except NoScriptError:
             await self.execute(encode_command([b"SCRIPT", b"LOAD", source]))
             return await self.execute(command)

@@ -22,6 +22,16 @@ then queues, with two bounds:
 ``PoolOverloaded`` is a ``redis.exceptions.ConnectionError``, so code that
 treats any Redis failure alike still works; the rate-limit service tells it
 apart to count overload separately from outages.
+
+Redis Cluster: a URL with the scheme ``redis+cluster://`` (or
+``rediss+cluster://``) names one seed node of a cluster; ``connect`` and
+``cluster_client`` then return redis-py's ``redis.asyncio.cluster.RedisCluster``,
+which discovers the other nodes and routes each command to the node owning its
+key's slot (following ``MOVED``/``ASK``). Its pools are per node and fail at
+once with ``MaxConnectionsError`` when full (redis-py offers no waiting pool for
+clusters): callers see that as a Redis failure. The operator's applier, the
+rate-limit service, the gateway and the worker all build clients here, so one
+URL switches every one of them.
 """
 
 from __future__ import annotations
@@ -30,12 +40,40 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_POOL_TIMEOUT = 2.0
 DEFAULT_MAX_WAITING = 10_000
+# URL schemes that name a Redis Cluster seed node, and the plain scheme redis-py reads for each.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+# What the services hold: one server's client or a cluster's; both take the same commands.
+RedisClient = aioredis.Redis | RedisCluster
+
+
+def is_cluster_url(url: str) -> bool:
+    """True when ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``)."""
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def seed_url(url: str) -> str:
+    """A cluster URL with its plain scheme (``redis+cluster://h:p/0`` → ``redis://h:p/0``), for redis-py."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if not sep or plain is None:
+        raise ValueError("not a Redis Cluster URL (expected redis+cluster:// or rediss+cluster://)")
+    return f"{plain}://{rest}"
+
+
+def cluster_client(url: str, *, max_connections: int, **options: Any) -> RedisCluster:
+    """redis-py's cluster client for a ``redis+cluster://`` URL, at most ``max_connections`` per node.
+
+    A cluster has one database: a database number other than 0 in the URL is refused by redis-py.
+    """
+    return RedisCluster.from_url(seed_url(url), max_connections=max_connections, **options)
 
 
 class PoolOverloaded(RedisConnectionError):
@@ -105,8 +143,19 @@ def connect(
     socket_timeout: float = 5.0,
     pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     max_waiting: int = DEFAULT_MAX_WAITING,
-) -> aioredis.Redis:
-    """A client for ``url`` with a pool of at most ``max_connections`` that waits up to ``pool_timeout``."""
+) -> RedisClient:
+    """A client for ``url`` with a pool of at most ``max_connections`` that waits up to ``pool_timeout``.
+
+    For a cluster URL: a ``RedisCluster`` with ``max_connections`` per node (no waiting, see above).
+    """
+    if is_cluster_url(url):
+        return cluster_client(
+            url,
+            max_connections=max_connections,
+            socket_connect_timeout=2,
+            socket_timeout=socket_timeout,
+            health_check_interval=30,
+        )
     pool = bounded_pool(
         url,
         max_connections=max_connections,

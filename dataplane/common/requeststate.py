@@ -51,31 +51,28 @@ are written by separate commands, never by one script.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
+from apx.contracts import redis_keys
+
 from .pipe import PipelinedRedis
+from .redisconn import RedisClient
 
 STATES = ("queued", "running", "done", "failed")
 TERMINAL = frozenset({"done", "failed"})
-REQUEST_PREFIX = "apx:req:"
-BACKLOG_PREFIX = "apx:backlog:"
-
-
-def request_key(request_id: str) -> str:
-    """Hash holding one request's state (hash tag: the request id)."""
-    return REQUEST_PREFIX + "{" + request_id + "}"
-
-
-def backlog_key(route: str, track: str) -> str:
-    """Counter of one Route track's unfinished requests (hash tag: the route key)."""
-    return BACKLOG_PREFIX + "{" + route + "}:" + track
+# Key names are the contract's (``apx.contracts.redis_keys``); re-exported for the gateway and worker.
+REQUEST_PREFIX = redis_keys.REQUEST_PREFIX
+BACKLOG_PREFIX = redis_keys.BACKLOG_PREFIX
+request_key = redis_keys.request_key
+backlog_key = redis_keys.backlog_key
 
 
 # KEYS[1] request; ARGV: tenant, route, track, tier, now_ms, ttl_ms
@@ -270,7 +267,7 @@ class ScriptRunner:
     reused with replies unread.
     """
 
-    def __init__(self, client: aioredis.Redis, pipe: PipelinedRedis | None = None) -> None:
+    def __init__(self, client: RedisClient, pipe: PipelinedRedis | None = None) -> None:
         self.client = client
         self.pipe = pipe
         self._sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
@@ -288,6 +285,8 @@ class ScriptRunner:
     async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         if self.pipe is not None:
             return await self.pipe.execute_many([pack_command(command) for command in commands])
+        if isinstance(self.client, RedisCluster):
+            return await self._exchange_cluster(commands)
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -304,6 +303,19 @@ class ScriptRunner:
         finally:
             await pool.release(connection)
         return answers
+
+    async def _exchange_cluster(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        # Redis Cluster without a pipe (the gateway): the calls of a batch live in different slots
+        # (request hash, backlog counter), so each goes through redis-py's cluster routing on its
+        # own, concurrently. Error replies come back in place, as above; a lost node raises.
+        client = self.client
+        answers = await asyncio.gather(
+            *(client.execute_command(*command) for command in commands), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, ResponseError):
+                raise answer
+        return list(answers)
 
     async def run(self, calls: Sequence[Call]) -> list[Any]:
         results: list[Any] = [None] * len(calls)

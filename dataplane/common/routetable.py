@@ -1,10 +1,11 @@
 """Read the operator's route table from Redis and match requests against it.
 
 Used by the async gateway (``apx.dataplane.gateway``) on every request. The
-table is the operator's contract (``controllers/renderers/REDIS_KEYS.md``,
-rendered by ``apx.controllers.renderers.redis_rules.route_entry``):
-``apx:routetable:{routes}:current`` names the live version and
-``apx:routetable:{routes}:v:<version>`` maps ``<ns>/<route>`` to a JSON entry.
+table is the operator's contract (``apx.contracts.route_table``, which the
+operator's renderer encodes and this module decodes; keys from
+``apx.contracts.redis_keys``): ``apx:routetable:{routes}:current`` names the
+live version and ``apx:routetable:{routes}:v:<version>`` maps ``<ns>/<route>``
+to a JSON entry.
 
 Reading:
 
@@ -12,7 +13,7 @@ Reading:
   background, while requests keep using the table they have
   (stale-while-revalidate); only the first request waits for a read.
 * A version hash is immutable, so a table is loaded once per version
-  (``HGETALL``) and parsed into frozen ``RouteEntry`` objects with a match
+  (``HGETALL``) and decoded into frozen ``RouteEntry`` records with a match
   index. A request takes one ``RouteTable`` snapshot and uses only it, so it
   never mixes entries of two versions.
 * When Redis is unreachable the last table keeps serving; with no table at all
@@ -31,114 +32,66 @@ gateway can answer 405 instead of 404.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from apx.controllers import names
+from apx.contracts import redis_keys
+from apx.contracts.errors import ContractError
+from apx.contracts.route_table import (
+    ApiKeySettings,
+    AuthSettings,
+    JwtSettings,
+    RouteEntry,
+    TrackEntry,
+    decode_route_entry_text,
+)
+from apx.dataplane.common.redisconn import RedisClient
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_INTERVAL = 1.0
+
+# The records the gateway works with are the contract's own.
+__all__ = [
+    "ApiKeySettings",
+    "AuthSettings",
+    "JwtSettings",
+    "Match",
+    "RouteEntry",
+    "RouteTable",
+    "RouteTableReader",
+    "RouteTableUnavailable",
+    "TrackEntry",
+]
 
 
 class RouteTableUnavailable(Exception):
     """No route table could be read yet (Redis unreachable since start)."""
 
 
-@dataclass(frozen=True, slots=True)
-class JwtSettings:
-    """JWT verification settings of a track's policy (``auth.jwt`` of the PolicyBundle)."""
-
-    issuer: str
-    jwks_uri: str
-    audiences: tuple[str, ...]
-    tenant_claim: str
-    tier_claim: str | None
-    clock_skew_seconds: int
-    jwks_cache_ms: int
+def allows(entry: RouteEntry, method: str) -> bool:
+    return not entry.methods or method in entry.methods
 
 
-@dataclass(frozen=True, slots=True)
-class ApiKeySettings:
-    header: str
-    query_parameter: str | None
+def matches_path(entry: RouteEntry, path: str) -> bool:
+    if entry.path is not None:
+        return path == entry.path
+    return entry.path_prefix is not None and path.startswith(entry.path_prefix)
 
 
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    """How a track's policy identifies callers; the only source of tenant identity."""
-
-    jwt: JwtSettings | None
-    api_key: ApiKeySettings | None
-    allow_anonymous: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TrackEntry:
-    name: str  # "stable" | "canary"
-    weight: int  # percent; the weights of a route sum to 100
-    policy_version: str
-    policy_artifact: str
-    auth: AuthSettings
-
-
-@dataclass(frozen=True, slots=True)
-class RouteEntry:
-    """One Route as the gateway sees it."""
-
-    key: str  # "<ns>/<name>"
-    mode: str
-    product: str
-    hosts: tuple[str, ...]
-    path: str | None
-    path_prefix: str | None
-    methods: frozenset[str]
-    residency: str
-    regions: tuple[str, ...]
-    timeout_ms: int
-    backlog_limit: int
-    result_ttl_ms: int
-    ordering: bool
-    sticky_by_tenant: bool
-    tracks: tuple[TrackEntry, ...]
-    topics: Mapping[str, Mapping[str, str]]  # track -> region -> topic id
-    tenant_topics: Mapping[str, Mapping[str, Mapping[str, str]]]  # tenant -> track -> region -> topic id
-
-    def track(self, name: str) -> TrackEntry | None:
-        for track in self.tracks:
-            if track.name == name:
-                return track
-        return None
-
-    def allows(self, method: str) -> bool:
-        return not self.methods or method in self.methods
-
-    def matches_path(self, path: str) -> bool:
-        if self.path is not None:
-            return path == self.path
-        return self.path_prefix is not None and path.startswith(self.path_prefix)
-
-    def matches_host(self, host: str) -> bool:
-        bare = _strip_port(host)
-        for pattern in self.hosts:
-            candidate = host if ":" in pattern else bare
-            if pattern.startswith("*."):
-                if candidate.endswith(pattern[1:]) and len(candidate) > len(pattern) - 1:
-                    return True
-            elif candidate == pattern:
+def matches_host(entry: RouteEntry, host: str) -> bool:
+    bare = _strip_port(host)
+    for pattern in entry.hosts:
+        candidate = host if ":" in pattern else bare
+        if pattern.startswith("*."):
+            if candidate.endswith(pattern[1:]) and len(candidate) > len(pattern) - 1:
                 return True
-        return False
-
-    @property
-    def match_base(self) -> str:
-        """The exact path or prefix the Route matched on (the worker rewrites it for URL backends)."""
-        return self.path if self.path is not None else (self.path_prefix or "/")
+        elif candidate == pattern:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,71 +108,6 @@ def _strip_port(host: str) -> str:
         end = host.find("]")
         return host[: end + 1] if end >= 0 else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _auth(document: Mapping[str, Any] | None) -> AuthSettings:
-    # An entry rendered before tracks carried auth settings admits nobody: the
-    # gateway never guesses identity.
-    if not document:
-        return AuthSettings(jwt=None, api_key=None, allow_anonymous=False)
-    jwt_doc = document.get("jwt")
-    jwt = None
-    if jwt_doc:
-        jwt = JwtSettings(
-            issuer=str(jwt_doc["issuer"]),
-            jwks_uri=str(jwt_doc["jwks_uri"]),
-            audiences=tuple(str(a) for a in jwt_doc.get("audiences") or ()),
-            tenant_claim=str(jwt_doc.get("tenant_claim") or "tenant"),
-            tier_claim=str(jwt_doc["tier_claim"]) if jwt_doc.get("tier_claim") else None,
-            clock_skew_seconds=int(jwt_doc.get("clock_skew_seconds", 60)),
-            jwks_cache_ms=int(jwt_doc.get("jwks_cache_ms", 300_000)),
-        )
-    key_doc = document.get("api_key")
-    api_key = None
-    if key_doc:
-        query = key_doc.get("query_parameter")
-        api_key = ApiKeySettings(
-            header=str(key_doc.get("header") or "x-api-key").lower(), query_parameter=query
-        )
-    return AuthSettings(jwt=jwt, api_key=api_key, allow_anonymous=bool(document.get("allow_anonymous")))
-
-
-def parse_entry(document: Mapping[str, Any]) -> RouteEntry:
-    """A route-table entry as written by ``redis_rules.route_entry``; raises on a malformed one."""
-    tracks = tuple(
-        TrackEntry(
-            name=str(t["track"]),
-            weight=int(t["weight"]),
-            policy_version=str(t.get("policy_version") or ""),
-            policy_artifact=str(t.get("policy_artifact") or ""),
-            auth=_auth(t.get("auth")),
-        )
-        for t in document["tracks"]
-    )
-    if not tracks:
-        raise ValueError("route entry without tracks")
-    return RouteEntry(
-        key=str(document["route"]),
-        mode=str(document["mode"]),
-        product=str(document["product"]),
-        hosts=tuple(str(h).lower() for h in document.get("hosts") or ()),
-        path=document.get("path"),
-        path_prefix=document.get("path_prefix"),
-        methods=frozenset(str(m).upper() for m in document.get("methods") or ()),
-        residency=str(document.get("residency") or "GLOBAL"),
-        regions=tuple(str(r) for r in document.get("regions") or ()),
-        timeout_ms=int(document.get("timeout_ms") or 30_000),
-        backlog_limit=int(document.get("backlog_limit") or 0),
-        result_ttl_ms=int(document.get("result_ttl_ms") or 3_600_000),
-        ordering=bool(document.get("ordering", True)),
-        sticky_by_tenant=bool(document.get("sticky_by_tenant")),
-        tracks=tracks,
-        topics={str(k): dict(v) for k, v in (document.get("topics") or {}).items()},
-        tenant_topics={
-            str(tenant): {str(track): dict(regions) for track, regions in per_track.items()}
-            for tenant, per_track in (document.get("tenant_topics") or {}).items()
-        },
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,18 +157,18 @@ class RouteTable:
             entry = self.entries.get(hint)
             if (
                 entry is not None
-                and entry.matches_host(host)
-                and entry.matches_path(path)
-                and entry.allows(method)
+                and matches_host(entry, host)
+                and matches_path(entry, path)
+                and allows(entry, method)
             ):
                 return Match(entry)
         allowed: set[str] = set()
         for entry in self._candidates(host):
-            if not entry.matches_path(path):
+            if not matches_path(entry, path):
                 continue
-            if entry.allows(method):
+            if allows(entry, method):
                 return Match(entry)
-            allowed |= entry.methods
+            allowed.update(entry.methods)
         return Match(None, frozenset(allowed))
 
 
@@ -303,7 +191,7 @@ class RouteTableReader:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
@@ -364,21 +252,21 @@ class RouteTableReader:
         return self._table.version if self._table is not None else None
 
     async def _load(self) -> None:
-        raw = await self._client.get(names.route_table_current_key())
+        raw = await self._client.get(redis_keys.route_table_current_key())
         version = _text(raw) if raw is not None else None
         if self._table is not None and version == self._table.version:
             self._fetched_at = self._clock()
             return
         entries: dict[str, RouteEntry] = {}
         if version is not None:
-            fields = await self._client.hgetall(names.route_table_key(version))
+            fields = await self._client.hgetall(redis_keys.route_table_key(version))
             if not fields:
                 # Pruned between the two reads (two switches in a row): read the pointer again next time.
                 raise RuntimeError(f"route table version {version} vanished")
             for name, value in fields.items():
                 try:
-                    entries[_text(name)] = parse_entry(json.loads(_text(value)))
-                except (ValueError, KeyError, TypeError) as exc:
+                    entries[_text(name)] = decode_route_entry_text(value)
+                except ContractError as exc:
                     log.warning(
                         "unreadable route-table entry skipped",
                         extra={"route": _text(name), "error": str(exc)},

@@ -2,8 +2,10 @@
 
 Used by the rate-limit service (``apx.dataplane.ratelimit``) on every
 decision and by the concurrency/credits helpers the async gateway imports.
-The keys and documents are the operator's contract
-(``controllers/renderers/REDIS_KEYS.md``; names from ``apx.controllers.names``).
+The keys and documents are the operator's contract: key names from
+``apx.contracts.redis_keys``, fields decoded by ``apx.contracts.rule_set``
+into typed records (``RuleSetMeta``, ``Rule``); see also
+``controllers/renderers/REDIS_KEYS.md``.
 
 Caching, chosen so the hot path costs no Redis round trip of its own:
 
@@ -34,22 +36,32 @@ for deciding that failure mode while Redis is down.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from apx.controllers import names
-from apx.controllers.renderers.redis_rules import api_key_id
+from apx.contracts import redis_keys
+from apx.contracts.errors import ContractError
+from apx.contracts.rule_set import (
+    DEFAULT_FIELD,
+    META_FIELD,
+    RouteRule,
+    Rule,
+    RuleSetMeta,
+    decode_api_key_entry,
+    decode_field,
+    plan_field,
+    tenant_field,
+)
+from apx.dataplane.common.redisconn import RedisClient
 
 log = logging.getLogger(__name__)
 
-Document = Mapping[str, Any]
+# A decoded field of a rule-set version (None: absent or unreadable, remembered as such).
+Field = RuleSetMeta | Rule | RouteRule | None
 
 DEFAULT_POINTER_TTL = 1.0
 # Bounds on what one process remembers; past them the oldest entries go.
@@ -63,15 +75,15 @@ class RuleMatch:
 
     product: str
     version: str
-    meta: Document
-    rule: Document
+    meta: RuleSetMeta
+    rule: Rule
     field: str  # which field answered: "tenant:<id>", "plan:<name>" or "default"
 
 
 @dataclass(slots=True)
 class _VersionDocs:
     version: str
-    fields: OrderedDict[str, Document | None] = field(default_factory=OrderedDict)
+    fields: OrderedDict[str, Field] = field(default_factory=OrderedDict)
     # (tenant, plan) -> the match they got: the documents of a version never change, so a repeated
     # question is answered without rebuilding field names (bounded like ``fields``).
     matches: dict[tuple[str, str | None], RuleMatch] = field(default_factory=dict)
@@ -84,7 +96,7 @@ class _Pointer:
     known: bool = False  # False until the first successful read
     refreshing: asyncio.Task[None] | None = None
     docs: _VersionDocs | None = None
-    last_meta: Document | None = None  # survives version switches, for failure decisions
+    last_meta: RuleSetMeta | None = None  # survives version switches, for failure decisions
 
 
 @dataclass(slots=True)
@@ -99,7 +111,7 @@ class RuleSetReader:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         pointer_ttl: float = DEFAULT_POINTER_TTL,
         max_fields: int = MAX_FIELDS_PER_VERSION,
@@ -129,7 +141,7 @@ class RuleSetReader:
                 return match
         return None
 
-    def cached_meta(self, product: str) -> Document | None:
+    def cached_meta(self, product: str) -> RuleSetMeta | None:
         """The ``meta`` document last seen for ``product`` (no I/O), e.g. for its failure mode."""
         pointer = self._pointers.get(product)
         return pointer.last_meta if pointer is not None else None
@@ -150,29 +162,29 @@ class RuleSetReader:
         if known is not None:
             pointer.last_meta = known.meta
             return known
-        wanted = ["meta", f"tenant:{tenant}", "default"]
+        wanted = [META_FIELD, tenant_field(tenant), DEFAULT_FIELD]
         if plan:
-            wanted.insert(2, f"plan:{plan}")
+            wanted.insert(2, plan_field(plan))
         missing = [name for name in wanted if name not in docs.fields]
         if missing:
-            values = await self._client.hmget(names.ruleset_key(product, version), missing)
-            if "meta" in missing and values[missing.index("meta")] is None:
+            values = await self._client.hmget(redis_keys.ruleset_key(product, version), missing)
+            if META_FIELD in missing and values[missing.index(META_FIELD)] is None:
                 # The hash is gone: the pointer moved twice since we read it.
                 return None
             if pointer.docs is not docs:
                 # The pointer moved while we read; the caller retries with the new version.
                 return None
             for name, value in zip(missing, values, strict=True):
-                docs.fields[name] = _decode(value)
+                docs.fields[name] = _decode(name, value)
             while len(docs.fields) > self._max_fields:
                 docs.fields.popitem(last=False)
-        meta = docs.fields.get("meta")
-        if meta is None:
+        meta = docs.fields.get(META_FIELD)
+        if not isinstance(meta, RuleSetMeta):
             return None
         pointer.last_meta = meta
         for name in wanted[1:]:
             rule = docs.fields.get(name)
-            if rule is not None:
+            if isinstance(rule, Rule):
                 match = RuleMatch(product, version, meta, rule, name)
                 matches = docs.matches
                 if len(matches) >= self._max_fields:
@@ -220,7 +232,7 @@ class RuleSetReader:
             pointer.refreshing = None
 
     async def _read_pointer(self, product: str, pointer: _Pointer) -> None:
-        value = await self._client.get(names.ruleset_current_key(product))
+        value = await self._client.get(redis_keys.ruleset_current_key(product))
         version = _text(value)
         if version != pointer.version:
             if pointer.known:
@@ -238,7 +250,7 @@ class RuleSetReader:
 
     async def api_key_tenant(self, product: str, api_key: str) -> str | None:
         """The tenant owning ``api_key`` in ``product``'s key table; None when the key is unknown."""
-        cache_key = (product, api_key_id(api_key))
+        cache_key = (product, redis_keys.api_key_id(api_key))
         entry = self._api_keys.get(cache_key)
         if entry is None:
             tenant = await self._read_api_key(*cache_key)
@@ -261,15 +273,17 @@ class RuleSetReader:
             entry.refreshing = None
 
     async def _read_api_key(self, product: str, key_id: str) -> str | None:
-        value = await self._client.hget(names.api_key_table_key(product), key_id)
-        document = _decode(value)
-        if document is None:
+        value = await self._client.hget(redis_keys.api_key_table_key(product), key_id)
+        if value is None:
             return None
-        tenant = document.get("tenant")
-        if not isinstance(tenant, str) or not tenant:
-            log.warning("API-key entry without a tenant", extra={"product": product, "key_id": key_id})
+        try:
+            return decode_api_key_entry(value)
+        except ContractError as exc:
+            log.warning(
+                "unreadable API-key entry ignored",
+                extra={"product": product, "key_id": key_id, "error": str(exc)},
+            )
             return None
-        return tenant
 
     async def close(self) -> None:
         """Cancel background refreshes (the Redis client belongs to the caller)."""
@@ -286,13 +300,11 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _decode(value: Any) -> Document | None:
-    text = _text(value)
-    if text is None:
+def _decode(name: str, value: Any) -> Field:
+    if value is None:
         return None
     try:
-        document = json.loads(text)
-    except ValueError:
-        log.warning("unreadable rule document ignored: %.80s", text)
+        return decode_field(name, value)
+    except ContractError as exc:
+        log.warning("unreadable rule-set field ignored", extra={"field": name, "error": str(exc)})
         return None
-    return document if isinstance(document, dict) else None

@@ -36,10 +36,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-BAGGAGE_TENANT = "apx.tenant"
-BAGGAGE_POLICY_VERSION = "apx.policy_version"
-# Pub/Sub attribute names the propagators write (lower-case, as W3C defines them).
-TRACE_ATTRIBUTES = ("traceparent", "tracestate", "baggage")
+from apx.contracts import pubsub_attributes
+
+# Baggage keys and the Pub/Sub attribute names the propagators write are part of the
+# gateway/worker contract (``apx.contracts.pubsub_attributes``).
+BAGGAGE_TENANT = pubsub_attributes.BAGGAGE_TENANT
+BAGGAGE_POLICY_VERSION = pubsub_attributes.BAGGAGE_POLICY_VERSION
+TRACE_ATTRIBUTES = pubsub_attributes.TRACE_ATTRIBUTES
 
 
 def configure_tracing(
@@ -116,5 +119,4 @@ def inject_attributes(ctx: context.Context | None = None) -> dict[str, str]:
 
 def extract_context(attributes: Mapping[str, str]) -> context.Context:
     """The remote parent (and baggage) carried by a message's attributes or a request's headers."""
-    carrier = {k.lower(): v for k, v in attributes.items() if k.lower() in TRACE_ATTRIBUTES}
-    return propagate.extract(carrier)
+    return propagate.extract(pubsub_attributes.trace_context(attributes))

@@ -32,7 +32,8 @@ Submitting (any path other than ``/status/...``, ``/healthz``, ``/readyz``):
    can. The lease lasts the rule set's ``lease_ms`` (the slowest Route's
    timeout plus a margin), so a request queued longer than that stops
    counting against the cap: the cap errs towards admitting.
-7. Publish (``publisher``) with the attributes the worker reads —
+7. Publish (``publisher``) with the attributes the worker reads
+   (``apx.contracts.pubsub_attributes``: one encoder, one decoder) —
    ``request_id``, ``tenant_id``, ``tenant_tier``, ``policy_version``,
    ``residency``, ``track``, ``route``, ``region``, ``method``, ``path``,
    ``query``, ``route_base``, ``product``, ``content_type``, ``accept``,
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import re
@@ -69,15 +71,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import RedisError
 
-from apx.controllers import names
+from apx.contracts.headers import REQUEST_ID_HEADER, ROUTE_HEADER
+from apx.contracts.pubsub_attributes import RequestAttributes, encode_attributes
 from apx.dataplane.common.redact import redact_text
+from apx.dataplane.common.redisconn import RedisClient
 from apx.dataplane.common.requeststate import (
     TERMINAL,
     RequestState,
@@ -155,7 +158,7 @@ class Gateway:
     def __init__(
         self,
         config: GatewayConfig,
-        redis_client: aioredis.Redis,
+        redis_client: RedisClient,
         publisher: Publisher,
         session: aiohttp.ClientSession,
         *,
@@ -268,7 +271,7 @@ class Gateway:
         return response
 
     def _request_id(self, request: web.Request) -> str:
-        given = request.headers.get(names.REQUEST_ID_HEADER)
+        given = request.headers.get(REQUEST_ID_HEADER)
         if given is None or given == "":
             return str(uuid.uuid4())
         if not REQUEST_ID.match(given):
@@ -285,7 +288,7 @@ class Gateway:
         except RouteTableUnavailable as exc:
             raise Refusal(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
         match = table.match(
-            request.host, request.path, request.method, hint=request.headers.get(names.ROUTE_HEADER)
+            request.host, request.path, request.method, hint=request.headers.get(ROUTE_HEADER)
         )
         if match.entry is None:
             if match.allowed_methods:
@@ -344,17 +347,15 @@ class Gateway:
             raise Refusal(
                 503, "no_rule_set", f"product {entry.product} has no rule set yet", {"Retry-After": "1"}
             )
-        tier = str(rule.rule.get("tier") or "unknown")
-        home = rule.rule.get("region") if rule.field.startswith("tenant:") else None
-        cap = rule.rule.get("concurrency")
         return _Accepted(
             entry,
             track,
             identity,
-            tier,
-            str(home) if home else None,
-            int(cap) if cap is not None else None,
-            int(rule.meta.get("lease_ms") or entry.timeout_ms + 5_000),
+            rule.rule.tier or "unknown",
+            # Only a listed tenant's own rule names a home region.
+            rule.rule.region if rule.rule.kind == "tenant" else None,
+            rule.rule.concurrency,
+            rule.meta.lease_ms,
         )
 
     async def _enqueue(self, request: web.Request, request_id: str, accepted: _Accepted) -> web.Response:
@@ -371,7 +372,7 @@ class Gateway:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise Refusal(413, "too_large", f"the body exceeds {self.config.max_body_bytes} bytes") from exc
-        attributes = self._attributes(request, request_id, accepted, placement.region)
+        message = self._message(request, request_id, accepted, placement.region)
         now = _ms()
         key = request_key(request_id)
         counter = backlog_key(entry.key, track.name)
@@ -435,8 +436,10 @@ class Gateway:
                 )
         except (RedisError, OSError) as exc:
             raise Refusal(503, "unavailable", f"Redis unreachable: {exc}", {"Retry-After": "1"}) from exc
+        # With a lease, the worker frees the tenant's slot when the request ends.
         if lease is not None and lease.key is not None:
-            attributes["lease"] = "1"  # the worker frees the tenant's slot when the request ends
+            message = dataclasses.replace(message, lease=True)
+        attributes = encode_attributes(message)
         published = time.perf_counter()
         try:
             await self.publisher.publish(
@@ -470,38 +473,36 @@ class Gateway:
         if lease is not None:
             await self.leases.release(lease)
 
-    def _attributes(
+    def _message(
         self, request: web.Request, request_id: str, accepted: _Accepted, region: str
-    ) -> dict[str, str]:
+    ) -> RequestAttributes:
         entry, track, identity = accepted.entry, accepted.track, accepted.identity
-        attributes = {
-            "request_id": request_id,
-            "tenant_id": identity.tenant,
-            "tenant_tier": accepted.tier,
-            "policy_version": track.policy_version,
-            "residency": entry.residency,
-            "track": track.name,
-            "route": entry.key,
-            "product": entry.product,
-            "region": region,
-            "method": request.method,
+        message = RequestAttributes(
+            request_id=request_id,
+            tenant_id=identity.tenant,
+            tenant_tier=accepted.tier,
+            policy_version=track.policy_version,
+            residency=entry.residency,
+            track=track.name,
+            route=entry.key,
+            product=entry.product,
+            region=region,
+            method=request.method,
             # As received (still percent-encoded), so the worker sends the upstream the same bytes.
-            "path": request.rel_url.raw_path,
-            "route_base": entry.match_base,
-            "enqueued_ms": str(_ms()),
-        }
-        if request.rel_url.raw_query_string:
-            attributes["query"] = request.rel_url.raw_query_string
-        for header, name in (("content-type", "content_type"), ("accept", "accept")):
-            value = request.headers.get(header)
-            if value:
-                attributes[name] = value
-        for name, value in attributes.items():
+            path=request.rel_url.raw_path,
+            route_base=entry.match_base,
+            enqueued_ms=_ms(),
+            query=request.rel_url.raw_query_string,
+            content_type=request.headers.get("content-type", ""),
+            accept=request.headers.get("accept", ""),
+        )
+        for name, value in encode_attributes(message).items():
             if len(value.encode()) > MAX_ATTRIBUTE_BYTES:
                 status = 414 if name in ("path", "query") else 431
                 raise Refusal(status, "too_long", f"{name} is longer than {MAX_ATTRIBUTE_BYTES} bytes")
-        attributes.update(inject_attributes(with_baggage(identity.tenant, track.policy_version)))
-        return attributes
+        return dataclasses.replace(
+            message, trace_context=inject_attributes(with_baggage(identity.tenant, track.policy_version))
+        )
 
     def _accepted(
         self, request_id: str, entry: RouteEntry, track: TrackEntry, duplicate: bool = False
@@ -519,7 +520,7 @@ class Gateway:
             body["duplicate"] = True
         headers = {
             "Location": location,
-            names.REQUEST_ID_HEADER: request_id,
+            REQUEST_ID_HEADER: request_id,
             "Retry-After": str(self.config.status_retry_after_seconds),
         }
         return _json(202, body, headers)
@@ -560,7 +561,7 @@ class Gateway:
         except Refusal as refusal:
             self.metrics.status_reads.labels("poll", str(refusal.status)).inc()
             return _json(refusal.status, refusal.body, refusal.headers)
-        headers = {names.REQUEST_ID_HEADER: state.request_id}
+        headers = {REQUEST_ID_HEADER: state.request_id}
         if not state.terminal:
             headers["Retry-After"] = str(self.config.status_retry_after_seconds)
         self.metrics.status_reads.labels("poll", "200").inc()
@@ -578,7 +579,7 @@ class Gateway:
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",
-                names.REQUEST_ID_HEADER: state.request_id,
+                REQUEST_ID_HEADER: state.request_id,
             }
         )
         await response.prepare(request)

@@ -24,7 +24,7 @@ from apx.dataplane.common.redact import redact_text, redact_url
 from apx.dataplane.common.routetable import RouteTableUnavailable
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
-from apx.operator.runtime import HeapKeeper
+from apx.runtime.process import HeapKeeper
 
 from .app import Gateway
 from .config import GatewayConfig, parse_config

@@ -19,7 +19,7 @@ The topic: the tenant's own topic in that region (``namespace``/``dedicated``
 isolation) when the route table lists one, else the shared topic.
 
 Residency is checked on the final region with the same rule the Product
-model and the Pub/Sub renderer use (``region_allowed``), whatever produced
+model and the Pub/Sub renderer use (``apx.contracts.residency.region_allowed``), whatever produced
 it: a rule set, route table or gateway flag that disagrees with the
 product's residency yields ``ResidencyRefused`` (HTTP 451), never a publish.
 """
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apx.controllers.models.product import region_allowed
+from apx.contracts.residency import region_allowed
 from apx.dataplane.common.routetable import RouteEntry
 
 

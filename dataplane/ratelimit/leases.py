@@ -25,8 +25,9 @@ refused at Envoy already).
   Envoy's path (a worker billing a job by its size). ``top_up`` is what
   billing calls.
 
-Keys come from ``redis_rules.request_counter_keys`` (the contract's own
-function), so they are the ones the rate-limit service reads. Redis errors
+Keys come from ``apx.contracts.redis_keys`` (``concurrency_key``,
+``credits_key``: the same keys ``request_counter_keys`` names for the
+rate-limit service). Redis errors
 propagate: the caller decides what an outage means for its request.
 """
 
@@ -38,21 +39,19 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from apx.controllers.renderers.redis_rules import request_counter_keys
+from apx.contracts import redis_keys
+from apx.dataplane.common.redisconn import RedisClient
 from apx.dataplane.common.rulesets import RuleSetReader
 
 from . import scripts
 from .limiter import NoRuleSet
 
-# A rule with every dimension set: request_counter_keys then names every key of a tenant.
-_ALL_DIMENSIONS = {"rate": {"window_ms": 1}, "concurrency": 1, "credits_cost": 1}
+_TENANT_KEYS = {"concurrency": redis_keys.concurrency_key, "credits": redis_keys.credits_key}
 
 
 def tenant_counter_key(product: str, tenant: str, purpose: str) -> str:
     """The ``concurrency`` or ``credits`` key of a tenant, exactly as ``request_counter_keys`` names it."""
-    return request_counter_keys(product, tenant, _ALL_DIMENSIONS, "sliding-window", 0)[purpose]
+    return _TENANT_KEYS[purpose](product, tenant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +76,7 @@ class ConcurrencyLeases:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         reader: RuleSetReader | None = None,
         *,
         clock_ms: Callable[[], int] | None = None,
@@ -113,12 +112,12 @@ class ConcurrencyLeases:
         match = await self._reader.lookup(product, tenant, plan)
         if match is None:
             raise NoRuleSet(f"no rule set for product {product!r}")
-        limit = match.rule.get("concurrency")
+        limit = match.rule.concurrency
         lease_id = lease_id or secrets.token_hex(8)
         if limit is None:
             return Lease(None, lease_id, 0)
         return await self.acquire(
-            product, tenant, limit=int(limit), lease_ms=int(match.meta["lease_ms"]), lease_id=lease_id
+            product, tenant, limit=limit, lease_ms=match.meta.lease_ms, lease_id=lease_id
         )
 
     async def renew(self, lease: Lease, lease_ms: int) -> bool:
@@ -159,7 +158,7 @@ class ConcurrencyLeases:
 class Credits:
     """A tenant's prepaid balance: spend atomically, top up, read."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
         self._spend = client.register_script(scripts.CREDITS_SPEND)
 

@@ -46,24 +46,26 @@ import itertools
 import math
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
 
-from apx.controllers import names
-from apx.controllers.renderers.redis_rules import api_key_id, request_counter_keys, request_counter_ttls_ms
+from apx.contracts import headers
+from apx.contracts.redis_keys import api_key_id, request_counter_keys
+from apx.contracts.rule_set import Rate, Rule, RuleSetMeta, request_counter_ttls_ms
 from apx.dataplane.common.pipe import PipelinedRedis, encode_args
 from apx.dataplane.common.redisconn import PoolOverloaded
-from apx.dataplane.common.rulesets import Document, RuleMatch, RuleSetReader
+from apx.dataplane.common.rulesets import RuleMatch, RuleSetReader
 
 from . import scripts
 
-PRODUCT_KEY = "product"
-PLAN_KEY = "plan"
-TENANT_KEY = "tenant"
-API_KEY_KEY = "api_key"
+# Descriptor entry keys and domain: the contract the Envoy renderer writes (``apx.contracts.headers``).
+PRODUCT_KEY = headers.DESCRIPTOR_PRODUCT
+PLAN_KEY = headers.DESCRIPTOR_PLAN
+TENANT_KEY = headers.DESCRIPTOR_TENANT
+API_KEY_KEY = headers.DESCRIPTOR_API_KEY
 ANONYMOUS = "anonymous"
 
 # Check order inside the script; also the order statuses are reported in.
@@ -270,8 +272,8 @@ class _Identity:
 
 def parse_descriptors(request: LimitRequest) -> _Identity:
     """Read the descriptors of one call as one request (``DESCRIPTORS.md``)."""
-    if request.domain != names.RATE_LIMIT_DOMAIN:
-        raise BadRequest(f"domain {request.domain!r} is not {names.RATE_LIMIT_DOMAIN!r}")
+    if request.domain != headers.RATE_LIMIT_DOMAIN:
+        raise BadRequest(f"domain {request.domain!r} is not {headers.RATE_LIMIT_DOMAIN!r}")
     product: str | None = None
     plan: str | None = None
     tenant: str | None = None
@@ -320,8 +322,8 @@ class Limiter:
     def failure_mode(self, product: str | None) -> str:
         """What the product's policies ask for when the service cannot decide (``open`` when unknown)."""
         meta = self.reader.cached_meta(product) if product else None
-        mode = meta.get("failure_mode") if meta is not None else None
-        return mode if mode in ("open", "closed") else "open"
+        # The decoder admits only "open" and "closed".
+        return meta.failure_mode if meta is not None else "open"
 
     async def decide(self, request: LimitRequest) -> Decision:
         """Judge one request; raises ``LimiterError`` when it cannot be judged."""
@@ -399,11 +401,11 @@ class Limiter:
         return plan
 
 
-def build_plan(product: str, tenant: str, meta: Document, rule: Document, api_key: str | None) -> _Plan:
+def build_plan(product: str, tenant: str, meta: RuleSetMeta, rule: Rule, api_key: str | None) -> _Plan:
     """The checks of a request from the rule documents, with keys and TTLs from the contract's functions."""
-    algorithm = str(meta.get("algorithm") or "sliding-window")
+    algorithm = meta.algorithm
     kind = ALGORITHM_KINDS[algorithm]
-    lease_ms = int(meta.get("lease_ms") or 0)
+    lease_ms = meta.lease_ms
     # Windowed keys end with the window index; computed at time 0 they end in
     # ":0", which the script replaces with the index of Redis' own clock.
     keys = request_counter_keys(product, tenant, rule, algorithm, 0, api_key=api_key)
@@ -415,31 +417,31 @@ def build_plan(product: str, tenant: str, meta: Document, rule: Document, api_ke
             continue
         ttl = ttls.get(purpose) or 0
         if purpose in ("rate", "api_key_rate"):
-            limit_doc: Mapping[str, Any] = rule[purpose]
-            burst = int(limit_doc["burst"])
-            window_ms = int(limit_doc["window_ms"])
+            limit: Rate | None = rule.rate if purpose == "rate" else rule.api_key_rate
+            assert limit is not None  # request_counter_keys names the key only when the rule sets it
+            burst = limit.burst
+            window_ms = limit.window_ms
             if kind == "sw":
                 checks.append(Check(purpose, key, "sw", burst, window_ms, ttl, 0, window_ms))
             elif kind == "tb":
-                interval_us = 1_000_000 / float(limit_doc["requests_per_second"])
+                interval_us = 1_000_000 / float(limit.requests_per_second)
                 checks.append(Check(purpose, key, "tb", burst, interval_us, ttl, 0, window_ms))
             else:
                 checks.append(Check(purpose, _window_prefix(key), "fw", burst, window_ms, ttl, 0, window_ms))
         elif purpose == "quota":
-            quota = rule["quota"]
-            period_ms = int(quota["period_seconds"]) * 1000
+            quota = rule.quota
+            assert quota is not None
+            period_ms = quota.period_seconds * 1000
             # The TTL at the period's start; the script subtracts the elapsed part.
             checks.append(
-                Check(
-                    purpose, _window_prefix(key), "fw", int(quota["requests"]), period_ms, ttl, 1, period_ms
-                )
+                Check(purpose, _window_prefix(key), "fw", quota.requests, period_ms, ttl, 1, period_ms)
             )
         elif purpose == "concurrency":
             checks.append(
-                Check(purpose, key, "cc", int(rule["concurrency"]), CONCURRENCY_RETRY_MS, ttl, 0, None)
+                Check(purpose, key, "cc", rule.concurrency or 0, CONCURRENCY_RETRY_MS, ttl, 0, None)
             )
         elif purpose == "credits":
-            checks.append(Check(purpose, key, "cr", 0, int(rule["credits_cost"]), 0, 0, None))
+            checks.append(Check(purpose, key, "cr", 0, rule.credits_cost or 0, 0, 0, None))
     encoded_keys = [check.key.encode() for check in checks]
     args: list[bytes] = []
     for check in checks:
@@ -449,9 +451,7 @@ def build_plan(product: str, tenant: str, meta: Document, rule: Document, api_ke
     head = b"*%d\r\n" % (3 + len(encoded_keys) + dynamic + len(args)) + encode_args(
         [b"EVALSHA", DECIDE_SHA, b"%d" % len(encoded_keys), *encoded_keys]
     )
-    return _Plan(
-        tier=str(rule.get("tier") or "none"), checks=tuple(checks), head=head, tail=encode_args(args)
-    )
+    return _Plan(tier=rule.tier or "none", checks=tuple(checks), head=head, tail=encode_args(args))
 
 
 def _window_prefix(key: str) -> str:

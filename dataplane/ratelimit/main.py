@@ -7,7 +7,8 @@ with no arguments, configured by the ``APX_*`` variables the Helm chart sets
 ``APX_JSON_LOGS``, and ``APX_GRPC_*`` for the transport and its limits against
 hostile peers, ``common.grpcflags``). Flags override variables. Logs are JSON lines on stderr.
 On SIGTERM it reports NOT_SERVING, lets in-flight calls finish (``--grace-seconds``)
-and exits 0; it never exits because Redis is down.
+and exits 0; it never exits because Redis is down. ``--workers N`` runs N such
+processes on the same port under a supervisor (``workers.py``).
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from prometheus_client import start_http_server
 
 from apx.dataplane.common.flags import add_version_flag
 from apx.dataplane.common.grpcflags import add_transport_flags, limits_from_args
+from apx.dataplane.common.grpcserver import parse_listen
 from apx.dataplane.common.jsonlog import configure_logging, env_flag
 from apx.dataplane.common.redact import redact_text
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
-from apx.operator.runtime import HeapKeeper
+from apx.runtime.process import HeapKeeper
 
 from .metrics import RateLimitMetrics
 from .server import FAILURE_MODES, ServiceSettings, start_service
+from .workers import WORKER_INDEX_FLAG, supervise, tag_worker_logs, watch_parent, worker_count
 
 # Envoy calls the service once per request: with tracing on, 1% of the calls get a span unless
 # OTEL_TRACES_SAMPLER(_ARG) says otherwise. The service draws that 1% itself before touching the
@@ -156,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_flag(os.environ.get("APX_JSON_LOGS"), True),
         help="log JSON lines; --no-json-logs for plain text (APX_JSON_LOGS; default on)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("APX_RATELIMIT_WORKERS", "1")),
+        help="service processes sharing the gRPC port (SO_REUSEPORT), started, restarted and stopped by this "
+        "one; /metrics then carries each worker's series with a 'worker' label; 0: one per CPU "
+        "(APX_RATELIMIT_WORKERS; default %(default)s)",
+    )
+    # Set by the supervisor of --workers on the processes it starts (workers.py), never by hand.
+    parser.add_argument(WORKER_INDEX_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     add_transport_flags(parser, os.environ)
     return parser
 
@@ -173,6 +186,7 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         grace_seconds=args.grace_seconds,
         transport=limits_from_args(args),
         grpc_transport=args.grpc_transport,
+        reuse_port=args.worker_index is not None,
     )
 
 
@@ -182,9 +196,11 @@ async def run(
     metrics_host: str = "0.0.0.0",
     tracer: trace.Tracer | None = None,
     trace_ratio: float = 1.0,
+    supervisor: int | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT, then stop gracefully; the process exit code."""
+    """Serve until SIGTERM/SIGINT (or, for a worker, until its ``supervisor`` pid is gone); the exit code."""
     stopping = stop_event()
+    watching = asyncio.create_task(watch_parent(stopping, supervisor)) if supervisor is not None else None
     metrics = RateLimitMetrics()
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
@@ -197,6 +213,8 @@ async def run(
     running.service.trace_ratio = trace_ratio
     log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
     await stopping.wait()
+    if watching is not None:
+        watching.cancel()
     await running.stop()
     log.info("stopped")
     return 0
@@ -214,13 +232,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits_from_args(args)
     except ValueError as exc:
         parser.error(f"gRPC transport limits: {exc}")
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as exc:
+        parser.error(str(exc))
     configure_logging("apx-ratelimit", args.log_level, args.json_logs)
+    if args.worker_index is not None:
+        tag_worker_logs(args.worker_index)
+    elif workers > 1:
+        try:
+            host, port = parse_listen(args.listen)
+        except ValueError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        # The supervisor only starts and stops processes: the standard loop (subprocesses, signals).
+        return asyncio.run(
+            supervise(
+                sys.argv[1:] if argv is None else argv,
+                workers,
+                host,
+                port,
+                metrics_host=args.metrics_host,
+                metrics_port=args.metrics_port,
+                grace_seconds=args.grace_seconds,
+            )
+        )
     # No default ratio for the SDK: without OTEL_TRACES_SAMPLER its sampler records every span it is
     # given, and the service hands it TRACE_RATIO of the calls.
     provider = configure_tracing("apx-ratelimit", args.otlp_endpoint)
     tracer = provider.get_tracer("apx.ratelimit") if provider is not None else None
     trace_ratio = 1.0 if os.environ.get("OTEL_TRACES_SAMPLER") else TRACE_RATIO
-    coroutine = run(settings_from_args(args), args.metrics_port, args.metrics_host, tracer, trace_ratio)
+    supervisor = os.getppid() if args.worker_index is not None else None
+    coroutine = run(
+        settings_from_args(args), args.metrics_port, args.metrics_host, tracer, trace_ratio, supervisor
+    )
     if args.event_loop == "asyncio":
         return asyncio.run(coroutine)
     try:

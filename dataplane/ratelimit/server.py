@@ -72,6 +72,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from apx.dataplane.common.clusterpipe import open_pipe
 from apx.dataplane.common.grpchealth import NOT_SERVING, OVERALL, SERVING, HealthService
 from apx.dataplane.common.grpclimits import TransportLimits
 from apx.dataplane.common.grpcserver import (
@@ -84,7 +85,13 @@ from apx.dataplane.common.grpcserver import (
 )
 from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.redact import redact_text, redact_url
-from apx.dataplane.common.redisconn import PoolOverloaded, bounded_pool
+from apx.dataplane.common.redisconn import (
+    PoolOverloaded,
+    RedisClient,
+    bounded_pool,
+    cluster_client,
+    is_cluster_url,
+)
 from apx.dataplane.common.rulesets import RuleSetReader
 
 from .limiter import (
@@ -354,6 +361,8 @@ class ServiceSettings:
     transport: TransportLimits = field(default_factory=TransportLimits)
     # Which HTTP/2 transport serves (``grpcserver.TRANSPORTS``, ``--grpc-transport``).
     grpc_transport: str = DEFAULT_TRANSPORT
+    # Listen with SO_REUSEPORT: set for the worker processes of ``--workers`` (``workers.py``).
+    reuse_port: bool = False
 
 
 @dataclass
@@ -362,7 +371,7 @@ class RunningService:
 
     port: int
     server: GrpcServer
-    redis: aioredis.Redis
+    redis: RedisClient
     pipe: PipelinedRedis
     reader: RuleSetReader
     limiter: Limiter
@@ -384,8 +393,17 @@ class RunningService:
         await self.redis.aclose()
 
 
-def redis_client(settings: ServiceSettings) -> aioredis.Redis:
+def redis_client(settings: ServiceSettings) -> RedisClient:
     timeout = settings.redis_timeout_ms / 1000
+    if is_cluster_url(settings.redis_url):
+        # redis-py's cluster client: a pool per node, which fails at once when full instead of
+        # waiting (see redisconn); it retries on MOVED/ASK and on a lost node itself.
+        return cluster_client(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
     pool = bounded_pool(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -409,7 +427,8 @@ async def start_service(
     """Start the gRPC server on ``settings.listen`` (port 0 picks a free one)."""
     metrics = metrics or RateLimitMetrics()
     client = redis_client(settings)
-    pipe = PipelinedRedis(settings.redis_url, timeout=settings.redis_timeout_ms / 1000)
+    # A ClusterPipe (one pipe per primary, routed by slot) for a redis+cluster:// URL.
+    pipe = open_pipe(settings.redis_url, timeout=settings.redis_timeout_ms / 1000)
     reader = RuleSetReader(client, pointer_ttl=settings.pointer_ttl)
     limiter = Limiter(reader, pipe, clock_us=clock_us)
     service = RateLimitService(limiter, metrics, settings.failure_mode)
@@ -421,7 +440,7 @@ async def start_service(
         on_rejected=metrics.rejected_peer,
     )
     host, requested_port = parse_listen(settings.listen)
-    port = await server.start(host, requested_port)
+    port = await server.start(host, requested_port, reuse_port=settings.reuse_port)
     # Read at scrape time: nothing to update per call.
     metrics.connections.set_function(lambda: server.connections)
     metrics.in_flight.set_function(lambda: server.in_flight)

@@ -16,13 +16,13 @@ import sys
 from collections.abc import Sequence
 
 from apx.dataplane.common import eventloop, redisconn
+from apx.dataplane.common.clusterpipe import open_pipe
 from apx.dataplane.common.jsonlog import configure_logging
-from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.probes import probes_app, start_site
 from apx.dataplane.common.requeststate import ScriptRunner
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
-from apx.operator.runtime import HeapKeeper
+from apx.runtime.process import HeapKeeper
 
 from .config import WorkerConfig, parse_config
 from .metrics import WorkerMetrics
@@ -39,7 +39,7 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     provider = configure_tracing(SERVICE, config.otlp_endpoint)
     tracer = provider.get_tracer("apx.worker") if provider is not None else None
     redis_client = redisconn.connect(config.redis_url, socket_timeout=10)
-    redis_pipe = PipelinedRedis(config.redis_url, timeout=10)
+    redis_pipe = open_pipe(config.redis_url, timeout=10)
     upstream = UpstreamClient(
         config.upstream_url,
         max_connections=config.max_outstanding_messages,

@@ -6,8 +6,9 @@ loop; the consumer's threads hand batches over with ``call_soon_threadsafe``.
 
 Per message (``_handle``):
 
-1. The trace context and baggage are extracted from the attributes the
-   gateway set; the worker span (``apx.worker.process``, kind CONSUMER) is a
+1. The attributes the gateway set are decoded
+   (``apx.contracts.pubsub_attributes``), the trace context and baggage
+   extracted from them; the worker span (``apx.worker.process``, kind CONSUMER) is a
    child of the gateway's span, and the upstream call carries it on. With
    tracing off (no tracer: no exporter configured) no span is made at all and
    the message's ``traceparent``/``tracestate``/``baggage`` go to the upstream
@@ -73,13 +74,20 @@ from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from apx.controllers import names
+from apx.contracts import pubsub_attributes
+from apx.contracts.headers import (
+    POLICY_VERSION_HEADER,
+    REQUEST_ID_HEADER,
+    ROUTE_HEADER,
+    TENANT_HEADER,
+    TRACK_HEADER,
+)
+from apx.contracts.pubsub_attributes import RequestAttributes, decode_attributes
 from apx.dataplane.common.redact import redact_url
 from apx.dataplane.common.requeststate import Call, ScriptRunner, backlog_key, request_key
 from apx.dataplane.common.tracecontext import (
     BAGGAGE_POLICY_VERSION,
     BAGGAGE_TENANT,
-    TRACE_ATTRIBUTES,
     extract_context,
     inject_attributes,
 )
@@ -331,16 +339,19 @@ class Processor:
             self.consumer.ack(delivery)
         else:
             self.consumer.nack(delivery)
-        route, track = self._route_track(delivery.attributes)
+        # Labels only: the two attributes by their contract names, without decoding the whole message.
+        attributes = delivery.attributes
+        route = self.config.route or attributes.get(pubsub_attributes.ROUTE) or "unknown"
+        track = self.config.track or attributes.get(pubsub_attributes.TRACK) or "unknown"
         self._child(self.metrics.messages, route, track, outcome).inc()
 
     # --- one message ---------------------------------------------------------------------------
 
-    def _route_track(self, attributes: dict[str, str]) -> tuple[str, str]:
+    def _route_track(self, message: RequestAttributes) -> tuple[str, str]:
         # Labels come from this worker's own settings; the message's are used only when it has none.
         return (
-            self.config.route or attributes.get("route") or "unknown",
-            self.config.track or attributes.get("track") or "unknown",
+            self.config.route or message.route or "unknown",
+            self.config.track or message.track or "unknown",
         )
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -352,8 +363,8 @@ class Processor:
 
     async def _handle(self, delivery: Delivery) -> bool:
         """Process one delivery; True when it was acked (done, failed for good, or a duplicate)."""
-        attributes = delivery.attributes
-        request_id = attributes.get("request_id", "")
+        message = decode_attributes(delivery.attributes)
+        request_id = message.request_id
         if not REQUEST_ID.match(request_id):
             log.warning(
                 "message without a valid request_id nacked", extra={"message_id": delivery.message_id}
@@ -367,18 +378,18 @@ class Processor:
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running[request_id] = marker
         try:
-            return await self._traced(delivery, request_id)
+            return await self._traced(delivery, message)
         finally:
             if self._running.get(request_id) is marker:
                 del self._running[request_id]
             marker.set_result(None)
 
-    async def _traced(self, delivery: Delivery, request_id: str) -> bool:
-        attributes = delivery.attributes
-        route, track = self._route_track(attributes)
+    async def _traced(self, delivery: Delivery, message: RequestAttributes) -> bool:
+        request_id = message.request_id
+        route, track = self._route_track(message)
         if self.tracer is None:
-            return await self._process(delivery, request_id, route, track, trace.INVALID_SPAN)
-        parent = extract_context(attributes)
+            return await self._process(delivery, message, route, track, trace.INVALID_SPAN)
+        parent = extract_context(message.trace_context)
         span_attributes: dict[str, str | int] = {
             "messaging.system": "gcp_pubsub",
             "messaging.operation": "process",
@@ -387,9 +398,9 @@ class Processor:
             "apx.request_id": request_id,
             "apx.route": route,
             "apx.track": track,
-            "apx.tenant": str(baggage.get_baggage(BAGGAGE_TENANT, parent) or attributes.get("tenant_id", "")),
+            "apx.tenant": str(baggage.get_baggage(BAGGAGE_TENANT, parent) or message.tenant_id),
             "apx.policy_version": str(
-                baggage.get_baggage(BAGGAGE_POLICY_VERSION, parent) or attributes.get("policy_version", "")
+                baggage.get_baggage(BAGGAGE_POLICY_VERSION, parent) or message.policy_version
             ),
             "apx.delivery_attempt": delivery.delivery_attempt,
         }
@@ -399,15 +410,15 @@ class Processor:
             with self.tracer.start_as_current_span(
                 "apx.worker.process", kind=SpanKind.CONSUMER, attributes=span_attributes
             ) as span:
-                return await self._process(delivery, request_id, route, track, span)
+                return await self._process(delivery, message, route, track, span)
         finally:
             otel_context.detach(token)
 
     async def _process(
-        self, delivery: Delivery, request_id: str, route: str, track: str, span: trace.Span
+        self, delivery: Delivery, message: RequestAttributes, route: str, track: str, span: trace.Span
     ) -> bool:
-        attributes = delivery.attributes
-        tier = tier_label(attributes.get("tenant_tier"))
+        request_id = message.request_id
+        tier = tier_label(message.tenant_tier or None)
         key = request_key(request_id)
         settings = self.settings.get(delivery.subscription)
         max_attempts = settings.max_delivery_attempts if settings else 0
@@ -422,10 +433,10 @@ class Processor:
                     now + self.config.timeout_ms + LEASE_MARGIN_MS,
                     delivery.delivery_attempt,
                     self.config.result_ttl_ms,
-                    attributes.get("tenant_id", ""),
-                    attributes.get("route", route),
-                    attributes.get("track", track),
-                    attributes.get("tenant_tier", ""),
+                    message.tenant_id,
+                    message.route or route,
+                    message.track or track,
+                    message.tenant_tier,
                 ],
             )
             status = _text(answer[0])
@@ -452,7 +463,7 @@ class Processor:
         in_flight.inc()
         started = time.perf_counter()
         try:
-            outcome = await self._call_upstream(delivery, request_id)
+            outcome = await self._call_upstream(delivery, message)
         except asyncio.CancelledError:
             # The drain deadline passed: give the request back, then let the cancellation through.
             in_flight.dec()
@@ -468,7 +479,7 @@ class Processor:
             span.set_status(Status(StatusCode.ERROR, outcome.error))
             last = max_attempts > 0 and delivery.delivery_attempt >= max_attempts
             if last:
-                await self._finish(key, attributes, route, track, outcome, dead_lettered=True)
+                await self._finish(key, message, route, track, outcome, dead_lettered=True)
                 log.warning(
                     "last delivery failed; Pub/Sub moves the message to the dead-letter topic",
                     extra={
@@ -484,14 +495,14 @@ class Processor:
             return False
         if outcome.state == "failed":
             span.set_status(Status(StatusCode.ERROR, outcome.error))
-        await self._finish(key, attributes, route, track, outcome, dead_lettered=False)
+        await self._finish(key, message, route, track, outcome, dead_lettered=False)
         self._settle(delivery, "acked")
         return True
 
     async def _finish(
         self,
         key: str,
-        attributes: dict[str, str],
+        message: RequestAttributes,
         route: str,
         track: str,
         outcome: _Outcome,
@@ -514,12 +525,12 @@ class Processor:
         )
         if int(made_terminal) == 1:
             # Terminal exactly once: the request leaves the backlog and frees its tenant's concurrency slot.
-            self._retire(backlog_key(attributes.get("route") or route, attributes.get("track") or track))
-            product = attributes.get("product") or self.config.product
-            tenant = attributes.get("tenant_id")
-            if attributes.get("lease") == "1" and product and tenant:
+            self._retire(backlog_key(message.route or route, message.track or track))
+            product = message.product or self.config.product
+            tenant = message.tenant_id
+            if message.lease and product and tenant:
                 lease_key = tenant_counter_key(product, tenant, "concurrency")
-                await self.redis.call("zrem", [lease_key], [attributes["request_id"]])
+                await self.redis.call("zrem", [lease_key], [message.request_id])
 
     def _retire(self, counter: str) -> None:
         """Count a finished request off ``counter``; decrements of one loop turn go out as one DECRBY."""
@@ -550,14 +561,14 @@ class Processor:
 
     # --- upstream ------------------------------------------------------------------------------
 
-    def _target(self, attributes: dict[str, str]) -> str:
+    def _target(self, message: RequestAttributes) -> str:
         """The request target on the upstream: the original path and query.
 
         A URL backend's path replaces the prefix the Route matched, as Envoy's ``prefix_rewrite`` does.
         """
-        path = attributes.get("path") or "/"
+        path = message.path or "/"
         if self._base_path:
-            base = attributes.get("route_base")
+            base = message.route_base
             if base and path.startswith(base):
                 rewrite = self._base_path + "/" if base.endswith("/") else self._base_path
                 path = rewrite + path[len(base) :]
@@ -565,35 +576,32 @@ class Processor:
                 path = self._base_path + path
         if not path.startswith("/"):
             path = "/" + path
-        query = attributes.get("query")
+        query = message.query
         return f"{path}?{query}" if query else path
 
-    async def _call_upstream(self, delivery: Delivery, request_id: str) -> _Outcome:
-        attributes = delivery.attributes
+    async def _call_upstream(self, delivery: Delivery, message: RequestAttributes) -> _Outcome:
         headers = {
-            names.REQUEST_ID_HEADER: request_id,
-            names.TENANT_HEADER: attributes.get("tenant_id", ""),
-            names.TRACK_HEADER: attributes.get("track", ""),
-            names.POLICY_VERSION_HEADER: attributes.get("policy_version", ""),
-            names.ROUTE_HEADER: attributes.get("route", ""),
+            REQUEST_ID_HEADER: message.request_id,
+            TENANT_HEADER: message.tenant_id,
+            TRACK_HEADER: message.track,
+            POLICY_VERSION_HEADER: message.policy_version,
+            ROUTE_HEADER: message.route,
             "x-apx-delivery-attempt": str(delivery.delivery_attempt),
             "user-agent": USER_AGENT,
         }
-        if attributes.get("content_type"):
-            headers["content-type"] = attributes["content_type"]
-        if attributes.get("accept"):
-            headers["accept"] = attributes["accept"]
+        if message.content_type:
+            headers["content-type"] = message.content_type
+        if message.accept:
+            headers["accept"] = message.accept
         if self.tracer is None:
-            for name in TRACE_ATTRIBUTES:
-                value = attributes.get(name)
-                if value:
-                    headers[name] = value
+            # The message's own trace context, passed on unchanged (see the module notes).
+            headers.update((name, value) for name, value in message.trace_context.items() if value)
         else:
             headers.update(inject_attributes())
-        method = attributes.get("method") or "POST"
+        method = message.method or "POST"
         try:
             response = await self.upstream.request(
-                method, self._target(attributes), headers, delivery.data, self._timeout
+                method, self._target(message), headers, delivery.data, self._timeout
             )
         except ValueError as exc:
             return _Outcome("failed", 400, error=f"request cannot be sent: {exc}")

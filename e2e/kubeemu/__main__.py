@@ -25,7 +25,7 @@ import pathlib
 import signal
 import sys
 
-from apx.operator.runtime import HeapKeeper
+from apx.runtime.process import HeapKeeper
 
 from .definitions import builtin_definitions
 from .emulator import KubeEmulator

@@ -42,6 +42,7 @@ NETWORK_POLICY = {
 }
 DATAPLANE = {"dataplane": {"ratelimit": {"enabled": True}, "gateway": {"enabled": True}}}
 PLAIN_LOGS = {"operator": {"jsonLogs": False, "logLevel": "DEBUG"}}
+ENVOY = {"envoy": {"enabled": True}}
 REDIS_SECRET = {"redis": {"existingSecret": {"name": "apx-redis", "key": "url"}}}
 EMULATOR = {"pubsub": {"project": "apx-local", "emulatorHost": "pubsub-emulator.apx-system.svc:8085"}}
 CANARY = {
@@ -88,6 +89,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "canary-analysis": merged(CANARY, NETWORK_POLICY),
     "namespaced-everything": merged(NAMESPACED, MONITORING, PDB, NETWORK_POLICY, DATAPLANE, REDIS_SECRET),
     "cluster-everything": merged(ADMISSION, MONITORING, PDB, NETWORK_POLICY, DATAPLANE, PLAIN_LOGS, EMULATOR),
+    "envoy-on": ENVOY,
+    "envoy-everything": merged(ENVOY, MONITORING, PDB, NETWORK_POLICY, DATAPLANE),
+    "envoy-one-replica-state-of-the-world": {"envoy": {"enabled": True, "replicas": 1, "xdsApiType": "GRPC"}},
 }
 
 

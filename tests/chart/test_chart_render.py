@@ -296,7 +296,7 @@ def test_network_policy_admits_only_operator_ports_and_egress_to_its_dependencie
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     container_ports = {p["name"] for p in container(rendered.operator())["ports"]}
     ingress_ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
-    assert ingress_ports == {"metrics", "liveness", "webhook"} == container_ports
+    assert ingress_ports == {"metrics", "liveness", "webhook", "xds"} == container_ports
     metrics_rule = next(r for r in policy["ingress"] if {"port": "metrics", "protocol": "TCP"} in r["ports"])
     assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
 

@@ -374,6 +374,7 @@ async def running_gateway(
 ) -> AsyncIterator[RunningGateway]:
     import redis.asyncio as aioredis
 
+    from apx.dataplane.common import redisconn
     from apx.dataplane.gateway.app import Gateway
     from apx.dataplane.gateway.config import GatewayConfig
     from apx.dataplane.gateway.publisher import Publisher
@@ -382,7 +383,12 @@ async def running_gateway(
     config = GatewayConfig(
         redis_url=redis_url, pubsub_project=project, port=port, metrics_port=0, region=region
     )
-    redis_client = aioredis.Redis.from_url(redis_url)
+    # A redis+cluster:// URL gets the cluster client, as apx-gateway's main builds it.
+    redis_client: Any = (
+        redisconn.connect(redis_url)
+        if redisconn.is_cluster_url(redis_url)
+        else aioredis.Redis.from_url(redis_url)
+    )
     session = aiohttp.ClientSession()
     publisher = Publisher(project)
     if tracer is None:
@@ -422,7 +428,8 @@ async def running_worker(
     import redis.asyncio as aioredis
 
     from apx.controllers.renderers.kubernetes.workers import upstream_url
-    from apx.dataplane.common.pipe import PipelinedRedis
+    from apx.dataplane.common import redisconn
+    from apx.dataplane.common.clusterpipe import open_pipe
     from apx.dataplane.common.requeststate import ScriptRunner
     from apx.dataplane.worker.config import WorkerConfig
     from apx.dataplane.worker.processor import Processor
@@ -446,14 +453,19 @@ async def running_worker(
         drain_seconds=drain_seconds,
         metrics_port=0,
     )
-    redis_client = aioredis.Redis.from_url(redis_url)
+    redis_client: Any = (
+        redisconn.connect(redis_url)
+        if redisconn.is_cluster_url(redis_url)
+        else aioredis.Redis.from_url(redis_url)
+    )
     upstream = UpstreamClient(
         config.upstream_url, max_connections=max_outstanding, max_body=config.max_result_bytes
     )
     if tracer is None:
         tracer = TracerProvider().get_tracer("apx.worker")
-    # As apx-worker runs it: the scripts' batches on a pipelined connection of their own.
-    redis_pipe = PipelinedRedis(redis_url, timeout=10)
+    # As apx-worker runs it: the scripts' batches on a pipelined connection of their own
+    # (a ClusterPipe for a redis+cluster:// URL).
+    redis_pipe = open_pipe(redis_url, timeout=10)
     processor = Processor(config, ScriptRunner(redis_client, redis_pipe), upstream, tracer=tracer)
     await processor.start()
     try:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import pytest
 
+from apx.contracts.route_table import decode_route_entry_text
 from apx.controllers.pipeline import compile_resources
-from apx.dataplane.common.routetable import RouteTable, parse_entry
+from apx.dataplane.common.routetable import RouteTable
 from apx.dataplane.gateway.placement import NoTopic, ResidencyRefused, place
 
 
@@ -71,7 +71,7 @@ def _table() -> RouteTable:
     ]
     compiled = compile_resources(docs)
     assert not compiled.stalled_messages(), compiled.stalled_messages()
-    entries = {k: parse_entry(json.loads(v)) for k, v in compiled.redis.route_table.entries}
+    entries = {k: decode_route_entry_text(v) for k, v in compiled.redis.route_table.entries}
     return RouteTable.build(compiled.redis.route_table.version, entries)
 
 

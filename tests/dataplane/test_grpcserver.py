@@ -651,3 +651,45 @@ def test_the_literal_encoder_signals_a_smaller_table_and_stays_decodable() -> No
     for block in (first, resized, encoder.encode(headers)):
         assert [(bytes(n), bytes(v)) for n, v in decoder.decode(block, raw=True)] == list(headers)
     assert decoder.header_table_size == 0
+
+
+class _RecordingTransport:
+    """Stands in for a socket transport: records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.asyncio
+async def test_lean_answers_of_one_loop_turn_leave_in_one_write_with_the_general_paths_bytes() -> None:
+    from apx.dataplane.common.grpcconn import CallStream, ConnectionBase
+    from apx.dataplane.common.grpclean import LeanConnection
+
+    def connection() -> tuple[LeanConnection, _RecordingTransport]:
+        transport = _RecordingTransport()
+        conn = LeanConnection(GrpcServer({}))
+        conn.transport = transport  # type: ignore[assignment]
+        return conn, transport
+
+    def stream(conn: LeanConnection, stream_id: int) -> CallStream:
+        call = CallStream(stream_id, 65_535, 65_535)
+        call.remote_done = True
+        conn.streams[stream_id] = call
+        return call
+
+    fast, fast_out = connection()
+    general, general_out = connection()
+    for stream_id in (1, 3, 5):
+        fast._answer(stream(fast, stream_id), b"answer %d" % stream_id)
+        ConnectionBase._answer(general, stream(general, stream_id), b"answer %d" % stream_id)
+    assert fast_out.writes == general_out.writes == []  # queued until the turn's flush
+    await asyncio.sleep(0)
+    # One write each, the same frames as the general path in the same order, and every stream done.
+    assert len(fast_out.writes) == 1 and fast_out.writes == general_out.writes
+    assert not fast.streams and fast.send_window == general.send_window

@@ -23,6 +23,8 @@ import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from apx.contracts import redis_keys
+from apx.contracts.rule_set import Quota, Rate, Rule
 from apx.controllers import names
 from apx.controllers.renderers.redis_rules import api_key_id, request_counter_keys
 from apx.dataplane.ratelimit.leases import ConcurrencyLeases, Credits
@@ -248,12 +250,7 @@ async def test_prepaid_credits_are_charged_only_for_admitted_requests_and_exhaus
         async with rls_service(redis_url, clock=rl_clock) as rls:
             assert await rls.allowed(product, 10, tenant="acme") == 3
             assert await credits.balance(product, "acme") == 94  # 7 refused by the rate: not charged
-            await client.set(
-                request_counter_keys(
-                    product, "acme", {"rate": {"window_ms": 1}, "credits_cost": 1}, "sliding-window", 0
-                )["credits"],
-                3,
-            )
+            await client.set(redis_keys.credits_key(product, "acme"), 3)
             rl_clock.set_ms(10_000)
             admitted = await rls.ask(product, tenant="acme")
             assert rls.headers(admitted)["x-apx-credits-remaining"] == "1"
@@ -527,13 +524,17 @@ async def test_console_script_serves_logs_json_and_exits_cleanly_on_sigterm(
 
 
 def test_rule_sets_and_counters_share_the_hash_tags_of_the_contract() -> None:
-    rule = {
-        "rate": {"window_ms": 1000},
-        "api_key_rate": {"window_ms": 1000},
-        "quota": {"period_seconds": 60},
-        "concurrency": 1,
-        "credits_cost": 1,
-    }
+    rule = Rule(
+        kind="plan",
+        plan="p",
+        tier="free",
+        isolation="shared",
+        rate=Rate.of(1, 1),
+        api_key_rate=Rate.of(1, 1),
+        quota=Quota(10, 60),
+        concurrency=1,
+        credits_cost=1,
+    )
     keys = request_counter_keys("ns/shop", "acme", rule, "fixed-window", 0, api_key="k")
     tags = {key[key.index("{") : key.index("}") + 1] for key in keys.values()}
     assert tags == {names.counter_tag("ns/shop", "acme")}

@@ -2,7 +2,8 @@
 
 Password and database from the URL, replies matched to callers in order
 under concurrency, ``NOSCRIPT`` after ``SCRIPT FLUSH``, a slow Redis failing
-the calls in flight with a timeout, and reconnection after a restart.
+the calls in flight with a timeout, reconnection after a restart, and the
+commands of one loop turn in one write.
 """
 
 from __future__ import annotations
@@ -108,6 +109,33 @@ async def test_a_batch_gets_every_reply_in_order_with_error_replies_in_place(tmp
         assert isinstance(many[1], ResponseError) and not isinstance(many[1], NoScriptError)
         assert isinstance(many[2], NoScriptError)
         assert single == b"2" and again == [b"PONG", b"2"]
+    finally:
+        await pipe.close()
+        service.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_commands_of_one_loop_turn_leave_in_one_write_and_get_their_own_replies(
+    tmp_path: Path,
+) -> None:
+    service = start_redis(tmp_path / "redis")
+    pipe = PipelinedRedis(f"redis://{service.address}/0", timeout=2)
+    try:
+        assert await pipe.execute(encode_command([b"PING"])) == b"PONG"  # connected, idle
+        protocol = pipe._protocol
+        assert protocol is not None and protocol.transport is not None
+        writes: list[bytes] = []
+        real_write = protocol.transport.write
+
+        def counting_write(data: bytes) -> None:
+            writes.append(bytes(data))
+            real_write(data)
+
+        protocol.transport.write = counting_write  # type: ignore[method-assign]
+        commands = [encode_command([b"ECHO", b"m%d" % i]) for i in range(5)]
+        calls = [asyncio.ensure_future(pipe.execute(command)) for command in commands]
+        assert await asyncio.gather(*calls) == [b"m%d" % i for i in range(5)]
+        assert writes == [b"".join(commands)]  # five calls of one turn: one write, in order
     finally:
         await pipe.close()
         service.stop()

@@ -119,6 +119,22 @@ def test_explain_prints_the_crd_field_descriptions(kubectl: Kubectl) -> None:
     assert "Canary traffic weights in percent" in explained
 
 
+def test_explain_shows_the_status_fields_the_operator_writes(kubectl: Kubectl) -> None:
+    workers = kubectl("explain", "route.status.workers").stdout
+    assert "FIELD: workers <Object>" in workers and "Ready only when every worker Deployment" in workers
+    assert "  canary\t<Object>" in workers and "  stable\t<Object>" in workers
+    track = kubectl("explain", "route.status.workers.stable").stdout
+    assert "  available\t<integer>" in track and "  desired\t<integer>" in track
+    for kind in ("product", "policybundle"):
+        assert "FIELD: inUseBy <[]string>" in kubectl("explain", f"{kind}.status.inUseBy").stdout
+    pinned = kubectl("explain", "policybundle.status.servedVersions.pinnedBy").stdout
+    assert "FIELD: pinnedBy <[]string>" in pinned and "older" in pinned
+    assert (
+        "FIELD: canaryPolicyArtifact <string>"
+        in kubectl("explain", "route.status.canaryPolicyArtifact").stdout
+    )
+
+
 def test_explain_of_built_in_kinds_and_from_the_v2_protobuf_document(kubectl: Kubectl) -> None:
     replicas = kubectl("explain", "deployment.spec.replicas").stdout
     assert "FIELD: replicas <integer>" in replicas and "Number of desired pods" in replicas

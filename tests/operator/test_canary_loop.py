@@ -11,7 +11,6 @@ never loses an ``apx rollout`` request nor touches the spec.
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +27,7 @@ from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.canary.types import MetricsUnavailable, RouteTarget, Track, TrackWindow
-from apx.controllers.renderers.envoy import decode_snapshot
+from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
 from apx.e2e.canaryrig import documents
 from apx.e2e.services import Service
 from apx.operator.canary import CanaryController
@@ -83,7 +82,9 @@ class Loop:
     def __init__(self, kube: KubeClient, redis_url: str, project: str) -> None:
         self.kube = kube
         self.redis_url = redis_url
-        settings = OperatorSettings(redis_url=redis_url, pubsub_project=project, resync_seconds=3600)
+        settings = OperatorSettings(
+            redis_url=redis_url, pubsub_project=project, resync_seconds=3600, snapshot_configmap_seconds=0
+        )
         self.metrics = OperatorMetrics()
         self.reconciler = Reconciler(
             settings, kube, RedisApplier(redis_url, keep_versions=3), PubSubApplier(), metrics=self.metrics
@@ -124,10 +125,10 @@ class Loop:
         return {t["track"]: t["weight"] for t in json.loads(raw)["tracks"]}
 
     async def snapshot_weights(self) -> dict[str, int]:
-        configmap = await self.kube.get("ConfigMap", "apx-system", names.envoy_snapshot_configmap())
-        assert configmap is not None
+        resources = decode_configmaps(await self.kube.list("ConfigMap", "apx-system"))
+        assert resources is not None
         weights: dict[str, int] = {}
-        for resource in decode_snapshot(base64.b64decode(configmap["binaryData"]["snapshot.pb.gz"])):
+        for resource in resources:
             if not resource.type_url.endswith("RouteConfiguration"):
                 continue
             configuration = route_pb2.RouteConfiguration()

@@ -61,7 +61,10 @@ async def _serving(
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_service.address)
     url = f"redis://{redis_service.address}/{database}"
     settings = OperatorSettings(
-        redis_url=url, pubsub_project=f"apx-test-{uuid.uuid4().hex[:8]}", resync_seconds=3600
+        redis_url=url,
+        pubsub_project=f"apx-test-{uuid.uuid4().hex[:8]}",
+        resync_seconds=3600,
+        snapshot_configmap_seconds=0,
     )
     reconciler = Reconciler(settings, kube, RedisApplier(url, keep_versions=3), PubSubApplier())
     for document in [*samples(), *extra]:

@@ -75,7 +75,10 @@ async def test_operator_metrics_scrape_has_samples_for_every_family_and_queue_de
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_service.address)
     url = f"redis://{redis_service.address}/7"
     settings = OperatorSettings(
-        redis_url=url, pubsub_project=f"apx-test-{uuid.uuid4().hex[:8]}", resync_seconds=3600
+        redis_url=url,
+        pubsub_project=f"apx-test-{uuid.uuid4().hex[:8]}",
+        resync_seconds=3600,
+        snapshot_configmap_seconds=0,
     )
     metrics = OperatorMetrics()
     reconciler = Reconciler(
@@ -126,6 +129,12 @@ async def test_operator_metrics_scrape_has_samples_for_every_family_and_queue_de
     assert busy_during_writes and max(busy_during_writes) >= 1
     assert value(after, "apx_operator_objects", kind="Route", phase="Ready") == routes
     assert value(after, "apx_operator_objects", kind="Product", phase="Ready") == 2
+    # Per object too: one series per APX object, 1 when Ready.
+    for document in SAMPLES:
+        namespace = document["metadata"].get("namespace", "default")
+        labels = {"kind": document["kind"], "namespace": namespace, "name": document["metadata"]["name"]}
+        assert value(after, "apx_operator_object_ready", **labels) == 1, labels
+    assert not before.get("apx_operator_object_ready")  # no series before the first pass
     for dependency in ("kubernetes", "redis", "pubsub"):
         assert value(after, "apx_operator_dependency_up", dependency=dependency) == 1
     assert value(after, "apx_operator_pass_seconds_count") >= 2

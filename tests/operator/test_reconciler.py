@@ -7,7 +7,6 @@ rule sets in Redis, topics in the emulator, Deployments and ConfigMaps.
 
 from __future__ import annotations
 
-import base64
 import copy
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.names import ruleset_current_key
-from apx.controllers.renderers.envoy import decode_snapshot
+from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
 from apx.e2e.services import Service, start_redis
 from apx.operator.reconciler import Reconciler
 from apx.operator.settings import OperatorSettings
@@ -34,7 +33,9 @@ def _make_reconciler(
     kube: KubeClient, redis_url: str, project: str, monkeypatch: pytest.MonkeyPatch, pubsub: Service
 ) -> Reconciler:
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.address)
-    settings = OperatorSettings(redis_url=redis_url, pubsub_project=project, resync_seconds=3600)
+    settings = OperatorSettings(
+        redis_url=redis_url, pubsub_project=project, resync_seconds=3600, snapshot_configmap_seconds=0
+    )
     return Reconciler(settings, kube, RedisApplier(redis_url, keep_versions=3), PubSubApplier())
 
 
@@ -114,9 +115,8 @@ async def test_samples_become_ready_with_rules_topics_deployments_and_snapshot(
     deployment = await kube.get("Deployment", "default", route["status"]["deployments"][0])
     assert deployment is not None
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == route["metadata"]["uid"]
-    snapshot = await kube.get("ConfigMap", "apx-system", "apx-envoy-snapshot")
-    assert snapshot is not None
-    resources = decode_snapshot(base64.b64decode(snapshot["binaryData"]["snapshot.pb.gz"]))
+    resources = decode_configmaps(await kube.list("ConfigMap", "apx-system"))
+    assert resources is not None
     assert {r.type_url.rsplit(".", 1)[-1] for r in resources} == {"Listener", "RouteConfiguration", "Cluster"}
     for kind in ("ConfigMap", "Secret"):
         assert await kube.get(kind, "default", "apx-dataplane") is not None
@@ -184,9 +184,8 @@ async def test_update_pinning_an_unserved_version_waits_and_what_was_applied_kee
     # Stalled one, as it was last good: a wrong new spec removes nothing.
     assert client.hget(f"apx:rules:{{default/payments}}:v:{current}", "route:default/payments-charges")
     assert client.hget(f"apx:rules:{{default/payments}}:v:{current}", "route:default/payments-legacy")
-    snapshot = await kube.get("ConfigMap", "apx-system", "apx-envoy-snapshot")
-    assert snapshot is not None
-    packed = decode_snapshot(base64.b64decode(snapshot["binaryData"]["snapshot.pb.gz"]))
+    packed = decode_configmaps(await kube.list("ConfigMap", "apx-system"))
+    assert packed is not None
     assert any(b"payments-legacy" in resource.value for resource in packed)
 
     # The fast path (a limit change of the same product) keeps it too.

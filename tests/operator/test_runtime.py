@@ -6,14 +6,14 @@ import subprocess
 import sys
 import textwrap
 
-from apx.operator import runtime
+from apx.runtime import process as runtime
 from tests.operator.processes import in_fresh_process
 
 
 def test_tuning_caps_arenas_fixes_the_mmap_threshold_and_shortens_the_switch_interval_on_glibc() -> None:
     out = in_fresh_process(
         """
-        from apx.operator import runtime
+        from apx.runtime import process as runtime
         print(runtime.tune_process())
         """
     )
@@ -25,7 +25,7 @@ def test_threads_of_a_tuned_process_share_the_capped_arenas() -> None:
     # malloc_info lists the arenas (one <heap nr=...> element each).
     code = """
         import ctypes, os, sys, tempfile, threading
-        from apx.operator import runtime
+        from apx.runtime import process as runtime
         if sys.argv[-1] == "tuned":
             runtime.tune_process()
         def churn():
@@ -57,7 +57,7 @@ def test_large_blocks_freed_after_the_first_are_returned_at_once_when_tuned() ->
     # large blocks come from the heap and stay resident once freed when small
     # objects allocated between them pin the heap.
     code = """
-        from apx.operator import runtime
+        from apx.runtime import process as runtime
         if TUNED:
             runtime.tune_process()
         def rss():
@@ -82,7 +82,7 @@ def test_large_blocks_freed_after_the_first_are_returned_at_once_when_tuned() ->
 def test_freed_memory_is_returned_to_the_system() -> None:
     out = in_fresh_process(
         """
-        from apx.operator import runtime
+        from apx.runtime import process as runtime
         def rss():
             for line in open("/proc/self/status"):
                 if line.startswith("VmRSS:"):
@@ -101,7 +101,7 @@ def test_freed_memory_is_returned_to_the_system() -> None:
 
 _HEAP_PRELUDE = """
     import gc, weakref
-    from apx.operator import runtime
+    from apx.runtime import process as runtime
 
     class Node:
         pass

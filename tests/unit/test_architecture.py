@@ -1,11 +1,20 @@
-"""Layering rules: the pure core imports no I/O, clock or framework; `operator/` never shadows the stdlib."""
+"""Layering rules: the pure core imports no I/O, clock or framework; `operator/` never shadows the stdlib.
+
+Between the operator and the dataplane: the dataplane imports neither the
+operator nor the controllers, only ``apx.contracts`` (and ``apx.runtime``),
+which import nothing else of the project; Redis key strings are built only in
+``apx.contracts.redis_keys``.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PURE_CORE = ROOT / "controllers"
@@ -71,7 +80,7 @@ def test_pure_core_imports_no_clients_no_clock_no_kopf() -> None:
 
 def test_every_module_starts_with_a_docstring() -> None:
     missing = []
-    for folder in ("controllers", "operator", "dataplane", "e2e", "hack", "bench"):
+    for folder in ("controllers", "operator", "dataplane", "contracts", "runtime", "e2e", "hack", "bench"):
         for module in (ROOT / folder).rglob("*.py"):
             if ".venv" in module.parts:
                 continue
@@ -107,3 +116,117 @@ def test_every_package_folder_is_installed() -> None:
     assert expected <= declared, (
         f"folders with modules missing from pyproject packages: {expected - declared}"
     )
+
+
+def _project_imports(path: Path, package: str) -> list[str]:
+    """The ``apx`` modules ``path`` imports (a relative import counts as ``package`` itself)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("apx")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                found.append(package)  # a relative import stays inside the module's own package
+            elif node.module and node.module.startswith("apx"):
+                found.append(node.module)
+    return found
+
+
+def _modules(folder: str) -> list[Path]:
+    return [p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts]
+
+
+def test_the_dataplane_imports_neither_the_operator_nor_the_controllers() -> None:
+    violations = [
+        f"{module.relative_to(ROOT)} imports {name}"
+        for module in _modules("dataplane")
+        for name in _project_imports(module, "apx.dataplane")
+        if name.split(".")[:2] in (["apx", "operator"], ["apx", "controllers"])
+    ]
+    assert len(_modules("dataplane")) > 20
+    assert not violations, "\n".join(violations)
+
+
+@pytest.mark.parametrize("folder", ["contracts", "runtime"])
+def test_shared_packages_import_nothing_else_of_the_project(folder: str) -> None:
+    own = f"apx.{folder}"
+    violations = [
+        f"{module.relative_to(ROOT)} imports {name}"
+        for module in _modules(folder)
+        for name in _project_imports(module, own)
+        if name != own and not name.startswith(own + ".")
+    ]
+    assert _modules(folder)
+    assert not violations, "\n".join(violations)
+
+
+def test_contracts_are_pure_no_clients_no_clock() -> None:
+    violations = [
+        f"{module.relative_to(ROOT)} imports {name}"
+        for module in _modules("contracts")
+        for name in _imports(module)
+        if name.split(".")[0] in FORBIDDEN
+    ]
+    assert not violations, "\n".join(violations)
+
+
+# A Redis key of APX starts with its prefix and a key family: "apx:rules:", "apx:c:{", "apx:req:", ...
+_KEY_LITERAL = re.compile(r"^apx:[a-z]+[:{]")
+KEY_BUILDER = ROOT / "contracts" / "redis_keys.py"
+# Product code, its end-to-end suites and benchmarks; the unit tests may spell keys out to pin the contract.
+KEY_SCAN_FOLDERS = ("controllers", "operator", "dataplane", "contracts", "runtime", "e2e", "bench", "hack")
+
+
+def _key_strings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of string literals and f-string openings that look like a Redis key, docstrings aside."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    # The pieces of an f-string are judged with the f-string, not again on their own.
+    skipped = docstrings | {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    found = []
+    for node in ast.walk(tree):
+        text = None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skipped:
+            text = node.value
+        elif isinstance(node, ast.JoinedStr):
+            head = node.values[0] if node.values else None
+            if isinstance(head, ast.Constant) and isinstance(head.value, str):
+                text = head.value
+            elif isinstance(head, ast.FormattedValue) and "REDIS_PREFIX" in ast.unparse(head.value):
+                parts = [v.value for v in node.values[1:] if isinstance(v, ast.Constant)]
+                text = "apx" + "".join(str(part) for part in parts)
+        if text is not None and _KEY_LITERAL.match(text):
+            found.append((node.lineno, text))
+    return found
+
+
+def test_redis_key_strings_are_built_only_in_contracts_redis_keys() -> None:
+    assert _key_strings(KEY_BUILDER), "the scan no longer recognises the key builder's own strings"
+    violations = [
+        f"{module.relative_to(ROOT)}:{line}: {text!r}"
+        for folder in KEY_SCAN_FOLDERS
+        for module in _modules(folder)
+        if module != KEY_BUILDER
+        for line, text in _key_strings(module)
+    ]
+    assert not violations, "build Redis keys with apx.contracts.redis_keys:\n" + "\n".join(violations)
+
+
+def test_the_key_scan_finds_literals_and_prefix_f_strings_but_not_docstrings(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        '"""Reads apx:rules:{p}:current."""\n'
+        'a = f"apx:rules:{{{p}}}:current"\n'
+        'b = f"{names.REDIS_PREFIX}:c:{{{p}/*"\n'
+        'c = "apx:req:"\n'
+        'd = "apx:secret@host"\n'
+    )
+    assert [line for line, _ in _key_strings(module)] == [2, 3, 4]

@@ -14,6 +14,7 @@ import yaml
 from apx.controllers import names
 from apx.controllers.ir import IR
 from apx.controllers.policy_artifacts import compile_policy
+from apx.controllers.renderers.envoy import render_envoy
 from apx.controllers.renderers.kubernetes import (
     ManifestConflict,
     deployments_for_route,
@@ -191,21 +192,18 @@ def test_deployments_for_route_lists_every_worker_deployment() -> None:
     assert deployments_for_route(_ir("policy-artifacts").routes[0]) == []  # sync route
 
 
-def test_envoy_snapshot_configmap_lives_in_the_operator_namespace_without_owner() -> None:
-    snapshot = {"version": "v42", "resources": {"clusters": [{"name": "c"}]}}
-    manifests = render_kubernetes(_ir("policy-artifacts"), snapshot, operator_namespace="apx-ops").to_json()
-    configmap = _find(manifests, "ConfigMap", names.envoy_snapshot_configmap())
-    assert configmap["metadata"]["namespace"] == "apx-ops"
-    assert "ownerReferences" not in configmap["metadata"]
-    assert json.loads(configmap["data"]["snapshot.json"]) == snapshot
-    assert configmap["data"]["version"] == "v42"
-
-
-def test_snapshot_without_version_is_versioned_by_content() -> None:
+def test_envoy_snapshot_configmaps_live_in_the_operator_namespace_without_owner() -> None:
     ir = _ir("policy-artifacts")
-    one = _find(render_kubernetes(ir, {"resources": {"a": 1}}).to_json(), "ConfigMap", "apx-envoy-snapshot")
-    two = _find(render_kubernetes(ir, {"resources": {"a": 2}}).to_json(), "ConfigMap", "apx-envoy-snapshot")
-    assert one["data"]["version"] != two["data"]["version"]
+    envoy = render_envoy(ir)
+    manifests = render_kubernetes(ir, envoy.snapshot_document(), operator_namespace="apx-ops").to_json()
+    index = _find(manifests, "ConfigMap", names.envoy_snapshot_configmap())
+    part = _find(manifests, "ConfigMap", names.envoy_snapshot_part_configmap(0))
+    for configmap in (index, part):
+        assert configmap["metadata"]["namespace"] == "apx-ops"
+        assert "ownerReferences" not in configmap["metadata"]
+    assert index["data"]["version"] == envoy.version
+    assert index["data"]["parts"] == names.envoy_snapshot_part_configmap(0)
+    assert json.loads(part["data"]["rds.json"])["versionInfo"] == envoy.version
 
 
 def test_policy_artifacts_are_immutable_configmaps_for_n_and_n_minus_1() -> None:

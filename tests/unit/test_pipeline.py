@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from apx.controllers.pipeline import finish, first_stage
-from apx.controllers.renderers.envoy import decode_snapshot
+from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,8 +34,10 @@ def test_dropping_envoy_messages_keeps_the_snapshot_configmap_version_and_every_
     assert lean.pubsub.to_json() == full.pubsub.to_json()
     assert lean.redis.to_json() == full.redis.to_json()
     # The snapshot the operator ships still carries every resource.
-    snapshot = next(m for m in lean.kubernetes.manifests if m["metadata"]["name"] == "apx-envoy-snapshot")
-    packed = decode_snapshot(base64.b64decode(snapshot["binaryData"]["snapshot.pb.gz"]))
+    packed = decode_configmaps(
+        [m for m in lean.kubernetes.manifests if m["metadata"]["namespace"] == "apx-system"]
+    )
+    assert packed is not None
     assert [r.type_url for r in packed] == [
         f"type.googleapis.com/{r.DESCRIPTOR.full_name}" for r in full.envoy.resources()
     ]

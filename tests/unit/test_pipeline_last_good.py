@@ -108,3 +108,50 @@ def test_offline_a_newer_bundle_version_keeps_serving_the_version_routes_pin() -
     bundle = moved.statuses[("PolicyBundle", "default/payments-policy")]
     assert bundle.reason == "Ready"
     assert [v["version"] for v in bundle.summary["servedVersions"]] == ["1.4.0", "1.3.0"]
+
+
+def test_a_route_only_envoy_validation_refuses_is_stalled_by_name_and_served_from_its_last_good_spec(
+    monkeypatch: Any,
+) -> None:
+    """The full Envoy validation runs per route before the snapshot; a refusal is that Route's alone.
+
+    No spec the models accept is known to fail validation (the models and the
+    renderer's own checks come first), so the validator is made to refuse the
+    new spec of one Route — a timeout of 7s — as Envoy would refuse something
+    the earlier checks missed.
+    """
+    from apx.controllers.renderers.envoy import route_config
+
+    original = route_config.entry_problems
+
+    def refuse_7s(encoded: bytes) -> tuple[str, ...]:
+        entry = route_config.route_pb.Route.FromString(encoded)
+        if entry.name.endswith("payments-legacy") and entry.route.timeout.seconds == 7:
+            return ("route.timeout: refused by the validator (test)",)
+        return original(encoded)
+
+    monkeypatch.setattr(route_config, "entry_problems", refuse_7s)
+    documents = _samples()
+    route = _named(documents, "payments-legacy")
+    good = copy.deepcopy(route)
+    route["spec"]["timeout"] = "7s"
+    compiled = finish(first_stage(documents, last_good={("Route", "default/payments-legacy"): good}))
+    status = compiled.statuses[("Route", "default/payments-legacy")]
+    assert status.phase == "Stalled" and status.reason == "RenderError"
+    assert "Envoy would refuse the route" in status.message and "route.timeout" in status.message
+    served = {r.key: r for r in compiled.ir.routes}
+    assert served["default/payments-legacy"].timeout_ms == int(good["spec"].get("timeout", "30s")[:-1]) * 1000
+    assert compiled.envoy.errors == {}
+    # Every other Route is Ready and rendered; offline the refused Route is left out of every output.
+    others = [
+        s
+        for (kind, key), s in compiled.statuses.items()
+        if kind == "Route" and key != "default/payments-legacy"
+    ]
+    assert others and all(s.phase == "Ready" for s in others)
+    offline = compile_resources(documents)
+    assert "default/payments-legacy" not in {r.key for r in offline.ir.routes}
+    assert (
+        "default/payments-legacy" in offline.envoy.errors
+        or offline.statuses[("Route", "default/payments-legacy")].reason == "RenderError"
+    )

@@ -9,6 +9,7 @@ import kubernetes_validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apx.contracts.rule_set import decode_rule
 from apx.controllers.renderers.kubernetes import render_kubernetes
 from apx.controllers.renderers.pubsub_plan import render_pubsub, route_topics
 from apx.controllers.renderers.redis_rules import ALGORITHM_CODES, render_redis, request_counter_keys
@@ -106,7 +107,9 @@ def test_every_counter_key_of_a_request_shares_one_hash_tag(
             if rule["kind"] not in ("plan", "tenant"):
                 continue
             who = rule.get("tenant", tenant) if field.startswith("tenant:") else tenant
-            keys = request_counter_keys(rule_set.product, who, rule, algorithm, now_ms, api_key=api_key)
+            keys = request_counter_keys(
+                rule_set.product, who, decode_rule(rule), algorithm, now_ms, api_key=api_key
+            )
             assert len({_hash_tag(key) for key in keys.values()}) == 1, keys
             assert _hash_tag(keys["rate"]).startswith(rule_set.product + "/")
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from apx.contracts.rule_set import Rate, Rule, decode_rule
 from apx.controllers import names
 from apx.controllers.renderers.redis_rules import (
     api_key_id,
@@ -201,7 +202,7 @@ def test_counter_keys_of_one_request_share_one_hash_tag() -> None:
     keys = request_counter_keys(
         "shop/payments",
         "globex",
-        fields["tenant:globex"],
+        decode_rule(fields["tenant:globex"]),
         "sliding-window",
         1_700_000_000_000,
         api_key="secret-key",
@@ -215,7 +216,7 @@ def test_counter_keys_of_one_request_share_one_hash_tag() -> None:
 
 def test_fixed_window_and_quota_counters_are_keyed_by_window() -> None:
     fields = _render(_documents("plans-tenants-apikey")).rule_set("shop/payments").documents()
-    rule = fields["plan:free"]  # window 2000 ms, monthly quota
+    rule = decode_rule(fields["plan:free"])  # window 2000 ms, monthly quota
     at = 2_592_000_000 * 7 + 1999
     keys = request_counter_keys("shop/payments", "someone", rule, "fixed-window", at)
     assert keys["rate"].endswith(f":tenant:fw:{at // 2000}")
@@ -227,10 +228,14 @@ def test_fixed_window_and_quota_counters_are_keyed_by_window() -> None:
 
 def test_credits_counter_only_for_plans_with_credits() -> None:
     fields = _render(_documents("plans-tenants-apikey")).rule_set("shop/payments").documents()
-    acme = request_counter_keys("shop/payments", "acme", fields["tenant:acme"], "token-bucket", 0)
+    acme = request_counter_keys(
+        "shop/payments", "acme", decode_rule(fields["tenant:acme"]), "token-bucket", 0
+    )
     assert acme["credits"] == "apx:c:{shop/payments/acme}:credits"
     assert "quota" not in acme
-    assert "credits" not in request_counter_keys("shop/payments", "x", fields["plan:free"], "token-bucket", 0)
+    assert "credits" not in request_counter_keys(
+        "shop/payments", "x", decode_rule(fields["plan:free"]), "token-bucket", 0
+    )
 
 
 def test_hostile_tenant_ids_are_hashed_so_they_cannot_break_the_hash_tag() -> None:
@@ -238,7 +243,7 @@ def test_hostile_tenant_ids_are_hashed_so_they_cannot_break_the_hash_tag() -> No
     hostile = "evil}:tenant:sw{"
     safe = counter_tenant(hostile)
     assert re.fullmatch(r"~[0-9a-f]{16}", safe)
-    rule = {"rate": {"window_ms": 1000}, "quota": None, "concurrency": 3, "credits_cost": None}
+    rule = Rule(kind="plan", plan="p", tier="free", isolation="shared", rate=Rate.of(1, 1), concurrency=3)
     keys = request_counter_keys("ns/p", hostile, rule, "sliding-window", 0)
     assert {_hash_tag(k) for k in keys.values()} == {f"ns/p/{safe}"}
 
@@ -251,7 +256,7 @@ def test_output_is_independent_of_document_order() -> None:
 
 def test_every_counter_gets_a_ttl_rate_windows_quota_to_period_end_leases_and_no_ttl_for_credits() -> None:
     fields = _render(_documents("plans-tenants-apikey")).rule_set("shop/payments").documents()
-    meta, pro = fields["meta"], fields["plan:pro"]
+    meta, pro = fields["meta"], decode_rule(fields["plan:pro"])
     now = 86_400_000 * 3 + 1_000
     keys = request_counter_keys("shop/payments", "t", pro, "token-bucket", now, api_key="k")
     ttls = request_counter_ttls_ms(pro, now, meta["lease_ms"])
@@ -262,4 +267,4 @@ def test_every_counter_gets_a_ttl_rate_windows_quota_to_period_end_leases_and_no
         "quota": 86_400_000 - 1_000 + 60_000,
         "concurrency": meta["lease_ms"],
     }
-    assert request_counter_ttls_ms(fields["tenant:acme"], now, 1)["credits"] is None
+    assert request_counter_ttls_ms(decode_rule(fields["tenant:acme"]), now, 1)["credits"] is None

@@ -87,7 +87,8 @@ this check lives here; values.schema.json checks each port's range).
 */}}
 {{- define "apx.validatePorts" -}}
 {{- $pods := list
-  (dict "name" "operator" "ports" (dict "operator.livenessPort" .Values.operator.livenessPort "operator.metricsPort" .Values.operator.metricsPort "admission.webhookPort" .Values.admission.webhookPort))
+  (dict "name" "operator" "ports" (dict "operator.livenessPort" .Values.operator.livenessPort "operator.metricsPort" .Values.operator.metricsPort "admission.webhookPort" .Values.admission.webhookPort "xds.port" (.Values.xds.port | default "xds-off")))
+  (dict "name" "envoy" "ports" (dict "the traffic listener" (include "apx.envoyListenerPort" .) "envoy.adminPort" .Values.envoy.adminPort "envoy.statsPort" .Values.envoy.statsPort))
   (dict "name" "dataplane.ratelimit" "ports" (dict "dataplane.ratelimit.grpcPort" .Values.dataplane.ratelimit.grpcPort "dataplane.ratelimit.metricsPort" .Values.dataplane.ratelimit.metricsPort))
   (dict "name" "dataplane.gateway" "ports" (dict "dataplane.gateway.httpPort" .Values.dataplane.gateway.httpPort "dataplane.gateway.metricsPort" .Values.dataplane.gateway.metricsPort)) }}
 {{- range $pod := $pods }}

@@ -41,9 +41,12 @@ from google.protobuf import any_pb2, json_format
 
 from ...gcpause import collector_paused
 from ...ir import IR
-from .clusters import build_clusters
+from ...memo import Caches
+from .clusters import build_clusters, refused_clusters
 from .common import DEFAULT_SETTINGS, EnvoySettings, RenderError, pack
 from .context import RenderContext
+from .discovery_json import SnapshotFiles, snapshot_files
+from .incremental import Encoded, listener_jwt, render_incremental, varint, version_of
 from .listener import build_listener
 from .route_config import build_route_configuration
 from .validate import validate_all
@@ -51,23 +54,23 @@ from .validate import validate_all
 __all__ = ["DEFAULT_SETTINGS", "EnvoyOutput", "EnvoySettings", "RenderError", "render_envoy"]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+_varint = varint
 
 
-SNAPSHOT_ENCODING = "gzip+length-delimited google.protobuf.Any (Listener, RouteConfiguration, Cluster)"
+TYPE_URL_PREFIX = "type.googleapis.com/"
+SNAPSHOT_ENCODING = (
+    "per xDS type (lds, rds, cds) an envoy.service.discovery.v3.DiscoveryResponse: "
+    "<type>.pb binary protobuf, <type>.json proto3 JSON"
+)
 
 
 def decode_snapshot(data: bytes) -> list[Any]:
-    """Read back ``snapshot_document()['binary']``: the resources as ``google.protobuf.Any`` messages."""
+    """Read the snapshot ConfigMap of APX 0.1 (``snapshot.pb.gz``): the resources as ``Any`` messages.
+
+    That form (gzip of length-delimited ``Any`` messages) is no longer
+    written; ``kubernetes.envoy_snapshot.decode_configmaps`` still reads it
+    so an upgraded operator can serve the snapshot its predecessor left.
+    """
     raw = gzip.decompress(data)
     resources: list[Any] = []
     position = 0
@@ -105,6 +108,9 @@ class EnvoyOutput:
     clusters: list[Any]
     errors: dict[str, str] = field(default_factory=dict)
     version: str = ""
+    # The resources' deterministic encodings when the render kept them (the
+    # incremental render does): serializing is then a join, not a re-encode.
+    encoded: Encoded | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def create(
@@ -113,15 +119,18 @@ class EnvoyOutput:
         route_configurations: list[Any],
         clusters: list[Any],
         errors: dict[str, str],
+        encoded: Encoded | None = None,
     ) -> EnvoyOutput:
         """Build an output whose ``version`` is the sha256 of its serialized resources."""
-        partial = cls(listeners, route_configurations, clusters, dict(sorted(errors.items())))
+        partial = cls(listeners, route_configurations, clusters, dict(sorted(errors.items())), "", encoded)
+        version = version_of(encoded) if encoded is not None else None
         return cls(
             listeners,
             route_configurations,
             clusters,
             partial.errors,
-            "sha256:" + hashlib.sha256(partial.serialize()).hexdigest(),
+            version or "sha256:" + hashlib.sha256(partial.serialize()).hexdigest(),
+            encoded,
         )
 
     def resources(self) -> Iterator[Any]:
@@ -132,22 +141,48 @@ class EnvoyOutput:
 
     def serialize(self) -> bytes:
         """All resources as one length-delimited stream of their deterministic binary encodings."""
+        if self.encoded is not None:
+            return b"".join(varint(len(item)) + item for item in self.encoded.all())
         return _delimited(self.resources())
 
-    def snapshot_document(self) -> dict[str, Any]:
-        """The compact snapshot stored in the snapshot ConfigMap.
+    def packed(self) -> Iterator[Any]:
+        """Every resource packed in ``google.protobuf.Any``, from the kept encodings when there are."""
+        if self.encoded is None:
+            yield from (pack(resource) for resource in self.resources())
+            return
+        for resource, item in zip(self.resources(), self.encoded.all(), strict=True):
+            yield any_pb2.Any(type_url=TYPE_URL_PREFIX + resource.DESCRIPTOR.full_name, value=item)
 
-        Proto3 JSON of a large snapshot is both slow to produce (seconds for
-        thousands of routes) and larger than a ConfigMap may be (1 MiB), so
-        the ConfigMap carries the binary form: every resource packed in a
-        ``google.protobuf.Any``, length-delimited, gzip-compressed
-        (``decode_snapshot`` reads it back).
+    def snapshot_document(self) -> dict[str, Any]:
+        """What the snapshot ConfigMaps hold: per xDS type a ``DiscoveryResponse``, binary and JSON.
+
+        ``files`` maps ``lds.pb``, ``rds.pb``, ``cds.pb`` (the binary
+        ``envoy.service.discovery.v3.DiscoveryResponse`` of the listeners,
+        route configurations and clusters) and ``lds.json``, ``rds.json``,
+        ``cds.json`` (the same responses in proto3 JSON, for the types whose
+        binary form is at most ``discovery_json.JSON_MAX_PB_BYTES``) to their
+        bytes, built on first read (``discovery_json.SnapshotFiles``). Both
+        are what Envoy's filesystem subscription reads; the binary one is
+        what the operator reads back on restart (parsing 50 MB of JSON would
+        take a minute), the JSON one is for people. The Kubernetes renderer
+        (``kubernetes/envoy_snapshot.py``) compresses and splits them; its
+        ``ENVOY_SNAPSHOT.md`` documents the format.
         """
-        packed = _delimited(pack(resource) for resource in self.resources())
+        groups = (
+            ("lds", self.listeners),
+            ("rds", self.route_configurations),
+            ("cds", self.clusters),
+        )
+
+        def build() -> dict[str, bytes]:
+            packed = iter(self.packed())
+            typed = [(name, messages, [next(packed) for _ in messages]) for name, messages in groups]
+            return snapshot_files(typed, self.version)
+
         return {
             "version": self.version,
             "encoding": SNAPSHOT_ENCODING,
-            "binary": gzip.compress(packed, compresslevel=6, mtime=0),
+            "files": SnapshotFiles(self.version, build),
             "counts": {
                 "listeners": len(self.listeners),
                 "routes": sum(len(vh.routes) for rc in self.route_configurations for vh in rc.virtual_hosts),
@@ -177,15 +212,30 @@ class EnvoyOutput:
         return validate_all((f"{type(r).DESCRIPTOR.name}/{r.name}", r) for r in self.resources())
 
 
-def render_envoy(ir: IR, port: int = 8080, settings: EnvoySettings | None = None) -> EnvoyOutput:
-    """Render the IR into Envoy resources (listener on ``port``)."""
+def render_envoy(
+    ir: IR, port: int = 8080, settings: EnvoySettings | None = None, caches: Caches | None = None
+) -> EnvoyOutput:
+    """Render the IR into Envoy resources (listener on ``port``).
+
+    With ``caches`` (the operator's), only what changed since the last render
+    is built again (``incremental.py``); the output is the same.
+    """
     with collector_paused():
+        if caches is not None:
+            listener, configurations, clusters, errors, encoded = render_incremental(
+                ir, port, settings or DEFAULT_SETTINGS, caches
+            )
+            return EnvoyOutput.create([listener], configurations, clusters, errors, encoded)
         return _render(ir, port, settings or DEFAULT_SETTINGS)
 
 
 def _render(ir: IR, port: int, settings: EnvoySettings) -> EnvoyOutput:
     ctx = RenderContext.create(ir.policies, settings)
     route_configuration, rendered, errors = build_route_configuration(ir.routes, ctx)
-    clusters = build_clusters(rendered, ctx.jwt.jwks_endpoints, settings)
-    listener = build_listener(port, settings, ctx.jwt.filter_config(), ctx.ratelimits.filters())
+    jwt = listener_jwt(ir.policies, settings, rendered)
+    clusters = build_clusters(rendered, jwt.jwks_endpoints, settings)
+    errors.update(
+        refused_clusters(rendered, ((c.name, c.SerializeToString(deterministic=True)) for c in clusters))
+    )
+    listener = build_listener(port, settings, jwt.filter_config(), ctx.ratelimits.filters())
     return EnvoyOutput.create([listener], [route_configuration], clusters, errors)

@@ -25,7 +25,7 @@ JWKS endpoints of the JWT providers. Pure. Clusters are sorted by name.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -38,7 +38,10 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upst
 from ... import names
 from ...ir import RouteIR
 from .common import EnvoySettings, duration, exact, pack
-from .track_clusters import build_track_clusters
+from .track_clusters import build_track_clusters, track_cluster_name
+from .validate import encoded_problems
+
+CLUSTER_TYPE = cluster_pb2.Cluster.DESCRIPTOR.full_name
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -145,3 +148,26 @@ def build_clusters(
     for name, (scheme, host, port) in jwks_endpoints.items():
         clusters[name] = dns_cluster(name, host, port, settings, logical=True, tls=scheme == "https")
     return [clusters[name] for name in sorted(clusters)]
+
+
+def refused_clusters(routes: Iterable[RouteIR], clusters: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+    """Route key → why Envoy would refuse a cluster the Route's tracks use (``validate.py``).
+
+    Clusters are checked once per distinct encoding; a refused cluster takes
+    every Route that sends traffic to it out of the snapshot, each reported
+    by name (and served from its last good spec by the pipeline).
+    """
+    refused: dict[str, str] = {}
+    for name, encoded in clusters:
+        problems = encoded_problems(CLUSTER_TYPE, encoded)
+        if problems:
+            refused[name] = "; ".join(problem.lstrip(".") for problem in problems[:3])
+    if not refused:
+        return {}
+    errors: dict[str, str] = {}
+    for route in routes:
+        for track in route.tracks:
+            for name in (track.backend.cluster, track_cluster_name(route, track)):
+                if name in refused and route.key not in errors:
+                    errors[route.key] = f"Envoy would refuse cluster {name}: {refused[name]}"
+    return errors

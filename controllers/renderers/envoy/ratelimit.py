@@ -54,16 +54,19 @@ from envoy.config.route.v3 import route_components_pb2 as route_pb
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb
 
+from apx.contracts import headers
+
 from ... import names
 from ...ir import PolicyIR, ProductIR
 from .common import RATELIMIT_FAIL_CLOSED_FILTER, RATELIMIT_FAIL_OPEN_FILTER, EnvoySettings, duration, pack
 
 Action = route_pb.RateLimit.Action
 
-PRODUCT_KEY = "product"
-PLAN_KEY = "plan"
-TENANT_KEY = "tenant"
-API_KEY_KEY = "api_key"
+# Descriptor entry keys: the contract the rate-limit service reads (``apx.contracts.headers``).
+PRODUCT_KEY = headers.DESCRIPTOR_PRODUCT
+PLAN_KEY = headers.DESCRIPTOR_PLAN
+TENANT_KEY = headers.DESCRIPTOR_TENANT
+API_KEY_KEY = headers.DESCRIPTOR_API_KEY
 
 FILTER_BY_FAILURE_MODE = {"open": RATELIMIT_FAIL_OPEN_FILTER, "closed": RATELIMIT_FAIL_CLOSED_FILTER}
 

@@ -84,6 +84,7 @@ from .common import (
 from .context import RenderContext
 from .cors import PREFLIGHT_HEADERS, PREFLIGHT_SUFFIX, needs_preflight_route, preflight_route_kwargs
 from .headers import product_header, route_header
+from .validate import encoded_problems
 
 PREVIOUS_HOSTS = route_pb.RetryPolicy.RetryHostPredicate(
     name="envoy.retry_host_predicates.previous_hosts",
@@ -346,6 +347,38 @@ def plan_route(route: RouteIR, ctx: RenderContext) -> list[PlannedRoute]:
     return [(name + PREFLIGHT_SUFFIX, preflight_match(match), None, (preflight,), path), main]
 
 
+RouteEntry = tuple[Any, str | None]  # a virtual host's Route message, and its preflight path (or None)
+
+
+def route_entries(route: RouteIR, ctx: RenderContext) -> list[RouteEntry]:
+    """The Route's entries of a virtual host (the same on every host), validated; raises RenderError.
+
+    Each entry is checked as Envoy would check it before accepting the
+    snapshot (``validate.py``: protoc-gen-validate rules, typed configs), so
+    a Route Envoy would NACK is refused here, with its own name, and served
+    from its last good spec instead of reaching a proxy.
+    """
+    entries: list[RouteEntry] = []
+    for name, match, header, fragments, preflight_path in plan_route(route, ctx):
+        if preflight_path is None:
+            entry = route_pb.Route(name=name, match=match, request_headers_to_add=(header,))
+        else:
+            entry = route_pb.Route(name=name, match=match)
+        for fragment in fragments:
+            entry.MergeFromString(fragment)
+        problems = entry_problems(entry.SerializeToString(deterministic=True))
+        if problems:
+            shown = "; ".join(problem.lstrip(".") for problem in problems[:3])
+            raise RenderError(f"Envoy would refuse the route: {shown}")
+        entries.append((entry, preflight_path))
+    return entries
+
+
+def entry_problems(encoded: bytes) -> tuple[str, ...]:
+    """``validate_message`` of a serialized Route, once per distinct encoding (a pure function of it)."""
+    return encoded_problems(route_pb.Route.DESCRIPTOR.full_name, encoded)
+
+
 STATUS_PREFIX = "/status/"
 
 
@@ -389,24 +422,20 @@ def build_route_configuration(
     preflights: set[tuple[str, str]] = set()
     for route in ordered:
         try:
-            planned = plan_route(route, ctx)
+            entries = route_entries(route, ctx)
         except RenderError as exc:
             errors[route.key] = exc.message
             continue
         rendered.append(route)
         for host in route.match.hosts:
-            add_route = vhost_routes[host].add
-            for name, match, header, fragments, preflight_path in planned:
-                if preflight_path is None:
-                    added = add_route(name=name, match=match, request_headers_to_add=(header,))
-                elif (host, preflight_path) in preflights:
-                    # Routes sharing a path share one preflight route: the most specific one's.
-                    continue
-                else:
+            host_routes = vhost_routes[host]
+            for entry, preflight_path in entries:
+                if preflight_path is not None:
+                    if (host, preflight_path) in preflights:
+                        # Routes sharing a path share one preflight route: the most specific one's.
+                        continue
                     preflights.add((host, preflight_path))
-                    added = add_route(name=name, match=match)
-                for fragment in fragments:
-                    added.MergeFromString(fragment)
+                host_routes.append(entry)
     # A host whose every route failed keeps no empty virtual host.
     for index in reversed(range(len(config.virtual_hosts))):
         if not config.virtual_hosts[index].routes:

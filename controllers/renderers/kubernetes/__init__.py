@@ -6,7 +6,7 @@ each manifest. One feature per module:
 
 * ``workers``: worker Deployments of async Routes (stable, canary, dedicated pools);
 * ``services``: a metrics Service per worker Deployment;
-* ``envoy_snapshot``: the Envoy snapshot ConfigMap in the operator namespace;
+* ``envoy_snapshot``: the Envoy snapshot ConfigMaps (index and parts) in the operator namespace;
 * ``policy_artifacts``: one immutable ConfigMap per served PolicyBundle version.
 
 Manifests come out sorted by (namespace, kind, name). Validation against the
@@ -15,10 +15,12 @@ Kubernetes schemas happens in tests, not here: rendering stays cheap.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from ...ir import IR
+from ...ir import IR, RouteIR
+from ...memo import Caches
 from .common import sort_key
 from .envoy_snapshot import render_envoy_snapshot
 from .policy_artifacts import ArtifactMismatch, render_policy_artifacts
@@ -51,19 +53,43 @@ class KubernetesOutput:
         return list(self.manifests)
 
 
+def route_manifests(route: RouteIR) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One Route's worker Deployments and their Services (none for a sync Route)."""
+    pools = worker_pools(route)
+    return [render_deployment(pool) for pool in pools], render_services(pools)
+
+
 def render_kubernetes(
-    ir: IR, envoy_snapshot: dict[str, Any], operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
+    ir: IR,
+    envoy_snapshot: dict[str, Any] | None,
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE,
+    caches: Caches | None = None,
 ) -> KubernetesOutput:
     """Manifests for the IR's async Routes and PolicyBundles, plus the Envoy snapshot ConfigMap.
 
     Raises ``ManifestConflict`` when two objects would share a name (their
     applies would overwrite each other) rather than render either silently.
+    With ``caches``, a Route's manifests are rendered again only when its
+    RouteIR is another object than last time (the manifests are the very
+    same dicts otherwise, which lets the applier skip them by identity).
     """
-    pools = [pool for route in sorted(ir.routes, key=lambda r: r.key) for pool in worker_pools(route)]
-    manifests = [render_deployment(pool) for pool in pools]
-    manifests += render_services(pools)
-    manifests.append(render_envoy_snapshot(envoy_snapshot, operator_namespace))
-    manifests += render_policy_artifacts(ir.policies)
+    deployments: list[dict[str, Any]] = []
+    services: list[dict[str, Any]] = []
+    for route in sorted(ir.routes, key=lambda r: r.key):
+        if route.mode != "async":
+            continue
+        if caches is None:
+            route_deployments, route_services = route_manifests(route)
+        else:
+            route_deployments, route_services = caches.kubernetes_routes.get(
+                route, functools.partial(route_manifests, route)
+            )
+        deployments += route_deployments
+        services += route_services
+    manifests = deployments + services
+    if envoy_snapshot is not None:  # None: the caller writes the snapshot ConfigMaps on its own schedule
+        manifests += render_envoy_snapshot(envoy_snapshot, operator_namespace)
+    manifests += render_policy_artifacts(ir.policies, caches)
     seen: dict[tuple[str, str, str], str] = {}
     for manifest in manifests:
         identity = sort_key(manifest)

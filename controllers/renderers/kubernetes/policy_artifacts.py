@@ -18,10 +18,12 @@ Retired versions (older than N-1) are pruned by the applier through the
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ... import names
 from ...ir import PolicyIR
+from ...memo import Caches
 from ...policy_artifacts import compile_policy
 from .common import MANAGED_BY, metadata
 
@@ -67,9 +69,23 @@ def render_policy_artifact(policy: PolicyIR, deletion_policy: str) -> dict[str, 
     }
 
 
-def render_policy_artifacts(policies: tuple[PolicyIR, ...]) -> list[dict[str, Any]]:
+def _artifact(policy: PolicyIR, deletion_policy: str) -> tuple[str, dict[str, Any]]:
+    return deletion_policy, render_policy_artifact(policy, deletion_policy)
+
+
+def render_policy_artifacts(
+    policies: tuple[PolicyIR, ...], caches: Caches | None = None
+) -> list[dict[str, Any]]:
+    """One immutable ConfigMap per served policy version; reused while the PolicyIR is the same object."""
     current = {p.bundle.key: p.spec.deletion_policy for p in policies if p.current}
-    return [
-        render_policy_artifact(policy, current.get(policy.bundle.key, policy.spec.deletion_policy))
-        for policy in policies
-    ]
+    manifests = []
+    for policy in policies:
+        deletion_policy = current.get(policy.bundle.key, policy.spec.deletion_policy)
+        if caches is None:
+            manifests.append(render_policy_artifact(policy, deletion_policy))
+            continue
+        cached = caches.kubernetes_policies.get(policy, functools.partial(_artifact, policy, deletion_policy))
+        if cached[0] != deletion_policy:
+            cached = (deletion_policy, render_policy_artifact(policy, deletion_policy))
+        manifests.append(cached[1])
+    return manifests

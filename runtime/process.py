@@ -1,4 +1,4 @@
-"""Process-level tuning of the operator's runtime: malloc arenas, freed memory, GIL hand-off, collector.
+"""Process-level tuning of APX processes: malloc arenas, freed memory, GIL hand-off, collector.
 
 Called by ``apx.operator.main`` once at startup (``tune_process``) and by the
 reconciler around every pass (``HeapKeeper``) and after it
@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
 
-from apx.controllers.gcpause import collector_paused
+from .gcpause import collector_paused
 
 T = TypeVar("T")
 

@@ -1,0 +1,258 @@
+"""xDS resources as ``DiscoveryResponse`` proto3 JSON, fast enough for 10,000 Routes.
+
+Called by ``EnvoyOutput.snapshot_document`` (this package) to write the
+readable half of the snapshot ConfigMaps. Pure: no I/O, no clock (the caches
+below only ever return what the uncached conversion would).
+
+The text is what ``google.protobuf.json_format.MessageToDict`` gives (field
+order, camelCase names, ``@type`` in ``Any``; map entries in key order), so
+Envoy's filesystem subscription (``path_config_source``, a ``.json`` file)
+and any proto3 JSON reader accept it.
+
+Why not one ``MessageToDict`` call per resource: at 10,000 Routes the single
+RouteConfiguration is ~50 MB of JSON and ``json_format`` walks it field by
+field in Python (~30 s here). Two caches make it cheap:
+
+* most of that text repeats: every Route of a PolicyBundle version carries the
+  same per-filter configs (RBAC, JWT, CORS, rate limit) and the same headers.
+  A Route is converted with those fields cleared, and each cleared value is
+  converted once per distinct value (keyed by its deterministic bytes) and
+  spliced back in field order;
+* a virtual host (or cluster, listener) that did not change since the last
+  snapshot keeps its text, keyed by a digest of its deterministic bytes, so a
+  one-Route change converts the routes of one virtual host, not 10,000.
+
+``tests/unit/test_envoy_snapshot_configmaps.py`` checks the text against
+``MessageToDict`` of the same resources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
+
+# Fields of a Route / VirtualHost whose values repeat across thousands of
+# Routes (per-filter configs and headers of a PolicyBundle version).
+_SHARED_FIELDS = frozenset({"typed_per_filter_config", "request_headers_to_add", "response_headers_to_add"})
+# Distinct shared values of one snapshot: hundreds to a few thousand.
+_SHARED_CACHE_SIZE = 32768
+# Virtual hosts, clusters and listeners whose text is kept, per generation: a
+# 10,000-Route snapshot has ~2,900 virtual hosts (~50 MB of text together) and
+# ~6,000 clusters.
+_TEXT_CACHE_SIZE = 16384
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# Message classes of the shared values seen so far, by full name (Any, HeaderValueOption).
+_CLASSES: dict[str, Any] = {}
+
+
+@lru_cache(maxsize=_SHARED_CACHE_SIZE)
+def _message_text(full_name: str, data: bytes) -> str:
+    message: Message = _CLASSES[full_name]()
+    message.ParseFromString(data)
+    return _compact(json_format.MessageToDict(message))
+
+
+def _shared_text(message: Message) -> str:
+    name: str = message.DESCRIPTOR.full_name
+    _CLASSES.setdefault(name, type(message))
+    return _message_text(name, message.SerializeToString(deterministic=True))
+
+
+def _with_shared(message: Message, inner: dict[str, str] | None = None) -> str:
+    """JSON text of a Route / VirtualHost / RouteConfiguration, shared fields converted once per value.
+
+    ``inner`` (field name → JSON text) supplies fields the caller converted itself.
+    """
+    present = [f for f, _ in message.ListFields()]
+    cleared = {f.name for f in present if f.name in _SHARED_FIELDS or (inner and f.name in inner)}
+    if not cleared:
+        return _compact(json_format.MessageToDict(message))
+    # The fields left, copied into an empty message (not a copy of the whole
+    # message cleared afterwards: a virtual host's routes would be copied too).
+    shell = type(message)()
+    for field in present:
+        if field.name in cleared:
+            continue
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            target = getattr(shell, field.name)
+            for key in value:
+                if field.message_type.fields_by_name["value"].message_type is not None:
+                    target[key].CopyFrom(value[key])
+                else:
+                    target[key] = value[key]
+        elif field.is_repeated:
+            getattr(shell, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(shell, field.name).CopyFrom(value)
+        else:
+            setattr(shell, field.name, value)
+    base = json_format.MessageToDict(shell)
+    parts: list[str] = []
+    for field in present:
+        key = _compact(field.json_name)
+        value = getattr(message, field.name)
+        if inner and field.name in inner:
+            parts.append(f"{key}:{inner[field.name]}")
+        elif field.name not in cleared:
+            parts.append(f"{key}:{_compact(base[field.json_name])}")
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            # map<string, Any>, in key order: the same text on every run.
+            entries = ",".join(f"{_compact(k)}:{_shared_text(value[k])}" for k in sorted(value))
+            parts.append(f"{key}:{{{entries}}}")
+        else:  # repeated messages
+            parts.append(f"{key}:[{','.join(_shared_text(v) for v in value)}]")
+    return "{" + ",".join(parts) + "}"
+
+
+# Two generations (no lock: the pure core uses none, and single dict operations
+# are atomic): texts found in either are moved to ``_texts_now``; when it is
+# full it becomes ``_texts_before`` and the older generation is dropped. Texts
+# used by every snapshot therefore stay, at most twice the size are kept.
+_texts_now: dict[bytes, str] = {}
+_texts_before: dict[bytes, str] = {}
+
+
+def _kept_text(message: Message) -> str:
+    """JSON text of a VirtualHost, Cluster or Listener, kept while the same message keeps coming."""
+    global _texts_now, _texts_before
+    data = message.SerializeToString(deterministic=True)
+    key = hashlib.blake2b(data, digest_size=16, person=message.DESCRIPTOR.full_name[-16:].encode()).digest()
+    text = _texts_now.get(key)
+    if text is not None:
+        return text
+    text = _texts_before.get(key)
+    if text is None:
+        if isinstance(message, route_components_pb2.VirtualHost):
+            routes = "[" + ",".join(_with_shared(r) for r in message.routes) + "]"
+            text = _with_shared(message, {"routes": routes} if message.routes else None)
+        else:
+            text = _compact(json_format.MessageToDict(message))
+    _texts_now[key] = text
+    if len(_texts_now) >= _TEXT_CACHE_SIZE:
+        _texts_before, _texts_now = _texts_now, {}
+    return text
+
+
+def _route_configuration_text(config: route_pb2.RouteConfiguration) -> str:
+    hosts = ",".join(_kept_text(vh) for vh in config.virtual_hosts)
+    return _with_shared(config, {"virtual_hosts": f"[{hosts}]"} if config.virtual_hosts else None)
+
+
+def resource_text(message: Message) -> str:
+    """Proto3 JSON of ``message`` packed in an ``Any`` (``@type`` first), as ``json_format`` writes it."""
+    type_url = "type.googleapis.com/" + message.DESCRIPTOR.full_name
+    if isinstance(message, route_pb2.RouteConfiguration):
+        body = _route_configuration_text(message)
+    else:
+        body = _kept_text(message)
+    head = _compact("@type") + ":" + _compact(type_url)
+    return "{" + head + ("," + body[1:] if body != "{}" else "}")
+
+
+def discovery_response_json(type_url: str, version: str, resources: Iterable[Message]) -> bytes:
+    """A ``DiscoveryResponse`` of ``resources`` as UTF-8 proto3 JSON, one resource per line."""
+    body = ",\n".join(resource_text(r) for r in resources)
+    head = f'{{"versionInfo":{_compact(version)},"resources":[\n'
+    return (head + body + f'\n],"typeUrl":{_compact(type_url)}}}\n').encode()
+
+
+TYPE_URL_PREFIX = "type.googleapis.com/"
+
+# Above this size of a type's binary response, its JSON is left out. The JSON
+# of a 10,000-Route route table is ~53 MB and takes seconds to build (10 s the
+# first time, ~2 s after a one-Route edit) and to compress, on the path that
+# ends with the xDS push; the binary form of the same table costs ~0.5 s. Below
+# it (a couple of MB of binary, ~800 Routes) people get JSON at little cost.
+# ``ENVOY_SNAPSHOT.md`` says how to read the binary files without APX code.
+JSON_MAX_PB_BYTES = 2 * 1024 * 1024
+
+
+def snapshot_files(
+    typed: Sequence[tuple[str, Sequence[Message], Sequence[any_pb2.Any]]], version: str
+) -> dict[str, bytes]:
+    """``<xds>.pb`` and ``<xds>.json`` per ``(xds name, resources, the same packed in Any)``.
+
+    ``.pb`` files come first (binary ``DiscoveryResponse``, what the operator
+    reads back), in the order given; then the ``.json`` files in the same order,
+    for the types whose ``.pb`` is at most ``JSON_MAX_PB_BYTES``.
+    """
+    files: dict[str, bytes] = {}
+    for name, messages, packed in typed:
+        type_url = _type_url(messages, packed, name)
+        response = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, resources=packed)
+        files[f"{name}.pb"] = response.SerializeToString(deterministic=True)
+    for name, messages, packed in typed:
+        if len(files[f"{name}.pb"]) <= JSON_MAX_PB_BYTES:
+            type_url = _type_url(messages, packed, name)
+            files[f"{name}.json"] = discovery_response_json(type_url, version, messages)
+    return files
+
+
+class SnapshotFiles(Mapping[str, bytes]):
+    """The files of one snapshot, built on first read of a file's bytes.
+
+    The snapshot ConfigMaps of a version that did not change are reused by
+    their renderer (``kubernetes/envoy_snapshot.py``), which then never looks
+    at the files: a pass that changed nothing Envoy sees builds no JSON. Once
+    built, the builder (and the resources it holds) is dropped.
+    """
+
+    def __init__(self, version: str, build: Callable[[], dict[str, bytes]]) -> None:
+        self.version = version
+        self._build: Callable[[], dict[str, bytes]] | None = build
+        self._files: dict[str, bytes] | None = None
+
+    def _built(self) -> dict[str, bytes]:
+        if self._files is None:
+            assert self._build is not None
+            self._files, self._build = self._build(), None
+        return self._files
+
+    def __getitem__(self, name: str) -> bytes:
+        return self._built()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+
+# Type URLs of the xDS names, for a type with no resource to take it from.
+XDS_TYPE_URLS = {
+    "lds": TYPE_URL_PREFIX + "envoy.config.listener.v3.Listener",
+    "rds": TYPE_URL_PREFIX + "envoy.config.route.v3.RouteConfiguration",
+    "cds": TYPE_URL_PREFIX + "envoy.config.cluster.v3.Cluster",
+}
+
+
+def _type_url(messages: Sequence[Message], packed: Sequence[any_pb2.Any], name: str) -> str:
+    if packed:
+        return str(packed[0].type_url)
+    if messages:
+        return TYPE_URL_PREFIX + messages[0].DESCRIPTOR.full_name
+    return XDS_TYPE_URLS[name]
+
+
+__all__ = [
+    "JSON_MAX_PB_BYTES",
+    "XDS_TYPE_URLS",
+    "SnapshotFiles",
+    "discovery_response_json",
+    "resource_text",
+    "snapshot_files",
+]

@@ -1,0 +1,462 @@
+"""The xDS snapshot: every resource the ADS server serves, encoded once and shared by every stream.
+
+Built by ``XdsServer`` (``apx.operator.xds.server``) from the reconciler's
+``EnvoyOutput`` (``XdsSnapshot.from_envoy``) or from the ``google.protobuf.Any``
+messages of the snapshot ConfigMap (``XdsSnapshot.from_any``). Pure: no gRPC,
+no I/O, no clock.
+
+Shape. Per type URL, a map name → ``Entry`` (its version — a short sha256 of
+its bytes — and the serialized ``google.protobuf.Any``). Four types:
+
+* ``Listener`` and ``Cluster``: one entry per rendered resource;
+* ``VirtualHost`` (VHDS): one entry per virtual host of each
+  RouteConfiguration, named ``<route configuration>/<host>`` as Envoy's VHDS
+  names them; the message's own ``name`` is that same string, because Envoy
+  keys VHDS virtual hosts by ``VirtualHost.name`` when it applies
+  ``removed_resources``;
+* ``RouteConfiguration``, in two forms: ``inline`` (the virtual hosts inside,
+  for state-of-the-world clients and delta clients without VHDS) and ``vhds``
+  (no virtual hosts, ``vhds { config_source { ads {} } }``, for Envoy delta
+  clients). The inline form is assembled from the cached virtual-host field
+  encodings (field 2 of RouteConfiguration is ``repeated VirtualHost``), so an
+  unchanged host is never serialized again.
+
+Reuse. ``from_envoy(output, previous)`` serializes each resource once (that
+is how a change is detected) and keeps the previous snapshot's ``Entry`` —
+the very same bytes object — when the bytes are equal, so memory and the
+per-stream diffs see one object per unchanged resource.
+
+Which APX objects a resource carries (for NACK reports): a virtual host
+knows the Route keys (``namespace/name``) of its routes; clusters are mapped
+to Routes lazily (``routes_using_cluster``), only when a NACK needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+
+# The one varint encoder of the pure core (re-exported: tests and the server use it from here).
+from apx.controllers.renderers.envoy.incremental import varint
+
+TYPE_PREFIX = "type.googleapis.com/"
+LISTENER = TYPE_PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE_CONFIGURATION = TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
+CLUSTER = TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
+VIRTUAL_HOST = TYPE_PREFIX + "envoy.config.route.v3.VirtualHost"
+# Push order on a change: nothing may be referenced before it exists (clusters before the
+# listeners and routes that name them, listeners before the route configurations they load).
+PUSH_ORDER = (CLUSTER, LISTENER, ROUTE_CONFIGURATION, VIRTUAL_HOST)
+SERVED_TYPES = frozenset(PUSH_ORDER)
+# Short names for metric labels and logs (a closed set).
+TYPE_NAMES = {
+    LISTENER: "Listener",
+    ROUTE_CONFIGURATION: "RouteConfiguration",
+    CLUSTER: "Cluster",
+    VIRTUAL_HOST: "VirtualHost",
+}
+# Wildcard-capable types: an empty first subscription means "everything" (xDS legacy wildcard).
+# RouteConfiguration is always named: a client gets only the route configurations it asks for.
+WILDCARD_TYPES = frozenset({LISTENER, CLUSTER, VIRTUAL_HOST})
+
+# Route names the renderer gives that are not APX Routes, and the suffix of CORS preflight routes.
+_STATUS_ROUTE_PREFIX = "apx-status/"
+_PREFLIGHT_SUFFIX = "/cors-preflight"
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2): tag, length, payload."""
+    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
+
+
+def short_version(data: bytes) -> str:
+    """The version of a resource: 16 hex digits of the sha256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def pack_bytes(type_url: str, value: bytes) -> bytes:
+    """Serialized ``google.protobuf.Any`` (type_url = field 1, value = field 2) without re-encoding."""
+    return length_delimited(1, type_url.encode()) + length_delimited(2, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One named resource of one type: its version and its serialized ``Any``."""
+
+    name: str
+    version: str
+    any_bytes: bytes
+    # APX Route keys (namespace/name) served by this resource (virtual hosts, route configurations).
+    routes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostParts:
+    """A virtual host's encoding without its name: shared by the inline and the VHDS forms."""
+
+    host_name: str  # the renderer's name (vh/<host>), used in the inline form
+    body: bytes  # VirtualHost fields 2.. (name stripped)
+    routes: tuple[str, ...]
+    vhds: Entry  # the VirtualHost resource named <route configuration>/<host>
+
+
+@dataclass(frozen=True, slots=True)
+class RouteParts:
+    """A RouteConfiguration split for serving: its fields but virtual hosts, and its hosts."""
+
+    name: str
+    base: bytes  # every field but virtual_hosts (and vhds)
+    hosts: tuple[HostParts, ...]
+
+
+def _route_keys(virtual_host: Any) -> tuple[str, ...]:
+    keys: dict[str, None] = {}
+    for route in virtual_host.routes:
+        name = route.name
+        if not name or name.startswith(_STATUS_ROUTE_PREFIX):
+            continue
+        keys[name.removesuffix(_PREFLIGHT_SUFFIX)] = None
+    return tuple(keys)
+
+
+def _strip_name(encoded: bytes, name: str) -> bytes:
+    """The encoding of a message without its field 1 (``name``), which deterministic output puts first."""
+    prefix = length_delimited(1, name.encode()) if name else b""
+    if not encoded.startswith(prefix):  # pragma: no cover - protobuf always writes field 1 first
+        raise ValueError(f"unexpected encoding of {name!r}")
+    return encoded[len(prefix) :]
+
+
+def _route_base(config: Any) -> bytes:
+    """Every field of a RouteConfiguration except ``virtual_hosts`` and ``vhds``, serialized."""
+    base = route_pb2.RouteConfiguration()
+    for descriptor, value in config.ListFields():
+        if descriptor.name in ("virtual_hosts", "vhds"):
+            continue
+        target = getattr(base, descriptor.name)
+        if descriptor.is_repeated:
+            if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    if descriptor.message_type.fields_by_name["value"].message_type is None:
+                        target[key] = item
+                    else:
+                        target[key].CopyFrom(item)
+            else:
+                target.extend(value)
+        elif descriptor.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(base, descriptor.name, value)
+    encoded: bytes = base.SerializeToString(deterministic=True)
+    return encoded
+
+
+VHDS_FIELD = length_delimited(
+    9,
+    route_pb2.Vhds(
+        config_source=config_source_pb2.ConfigSource(
+            ads=config_source_pb2.AggregatedConfigSource(),
+            resource_api_version=config_source_pb2.ApiVersion.V3,
+        )
+    ).SerializeToString(deterministic=True),
+)
+
+
+def vhds_name(route_configuration: str, host: str) -> str:
+    """Envoy's VHDS resource name of a virtual host: ``<route configuration name>/<host>``."""
+    return f"{route_configuration}/{host}"
+
+
+def _hosts_of(
+    config: Any, previous: Mapping[str, HostParts], encoded: Sequence[bytes] | None = None
+) -> tuple[HostParts, ...]:
+    parts: list[HostParts] = []
+    for index, virtual_host in enumerate(config.virtual_hosts):
+        full = encoded[index] if encoded is not None else virtual_host.SerializeToString(deterministic=True)
+        body = _strip_name(full, virtual_host.name)
+        domain = virtual_host.domains[0] if virtual_host.domains else virtual_host.name
+        name = vhds_name(config.name, domain)
+        old = previous.get(name)
+        if old is not None and old.body == body and old.host_name == virtual_host.name:
+            parts.append(old)
+            continue
+        message = length_delimited(1, name.encode()) + body
+        any_bytes = pack_bytes(VIRTUAL_HOST, message)
+        routes = _route_keys(virtual_host)
+        entry = Entry(name, short_version(any_bytes), any_bytes, routes)
+        parts.append(HostParts(virtual_host.name, body, routes, entry))
+    return tuple(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class XdsSnapshot:
+    """An immutable set of xDS resources with per-resource versions."""
+
+    version: str
+    listeners: Mapping[str, Entry]
+    clusters: Mapping[str, Entry]
+    routes: Mapping[str, RouteParts]
+    virtual_hosts: Mapping[str, Entry]
+    # Derived forms of the route configurations, built on first use (SotW / VHDS clients).
+    _inline: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
+    _vhds: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
+    _host_parts: dict[str, HostParts] = field(default_factory=dict, compare=False, repr=False)
+    _type_versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _sorted: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _name_sets: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    # --- building ---------------------------------------------------------------
+
+    @classmethod
+    def empty(cls) -> XdsSnapshot:
+        return cls("", {}, {}, {}, {})
+
+    @classmethod
+    def from_envoy(cls, output: Any, previous: XdsSnapshot | None = None) -> XdsSnapshot:
+        """The snapshot of an ``EnvoyOutput``; unchanged resources keep ``previous``'s entries."""
+        encoded = getattr(output, "encoded", None)
+        return cls.from_messages(
+            output.listeners,
+            output.route_configurations,
+            output.clusters,
+            output.version,
+            previous,
+            _Encodings(encoded.listeners, encoded.clusters, tuple(b for _, b in encoded.virtual_hosts))
+            if encoded is not None
+            else None,
+        )
+
+    @classmethod
+    def from_any(
+        cls, resources: Iterable[Any], version: str, previous: XdsSnapshot | None = None
+    ) -> XdsSnapshot:
+        """The snapshot of ``google.protobuf.Any`` messages (the snapshot ConfigMap's content)."""
+        listeners: list[Any] = []
+        routes: list[Any] = []
+        clusters: list[Any] = []
+        for packed in resources:
+            if packed.type_url == LISTENER:
+                listeners.append(listener_pb2.Listener.FromString(packed.value))
+            elif packed.type_url == ROUTE_CONFIGURATION:
+                routes.append(route_pb2.RouteConfiguration.FromString(packed.value))
+            elif packed.type_url == CLUSTER:
+                clusters.append(cluster_pb2.Cluster.FromString(packed.value))
+        return cls.from_messages(listeners, routes, clusters, version, previous)
+
+    @classmethod
+    def from_messages(
+        cls,
+        listeners: Sequence[Any],
+        route_configurations: Sequence[Any],
+        clusters: Sequence[Any],
+        version: str,
+        previous: XdsSnapshot | None = None,
+        encodings: _Encodings | None = None,
+    ) -> XdsSnapshot:
+        """The snapshot of the renderer's messages; ``encodings``: their bytes when the render kept them."""
+        before = previous or cls.empty()
+        previous_hosts = {h.vhds.name: h for parts in before.routes.values() for h in parts.hosts}
+        route_parts: dict[str, RouteParts] = {}
+        host_bytes = (
+            encodings.virtual_hosts if encodings is not None and len(route_configurations) == 1 else None
+        )
+        for config in route_configurations:
+            usable = (
+                host_bytes
+                if host_bytes is not None and len(host_bytes) == len(config.virtual_hosts)
+                else None
+            )
+            hosts = _hosts_of(config, previous_hosts, usable)
+            route_parts[config.name] = RouteParts(config.name, _route_base(config), hosts)
+        virtual_hosts = {h.vhds.name: h.vhds for parts in route_parts.values() for h in parts.hosts}
+        snapshot = cls(
+            version,
+            _entries(LISTENER, listeners, before.listeners, encodings.listeners if encodings else None),
+            _entries(CLUSTER, clusters, before.clusters, encodings.clusters if encodings else None),
+            route_parts,
+            virtual_hosts,
+        )
+        snapshot._host_parts.update({h.vhds.name: h for parts in route_parts.values() for h in parts.hosts})
+        # Route configurations whose parts did not change keep their assembled forms.
+        for name, parts in route_parts.items():
+            old = before.routes.get(name)
+            if old is not None and old.base == parts.base and old.hosts == parts.hosts:
+                if name in before._inline:
+                    snapshot._inline[name] = before._inline[name]
+                if name in before._vhds:
+                    snapshot._vhds[name] = before._vhds[name]
+        return snapshot
+
+    # --- serving ---------------------------------------------------------------------
+
+    def _inline_entry(self, name: str) -> Entry:
+        entry = self._inline.get(name)
+        if entry is None:
+            parts = self.routes[name]
+            value = parts.base + b"".join(
+                length_delimited(2, length_delimited(1, h.host_name.encode()) + h.body) for h in parts.hosts
+            )
+            any_bytes = pack_bytes(ROUTE_CONFIGURATION, value)
+            routes = tuple(dict.fromkeys(key for h in parts.hosts for key in h.routes))
+            entry = Entry(name, short_version(any_bytes), any_bytes, routes)
+            self._inline[name] = entry
+        return entry
+
+    def _vhds_entry(self, name: str) -> Entry:
+        entry = self._vhds.get(name)
+        if entry is None:
+            any_bytes = pack_bytes(ROUTE_CONFIGURATION, self.routes[name].base + VHDS_FIELD)
+            entry = Entry(name, short_version(any_bytes), any_bytes)
+            self._vhds[name] = entry
+        return entry
+
+    def type_version(self, type_url: str) -> str:
+        """A digest of every resource of ``type_url`` (names and versions): equal means nothing changed.
+
+        Streams compare it before diffing a type, so a change to one type costs
+        the others nothing. Route configurations count by their parts (fields and
+        hosts), whatever form a stream gets.
+        """
+        cached = self._type_versions.get(type_url)
+        if cached is None:
+            hasher = hashlib.sha256()
+            if type_url == ROUTE_CONFIGURATION:
+                for name in sorted(self.routes):
+                    parts = self.routes[name]
+                    hasher.update(f"{name}\0{short_version(parts.base)}\n".encode())
+                    for host in parts.hosts:
+                        hasher.update(f"{host.host_name}\0{host.vhds.version}\n".encode())
+            else:
+                entries = {LISTENER: self.listeners, CLUSTER: self.clusters, VIRTUAL_HOST: self.virtual_hosts}
+                mapping = entries.get(type_url, {})
+                for name in sorted(mapping):
+                    hasher.update(f"{name}\0{mapping[name].version}\n".encode())
+            cached = hasher.hexdigest()[:16]
+            self._type_versions[type_url] = cached
+        return cached
+
+    def prepare(self) -> XdsSnapshot:
+        """Build the derived forms now (off the event loop): inline and VHDS routes, type versions."""
+        for name in self.routes:
+            self._inline_entry(name)
+            self._vhds_entry(name)
+        for type_url in PUSH_ORDER:
+            self.type_version(type_url)
+            self.sorted_names(type_url)
+            self.name_set(type_url)
+        return self
+
+    def sorted_names(self, type_url: str, namespace: str | None = None) -> tuple[str, ...]:
+        """The names of ``type_url`` in order (those under ``namespace/`` only, when given)."""
+        key = type_url if namespace is None else f"{type_url} {namespace}"
+        cached = self._sorted.get(key)
+        if cached is None:
+            names = sorted(self.names(type_url))
+            if namespace is not None:
+                names = [n for n in names if n.rsplit("/", 1)[0] == namespace]
+            cached = tuple(names)
+            self._sorted[key] = cached
+        return cached
+
+    def name_set(self, type_url: str) -> frozenset[str]:
+        cached = self._name_sets.get(type_url)
+        if cached is None:
+            cached = frozenset(self.names(type_url))
+            self._name_sets[type_url] = cached
+        return cached
+
+    def names(self, type_url: str) -> Iterable[str]:
+        """The names of every resource of ``type_url``."""
+        if type_url == LISTENER:
+            return self.listeners.keys()
+        if type_url == CLUSTER:
+            return self.clusters.keys()
+        if type_url == ROUTE_CONFIGURATION:
+            return self.routes.keys()
+        if type_url == VIRTUAL_HOST:
+            return self.virtual_hosts.keys()
+        return ()
+
+    def get(self, type_url: str, name: str, vhds: bool = False) -> Entry | None:
+        """One resource; route configurations in their VHDS form when ``vhds``."""
+        if type_url == LISTENER:
+            return self.listeners.get(name)
+        if type_url == CLUSTER:
+            return self.clusters.get(name)
+        if type_url == ROUTE_CONFIGURATION:
+            if name not in self.routes:
+                return None
+            return self._vhds_entry(name) if vhds else self._inline_entry(name)
+        if type_url == VIRTUAL_HOST:
+            return self.virtual_hosts.get(name)
+        return None
+
+    def route_keys(self) -> tuple[str, ...]:
+        """Every APX Route key served by any virtual host."""
+        return tuple(dict.fromkeys(k for e in self.virtual_hosts.values() for k in e.routes))
+
+    def routes_of_virtual_host(self, inline_name: str) -> tuple[str, ...]:
+        """Route keys of a virtual host named as in the inline form (``vh/<host>``) or as VHDS names it."""
+        parts = self._host_parts.get(inline_name)
+        if parts is not None:
+            return parts.routes
+        for candidate in self._host_parts.values():
+            if candidate.host_name == inline_name:
+                return candidate.routes
+        return ()
+
+    def routes_using_cluster(self, cluster: str) -> tuple[str, ...]:
+        """Route keys whose routes send traffic to ``cluster`` (decodes virtual hosts: NACK path only)."""
+        found: dict[str, None] = {}
+        for parts in self._host_parts.values():
+            host = route_components_pb2.VirtualHost.FromString(parts.body)
+            for route in host.routes:
+                action = route.route
+                targets = {action.cluster, *(w.name for w in action.weighted_clusters.clusters)}
+                if cluster in targets and route.name and not route.name.startswith(_STATUS_ROUTE_PREFIX):
+                    found[route.name.removesuffix(_PREFLIGHT_SUFFIX)] = None
+        return tuple(found)
+
+    def total_bytes(self) -> int:
+        """Size of every resource once, route configurations inline: what one full SotW push carries."""
+        return (
+            sum(len(e.any_bytes) for e in self.listeners.values())
+            + sum(len(e.any_bytes) for e in self.clusters.values())
+            + sum(len(self._inline_entry(name).any_bytes) for name in self.routes)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Encodings:
+    """Deterministic encodings the renderer kept (``EnvoyOutput.encoded``), in message order."""
+
+    listeners: Sequence[bytes]
+    clusters: Sequence[bytes]
+    virtual_hosts: Sequence[bytes]
+
+
+def _entries(
+    type_url: str, messages: Sequence[Any], previous: Mapping[str, Entry], encoded: Sequence[bytes] | None
+) -> dict[str, Entry]:
+    entries: dict[str, Entry] = {}
+    usable = encoded is not None and len(encoded) == len(messages)
+    for index, message in enumerate(messages):
+        value = (
+            encoded[index]
+            if usable and encoded is not None
+            else message.SerializeToString(deterministic=True)
+        )
+        any_bytes = pack_bytes(type_url, value)
+        old = previous.get(message.name)
+        if old is not None and old.any_bytes == any_bytes:
+            entries[message.name] = old
+        else:
+            entries[message.name] = Entry(message.name, short_version(any_bytes), any_bytes)
+    return entries

@@ -1,0 +1,248 @@
+"""The Envoy snapshot ConfigMaps: readable without APX code, split under the size limit, decoded only whole.
+
+Covers ``apx.controllers.renderers.kubernetes.envoy_snapshot`` (index and
+parts, ``decode_configmaps``) and ``apx.controllers.renderers.envoy.discovery_json``
+(the fast proto3 JSON). "Without APX code" is checked by reading the files
+the way ``ENVOY_SNAPSHOT.md`` tells a person to (concatenate the slices,
+gunzip) and parsing them with protobuf's own ``json_format`` / binary parser
+into ``envoy.service.discovery.v3.DiscoveryResponse``.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format
+
+from apx.controllers import names
+from apx.controllers.renderers.envoy import EnvoyOutput, render_envoy
+from apx.controllers.renderers.envoy.common import pack
+from apx.controllers.renderers.envoy.discovery_json import resource_text
+from apx.controllers.renderers.kubernetes import envoy_snapshot
+from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps, render_envoy_snapshot
+from apx.controllers.translate import translate
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+from workload import generate_documents  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+NAMESPACE = "apx-system"
+
+
+@pytest.fixture(scope="module")
+def envoy() -> EnvoyOutput:
+    """A workload with every feature the renderer has (JWT, RBAC, CORS, rate limits, canaries, headers)."""
+    result = translate(generate_documents(120, 12))
+    assert not result.stalled
+    return render_envoy(result.ir)
+
+
+def _configmaps(envoy: EnvoyOutput) -> list[dict[str, Any]]:
+    return render_envoy_snapshot(envoy.snapshot_document(), NAMESPACE)
+
+
+def _packed(envoy: EnvoyOutput) -> list[Any]:
+    return [pack(resource) for resource in envoy.resources()]
+
+
+def _read_like_a_person(configmaps: Sequence[Mapping[str, Any]], name: str) -> bytes:
+    """What ENVOY_SNAPSHOT.md says: the parts in index order, the file's key in each, base64 -d, gunzip."""
+    by_name = {c["metadata"]["name"]: c for c in configmaps}
+    index = by_name[names.envoy_snapshot_configmap()]
+    stored = b""
+    for part in index["data"]["parts"].split():
+        for key in (f"{name}.gz", name):
+            if key in by_name[part].get("binaryData", {}):
+                stored += base64.b64decode(by_name[part]["binaryData"][key])
+            elif key in by_name[part].get("data", {}):
+                stored += by_name[part]["data"][key].encode()
+    return gzip.decompress(stored) if stored[:2] == b"\x1f\x8b" else stored
+
+
+def _payload(configmap: Mapping[str, Any]) -> int:
+    """Bytes the API server counts against a ConfigMap's 1 MiB: data values plus decoded binaryData."""
+    data = sum(len(v.encode()) for v in (configmap.get("data") or {}).values())
+    return data + sum(len(base64.b64decode(v)) for v in (configmap.get("binaryData") or {}).values())
+
+
+def test_json_is_what_protobuf_json_format_writes_for_every_resource(envoy: EnvoyOutput) -> None:
+    for resource in envoy.resources():
+        assert json.loads(resource_text(resource)) == json_format.MessageToDict(pack(resource))
+
+
+def test_small_snapshot_is_one_plain_part_envoy_can_mount_as_files(envoy: EnvoyOutput) -> None:
+    small = dataclass_with(envoy, route_configurations=[], clusters=envoy.clusters[:2])
+    configmaps = _configmaps(small)
+    assert [c["metadata"]["name"] for c in configmaps] == ["apx-envoy-snapshot", "apx-envoy-snapshot-0"]
+    part = configmaps[1]
+    assert sorted(part["data"]) == ["cds.json", "lds.json", "rds.json"]
+    assert sorted(part["binaryData"]) == ["cds.pb", "lds.pb", "rds.pb"]
+    clusters = json_format.Parse(part["data"]["cds.json"], discovery_pb2.DiscoveryResponse())
+    assert clusters.version_info == small.version
+    assert clusters.type_url == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    assert list(clusters.resources) == _packed(small)[1:]
+    assert decode_configmaps(configmaps) == _packed(small)
+
+
+def test_large_snapshot_is_gzip_sliced_over_parts_each_under_the_budget(
+    envoy: EnvoyOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(envoy_snapshot, "PART_BYTES", 4 * 1024)
+    configmaps = _configmaps(envoy)
+    index = configmaps[0]
+    parts = index["data"]["parts"].split()
+    assert len(parts) > 3
+    assert parts == [names.envoy_snapshot_part_configmap(i) for i in range(len(parts))]
+    assert [c["metadata"]["name"] for c in configmaps[1:]] == parts
+    for part in configmaps[1:]:
+        assert _payload(part) <= 4 * 1024
+        assert part["metadata"]["annotations"]["apx.dev/envoy-snapshot-version"] == envoy.version
+        assert "ownerReferences" not in part["metadata"]
+        kubernetes_validate.validate(part, "1.32", strict=True)
+    kubernetes_validate.validate(index, "1.32", strict=True)
+    # Read without APX code: binary and JSON agree with the rendered resources.
+    for xds, resources in (
+        ("lds", envoy.listeners),
+        ("rds", envoy.route_configurations),
+        ("cds", envoy.clusters),
+    ):
+        binary = discovery_pb2.DiscoveryResponse.FromString(_read_like_a_person(configmaps, f"{xds}.pb"))
+        text = json_format.Parse(
+            _read_like_a_person(configmaps, f"{xds}.json"), discovery_pb2.DiscoveryResponse()
+        )
+        assert binary.version_info == text.version_info == envoy.version
+        assert list(binary.resources) == [pack(r) for r in resources]
+        # Nested Any bytes may be ordered differently after a JSON round trip: compare as JSON.
+        assert [json_format.MessageToDict(r) for r in text.resources] == [
+            json_format.MessageToDict(pack(r)) for r in resources
+        ]
+    assert decode_configmaps(configmaps) == _packed(envoy)
+
+
+def test_real_budget_keeps_every_configmap_under_one_mebibyte(envoy: EnvoyOutput) -> None:
+    for configmap in _configmaps(envoy):
+        assert _payload(configmap) <= envoy_snapshot.PART_BYTES < 1024 * 1024
+        assert len(json.dumps(configmap)) < 1536 * 1024  # the request body, binaryData in base64
+
+
+@pytest.fixture()
+def split(envoy: EnvoyOutput, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    monkeypatch.setattr(envoy_snapshot, "PART_BYTES", 4 * 1024)
+    return _configmaps(envoy)
+
+
+def test_a_missing_part_gives_none(split: list[dict[str, Any]]) -> None:
+    assert decode_configmaps(split) is not None
+    assert decode_configmaps([c for c in split if c["metadata"]["name"] != "apx-envoy-snapshot-1"]) is None
+    assert decode_configmaps(split[1:]) is None  # no index
+
+
+def test_parts_of_two_versions_give_none(split: list[dict[str, Any]]) -> None:
+    mixed = copy.deepcopy(split)
+    mixed[2]["metadata"]["annotations"]["apx.dev/envoy-snapshot-version"] = "sha256:older"
+    assert decode_configmaps(mixed) is None
+
+
+def test_a_corrupt_or_truncated_slice_gives_none(split: list[dict[str, Any]]) -> None:
+    corrupt = copy.deepcopy(split)
+    key = next(iter(corrupt[1]["binaryData"]))
+    raw = bytearray(base64.b64decode(corrupt[1]["binaryData"][key]))
+    raw[len(raw) // 2] ^= 0xFF
+    corrupt[1]["binaryData"][key] = base64.b64encode(bytes(raw)).decode()
+    assert decode_configmaps(corrupt) is None
+    truncated = copy.deepcopy(split)
+    truncated[1]["binaryData"][key] = base64.b64encode(bytes(raw[:100])).decode()
+    assert decode_configmaps(truncated) is None
+    garbage = copy.deepcopy(split)
+    garbage[0]["data"]["index.json"] = "{not json"
+    assert decode_configmaps(garbage) is None
+    duplicated = [*split, {**split[1], "metadata": {**split[1]["metadata"], "namespace": "other"}}]
+    assert decode_configmaps(duplicated) is None
+
+
+def test_a_file_inflating_past_the_limit_gives_none(
+    split: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(envoy_snapshot, "MAX_FILE_BYTES", 1024)
+    assert decode_configmaps(split) is None
+
+
+def test_unrelated_configmaps_are_ignored(split: list[dict[str, Any]], envoy: EnvoyOutput) -> None:
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}, "data": {}}
+    assert decode_configmaps([other, *split]) == _packed(envoy)
+
+
+def test_the_previous_single_configmap_form_is_still_read(envoy: EnvoyOutput) -> None:
+    from apx.controllers.renderers.envoy import _delimited
+
+    legacy = gzip.compress(_delimited(_packed(envoy)), mtime=0)
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "apx-envoy-snapshot", "namespace": NAMESPACE},
+        "data": {"version": envoy.version},
+        "binaryData": {"snapshot.pb.gz": base64.b64encode(legacy).decode()},
+    }
+    assert decode_configmaps([configmap]) == _packed(envoy)
+    # Once the new form is written, a 0.1 key left beside it is ignored.
+    stale = [copy.deepcopy(c) for c in _configmaps(dataclass_with(envoy, clusters=envoy.clusters[:1]))]
+    stale[0]["binaryData"] = configmap["binaryData"]
+    assert decode_configmaps(stale) == _packed(dataclass_with(envoy, clusters=envoy.clusters[:1]))
+
+
+def test_rendering_is_deterministic(envoy: EnvoyOutput, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(envoy_snapshot, "PART_BYTES", 4 * 1024)
+    first = _configmaps(envoy)
+    fresh = render_envoy(translate(generate_documents(120, 12)).ir)
+    assert fresh.version == envoy.version
+    monkeypatch.setattr(envoy_snapshot, "_last_render", None)  # really render again
+    assert render_envoy_snapshot(fresh.snapshot_document(), NAMESPACE) == first
+
+
+def test_json_of_a_type_whose_binary_form_is_large_is_left_out_and_said_so(
+    envoy: EnvoyOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apx.controllers.renderers.envoy import discovery_json
+
+    sizes = {name: len(content) for name, content in envoy.snapshot_document()["files"].items()}
+    monkeypatch.setattr(discovery_json, "JSON_MAX_PB_BYTES", sizes["rds.pb"] - 1)
+    monkeypatch.setattr(envoy_snapshot, "JSON_MAX_PB_BYTES", sizes["rds.pb"] - 1)
+    monkeypatch.setattr(envoy_snapshot, "_last_render", None)
+    configmaps = _configmaps(envoy)
+    index = json.loads(configmaps[0]["data"]["index.json"])
+    assert [f["name"] for f in index["files"]] == ["lds.pb", "rds.pb", "cds.pb", "lds.json", "cds.json"]
+    assert index["jsonOmitted"]["types"] == ["rds"]
+    assert decode_configmaps(configmaps) == _packed(envoy)
+
+
+def test_an_unchanged_version_reuses_the_configmaps_without_building_any_file(envoy: EnvoyOutput) -> None:
+    first = _configmaps(envoy)
+    document = envoy.snapshot_document()
+    again = render_envoy_snapshot(document, NAMESPACE)
+    assert all(a is b for a, b in zip(again, first, strict=True))
+    assert document["files"]._files is None  # the JSON was never built
+    other = render_envoy_snapshot(document, "elsewhere")
+    assert other[0]["metadata"]["namespace"] == "elsewhere"
+
+
+def dataclass_with(envoy: EnvoyOutput, **changes: Any) -> EnvoyOutput:
+    """A smaller output built the way the renderer builds one (its own version)."""
+    fields = {
+        "listeners": envoy.listeners,
+        "route_configurations": envoy.route_configurations,
+        "clusters": envoy.clusters,
+        **changes,
+    }
+    return EnvoyOutput.create(fields["listeners"], fields["route_configurations"], fields["clusters"], {})
