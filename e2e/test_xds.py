@@ -185,6 +185,13 @@ def test_ads_client_gets_translated_routes_then_an_edit_and_a_nack_reaches_the_r
             assert programmed is not None, conditions
             assert programmed["status"] == "False" and programmed["reason"] == "Rejected"
             assert "rejected by the e2e proxy" in programmed["message"]
+            # Its Product too, naming the Route.
+            product = stack.kubectl.get("product", "payments", namespace)
+            product_conditions = {
+                c["type"]: c for c in (product or {}).get("status", {}).get("conditions", [])
+            }
+            assert product_conditions.get("Programmed", {}).get("status") == "False", product_conditions
+            assert "payments-legacy" in product_conditions["Programmed"]["message"]
             events = stack.kubectl.list("events", namespace)
             assert any(
                 e.get("reason") == "Rejected" and e.get("involvedObject", {}).get("name") == "payments-legacy"
@@ -192,7 +199,9 @@ def test_ads_client_gets_translated_routes_then_an_edit_and_a_nack_reaches_the_r
             ), [e.get("reason") for e in events]
             return True
 
-        eventually(rejected, timeout=60, what="Programmed=False and a Rejected event on the Route")
+        eventually(
+            rejected, timeout=60, what="Programmed=False on the Route and its Product, and a Rejected event"
+        )
         assert 'apx_xds_nacks_total{type="RouteConfiguration"} 1.0' in stack.operator.metrics()
     finally:
         client.close()

@@ -1050,7 +1050,9 @@ class Reconciler:
 
     async def _write_statuses(self, compiled: Compiled, report: PassReport) -> None:
         semaphore = asyncio.Semaphore(self.settings.worker_limit)
-        self._rejections_now = self.xds_rejections() if self.xds_rejections is not None else {}
+        self._rejections_now = _with_products(
+            self.xds_rejections() if self.xds_rejections is not None else {}, compiled.ir
+        )
         changed = await asyncio.to_thread(self._statuses_to_write, compiled, report, self.clock())
 
         async def write(
@@ -1244,3 +1246,15 @@ def _drop_stale_tracks(document: dict[str, Any], previous: Mapping[str, Any]) ->
         for track in old:
             if track not in new:
                 new[track] = None
+
+
+def _with_products(rejections: Mapping[tuple[str, str], str], ir: IR) -> Mapping[tuple[str, str], str]:
+    """A proxy's NACK of Routes also marks their Products (``Programmed=False``), naming the first Route."""
+    if not rejections:
+        return rejections
+    marked = dict(rejections)
+    for route in ir.routes:
+        message = rejections.get(("Route", route.key))
+        if message is not None:
+            marked.setdefault(("Product", route.product.key), f"Route {route.key}: {message}")
+    return marked

@@ -84,6 +84,7 @@ def test_every_tuning_value_reaches_the_settings(monkeypatch: pytest.MonkeyPatch
     values = {
         "operator": {
             "resyncSeconds": 15,
+            "snapshotConfigMapSeconds": 2.5,
             "workerLimit": 4,
             "livenessPort": 8181,
             "metricsPort": 9191,
@@ -94,6 +95,7 @@ def test_every_tuning_value_reaches_the_settings(monkeypatch: pytest.MonkeyPatch
     }
     settings = _settings(values, monkeypatch)
     assert settings.resync_seconds == 15.0 and settings.worker_limit == 4
+    assert settings.snapshot_configmap_seconds == 2.5
     assert (settings.liveness_port, settings.metrics_port) == (8181, 9191)
     assert settings.otlp_endpoint == "http://otel-collector.observability:4318"
     assert settings.pubsub_emulator_host == "pubsub-emulator:8085"
