@@ -156,7 +156,7 @@ def _backend(product: int, slot: int, route_index: int) -> dict[str, Any]:
     return {"service": {"name": f"svc-{product:03d}-{slot % SERVICES_PER_PRODUCT}", "port": 8080}}
 
 
-def _route(i: int, n_products: int) -> dict[str, Any]:
+def _route(i: int, n_products: int, async_every: int = 5) -> dict[str, Any]:
     product = i % n_products
     nth = i // n_products  # index of this route within its product
     namespace = _namespace(product)
@@ -180,7 +180,7 @@ def _route(i: int, n_products: int) -> dict[str, Any]:
             [{"exact": "2"}, {"prefix": "2."}, {"regex": "^[0-9]+\\.[0-9]+$"}, {"present": True}][kind]
         )
         match["headers"] = [header]
-    is_async = i % 5 == 2
+    is_async = i % async_every == 2 % async_every
     spec: dict[str, Any] = {
         "productRef": {"name": f"product-{product:03d}"},
         "policyRef": {"name": f"policy-{product:03d}", "version": "1.1.0" if i % 3 else "1.0.0"},
@@ -227,11 +227,11 @@ def _route(i: int, n_products: int) -> dict[str, Any]:
     return document
 
 
-def generate_documents(n_routes: int, n_products: int = 100) -> list[dict[str, Any]]:
+def generate_documents(n_routes: int, n_products: int = 100, async_every: int = 5) -> list[dict[str, Any]]:
     """Products, two versions of one PolicyBundle per product, and ``n_routes`` Routes."""
     documents: list[dict[str, Any]] = []
     for index in range(n_products):
         documents.append(_product(index))
         documents.extend(_policy_bundles(index))
-    documents.extend(_route(i, n_products) for i in range(n_routes))
+    documents.extend(_route(i, n_products, async_every) for i in range(n_routes))
     return documents

@@ -131,7 +131,7 @@ def kubeemu_command(python: str, port: int, kubeconfig: Path) -> list[str]:
     ]
 
 
-def operator_environment(env: dict[str, str], liveness: int, metrics: int) -> dict[str, str]:
+def operator_environment(env: dict[str, str], liveness: int, metrics: int, xds: int = 0) -> dict[str, str]:
     """The operator's environment: the stack's endpoints, probes and metrics on loopback only.
 
     The operator listens on 0.0.0.0 by default (kubelet probes the pod IP), so
@@ -145,6 +145,9 @@ def operator_environment(env: dict[str, str], liveness: int, metrics: int) -> di
         "APX_LIVENESS_PORT": str(liveness),
         "APX_METRICS_HOST": LOOPBACK,
         "APX_METRICS_PORT": str(metrics),
+        # The xDS (ADS) server: a free loopback port of its own (0: not served).
+        "APX_XDS_HOST": LOOPBACK,
+        "APX_XDS_PORT": str(xds),
         "APX_RESYNC_SECONDS": os.environ.get("APX_RESYNC_SECONDS", "30"),
     }
 
@@ -198,20 +201,22 @@ def up(with_operator: bool = True, progress: Progress = _say) -> dict[str, Any]:
     progress("[stack] starting the APX operator...")
     liveness = free_port()
     metrics = free_port()
+    xds = free_port()
     log = STATE_DIR / "operator.log"
-    operator_env = operator_environment(env, liveness, metrics)
+    operator_env = operator_environment(env, liveness, metrics, xds)
     pid = _spawn([str(Path(python).parent / "apx-operator")], log, operator_env)
     services["operator"] = {
         "pid": pid,
         "liveness_port": liveness,
         "metrics_port": metrics,
+        "xds_port": xds,
         "log": str(log),
     }
     save_state(state)
     _wait_http(f"http://{LOOPBACK}:{liveness}/healthz", 60, "APX operator")
     progress(
         f"[stack] operator ready (pid {pid}; /healthz on {LOOPBACK}:{liveness}, "
-        f"/metrics on {LOOPBACK}:{metrics}; log {log})"
+        f"/metrics on {LOOPBACK}:{metrics}, xDS (ADS) on {LOOPBACK}:{xds}; log {log})"
     )
     return state
 

@@ -169,6 +169,13 @@ class TypeState:
     version: str = ""
     sent_names: frozenset[str] | None = None
     acked_components: dict[tuple[str, str], str] = field(default_factory=dict)
+    acked_nonce: str = ""  # the last response the client accepted
+    # State of the world, clusters: what the last response carried, and whether it still carries
+    # clusters the snapshot removed (kept until the routes that used them are replaced: make
+    # before break), or must now go without them.
+    entries: tuple[Entry, ...] = ()
+    retaining: bool = False
+    release: bool = False
     # Delta: what the client has (name → version; None = told it does not exist), and the
     # snapshot's type_version it was last brought up to (nothing to diff while it is unchanged).
     known: dict[str, str | None] = field(default_factory=dict)
@@ -523,7 +530,9 @@ class XdsServer:
                 )
             else:
                 state.acked_components = {c[:2]: c[2] for c in sent.components}
+                state.acked_nonce = nonce
                 self._record_ack(stream, type_url, sent)
+                self._release_clusters(stream)
         if nonce and nonce != state.nonce:
             return  # stale: answers a response that has been superseded; no subscription change
         names = set(request.resource_names)
@@ -580,10 +589,27 @@ class XdsServer:
             if not entries and not state.wildcard:
                 state.dirty = False
                 continue  # named resources that do not exist: nothing to say in SotW
+            retained = self._retained_clusters(stream, state, type_url, entries)
+            if retained:
+                # Make before break: this response keeps the clusters the snapshot removed, so the
+                # routes the proxy still has never name a missing cluster; they go once it has
+                # accepted the listeners and routes of this snapshot (``_release_clusters``).
+                entries = tuple(sorted((*entries, *retained), key=lambda e: e.name))
+                version = _digest((e.name, e.version) for e in entries)
+                body = (
+                    length_delimited(1, version.encode())
+                    + b"".join(length_delimited(2, e.any_bytes) for e in entries)
+                    + length_delimited(4, type_url.encode())
+                )
             if version == state.version and not state.dirty:
                 continue
             state.dirty = False
-            nonce, response = self._sotw_response(type_url, subscription, body)
+            state.entries = entries
+            if retained:
+                nonce = str(next(self._nonces))
+                response = body + length_delimited(5, nonce.encode())
+            else:
+                nonce, response = self._sotw_response(type_url, subscription, body)
             if nonce == state.nonce or nonce in state.pending:
                 # The same response again on this stream (its subscription came back): a nonce of its own.
                 nonce = str(next(self._nonces))
@@ -594,6 +620,46 @@ class XdsServer:
             while len(state.pending) > PENDING_PER_TYPE:
                 state.pending.popitem(last=False)
             yield response
+
+    def _retained_clusters(
+        self, stream: _Stream, state: TypeState, type_url: str, entries: tuple[Entry, ...]
+    ) -> tuple[Entry, ...]:
+        """Clusters a SotW stream was sent and the snapshot removed, while its routes may still name them.
+
+        Only for a stream that also takes listeners or route configurations
+        (those name clusters), and not once the release is due.
+        """
+        if type_url != CLUSTER or not state.entries:
+            return ()
+        if state.release:
+            state.release = state.retaining = False
+            return ()
+        if not any(
+            (other := stream.types.get(t)) is not None and other.subscribed
+            for t in (LISTENER, ROUTE_CONFIGURATION)
+        ):
+            return ()
+        current = {e.name for e in entries}
+        retained = tuple(e for e in state.entries if e.name not in current)
+        state.retaining = bool(retained)
+        return retained
+
+    def _release_clusters(self, stream: _Stream) -> None:
+        """After an ACK: once this snapshot's listeners and routes are accepted, drop the kept clusters."""
+        clusters = stream.types.get(CLUSTER)
+        if clusters is None or not clusters.retaining:
+            return
+        for type_url in (LISTENER, ROUTE_CONFIGURATION):
+            state = stream.types.get(type_url)
+            if state is None or not state.subscribed:
+                continue
+            subscription = None if state.wildcard else frozenset(state.names)
+            current = self._sotw_body(type_url, subscription)[0]
+            if state.dirty or state.version != current or state.acked_nonce != state.nonce:
+                return  # not sent yet, or the proxy has not accepted this snapshot's version yet
+        clusters.release = True
+        clusters.dirty = True
+        stream.wake.set()
 
     # --- delta ---------------------------------------------------------------------------------
 

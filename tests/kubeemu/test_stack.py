@@ -117,8 +117,9 @@ def test_an_object_is_ready_only_for_its_current_generation() -> None:
 
 
 def test_the_operator_of_the_stack_listens_on_loopback_only() -> None:
-    settings = OperatorSettings.from_env(stack.operator_environment({}, 18080, 19090))
+    settings = OperatorSettings.from_env(stack.operator_environment({}, 18080, 19090, 18001))
     assert (settings.liveness_host, settings.liveness_port) == ("127.0.0.1", 18080)
+    assert (settings.xds_host, settings.xds_port) == ("127.0.0.1", 18001)
     assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 19090)
     assert settings.admission == "none"  # no webhook server is started
 

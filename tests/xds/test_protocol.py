@@ -107,6 +107,33 @@ async def test_sotw_pushes_new_cluster_before_the_route_that_uses_it(server: Xds
         await stream.close()
 
 
+async def test_sotw_keeps_a_removed_cluster_until_the_routes_that_used_it_are_accepted(
+    server: XdsServer,
+) -> None:
+    """Make before break: a SotW cluster set never drops a cluster routes the proxy holds still name."""
+    docs = sample_docs()
+    moved = _moved(docs)
+    async with channel(server.port) as ch:
+        stream = SotwStream(ch, node())
+        initial = await _sotw_subscribe_all(stream)
+        removed = _names(initial[CDS]) - set(moved.names(CDS))
+        assert removed  # the old backend's cluster
+        server.set_snapshot(moved)
+        first = await stream.next()
+        assert first.type_url == CDS
+        assert removed <= _names(first) and "svc/shop/legacy-v2:8080" in _names(first)
+        stream.ack(first)
+        routes = await stream.next()
+        assert routes.type_url == RDS
+        stream.ack(routes, ["apx-routes"])
+        # Only now, with the new routes accepted, the cluster set goes without the removed ones.
+        last = await stream.next()
+        assert last.type_url == CDS
+        assert not removed & _names(last) and "svc/shop/legacy-v2:8080" in _names(last)
+        stream.ack(last)
+        await stream.close()
+
+
 async def test_sotw_stale_nonce_is_ignored(server: XdsServer) -> None:
     async with channel(server.port) as ch:
         stream = SotwStream(ch, node())
