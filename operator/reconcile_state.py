@@ -1,0 +1,176 @@
+"""What the reconciler's parts share: its state, the pass report, and small helpers.
+
+Imported by ``apx.operator.reconciler`` and by each of its parts (``store``,
+``scheduler``, ``sync_redis``, ``sync_pubsub``, ``sync_kubernetes``,
+``deletion``, ``sync_status``), which are mixins of one ``Reconciler``:
+``ReconcilerState`` declares the attributes ``Reconciler.__init__`` sets (and,
+for the type checker, the methods one part calls on another), so each part
+reads as a plain class over the same state. No logic here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from apx.controllers.appliers.kube import KubeClient
+from apx.controllers.appliers.pubsub import PubSubApplier
+from apx.controllers.appliers.redis_rules import RedisApplier
+from apx.controllers.memo import Caches
+from apx.controllers.pipeline import FirstStage
+from apx.controllers.renderers.envoy import EnvoyOutput
+from apx.controllers.status import ResourceStatus
+from apx.controllers.translation import summaries
+from apx.dataplane.common.redact import redact_text
+from apx.runtime.process import HeapKeeper
+
+from .metrics import OperatorMetrics, PendingChanges
+from .settings import OperatorSettings
+from .workers import WorkerAvailability
+
+logger = logging.getLogger("apx.operator")
+
+APX_KINDS = ("Product", "Route", "PolicyBundle")
+MANAGED_BY = "app.kubernetes.io/managed-by=apx"
+PRUNABLE_KINDS = ("Deployment", "Service", "ConfigMap")
+# Summary keys the operator writes; a key missing from a new status is sent as
+# null so a merge-patch removes it (e.g. topics of a Route that became sync).
+SUMMARY_KEYS = summaries.SUMMARY_KEYS
+CONTROLLERS = {"Product": "product", "Route": "route", "PolicyBundle": "policybundle"}
+
+Key = tuple[str, str]
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+
+
+def _resource_version(body: Mapping[str, Any]) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _digest(document: Any) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class InUse(Exception):
+    """A Product or PolicyBundle being deleted is still referenced by Routes; its finalizer stays."""
+
+
+@dataclass(slots=True)
+class DependencyProblem:
+    """Why an object is not Ready although its spec is fine."""
+
+    reason: str
+    message: str
+    stalled: bool = False  # True when retrying cannot fix it (e.g. Pub/Sub forbids the change)
+
+    def __post_init__(self) -> None:
+        # Messages embed dependency errors (URLs); they reach status, Events, logs and /healthz.
+        self.message = redact_text(self.message)
+
+
+@dataclass(slots=True)
+class PassReport:
+    """What one pass did; used by tests, benchmarks and metrics."""
+
+    duration: float = 0.0
+    redis_published: int = 0
+    pubsub_ensured: int = 0
+    manifests_applied: int = 0
+    manifests_pruned: int = 0
+    statuses_written: int = 0
+    problems: dict[tuple[str, str], DependencyProblem] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class ReconcilerState:
+    """The state every part of the reconciler reads and writes (set by ``Reconciler.__init__``)."""
+
+    settings: OperatorSettings
+    heap: HeapKeeper
+    kube: KubeClient
+    redis: RedisApplier
+    pubsub: PubSubApplier
+    metrics: OperatorMetrics
+    tracer: trace.Tracer
+    clock: Callable[[], str]
+    caches: Caches
+    workers: WorkerAvailability
+    # the store
+    objects: dict[Key, dict[str, Any]]
+    deleting: dict[Key, dict[str, Any]]
+    listeners: list[Callable[[str, Mapping[str, Any]], None]]
+    envoy_listeners: list[Callable[[EnvoyOutput], None]]
+    xds_rejections: Callable[[], Mapping[Key, str]] | None
+    _pending: PendingChanges
+    _cleaned: set[Key]
+    _policy_history: dict[Key, dict[str, dict[str, Any]]]
+    _served_policies: dict[Key, set[str]]
+    _last_good: dict[Key, dict[str, Any]]
+    _render_failures: dict[Key, tuple[dict[str, Any], ResourceStatus]]
+    _in_use: dict[Key, list[str]]
+    # the scheduler
+    _dirty: asyncio.Event
+    _full_requested: bool
+    _rebuild_requested: bool
+    _listed: bool
+    _backoff: float
+    _dirty_products: set[str]
+    _epoch: dict[str, int]
+    _pass_epochs: dict[str, int]
+    _fast_wanted: asyncio.Event
+    last_pass: PassReport | None
+    last_error: str | None
+    passes: int
+    # what was applied
+    _applied_rule_sets: dict[str, str]
+    _applied_route_table: str | None
+    _applied_pubsub: set[str]
+    _applied_manifests: dict[tuple[str, str, str], str]
+    _snapshot_parts: set[tuple[str, str, str]]
+    _snapshot_written: tuple[str, float]
+    _snapshot_timer: asyncio.TimerHandle | None
+    # statuses
+    _written_status: dict[Key, str]
+    _verified_status: dict[Key, tuple[ResourceStatus, dict[str, Any]]]
+    _last_phase: dict[Key, str]
+    _ready_exported: dict[Key, bool]
+    _rejections_now: Mapping[Key, str]
+
+    if TYPE_CHECKING:
+        # Methods one part calls on another (defined in the part named).
+
+        def observe(self, kind: str, body: Mapping[str, Any]) -> None: ...  # store
+
+        def _replace_body(self, key: Key, body: dict[str, Any]) -> None: ...  # store
+
+        def request_pass(self) -> None: ...  # scheduler
+
+        async def publish_rule_sets_fast(self) -> int: ...  # sync_redis
+
+        # sync_kubernetes
+        def _active(self, controller: str) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+        async def reconcile_once(self, full: bool = False) -> PassReport: ...  # reconciler
+
+        def _serving_stage(  # reconciler
+            self, documents: list[dict[str, Any]], caches: Caches | None = None
+        ) -> FirstStage: ...

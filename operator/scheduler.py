@@ -1,0 +1,123 @@
+"""When passes run: the full-LIST start, the change-driven loop with back-off and resync, the fast path.
+
+Mixed into ``apx.operator.reconciler.Reconciler`` (``Scheduler``) and run by
+``apx.operator.main``. A change (``_dirty``) wakes a pass after a short
+debounce; a failed pass or a dependency problem backs off (1 s doubling to
+30 s) and asks for a full pass; every ``resync_seconds`` a full pass
+compiles from scratch (the caches are cleared) and re-applies everything,
+which repairs drift. Rule-set changes are also published at once by the fast
+path, without waiting for a full pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from apx.controllers.appliers.kube import KubeError
+from apx.dataplane.common.redact import redact_text
+
+from .reconcile_state import (
+    APX_KINDS,
+    ReconcilerState,
+    logger,
+)
+
+
+class Scheduler(ReconcilerState):
+    """When passes run of the reconciler (a mixin of ``Reconciler``)."""
+
+    @property
+    def listed(self) -> bool:
+        """True once the store holds a full LIST of every kind (it is complete)."""
+        return self._listed
+
+    def request_full_pass(self) -> None:
+        self._full_requested = True
+        self._dirty.set()
+
+    def request_pass(self) -> None:
+        """Schedule an ordinary pass (e.g. a proxy's NACK must show in status)."""
+        self._dirty.set()
+
+    async def list_all(self) -> None:
+        """Seed the store with a full LIST of every APX kind (retries until the API answers)."""
+        delay = 0.5
+        while True:
+            try:
+                namespaces: list[str | None] = list(self.settings.namespaces) or [None]
+                for kind in APX_KINDS:
+                    for namespace in namespaces:
+                        for body in await self.kube.list(kind, namespace):
+                            body.setdefault("kind", kind)
+                            body.setdefault("apiVersion", "apx.dev/v1alpha1")
+                            self.observe(kind, body)
+                self.metrics.dependency_up.labels(dependency="kubernetes").set(1)
+                self._listed = True
+                return
+            except KubeError as exc:
+                self.metrics.dependency_up.labels(dependency="kubernetes").set(0)
+                self.last_error = redact_text(f"listing APX objects: {exc}")
+                logger.warning("cannot list APX objects yet: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Reconcile until ``stop`` is set: on every change, and fully every ``resync_seconds``."""
+        stop = stop or asyncio.Event()
+        if not self._listed:
+            await self.list_all()
+        fast_path = asyncio.create_task(self._fast_path_loop(stop))
+        try:
+            await self._full_pass_loop(stop)
+        finally:
+            fast_path.cancel()
+            await asyncio.gather(fast_path, return_exceptions=True)
+
+    async def _fast_path_loop(self, stop: asyncio.Event) -> None:
+        """Publish touched products' rule sets right away, even while a full pass is running."""
+        while not stop.is_set():
+            await self._fast_wanted.wait()
+            if self.settings.debounce_seconds:
+                await asyncio.sleep(self.settings.debounce_seconds)
+            self._fast_wanted.clear()
+            try:
+                await self.publish_rule_sets_fast()
+            except Exception:  # the next full pass reports and retries whatever failed
+                logger.exception("fast rule-set publish failed")
+
+    async def _full_pass_loop(self, stop: asyncio.Event) -> None:
+        next_full = time.monotonic() + self.settings.resync_seconds
+        while not stop.is_set():
+            timeout = max(0.0, next_full - time.monotonic())
+            if self._backoff:
+                timeout = min(timeout, self._backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=timeout)
+            if stop.is_set():
+                return
+            if self.settings.debounce_seconds:
+                await asyncio.sleep(self.settings.debounce_seconds)
+            self._dirty.clear()
+            periodic = time.monotonic() >= next_full
+            full = self._full_requested or periodic
+            if periodic:
+                self._rebuild_requested = True
+            if full:
+                next_full = time.monotonic() + self.settings.resync_seconds
+            self._full_requested = False
+            try:
+                report = await self.reconcile_once(full=full)
+            except Exception as exc:  # never crash-loop: report, back off, try again
+                logger.exception("reconcile pass failed")
+                self.last_error = redact_text(f"{type(exc).__name__}: {exc}")
+                self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
+                self._full_requested = True
+                continue
+            if report.problems:
+                self._backoff = min(max(self._backoff * 2, 1.0), 30.0)
+                # A dependency failed: retry everything it touched on the next pass.
+                self._full_requested = True
+            else:
+                self._backoff = 0.0

@@ -1,0 +1,188 @@
+"""The reconciler's store: the APX objects it has seen, what they pin, and who uses whom.
+
+Mixed into ``apx.operator.reconciler.Reconciler`` (``Store``); fed by the
+kopf handlers (``observe``, ``forget``) and read by every pass. Keeps the
+newest body of each object (without ``managedFields``), marks the products
+whose rule sets a change can affect (for the fast path), remembers
+PolicyBundle versions that were served (so N-1 stays served) and answers
+which Routes pin or use an object (admission, in-use protection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from apx.controllers.pinned_versions import route_pins
+from apx.controllers.translate import HISTORY_ANNOTATION
+
+from .reconcile_state import (
+    CONTROLLERS,
+    ReconcilerState,
+    _key,
+    _resource_version,
+)
+
+
+class Store(ReconcilerState):
+    """The reconciler's store of the reconciler (a mixin of ``Reconciler``)."""
+
+    def observe(self, kind: str, body: Mapping[str, Any]) -> None:
+        """Record the latest body of an object (from a watch event)."""
+        key = (kind, _key(body))
+        current = self.objects.get(key)
+        if current is not None and _resource_version(current) >= _resource_version(body) > 0:
+            return  # an older (or the same) version arriving after a newer LIST or our own write
+        if current is not None and _significant(current) == _significant(body):
+            # Only bookkeeping changed (kopf's own status fields, managedFields):
+            # keep the newest body, but there is nothing to reconcile.
+            self._replace_body(key, _stored(body))
+            return
+        if kind == "PolicyBundle" and current is not None:
+            self._remember_policy_version(key, current, body)
+        self._mark_products(kind, body, current)
+        self.objects[key] = _stored(body)
+        if (body.get("metadata") or {}).get("deletionTimestamp") is None:
+            self.deleting.pop(key, None)
+        self.metrics.workqueue_adds.labels(name=CONTROLLERS[kind]).inc()
+        self._pending.add(CONTROLLERS[kind], key[1])
+        self._dirty.set()
+        for listener in self.listeners:
+            listener(kind, self.objects[key])
+
+    def _mark_products(self, kind: str, body: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
+        """Remember which products' rule sets a change can affect (for the fast path)."""
+        before = set(self._dirty_products)
+        self._mark_products_into(kind, body, previous)
+        for product in self._dirty_products - before:
+            self._epoch[product] = self._epoch.get(product, 0) + 1
+        if self._dirty_products:
+            self._fast_wanted.set()
+
+    def _mark_products_into(
+        self, kind: str, body: Mapping[str, Any], previous: Mapping[str, Any] | None
+    ) -> None:
+        namespace = (body.get("metadata") or {}).get("namespace") or "default"
+        if kind == "Product":
+            self._dirty_products.add(_key(body))
+        elif kind == "Route":
+            for source in (body, previous or {}):
+                product = ((source.get("spec") or {}).get("productRef") or {}).get("name")
+                if product:
+                    self._dirty_products.add(f"{namespace}/{product}")
+        else:
+            bundle = (body.get("metadata") or {}).get("name")
+            for (other_kind, _), other in self.objects.items():
+                spec = other.get("spec") or {}
+                if other_kind == "Route" and (spec.get("policyRef") or {}).get("name") == bundle:
+                    other_namespace = (other.get("metadata") or {}).get("namespace") or "default"
+                    if other_namespace == namespace:
+                        self._dirty_products.add(f"{namespace}/{(spec.get('productRef') or {}).get('name')}")
+
+    def _remember_policy_version(
+        self, key: tuple[str, str], previous: Mapping[str, Any], body: Mapping[str, Any]
+    ) -> None:
+        """Keep a served version the spec just moved away from, so it stays N-1.
+
+        The status also records served versions, but a new version can arrive
+        before the status of the previous one was written (two applies in a
+        row). Only versions that were actually served are kept: an invalid
+        apply must not poison the history.
+        """
+        old_version = str((previous.get("spec") or {}).get("version", ""))
+        new_version = str((body.get("spec") or {}).get("version", ""))
+        if old_version and old_version != new_version and old_version in self._served_policies.get(key, ()):
+            history = self._policy_history.setdefault(key, {})
+            remembered = {k: v for k, v in previous.items() if k != "status"}
+            meta = dict(remembered.get("metadata") or {})
+            meta["annotations"] = {**(meta.get("annotations") or {}), HISTORY_ANNOTATION: "true"}
+            remembered["metadata"] = meta
+            history[old_version] = remembered
+            # N and N-1 are what is served, plus older versions Routes still pin
+            # (``apx.controllers.pinned_versions``); the rest only ordered applies.
+            namespace, name = key[1].split("/", 1)
+            pinned = self.pinned_versions(namespace, name)
+            for stale in sorted(history, key=_version_key)[:-2]:
+                if stale not in pinned:
+                    history.pop(stale)
+
+    def pinned_versions(self, namespace: str, bundle: str) -> dict[str, list[str]]:
+        """Versions of a PolicyBundle that Routes in the store pin, each with those Routes' keys."""
+        pins: dict[str, list[str]] = {}
+        # A snapshot first: the admission webhook calls this from kopf's thread pool.
+        for (kind, object_key), body in sorted(list(self.objects.items())):
+            if kind != "Route" or not object_key.startswith(f"{namespace}/"):
+                continue
+            for version in route_pins(namespace, bundle, body.get("spec") or {}):
+                pins.setdefault(version, []).append(object_key)
+        return pins
+
+    def _replace_body(self, key: tuple[str, str], body: dict[str, Any]) -> None:
+        """Store a body whose spec is unchanged; a last-good reference to the old one follows it."""
+        if self._last_good.get(key) is self.objects.get(key):
+            self._last_good[key] = body
+        failed = self._render_failures.get(key)
+        if failed is not None and failed[0] is self.objects.get(key):
+            self._render_failures[key] = (body, failed[1])
+        self.objects[key] = body
+
+    def forget(self, kind: str, key: str) -> None:
+        """The object is gone from the API (after its finalizer was removed)."""
+        self.objects.pop((kind, key), None)
+        self._last_good.pop((kind, key), None)
+        self._render_failures.pop((kind, key), None)
+        self._in_use.pop((kind, key), None)
+        self.deleting.pop((kind, key), None)
+        self._policy_history.pop((kind, key), None)
+        self._cleaned.discard((kind, key))
+        self._written_status.pop((kind, key), None)
+        self._verified_status.pop((kind, key), None)
+        self._pending.add(CONTROLLERS[kind], key)
+        self._dirty.set()
+
+    def users_of(self, kind: str, object_key: str) -> list[str]:
+        """Keys of the Routes that reference a Product or PolicyBundle (empty for a Route)."""
+        field_name = {"Product": "productRef", "PolicyBundle": "policyRef"}.get(kind)
+        if field_name is None:
+            return []
+        namespace, name = object_key.split("/", 1)
+        return sorted(
+            route_key
+            for (other, route_key), body in list(self.objects.items())
+            if other == "Route"
+            and route_key.startswith(f"{namespace}/")
+            and ((body.get("spec") or {}).get(field_name) or {}).get("name") == name
+        )
+
+
+def _stored(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The copy of an object the store keeps: without ``managedFields``, which no pass reads.
+
+    Field-manager records are often larger than the spec itself; with
+    thousands of objects they were a sizeable share of the operator's memory.
+    """
+    stored = dict(body)
+    meta = stored.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        stored["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return stored
+
+
+def _significant(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parts of an object a pass reads; a change elsewhere needs no pass."""
+    meta = body.get("metadata") or {}
+    status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    return (
+        meta.get("generation"),
+        meta.get("uid"),
+        meta.get("labels"),
+        meta.get("annotations"),
+        meta.get("deletionTimestamp"),
+        body.get("spec"),
+        status,
+    )
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    core = version.split("-", 1)[0].split("+", 1)[0]
+    return tuple(int(part) if part.isdigit() else 0 for part in core.split("."))

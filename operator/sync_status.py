@@ -1,0 +1,215 @@
+"""Status sync: the status each object gets, written only when it changed, with Events and readiness metrics.
+
+Mixed into ``apx.operator.reconciler.Reconciler`` (``StatusSync``). The
+status written is the pass's status with this pass's overlays
+(``_final_status``: dependency problems, worker availability, in-use, a
+proxy's NACK); a status equal to the one found written on the same body is
+skipped without building a document; Events on phase changes; the
+``apx_operator_objects`` and ``apx_operator_object_ready`` gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from apx.controllers.appliers.kube import KubeError
+from apx.controllers.ir import IR
+from apx.controllers.pipeline import Compiled
+from apx.controllers.status import ResourceStatus, with_rejection
+from apx.controllers.translation import summaries
+
+from .events import EventType, post_event
+from .reconcile_state import (
+    CONTROLLERS,
+    SUMMARY_KEYS,
+    PassReport,
+    ReconcilerState,
+    _digest,
+    _resource_version,
+    logger,
+)
+from .store import _stored
+
+
+class StatusSync(ReconcilerState):
+    """Status sync of the reconciler (a mixin of ``Reconciler``)."""
+
+    def _statuses_to_write(
+        self, compiled: Compiled, report: PassReport, now: str
+    ) -> list[tuple[tuple[str, str], ResourceStatus, dict[str, Any], str, dict[str, Any]]]:
+        """Return the status documents that differ from what the objects carry.
+
+        Runs in a thread: it is a digest per object, and on the event loop it would hold off
+        the watches and the fast path.
+        """
+        changed = []
+        for key, status in sorted(compiled.statuses.items()):
+            body = self.objects.get(key)
+            if body is None or key in self.deleting:
+                continue
+            status = self._final_status(key, status, report)
+            verified = self._verified_status.get(key)
+            if verified is not None and verified[1] is body and verified[0] == status:
+                continue  # the same status as last time, found written on this very body
+            previous = (body.get("status") or {}) if isinstance(body.get("status"), dict) else {}
+            document = status.to_dict(now, previous.get("conditions") or [])
+            for summary_key in SUMMARY_KEYS:
+                if summary_key not in document and summary_key in previous:
+                    document[summary_key] = None
+            _drop_stale_tracks(document, previous)
+            comparable = {k: v for k, v in document.items() if v is not None}
+            digest = _digest(_without_times(comparable))
+            if self._written_status.get(key) == digest or _same_status(previous, comparable):
+                self._written_status[key] = digest
+                self._verified_status[key] = (status, body)
+                continue
+            changed.append((key, status, document, digest, body))
+        return changed
+
+    def _final_status(
+        self, key: tuple[str, str], status: ResourceStatus, report: PassReport
+    ) -> ResourceStatus:
+        """The status as written: this pass's dependency problem, worker availability, in-use, NACKs.
+
+        One function for the status document and for ``apx_operator_objects``,
+        so the metric counts what the objects say (a Route waiting for its
+        workers is Reconciling in both).
+        """
+        problem = report.problems.get(key)
+        if problem is not None and not status.stalled:
+            status = summaries.with_problem(status, problem.stalled, problem.reason, problem.message)
+        if key[0] == "Route" and status.summary.get("deployments"):
+            workers, waiting = self.workers.summary(key[1], list(status.summary["deployments"]))
+            status = summaries.with_workers(status, workers, waiting)
+        status = summaries.with_in_use(status, self._in_use.get(key))
+        return with_rejection(status, self._rejections_now.get(key))
+
+    async def _write_statuses(self, compiled: Compiled, report: PassReport) -> None:
+        semaphore = asyncio.Semaphore(self.settings.worker_limit)
+        self._rejections_now = _with_products(
+            self.xds_rejections() if self.xds_rejections is not None else {}, compiled.ir
+        )
+        changed = await asyncio.to_thread(self._statuses_to_write, compiled, report, self.clock())
+
+        async def write(
+            key: tuple[str, str],
+            status: ResourceStatus,
+            document: dict[str, Any],
+            digest: str,
+            body: dict[str, Any],
+        ) -> None:
+            kind, object_key = key
+            namespace, name = object_key.split("/", 1)
+            controller = CONTROLLERS[kind]
+            with self.tracer.start_as_current_span(f"apx.reconcile.{controller}") as span:
+                span.set_attribute("k8s.namespace.name", namespace)
+                span.set_attribute("apx.kind", kind)
+                span.set_attribute("apx.name", name)
+                span.set_attribute("apx.generation", status.generation)
+                span.set_attribute("apx.phase", status.phase)
+                async with semaphore, self._active(controller):
+                    try:
+                        updated = await self.kube.patch_status(kind, namespace, name, document)
+                    except KubeError as exc:
+                        self.metrics.reconcile_errors.labels(controller=controller).inc()
+                        self.metrics.reconcile_total.labels(controller=controller, result="error").inc()
+                        logger.warning("cannot write status of %s %s: %s", kind, object_key, exc)
+                        return
+            self._written_status[key] = digest
+            if updated and _resource_version(updated) > _resource_version(self.objects.get(key) or {}):
+                # Our own write: remember it without scheduling a pass (its watch
+                # event will carry the same resourceVersion and be skipped too).
+                self._replace_body(key, _stored({**updated, "kind": kind}))
+            report.statuses_written += 1
+            result = "success" if status.phase == "Ready" else ("error" if status.stalled else "requeue")
+            self.metrics.reconcile_total.labels(controller=controller, result=result).inc()
+            if status.phase != "Ready":
+                self.metrics.reconcile_errors.labels(controller=controller).inc()
+            await self._event_on_transition(key, body, status)
+
+        await asyncio.gather(*(write(*item) for item in changed))
+
+    async def _event_on_transition(
+        self, key: tuple[str, str], body: Mapping[str, Any], status: ResourceStatus
+    ) -> None:
+        """Post a Kubernetes Event when the phase changes (not on every pass)."""
+        previous = self._last_phase.get(key) or _phase_of(body.get("status") or {})
+        self._last_phase[key] = status.phase
+        if previous == status.phase and status.phase == "Ready":
+            return
+        if previous == status.phase and status.reason == (body.get("status") or {}).get("reason"):
+            return
+        event_type: EventType = "Normal" if status.phase == "Ready" else "Warning"
+        await post_event(self.kube, key[0], body, event_type, status.reason, status.message, self.clock())
+
+    def _phase_counts(self, compiled: Compiled, report: PassReport) -> dict[tuple[str, str], int]:
+        """Objects per (kind, phase) as their statuses say after this pass (every overlay included).
+
+        Also keeps ``apx_operator_object_ready`` per object, touching only the
+        series whose value changed (and removing those of objects gone).
+        """
+        counts: dict[tuple[str, str], int] = {}
+        ready: dict[tuple[str, str], bool] = {}
+        for key, status in compiled.statuses.items():
+            if key in self.deleting:
+                continue
+            phase = self._final_status(key, status, report).phase
+            counts[(key[0], phase)] = counts.get((key[0], phase), 0) + 1
+            ready[key] = phase == "Ready"
+        for key, value in ready.items():
+            if self._ready_exported.get(key) != value:
+                self.metrics.set_object_ready(key[0], key[1], value)
+        for key in self._ready_exported.keys() - ready.keys():
+            self.metrics.set_object_ready(key[0], key[1], None)
+        self._ready_exported = ready
+        return counts
+
+
+def _phase_of(status: Mapping[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Stalled" and condition.get("status") == "True":
+            return "Stalled"
+        if condition.get("type") == "Ready" and condition.get("status") == "True":
+            return "Ready"
+    return "Reconciling" if status.get("conditions") else None
+
+
+def _without_times(status: Mapping[str, Any]) -> dict[str, Any]:
+    cleaned = dict(status)
+    cleaned["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
+    ]
+    return cleaned
+
+
+def _same_status(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    comparable_previous = {k: v for k, v in previous.items() if k in new and v is not None}
+    return _without_times(comparable_previous) == _without_times(new) and set(new) <= set(previous)
+
+
+def _drop_stale_tracks(document: dict[str, Any], previous: Mapping[str, Any]) -> None:
+    """Remove worker tracks the new status no longer has (a merge patch would keep them forever).
+
+    ``workers: {stable, canary}`` followed by ``workers: {stable}`` (a
+    promoted or rolled-back canary) must clear ``canary``: sent as null.
+    """
+    old = previous.get("workers")
+    new = document.get("workers")
+    if isinstance(old, Mapping) and isinstance(new, dict):
+        for track in old:
+            if track not in new:
+                new[track] = None
+
+
+def _with_products(rejections: Mapping[tuple[str, str], str], ir: IR) -> Mapping[tuple[str, str], str]:
+    """A proxy's NACK of Routes also marks their Products (``Programmed=False``), naming the first Route."""
+    if not rejections:
+        return rejections
+    marked = dict(rejections)
+    for route in ir.routes:
+        message = rejections.get(("Route", route.key))
+        if message is not None:
+            marked.setdefault(("Product", route.product.key), f"Route {route.key}: {message}")
+    return marked
