@@ -441,6 +441,9 @@ def canary_rig(
                 "APX_JSON_LOGS": "true",
                 "APX_NAMESPACES": namespace,
                 "APX_PROMETHEUS_URL": f"http://{prometheus.address}",
+                # The Envoy stand-in reads the snapshot ConfigMaps (a real Envoy gets xDS at once):
+                # written with every weight change, not at most every 5 s.
+                "APX_SNAPSHOT_CONFIGMAP_SECONDS": "0",
                 **(operator_env or {}),
             },
             log=workdir / "operator.log",

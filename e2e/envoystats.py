@@ -141,6 +141,17 @@ def _unpack(packed: Iterable[Any]) -> Iterator[Any]:
         yield message
 
 
+def _content_digest(configmaps: Sequence[Mapping[str, Any]]) -> str:
+    content = json.dumps(
+        sorted(
+            [str((c.get("metadata") or {}).get("name")), c.get("data") or {}, c.get("binaryData") or {}]
+            for c in configmaps
+        ),
+        sort_keys=True,
+    )
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def snapshot_from_configmaps(configmaps: Sequence[Mapping[str, Any]]) -> Snapshot:
     """Decode the snapshot ConfigMaps (the index ``apx-envoy-snapshot`` and its parts)."""
     packed = decode_configmaps(configmaps)
@@ -508,18 +519,13 @@ class EnvoyEmulator:
         self._last_error = ""
         if not configmap:
             return False
-        content = json.dumps(
-            sorted(
-                [str((c.get("metadata") or {}).get("name")), c.get("data") or {}, c.get("binaryData") or {}]
-                for c in configmap
-            ),
-            sort_keys=True,
-        )
-        seen = ("", hashlib.sha256(content.encode()).hexdigest())
+        # Hashing and decoding run beside the event loop, as Envoy applies a new
+        # configuration without holding up the requests it is serving.
+        seen = ("", await asyncio.to_thread(_content_digest, configmap))
         if seen == self._seen:
             return False
         try:
-            table = RouteTable(snapshot_from_configmaps(configmap))
+            table = await asyncio.to_thread(lambda: RouteTable(snapshot_from_configmaps(configmap)))
         except Exception as exc:  # a snapshot Envoy would NACK: keep serving the last one
             log.warning("snapshot not applied (keeping the last one): %s", exc)
             self._seen = seen
