@@ -222,3 +222,22 @@ def test_route_table_version_from_kept_encodings_equals_the_content_version() ->
     result = translate(_workload(25, 3))
     table = render_route_table(result.ir.routes, Caches())
     assert table.version == content_version(table.documents())
+
+
+def test_the_kept_envoy_context_holds_only_the_clusters_the_last_render_used() -> None:
+    documents = _workload(40, 4)
+    caches = Caches()
+    compile_resources(documents, caches=caches)
+    caches.end_pass()
+    state = caches.envoy_context[0]
+    before = len(state.backend_clusters)
+    # Every Route moves to the first Route's backend: most backend clusters are no longer used.
+    shared = documents[_routes(documents)[0]]["spec"]["backend"]
+    for index in _routes(documents)[1:]:
+        _replace(documents, index, lambda d: d["spec"].__setitem__("backend", copy.deepcopy(shared)))
+    compiled = compile_resources(documents, caches=caches)
+    assert caches.envoy_context[0] is state  # the same context, kept across the renders
+    used = {t.backend for r in compiled.ir.routes if r.mode == "sync" for t in r.tracks}
+    assert set(state.backend_clusters) <= used
+    assert len(state.backend_clusters) < before
+    assert len(state.listeners) == 1

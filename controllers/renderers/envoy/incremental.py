@@ -75,6 +75,10 @@ class _State:
     listeners: dict[frozenset[tuple[str, ...]], tuple[Any, bytes, dict[str, tuple[str, str, int]]]] = field(
         default_factory=dict
     )
+    # What the current render used: the kept clusters and listeners are pruned to it afterwards,
+    # so a context that lives for days holds only what the last render needed.
+    used_backends: set[BackendIR] = field(default_factory=set)
+    used_fixed: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,7 @@ def _virtual_host(host: str, routes: list[RouteIR], plans: dict[str, Any]) -> by
 
 
 def _backend_cluster(backend: BackendIR, state: _State) -> tuple[Any, bytes]:
+    state.used_backends.add(backend)
     cached = state.backend_clusters.get(backend)
     if cached is None:
         cluster = dns_cluster(
@@ -184,6 +189,7 @@ def _backend_cluster(backend: BackendIR, state: _State) -> tuple[Any, bytes]:
 
 
 def _fixed_cluster(name: str, state: _State, build: Any) -> tuple[Any, bytes]:
+    state.used_fixed.add(name)
     cached = state.fixed_clusters.get(name)
     if cached is None:
         cluster = build()
@@ -271,7 +277,7 @@ def _listener(rendered: list[RouteIR], state: _State) -> tuple[Any, bytes, dict[
             state.port, state.settings, jwt.filter_config(), state.ctx.ratelimits.filters()
         )
         cached = (listener, listener.SerializeToString(deterministic=True), dict(jwt.jwks_endpoints))
-        state.listeners[combinations] = cached
+        state.listeners = {combinations: cached}  # only the current set of requirements is kept
     return cached
 
 
@@ -325,7 +331,11 @@ def render_incremental(
     config_bytes = head + b"".join(_field(_RC_VIRTUAL_HOSTS_TAG, encoded) for _, encoded in virtual_hosts)
     route_configuration = route_pb2.RouteConfiguration.FromString(config_bytes)
     listener, listener_bytes, jwks = _listener(rendered, state)
+    state.used_backends.clear()
+    state.used_fixed.clear()
     clusters = _clusters(rendered, state, caches, jwks)
+    state.backend_clusters = {b: c for b, c in state.backend_clusters.items() if b in state.used_backends}
+    state.fixed_clusters = {n: c for n, c in state.fixed_clusters.items() if n in state.used_fixed}
     errors.update(refused_clusters(rendered, ((name, encoded) for name, _, encoded in clusters)))
     encoded_all = Encoded(
         listeners=(listener_bytes,),
