@@ -496,7 +496,11 @@ class XdsServer:
     # --- state of the world ----------------------------------------------------------------
 
     async def _sotw(self, request_iterator: Any, context: Any) -> None:
-        stream = _Stream(self, context, delta=False)
+        await self._stream(context, delta=False, handle=self._sotw_request)
+
+    async def _stream(self, context: Any, delta: bool, handle: Callable[[_Stream, Any], None]) -> None:
+        """One ADS call, either variant: identify the node, then read requests (rate-limited) and serve."""
+        stream = _Stream(self, context, delta=delta)
         first = await context.read()
         if first is grpc.aio.EOF:
             return
@@ -507,7 +511,7 @@ class XdsServer:
             while request is not grpc.aio.EOF:
                 if self._rate_limited(stream):
                     await self._too_many_requests(stream)
-                self._sotw_request(stream, request)
+                handle(stream, request)
                 request = await context.read()
 
         await self._serve(stream, read_loop)
@@ -664,21 +668,7 @@ class XdsServer:
     # --- delta ---------------------------------------------------------------------------------
 
     async def _delta(self, request_iterator: Any, context: Any) -> None:
-        stream = _Stream(self, context, delta=True)
-        first = await context.read()
-        if first is grpc.aio.EOF:
-            return
-        self._identify(stream, first.node)
-
-        async def read_loop() -> None:
-            request = first
-            while request is not grpc.aio.EOF:
-                if self._rate_limited(stream):
-                    await self._too_many_requests(stream)
-                self._delta_request(stream, request)
-                request = await context.read()
-
-        await self._serve(stream, read_loop)
+        await self._stream(context, delta=True, handle=self._delta_request)
 
     def _delta_request(self, stream: _Stream, request: Any) -> None:
         type_url = request.type_url
