@@ -20,12 +20,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY hack/image-install.sh hack/
-COPY operator/ operator/
-COPY controllers/ controllers/
-COPY dataplane/ dataplane/
-COPY contracts/ contracts/
-COPY runtime/ runtime/
-COPY e2e/ e2e/
+COPY apx/ apx/
 RUN bash hack/image-install.sh /src /opt/apx
 
 FROM ${BASE_IMAGE}

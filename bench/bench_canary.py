@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from apx.e2e.canaryrig import canary_rig
-from apx.e2e.harness import Kubectl
-from apx.e2e.kubeemu.testing import running_emulator
+from e2e.canaryrig import canary_rig
+from e2e.harness import Kubectl
+from e2e.kubeemu.testing import running_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRAPE_SECONDS = 5

@@ -2,7 +2,7 @@
 
     python bench/bench_gateway.py [--seconds 8] [--concurrency 32] [--tenants 100]
 
-Starts its own redis-server and Pub/Sub emulator (``apx.e2e.services``) and a
+Starts its own redis-server and Pub/Sub emulator (``e2e.services``) and a
 local JWKS server, deploys an async Route with the operator's renderers and
 appliers (JWT policy, ordering by tenant, EU residency), runs the real
 ``apx-gateway`` console script in its own process, and in the same run:
@@ -49,7 +49,7 @@ from apx.controllers import names
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier, VersionedKeys
 from apx.controllers.pipeline import compile_resources
-from apx.e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid, wait_for_port
+from e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid, wait_for_port
 
 PROJECT = "apx-bench"
 HOST = "jobs.bench.example"

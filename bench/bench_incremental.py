@@ -3,7 +3,7 @@
 Run by `make bench` (or `python bench/bench_incremental.py [--routes 10000 --products 1000 --edits 50]`).
 No services: it drives the pipeline the reconciler runs (``first_stage`` +
 ``finish`` with the operator's ``Caches``, the snapshot ConfigMaps left to
-their own schedule, exactly as ``operator/reconciler.py`` calls it) over the
+their own schedule, exactly as ``apx/operator/reconciler.py`` calls it) over the
 benchmark workload (``bench/workload.py``), and prints, each beside the
 baseline measured in the same run:
 
@@ -17,7 +17,7 @@ baseline measured in the same run:
 
 The operator end to end (API, Redis, Pub/Sub, xDS) is ``bench_operator.py``;
 at 10,000 Routes its Pub/Sub emulator cannot hold the workload's plan on two
-cores (``controllers/appliers/PUBSUB.md``), which is why this one exists.
+cores (``apx/controllers/appliers/PUBSUB.md``), which is why this one exists.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import generate_documents
 
 from apx.contracts import redis_keys
-from apx.e2e.harness import OperatorProcess
-from apx.e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid, wait_for_port
+from e2e.harness import OperatorProcess
+from e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PLURAL = {"Product": "products", "Route": "routes", "PolicyBundle": "policybundles"}
@@ -215,7 +215,7 @@ async def run(routes: int, products: int, updates: int, async_every: int = 5) ->
     kubeconfig = workdir / "kubeconfig"
     with (workdir / "kubeemu.log").open("wb") as log:
         emulator = subprocess.Popen(
-            [sys.executable, "-m", "apx.e2e.kubeemu", "--port", str(port), "--crds", str(ROOT / "crds"),
+            [sys.executable, "-m", "e2e.kubeemu", "--port", str(port), "--crds", str(ROOT / "crds"),
              "--kubeconfig", str(kubeconfig)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -353,7 +353,7 @@ def main() -> int:
         type=int,
         default=5,
         help="one Route in N is async (default 5: 20 %%); at 10,000 Routes the Pub/Sub emulator cannot "
-        "hold the default mix's subscriptions on two cores (controllers/appliers/PUBSUB.md)",
+        "hold the default mix's subscriptions on two cores (apx/controllers/appliers/PUBSUB.md)",
     )
     args = parser.parse_args()
     figures = asyncio.run(run(args.routes, args.products, args.updates, args.async_every))

@@ -2,14 +2,14 @@
 
 Run by `make bench` (``bench/run.py``) or `python bench/bench_pubsub.py
 [--topics N] [--full/--no-full] [--max-in-flight K]`. For each size it starts
-its own Pub/Sub emulator (``apx.e2e.services``) and prints, beside a baseline
+its own Pub/Sub emulator (``e2e.services``) and prints, beside a baseline
 measured in the same run on the same emulator (the raw create-topic rate of
 one client creating topics one after another, nobody else asking):
 
 * the time to ensure the plan with ``PubSubApplier`` and its rate in objects/s;
 * the emulator JVM's peak thread count and its idle CPU afterwards (the
   emulator keeps one thread per unordered subscription, see
-  ``controllers/appliers/PUBSUB.md``);
+  ``apx/controllers/appliers/PUBSUB.md``);
 * the RPCs one Route change issues with ``verify=False`` (expected: only the
   changed Route's changed objects), and that an unchanged plan issues none;
 * the RPCs and time of a verifying resync of the whole plan, object by object
@@ -53,7 +53,7 @@ from apx.controllers.appliers.pubsub import (
 )
 from apx.controllers.renderers.pubsub_plan import PubSubOutput, render_pubsub
 from apx.controllers.translate import translate
-from apx.e2e.services import Service, start_pubsub_emulator
+from e2e.services import Service, start_pubsub_emulator
 
 PROJECT = "apx-bench"
 BASELINE_TOPICS = 400
@@ -249,7 +249,8 @@ async def _measure(
             print(
                 f"EMULATOR COLLAPSED after {elapsed:.0f} s: {outcome}; {created_topics} topics and "
                 f"{created_subscriptions} subscriptions created, emulator threads peak {peak.peak}, "
-                f"machine load average peak {peak.load:.0f}; stopped it (see controllers/appliers/PUBSUB.md)"
+                f"machine load average peak {peak.load:.0f}; stopped it "
+                "(see apx/controllers/appliers/PUBSUB.md)"
             )
             return False
         problems = outcome
@@ -367,7 +368,7 @@ def main() -> int:
     if room < needed + 4000:
         print(
             f"-- full plan skipped: the emulator would need about {needed} threads and this machine has "
-            f"room for {room} more (kernel.pid_max {pid_max}); see controllers/appliers/PUBSUB.md"
+            f"room for {room} more (kernel.pid_max {pid_max}); see apx/controllers/appliers/PUBSUB.md"
         )
         return 0
     # A collapse is the emulator's limit, not the applier's, but the figure was not measured: non-zero.

@@ -3,7 +3,7 @@
     python bench/bench_ratelimit.py [--seconds 5] [--streams 32] [--rate 5000]
         [--transports lean,h2] [--workers 1,2] [--baseline-path DIR]
 
-Starts its own redis-server (``apx.e2e.services.start_redis``), publishes a
+Starts its own redis-server (``e2e.services.start_redis``), publishes a
 Product the way the operator does, and measures in one run:
 
 * baselines, the decision script (``scripts.DECIDE``) with the arguments the
@@ -74,7 +74,7 @@ from apx.dataplane.common.pipe import PipelinedRedis, encode_args
 from apx.dataplane.common.rulesets import RuleSetReader
 from apx.dataplane.ratelimit import scripts
 from apx.dataplane.ratelimit.limiter import DECIDE_SHA, DECIDE_SOURCE, build_plan
-from apx.e2e.services import Service, apt_install, free_port, start_redis, stop_pid, wait_for_port
+from e2e.services import Service, apt_install, free_port, start_redis, stop_pid, wait_for_port
 
 PRODUCT = "bench/api"
 PATH = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"

@@ -1,7 +1,7 @@
 """Rate-limit decisions on a Redis Cluster: the ``ClusterPipe`` against redis-py's ``RedisCluster``.
 
 Run alone: ``python bench/bench_redis_cluster.py [--seconds 3] [--streams 64] [--tenants 300] [--rounds 5]``.
-Starts a private Redis and a private 3-primary Redis Cluster (``apx.e2e.services``),
+Starts a private Redis and a private 3-primary Redis Cluster (``e2e.services``),
 publishes a Product the way the operator does (a plan with a rate limit, a
 quota and a concurrency cap: three counters per decision) and drives the
 service's ``Limiter`` (rule-set cache, plan, one ``EVALSHA`` of
@@ -43,7 +43,7 @@ from apx.dataplane.common.clusterpipe import open_pipe
 from apx.dataplane.common.pipe import PipelinedRedis
 from apx.dataplane.common.rulesets import RuleSetReader
 from apx.dataplane.ratelimit.limiter import Limiter, LimitRequest
-from apx.e2e.services import start_redis, start_redis_cluster
+from e2e.services import start_redis, start_redis_cluster
 
 NAMESPACE = "bench"
 PRODUCT = f"{NAMESPACE}/cluster"

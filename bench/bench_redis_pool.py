@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from apx.dataplane.common.redisconn import bounded_pool
-from apx.e2e.services import start_redis
+from e2e.services import start_redis
 
 POOL_SIZE = 16
 CONCURRENT = 256

@@ -2,7 +2,7 @@
 
     python bench/bench_worker.py [--messages 10000] [--tenants 1000] [--max-outstanding 1000]
 
-Starts its own redis-server and Pub/Sub emulator (``apx.e2e.services``) and an
+Starts its own redis-server and Pub/Sub emulator (``e2e.services``) and an
 upstream stub (a minimal keep-alive HTTP server in its own process, on
 loopback). Deploys two async Routes with the operator's renderers and
 appliers, one ordered (the default: ordering key = tenant) and one not, and
@@ -49,7 +49,7 @@ from apx.dataplane.common.requeststate import ScriptRunner
 from apx.dataplane.worker.config import WorkerConfig
 from apx.dataplane.worker.processor import Processor
 from apx.dataplane.worker.upstream import UpstreamClient
-from apx.e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid
+from e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid
 
 PROJECT = "apx-bench"
 

@@ -1,6 +1,6 @@
 """End-to-end test infrastructure and suites of APX.
 
-Installed as ``apx.e2e``. The subpackage :mod:`apx.e2e.kubeemu` is the emulated
+Installed as ``e2e``. The subpackage :mod:`e2e.kubeemu` is the emulated
 Kubernetes API server that the local stack (``hack/kubeemu-up.sh``), the e2e
 suites and the operator's API-level tests run against when no real cluster is
 available; the suites run unchanged against a real cluster when ``KUBECONFIG``

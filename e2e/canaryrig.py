@@ -408,7 +408,7 @@ def canary_rig(
     operator_env: Mapping[str, str] | None = None,
 ) -> Iterator[CanaryRig]:
     """Start the whole loop, apply the documents, wait until the Route is Ready; stop it all afterwards."""
-    from apx.e2e.services import stop_pid
+    from e2e.services import stop_pid
 
     stoppers: list[Callable[[], None]] = []
     try:
@@ -492,7 +492,7 @@ def canary_rig(
                 [
                     sys.executable,
                     "-m",
-                    "apx.e2e.envoystats",
+                    "e2e.envoystats",
                     f"--kubeconfig={kubeconfig}",
                     f"--listen=127.0.0.1:{proxy_port}",
                     f"--admin=127.0.0.1:{envoy_port}",

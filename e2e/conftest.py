@@ -2,7 +2,7 @@
 
 Two backends run the same tests:
 
-* ``emulated`` (always): the emulated Kubernetes API (``apx.e2e.kubeemu``)
+* ``emulated`` (always): the emulated Kubernetes API (``e2e.kubeemu``)
   started here, with the CRDs from ``crds/``;
 * ``cluster``: the cluster ``KUBECONFIG`` points at (e.g. kind). Skipped with
   a message when ``KUBECONFIG`` is not set. The CRDs are applied with kubectl
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from apx.e2e.harness import Kubectl, OperatorProcess
-from apx.e2e.kubeemu.testing import running_emulator
-from apx.e2e.services import Service, start_pubsub_emulator, start_redis
+from e2e.harness import Kubectl, OperatorProcess
+from e2e.kubeemu.testing import running_emulator
+from e2e.services import Service, start_pubsub_emulator, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 

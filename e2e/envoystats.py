@@ -56,7 +56,7 @@ counter ``…_total``, so ``upstream_rq_xx`` and ``upstream_rq`` are exposed
 untyped: same names, labels and values, and PromQL treats them alike), and
 every other stat.
 
-Run it with ``python -m apx.e2e.envoystats --kubeconfig K`` (see ``main``) or
+Run it with ``python -m e2e.envoystats --kubeconfig K`` (see ``main``) or
 in-process with :class:`EnvoyEmulator`.
 """
 
@@ -708,8 +708,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m apx.e2e.envoystats``: serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m apx.e2e.envoystats", description=__doc__.splitlines()[0])
+    """``python -m e2e.envoystats``: serve until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m e2e.envoystats", description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", help="kubeconfig of the API holding the snapshot ConfigMap")
     parser.add_argument("--context", help="kubeconfig context")
     parser.add_argument("--namespace", default="apx-system", help="operator namespace (snapshot ConfigMap)")

@@ -1,7 +1,7 @@
 """Start and stop the real services APX runs against: Redis (one server or a Cluster), Pub/Sub, Prometheus.
 
 Used by the test fixtures (``tests/conftest.py``), the e2e suites, the
-benchmarks and the local stack (``python -m apx.e2e.stack``). Every service
+benchmarks and the local stack (``python -m e2e.stack``). Every service
 runs on a free loopback port with its own data directory, in its own process
 group, and is stopped by its PID. Missing Debian packages (redis-server,
 prometheus) are installed with apt-get when running as root.

@@ -1,6 +1,6 @@
 """The local stack: Redis, the Pub/Sub emulator, the emulated Kubernetes API and the operator.
 
-``python -m apx.e2e.stack up|down|status|env|wait`` — called by ``make demo``
+``python -m e2e.stack up|down|status|env|wait`` — called by ``make demo``
 (``hack/demo.sh``), ``make down`` and by hand. Every process runs in the
 background on a free port of 127.0.0.1 (nothing listens on other addresses:
 the commands and environments built here say so, and tests check them), with
@@ -14,7 +14,7 @@ those: a user's own broken object elsewhere does not matter) report
 and names the ones that did not with their reason and message
 (:func:`wait_ready`).
 
-The Kubernetes API here is an emulation (``apx.e2e.kubeemu``), not a real
+The Kubernetes API here is an emulation (``e2e.kubeemu``), not a real
 kube-apiserver: see that package's docstring for what it does and does not do.
 """
 
@@ -119,7 +119,7 @@ def kubeemu_command(python: str, port: int, kubeconfig: Path) -> list[str]:
     return [
         python,
         "-m",
-        "apx.e2e.kubeemu",
+        "e2e.kubeemu",
         "--host",
         LOOPBACK,
         "--port",
@@ -356,12 +356,12 @@ def status() -> int:
 def _server_of_state() -> str:
     service = load_state().get("services", {}).get("kubeemu")
     if not service:
-        raise ServiceError("the stack is not running: python -m apx.e2e.stack up")
+        raise ServiceError("the stack is not running: python -m e2e.stack up")
     return f"http://{LOOPBACK}:{service['port']}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m apx.e2e.stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m e2e.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down", "status", "env", "wait"))
     parser.add_argument("--no-operator", action="store_true", help="start the services but not the operator")
     parser.add_argument(

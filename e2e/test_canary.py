@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from apx.e2e.canaryrig import CanaryRig, canary_rig
-from apx.e2e.harness import eventually
+from e2e.canaryrig import CanaryRig, canary_rig
+from e2e.harness import eventually
 
 from .conftest import Backend
 

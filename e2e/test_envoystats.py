@@ -1,4 +1,4 @@
-"""The Envoy stand-in (``apx.e2e.envoystats``): routing by the operator's snapshot, Envoy's stat names.
+"""The Envoy stand-in (``e2e.envoystats``): routing by the operator's snapshot, Envoy's stat names.
 
 The snapshot is rendered by the real pipeline (translate → Envoy renderer →
 snapshot ConfigMap) and stored in the emulated Kubernetes API, where the
@@ -31,9 +31,9 @@ from apx.controllers.appliers.kube import Connection, KubeClient
 from apx.controllers.renderers.envoy import render_envoy
 from apx.controllers.renderers.kubernetes.envoy_snapshot import render_envoy_snapshot
 from apx.controllers.translate import translate
-from apx.e2e.envoystats import ENVOY_BUCKETS_MS, EnvoyEmulator, configmap_source, stat_identity
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
-from apx.e2e.services import start_prometheus
+from e2e.envoystats import ENVOY_BUCKETS_MS, EnvoyEmulator, configmap_source, stat_identity
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.services import start_prometheus
 
 HOST = "api.example.com"
 NAMESPACE = "apx-system"

@@ -22,8 +22,8 @@ import redis
 import yaml
 
 from apx.contracts import redis_keys
-from apx.e2e.harness import OperatorProcess, condition, eventually
-from apx.e2e.services import Service, start_pubsub_emulator, start_redis
+from e2e.harness import OperatorProcess, condition, eventually
+from e2e.services import Service, start_pubsub_emulator, start_redis
 
 from .conftest import Backend
 from .test_operator import NAMES

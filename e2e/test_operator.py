@@ -16,8 +16,8 @@ import yaml
 from google.cloud import pubsub_v1
 
 from apx.contracts import redis_keys
-from apx.e2e.harness import condition, eventually
-from apx.e2e.services import start_pubsub_emulator, start_redis
+from e2e.harness import condition, eventually
+from e2e.services import start_pubsub_emulator, start_redis
 
 from .conftest import Stack
 

@@ -16,7 +16,7 @@ import redis
 import yaml
 
 from apx.controllers.names import route_table_current_key, route_table_key
-from apx.e2e.harness import condition, eventually
+from e2e.harness import condition, eventually
 
 from .conftest import Stack
 from .test_operator import SAMPLES, _apply_samples, _wait_all_ready

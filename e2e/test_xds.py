@@ -32,7 +32,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
-from apx.e2e.harness import eventually
+from e2e.harness import eventually
 
 from .conftest import Stack
 from .test_operator import SAMPLES, _apply_samples

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 
 echo "== starting the local stack (every service on 127.0.0.1) =="
-$PY -m apx.e2e.stack up
+$PY -m e2e.stack up
 # shellcheck disable=SC1091
 source .local/stack/stack.env
 export KUBECACHEDIR="$PWD/.local/stack/kubecache"
@@ -22,11 +22,11 @@ echo "== applying samples/ (validated by kubectl against the emulated API's Open
 # stops serving) and then 1.3.0, which is what is served.
 if ! kubectl get policybundle payments-policy >/dev/null 2>&1; then
     kubectl apply -f samples/03-policybundle-payments-1.2.0.yaml
-    $PY -m apx.e2e.stack wait -f samples/03-policybundle-payments-1.2.0.yaml --timeout 60
+    $PY -m e2e.stack wait -f samples/03-policybundle-payments-1.2.0.yaml --timeout 60
 fi
 kubectl apply -f samples/
 # Waits for what samples/ applied only: other objects in the namespace play no part.
-$PY -m apx.e2e.stack wait -f samples/ --timeout 180
+$PY -m e2e.stack wait -f samples/ --timeout 180
 
 echo
 echo "== kubectl get apx -A =="

@@ -19,9 +19,9 @@ python="${PYTHON:-python3}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# Only what the distribution is made of (pyproject.toml's package-dir), nothing else.
+# Only what the distribution is made of (apx/, see pyproject.toml), nothing else.
 mkdir -p "$work/src"
-(cd "$src" && tar --exclude=__pycache__ -cf - pyproject.toml README.md operator controllers dataplane contracts runtime e2e) |
+(cd "$src" && tar --exclude=__pycache__ -cf - pyproject.toml README.md apx) |
     tar -xf - -C "$work/src"
 
 "$python" -m venv "$venv"

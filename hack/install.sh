@@ -19,3 +19,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
     touch "$stamp"
 fi
+# The test support (e2e/: the emulated Kubernetes API, the local stack, the e2e harness)
+# is not part of the apx distribution; the development venv imports it from this tree.
+purelib="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$PWD" >"$purelib/apx-dev-tree.pth"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts the emulated Kubernetes API server (apx.e2e.kubeemu, built on kmock)
+# Starts the emulated Kubernetes API server (e2e.kubeemu, built on kmock)
 # in the background for the local stack: no real kube-apiserver can run on
 # these machines. State lives in .local/kubeemu/ (pid file, log, kubeconfig;
 # $KUBEEMU_STATE overrides the folder, e.g. for tests).
@@ -30,7 +30,7 @@ if [ -d "$crds" ] && compgen -G "$crds/*.y*ml" >/dev/null; then
     args+=(--crds "$crds")
 fi
 rm -f "$state/kubeconfig"
-nohup .venv/bin/python -m apx.e2e.kubeemu "${args[@]}" >"$state/log" 2>&1 &
+nohup .venv/bin/python -m e2e.kubeemu "${args[@]}" >"$state/log" 2>&1 &
 echo $! >"$state/pid"
 for _ in $(seq 1 100); do
     if .venv/bin/python - "$port" <<'PY' 2>/dev/null; then

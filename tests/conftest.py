@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from apx.e2e.services import (
+from e2e.services import (
     RedisClusterService,
     Service,
     prometheus_config,

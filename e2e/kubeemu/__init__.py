@@ -29,7 +29,7 @@ admission webhooks, no controllers (Deployments never get Pods), JSON only (no
 protobuf), strategic merge without Go struct tags, and apply without conflict
 detection. See :mod:`.patching` and :mod:`.managed`.
 
-Entry points: ``python -m apx.e2e.kubeemu`` (:mod:`.__main__`),
+Entry points: ``python -m e2e.kubeemu`` (:mod:`.__main__`),
 :func:`.serving.serve` (asyncio), :mod:`.testing` (pytest fixtures).
 """
 

@@ -1,6 +1,6 @@
 """Command line: run the emulated Kubernetes API server until SIGTERM/SIGINT.
 
-``python -m apx.e2e.kubeemu --port P [--host 127.0.0.1] [--crds DIR]
+``python -m e2e.kubeemu --port P [--host 127.0.0.1] [--crds DIR]
 [--kubeconfig OUT]`` serves the emulator on ``http://HOST:PORT`` (port 0 picks
 a free one), pre-registers every CRD found in ``DIR``, writes a kubeconfig to
 ``OUT`` and prints ``kubeemu listening on http://HOST:PORT`` once ready.
@@ -33,7 +33,7 @@ from .serving import load_crds, serve, url_of, write_kubeconfig
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m apx.e2e.kubeemu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m e2e.kubeemu", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--crds", type=pathlib.Path, help="directory of CRD YAML files to register at start")

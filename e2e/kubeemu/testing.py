@@ -5,7 +5,7 @@ free port of 127.0.0.1 in a daemon thread with its own asyncio loop, writes a
 kubeconfig for it, and stops it cleanly (open watches are ended first). The
 pytest fixtures ``kubeemu`` (one emulator per test) and ``kubeemu_session``
 (one per session) wrap it; use them from any suite with
-``pytest_plugins = ["apx.e2e.kubeemu.testing"]`` in a ``conftest.py``. Set
+``pytest_plugins = ["e2e.kubeemu.testing"]`` in a ``conftest.py``. Set
 ``KUBEEMU_CRDS`` to a directory to pre-register its CRDs in the fixtures.
 Called by ``tests/kubeemu`` and, later, the e2e and operator suites.
 """

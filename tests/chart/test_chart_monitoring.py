@@ -23,8 +23,8 @@ from chartkit import NAMESPACE, RELEASE, render
 from apx.dataplane.gateway.metrics import GatewayMetrics
 from apx.dataplane.ratelimit.metrics import RateLimitMetrics
 from apx.dataplane.worker.metrics import WorkerMetrics
-from apx.e2e.services import apt_install
 from apx.operator.metrics import OperatorMetrics
+from e2e.services import apt_install
 
 MONITORING = {"monitoring": {"prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}}}
 NOT_BUILT_YET = {"apx_xds_nacks_total"}  # the xDS server's NACK counter: the rule waits for it

@@ -1,4 +1,4 @@
-"""The chart grants the operator exactly the rules of operator/rbac.py, and no more.
+"""The chart grants the operator exactly the rules of apx/operator/rbac.py, and no more.
 
 Compared as sets of (apiGroup, resource, verb, resourceName) tuples, both ways: a rule
 missing from the chart breaks the operator, an extra one breaks least privilege (a rule

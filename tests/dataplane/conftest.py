@@ -33,7 +33,7 @@ from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier, VersionedKeys
 from apx.controllers.pipeline import Compiled, compile_resources
 from apx.controllers.renderers.redis_rules import api_key_id
-from apx.e2e.services import Service, free_port
+from e2e.services import Service, free_port
 
 # --- JWKS -----------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import redis
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from google.cloud import pubsub_v1
 
-from apx.e2e.services import Service, free_port, start_redis, wait_for_port
+from e2e.services import Service, free_port, start_redis, wait_for_port
 from tests.dataplane.conftest import RlsClient
 
 PASSWORD = "Pl4nted-S3cret-dp-71b"  # the credential the test hunts for

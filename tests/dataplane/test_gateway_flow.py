@@ -19,7 +19,7 @@ from apx.controllers.models.route import CanaryStatus
 from apx.dataplane.common.requeststate import backlog_key, request_key
 from apx.dataplane.common.tracecontext import configure_tracing
 from apx.dataplane.gateway.split import choose_track
-from apx.e2e.services import Service
+from e2e.services import Service
 from tests.dataplane.conftest import (
     HOST,
     Jwks,

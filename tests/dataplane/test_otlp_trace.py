@@ -35,7 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from apx.e2e.services import Service, free_port, stop_pid
+from e2e.services import Service, free_port, stop_pid
 from tests.dataplane.conftest import HOST, Jwks, apx_docs, deploy, upstream_stub
 
 ENVOY_TRACE = "0af7651916cd43dd8448eb211c80319c"

@@ -31,7 +31,7 @@ import grpc
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
-from apx.e2e.services import free_port, wait_for_port
+from e2e.services import free_port, wait_for_port
 from tests.dataplane.conftest import RlsClient, publish_rule_sets, ratelimit_docs
 
 CLIENTS = 50

@@ -30,7 +30,7 @@ from apx.dataplane.ratelimit import server
 from apx.dataplane.ratelimit.limiter import Decision, LimitRequest, LimitStatus
 from apx.dataplane.ratelimit.metrics import RateLimitMetrics
 from apx.dataplane.ratelimit.server import RateLimitService
-from apx.e2e.services import start_redis
+from e2e.services import start_redis
 
 Response = rls_pb2.RateLimitResponse
 

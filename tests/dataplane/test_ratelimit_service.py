@@ -28,7 +28,7 @@ from apx.contracts.rule_set import Quota, Rate, Rule
 from apx.controllers import names
 from apx.controllers.renderers.redis_rules import api_key_id, request_counter_keys
 from apx.dataplane.ratelimit.leases import ConcurrencyLeases, Credits
-from apx.e2e.services import free_port, start_redis, wait_for_port
+from e2e.services import free_port, start_redis, wait_for_port
 from tests.dataplane.conftest import (
     RlClock,
     add_api_key,

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apx.dataplane.ratelimit.main import build_parser
 from apx.dataplane.ratelimit.workers import worker_argv, worker_count
-from apx.e2e.services import free_port, wait_for_port
+from e2e.services import free_port, wait_for_port
 from tests.dataplane.conftest import RlsClient, publish_rule_sets, ratelimit_docs, wait_for
 
 OK = 1

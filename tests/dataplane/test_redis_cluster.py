@@ -36,7 +36,7 @@ from apx.dataplane.common.requeststate import SCRIPTS, ScriptRunner, backlog_key
 from apx.dataplane.common.routetable import RouteTableReader
 from apx.dataplane.common.rulesets import RuleSetReader
 from apx.dataplane.ratelimit.leases import ConcurrencyLeases, Credits
-from apx.e2e.services import RedisClusterService, Service
+from e2e.services import RedisClusterService, Service
 from tests.dataplane.conftest import (
     Jwks,
     RlClock,
@@ -282,7 +282,7 @@ def test_command_key_reads_the_routing_key_of_encoded_commands() -> None:
 async def test_cluster_pipe_with_no_node_reachable_fails_like_a_lost_connection() -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from apx.e2e.services import free_port
+    from e2e.services import free_port
 
     pipe = ClusterPipe(f"redis+cluster://127.0.0.1:{free_port()}/0", timeout=0.5)
     try:

@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from apx.dataplane.common.pipe import PipelinedRedis, encode_command
-from apx.e2e.services import start_redis
+from e2e.services import start_redis
 
 ECHO = b"return {KEYS[1], ARGV[1]}"
 ECHO_SHA = hashlib.sha1(ECHO).hexdigest().encode()

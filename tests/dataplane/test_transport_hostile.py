@@ -46,7 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apx.dataplane.common.grpcserver import REJECT_REASONS, TRANSPORTS, GrpcServer, Method, TransportLimits
 from apx.dataplane.common.hpackcache import literal_field
-from apx.e2e.services import Service, ServiceError, apt_install, free_port, wait_for_port
+from e2e.services import Service, ServiceError, apt_install, free_port, wait_for_port
 from tests.dataplane.conftest import RlsClient, publish_rule_sets, ratelimit_docs
 from tests.dataplane.h2peer import (
     COMPRESSION_ERROR,

@@ -20,7 +20,7 @@ from google.cloud import pubsub_v1
 
 from apx.controllers.renderers.kubernetes.workers import upstream_url
 from apx.dataplane.common.requeststate import RequestState, backlog_key, request_key
-from apx.e2e.services import Service, free_port
+from e2e.services import Service, free_port
 from tests.dataplane.conftest import (
     Jwks,
     apx_docs,

@@ -25,7 +25,7 @@ from apx.dataplane.worker.upstream import (
     UpstreamClient,
     UpstreamTimeout,
 )
-from apx.e2e.services import Service
+from e2e.services import Service
 from tests.dataplane.conftest import Jwks, apx_docs, deploy, running_gateway, running_worker, wait_for
 
 MAX_BODY = 64 * 1024

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from emuhelpers import WIDGET_CRD, Api
 
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 
 
 @pytest.fixture
@@ -33,5 +33,5 @@ def api(emu: RunningEmulator) -> Api:
     return client
 
 
-# The reusable fixtures of apx.e2e.kubeemu.testing, exercised by test_testing_fixtures.py.
-from apx.e2e.kubeemu.testing import kubeemu, kubeemu_session  # noqa: E402, F401
+# The reusable fixtures of e2e.kubeemu.testing, exercised by test_testing_fixtures.py.
+from e2e.kubeemu.testing import kubeemu, kubeemu_session  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""``python -m apx.e2e.kubeemu`` and ``hack/kubeemu-up.sh``/``kubeemu-down.sh``."""
+"""``python -m e2e.kubeemu`` and ``hack/kubeemu-up.sh``/``kubeemu-down.sh``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_module_serves_registers_crds_writes_a_kubeconfig_and_exits_cleanly_on_s
         [
             sys.executable,
             "-m",
-            "apx.e2e.kubeemu",
+            "e2e.kubeemu",
             "--port",
             "0",
             "--crds",
@@ -95,7 +95,7 @@ def test_served_process_freezes_what_survives_and_collects_new_cycles() -> None:
     code = textwrap.dedent(
         """
         import asyncio, gc, weakref
-        from apx.e2e.kubeemu.__main__ import settle_heap
+        from e2e.kubeemu.__main__ import settle_heap
 
         class Node:
             pass

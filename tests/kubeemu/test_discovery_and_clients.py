@@ -7,7 +7,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 from tests.kubeemu.emuhelpers import CONFIGMAPS, Api, configmap
 
 # ---------------------------------------------------------------- discovery

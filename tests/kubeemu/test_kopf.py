@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from apx.e2e.kubeemu.testing import RunningEmulator
+from e2e.kubeemu.testing import RunningEmulator
 from tests.kubeemu.emuhelpers import WIDGETS, Api, widget
 
 kopf = pytest.importorskip("kopf")

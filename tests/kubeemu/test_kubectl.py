@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 from tests.kubeemu.emuhelpers import WIDGET_CRD, WIDGETS, Api, widget
 
 KUBECTL = shutil.which("kubectl")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apx.e2e.kubeemu.selectors import LabelSelector
+from e2e.kubeemu.selectors import LabelSelector
 from tests.kubeemu.emuhelpers import CONFIGMAPS, Api, configmap
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from emuhelpers import Api
 
-from apx.e2e.kubeemu.openapi_proto import CONTENT_TYPE
+from e2e.kubeemu.openapi_proto import CONTENT_TYPE
 
 TABLE = "application/json;as=Table;g=meta.k8s.io;v=v1"
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl")

@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 from tests.kubeemu.emuhelpers import Api
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apx.e2e.kubeemu.schema import admit
+from e2e.kubeemu.schema import admit
 
 
 def root(**properties: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 from tests.kubeemu.emuhelpers import Api
 from tests.kubeemu.test_real_crds import CRDS, apply
 from tests.semantic_cases import CASES, SemanticCase

@@ -1,4 +1,4 @@
-"""The local stack's wait (``python -m apx.e2e.stack wait``) and the addresses its services listen on.
+"""The local stack's wait (``python -m e2e.stack wait``) and the addresses its services listen on.
 
 The wait runs against an emulated API holding ``samples/`` plus a user's own
 broken Route: only what the manifests applied decides the outcome.
@@ -19,10 +19,10 @@ import pytest
 import yaml
 from emuhelpers import Api
 
-from apx.e2e import stack
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
-from apx.e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid, wait_for_port
 from apx.operator.settings import OperatorSettings
+from e2e import stack
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.services import free_port, start_pubsub_emulator, start_redis, stop_pid, wait_for_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"

@@ -1,10 +1,10 @@
-"""The reusable pytest fixtures of ``apx.e2e.kubeemu.testing`` for other suites."""
+"""The reusable pytest fixtures of ``e2e.kubeemu.testing`` for other suites."""
 
 from __future__ import annotations
 
 import yaml
 
-from apx.e2e.kubeemu.testing import RunningEmulator
+from e2e.kubeemu.testing import RunningEmulator
 from tests.kubeemu.emuhelpers import CONFIGMAPS, Api, configmap
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from apx.e2e.kubeemu.testing import running_emulator
+from e2e.kubeemu.testing import running_emulator
 from tests.kubeemu.emuhelpers import CONFIGMAPS, Api, configmap
 
 

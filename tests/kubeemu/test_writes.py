@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apx.e2e.kubeemu.patching import strategic_merge_patch
+from e2e.kubeemu.patching import strategic_merge_patch
 from tests.kubeemu.emuhelpers import CONFIGMAPS, WIDGETS, Api, configmap, widget
 
 JSON_PATCH = "application/json-patch+json"

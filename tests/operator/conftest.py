@@ -15,7 +15,7 @@ import pytest_asyncio
 import yaml
 
 from apx.controllers.appliers.kube import Connection, KubeClient
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "samples").glob("*.yaml"))

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from apx.e2e.services import free_port
 from apx.operator.admission import ServiceWebhookServer
 from apx.operator.handlers import validate_object
+from e2e.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -28,12 +28,12 @@ from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.canary.types import MetricsUnavailable, RouteTarget, Track, TrackWindow
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
-from apx.e2e.canaryrig import documents
-from apx.e2e.services import Service
 from apx.operator.canary import CanaryController
 from apx.operator.metrics import OperatorMetrics
 from apx.operator.reconciler import Reconciler
 from apx.operator.settings import OperatorSettings
+from e2e.canaryrig import documents
+from e2e.services import Service
 
 pytestmark = pytest.mark.asyncio
 

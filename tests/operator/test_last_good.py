@@ -29,9 +29,9 @@ from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.names import route_table_current_key, route_table_key
 from apx.controllers.renderers import redis_rules
-from apx.e2e.services import Service
 from apx.operator.reconciler import InUse, Reconciler
 from apx.operator.settings import OperatorSettings
+from e2e.services import Service
 from tests.operator.conftest import samples
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,10 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
-from apx.e2e.services import Service, free_port
 from apx.operator.metrics import CONTROLLER_NAMES, OperatorMetrics
 from apx.operator.reconciler import Reconciler
 from apx.operator.settings import OperatorSettings
+from e2e.services import Service, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = [

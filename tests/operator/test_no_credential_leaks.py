@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from apx.e2e.harness import Kubectl, OperatorProcess, eventually
-from apx.e2e.kubeemu.testing import running_emulator
-from apx.e2e.services import free_port
+from e2e.harness import Kubectl, OperatorProcess, eventually
+from e2e.kubeemu.testing import running_emulator
+from e2e.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 from tests.kubeemu.emuhelpers import Api
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

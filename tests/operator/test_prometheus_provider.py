@@ -32,7 +32,7 @@ from apx.controllers.canary.types import MetricsUnavailable, RouteTarget, Track,
 from apx.controllers.providers.prometheus import PrometheusProvider
 from apx.controllers.providers.queries import DEFAULT_QUERIES, parse_queries
 from apx.dataplane.worker.metrics import DURATION_BUCKETS, WorkerMetrics
-from apx.e2e.services import Service, free_port
+from e2e.services import Service, free_port
 
 pytestmark = pytest.mark.timeout(120)
 

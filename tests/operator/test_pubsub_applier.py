@@ -21,7 +21,7 @@ from google.cloud import pubsub_v1
 from apx.controllers.appliers.pubsub import PubSubApplier, PubSubUnavailable
 from apx.controllers.renderers.pubsub_plan import PubSubOutput, render_pubsub
 from apx.controllers.translate import translate
-from apx.e2e.services import Service, free_port
+from e2e.services import Service, free_port
 from tests.operator.conftest import samples
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,9 +21,9 @@ from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.names import ruleset_current_key
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
-from apx.e2e.services import Service, start_redis
 from apx.operator.reconciler import Reconciler
 from apx.operator.settings import OperatorSettings
+from e2e.services import Service, start_redis
 from tests.operator.conftest import samples
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import redis
 from apx.controllers import names
 from apx.controllers.appliers.kube import KubeClient
 from apx.dataplane.common.redisconn import seed_url
-from apx.e2e.services import RedisClusterService, Service
+from e2e.services import RedisClusterService, Service
 from tests.operator.conftest import samples
 from tests.operator.test_reconciler import _apply_samples, _make_reconciler
 

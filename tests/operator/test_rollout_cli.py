@@ -27,10 +27,10 @@ import yaml
 
 from apx.controllers.appliers.kube import Connection, KubeClient
 from apx.controllers.canary.timefmt import format_rfc3339, parse_rfc3339
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
-from apx.e2e.services import free_port
 from apx.operator import cli, rollout_cli
 from apx.operator.kubeconfig import KubeconfigError, resolve
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -16,7 +16,7 @@ from apx.controllers import names
 from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.renderers.kubernetes import envoy_snapshot
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
-from apx.e2e.services import Service
+from e2e.services import Service
 from tests.operator.test_reconciler import _reconciler_with_samples
 
 pytestmark = pytest.mark.timeout(120)

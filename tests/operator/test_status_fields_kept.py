@@ -24,7 +24,7 @@ import pytest_asyncio
 import yaml
 
 from apx.controllers.appliers.kube import Connection, Invalid, KubeClient
-from apx.e2e.kubeemu.testing import RunningEmulator, running_emulator
+from e2e.kubeemu.testing import RunningEmulator, running_emulator
 from tests.operator.conftest import samples
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Layering rules: the pure core imports no I/O, clock or framework; `operator/` never shadows the stdlib.
+"""Layering rules: the pure core imports no I/O, clock or framework; `apx/operator/` never shadows the stdlib.
 
 Between the operator and the dataplane: the dataplane imports neither the
 operator nor the controllers, only ``apx.contracts`` (and ``apx.runtime``),
@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE_CORE = ROOT / "controllers"
-# The appliers (I/O) live in controllers/appliers/ and the canary provider
-# clients in controllers/providers/; everything else under controllers/ is pure.
+PACKAGE = ROOT / "apx"
+PURE_CORE = PACKAGE / "controllers"
+# The appliers (I/O) live in apx/controllers/appliers/ and the canary provider
+# clients in apx/controllers/providers/; everything else under controllers/ is pure.
 IMPURE_FOLDERS = {"appliers", "providers"}
 FORBIDDEN = {
     "kopf",
@@ -80,7 +81,7 @@ def test_pure_core_imports_no_clients_no_clock_no_kopf() -> None:
 
 def test_every_module_starts_with_a_docstring() -> None:
     missing = []
-    for folder in ("controllers", "operator", "dataplane", "contracts", "runtime", "e2e", "hack", "bench"):
+    for folder in ("apx", "e2e", "hack", "bench"):
         for module in (ROOT / folder).rglob("*.py"):
             if ".venv" in module.parts:
                 continue
@@ -91,7 +92,8 @@ def test_every_module_starts_with_a_docstring() -> None:
 
 
 def test_operator_folder_never_shadows_the_standard_library_operator_module() -> None:
-    assert not (ROOT / "operator" / "__init__.py").exists()
+    assert not (PACKAGE / "operator" / "__init__.py").exists()
+    assert not (ROOT / "operator").exists()
     code = "import operator, sys; print(operator.__file__); print(hasattr(operator, 'itemgetter'))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     path, has_itemgetter = out.stdout.split()
@@ -99,23 +101,16 @@ def test_operator_folder_never_shadows_the_standard_library_operator_module() ->
     assert not path.startswith(str(ROOT))
 
 
-def test_every_package_folder_is_installed() -> None:
+def test_every_package_folder_is_installed_and_the_test_support_is_not() -> None:
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    declared = set(config["packages"])
-    mapping = config["package-dir"]
-    expected = set()
-    for package, folder in mapping.items():
-        for directory in [ROOT / folder, *(p for p in (ROOT / folder).rglob("*") if p.is_dir())]:
-            if "__pycache__" in directory.parts or "tests" in directory.relative_to(ROOT).parts[1:]:
-                continue
-            if any(directory.glob("*.py")):
-                rel = directory.relative_to(ROOT / folder).parts
-                expected.add(".".join((package, *rel)))
-    assert expected <= declared, (
-        f"folders with modules missing from pyproject packages: {expected - declared}"
-    )
+    found = config["packages"]["find"]
+    assert found["include"] == ["apx", "apx.*"]
+    # No package-dir mapping: the source tree is the import tree, so mypy and import graphs read it as is.
+    assert "package-dir" not in config
+    assert not (ROOT / "apx" / "e2e").exists()
+    assert not (ROOT / "e2e" / "__init__.py").read_text().count("apx.e2e")
 
 
 def _project_imports(path: Path, package: str) -> list[str]:
@@ -134,7 +129,7 @@ def _project_imports(path: Path, package: str) -> list[str]:
 
 
 def _modules(folder: str) -> list[Path]:
-    return [p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts]
+    return [p for p in (PACKAGE / folder).rglob("*.py") if "__pycache__" not in p.parts]
 
 
 def test_the_dataplane_imports_neither_the_operator_nor_the_controllers() -> None:
@@ -173,9 +168,9 @@ def test_contracts_are_pure_no_clients_no_clock() -> None:
 
 # A Redis key of APX starts with its prefix and a key family: "apx:rules:", "apx:c:{", "apx:req:", ...
 _KEY_LITERAL = re.compile(r"^apx:[a-z]+[:{]")
-KEY_BUILDER = ROOT / "contracts" / "redis_keys.py"
+KEY_BUILDER = PACKAGE / "contracts" / "redis_keys.py"
 # Product code, its end-to-end suites and benchmarks; the unit tests may spell keys out to pin the contract.
-KEY_SCAN_FOLDERS = ("controllers", "operator", "dataplane", "contracts", "runtime", "e2e", "bench", "hack")
+KEY_SCAN_FOLDERS = ("apx", "e2e", "bench", "hack")
 
 
 def _key_strings(path: Path) -> list[tuple[int, str]]:
@@ -213,8 +208,8 @@ def test_redis_key_strings_are_built_only_in_contracts_redis_keys() -> None:
     violations = [
         f"{module.relative_to(ROOT)}:{line}: {text!r}"
         for folder in KEY_SCAN_FOLDERS
-        for module in _modules(folder)
-        if module != KEY_BUILDER
+        for module in (ROOT / folder).rglob("*.py")
+        if module != KEY_BUILDER and "__pycache__" not in module.parts
         for line, text in _key_strings(module)
     ]
     assert not violations, "build Redis keys with apx.contracts.redis_keys:\n" + "\n".join(violations)

@@ -33,7 +33,7 @@ from tests.envoy_helpers import (
 )
 
 DESCRIPTORS_MD = (
-    Path(__file__).resolve().parents[2] / "controllers" / "renderers" / "envoy" / "DESCRIPTORS.md"
+    Path(__file__).resolve().parents[2] / "apx" / "controllers" / "renderers" / "envoy" / "DESCRIPTORS.md"
 )
 
 

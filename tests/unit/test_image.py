@@ -86,6 +86,16 @@ def test_image_install_steps_give_working_console_scripts(tmp_path: Path) -> Non
     # Bytecode compiled at build time: the read-only image never writes any.
     compiled = list((venv / "lib").glob("python3*/site-packages/apx/operator/__pycache__/cli.*.pyc"))
     assert compiled
+    # The wheel holds the product only: the e2e suites, the emulated Kubernetes API and the
+    # service launchers stay in the repository.
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    assert (site / "apx" / "operator" / "xds" / "server.py").exists()
+    assert not (site / "e2e").exists() and not (site / "apx" / "e2e").exists()
+    assert not list(site.rglob("kubeemu*")), "test support was installed"
+    (record,) = site.glob("apx-*.dist-info/RECORD")
+    lines = [line for line in record.read_text().splitlines() if line and not line.startswith("../")]
+    top = {line.split("/")[0] for line in lines}
+    assert {t for t in top if not t.startswith("apx-")} == {"apx"}, top
     run_env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
     for script in SCRIPTS:
         for flag in ("--version", "--help"):

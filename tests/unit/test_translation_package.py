@@ -29,7 +29,7 @@ from apx.controllers.translation.products import process_products
 from apx.controllers.translation.routes import process_routes
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = ROOT / "controllers" / "translation"
+PACKAGE = ROOT / "apx" / "controllers" / "translation"
 MAX_FUNCTION_LINES = 60
 
 

@@ -15,7 +15,7 @@ Cluster safety: keys one Lua script or MULTI touches share a hash tag
 * ``{<request_id>}`` and ``{<ns>/<route>}``: the dataplane's request state and
   backlog counters (one key per script).
 
-``controllers/renderers/REDIS_KEYS.md`` has the full table (types, writers,
+``apx/controllers/renderers/REDIS_KEYS.md`` has the full table (types, writers,
 readers, lifetimes).
 """
 

@@ -27,7 +27,7 @@ Placeholders (``string.Template`` syntax; write ``$$`` for a literal ``$``):
 Every value but ``$window`` is escaped for a double-quoted PromQL string
 literal, so templates put them inside ``"…"``.
 
-Async Routes are measured by their workers (``dataplane/worker/metrics.py``:
+Async Routes are measured by their workers (``apx/dataplane/worker/metrics.py``:
 ``apx_requests_total`` and ``apx_request_duration_seconds`` with ``route``,
 ``track`` and ``code`` labels). Sync Routes are measured by Envoy itself:
 ``cluster.<stat name>.upstream_rq_total``, ``upstream_rq_5xx`` and the

@@ -5,7 +5,7 @@ decision and by the concurrency/credits helpers the async gateway imports.
 The keys and documents are the operator's contract: key names from
 ``apx.contracts.redis_keys``, fields decoded by ``apx.contracts.rule_set``
 into typed records (``RuleSetMeta``, ``Rule``); see also
-``controllers/renderers/REDIS_KEYS.md``.
+``apx/controllers/renderers/REDIS_KEYS.md``.
 
 Caching, chosen so the hot path costs no Redis round trip of its own:
 

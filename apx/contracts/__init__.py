@@ -19,5 +19,5 @@ both sides can depend on it without depending on each other.
 * ``headers``: HTTP header names and the Envoy rate-limit domain/descriptor keys.
 * ``residency``: which regions a data-residency setting allows.
 
-``controllers/renderers/REDIS_KEYS.md`` describes the Redis side in prose.
+``apx/controllers/renderers/REDIS_KEYS.md`` describes the Redis side in prose.
 """

@@ -5,6 +5,6 @@ Modules, in call order: ``main`` (console script: flags, logging, SIGTERM),
 descriptors → rule → one ``EVALSHA`` checking every limit), ``scripts`` (the
 Lua), ``leases`` (concurrency slots and prepaid credits for the async gateway
 and workers, which see requests end), ``metrics``. The rule sets it reads are
-the operator's (``controllers/renderers/REDIS_KEYS.md``), read through
+the operator's (``apx/controllers/renderers/REDIS_KEYS.md``), read through
 ``apx.dataplane.common.rulesets``. README.md in this folder is the short guide.
 """

@@ -17,7 +17,7 @@ PRODUCT_HEADER = "x-apx-product"
 REQUEST_ID_HEADER = "x-request-id"
 
 # Envoy's rate-limit domain of every APX descriptor, and the descriptor entry keys
-# (``controllers/renderers/envoy/ratelimit.py`` writes them; ``apx-ratelimit`` reads them).
+# (``apx/controllers/renderers/envoy/ratelimit.py`` writes them; ``apx-ratelimit`` reads them).
 RATE_LIMIT_DOMAIN = "apx"
 DESCRIPTOR_PRODUCT = "product"
 DESCRIPTOR_PLAN = "plan"

@@ -7,7 +7,7 @@ filled from ``apx-ratelimit``'s flags by ``ratelimit.main``. Every default is
 safe on its own: a peer that keeps to the protocol and to what a gRPC client
 (Envoy, ``grpcio``) does never meets one of them; a peer that floods meets
 one quickly and loses its connection or its stream, never the process or the
-other connections. Why each exists is in ``dataplane/common/TRANSPORT.md``.
+other connections. Why each exists is in ``apx/dataplane/common/TRANSPORT.md``.
 """
 
 from __future__ import annotations

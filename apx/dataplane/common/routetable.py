@@ -21,7 +21,7 @@ Reading:
   an empty table (no routes yet). Entries that do not parse are skipped and
   logged, never fatal for the others.
 
-Matching mirrors what Envoy does with the same Route (``controllers/renderers/envoy``):
+Matching mirrors what Envoy does with the same Route (``apx/controllers/renderers/envoy``):
 host (exact, then the longest ``*.suffix`` wildcard; the port is ignored
 unless the Route's host names one), then an exact ``path`` before the longest
 ``path_prefix`` (plain string prefixes, as Envoy's ``prefix``), then the

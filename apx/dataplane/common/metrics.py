@@ -15,7 +15,7 @@ its dashboards and alerts work unchanged) and the worker's
 ``apx_requests_total`` / ``apx_request_duration_seconds`` /
 ``apx_queue_latency_seconds`` / ``apx_in_flight_requests`` (the per-track
 series the canary analysis queries; their names are a contract with the
-canary queries in ``controllers/providers/queries.py`` and the chart).
+canary queries in ``apx/controllers/providers/queries.py`` and the chart).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ service (Envoy RLS) reads the rule sets; the async gateway reads the route
 table. The records, their encoders and the key rules are the contract shared
 with the dataplane (``apx.contracts``: ``rule_set``, ``route_table``,
 ``redis_keys``); this module builds the records from the IR.
-``controllers/renderers/REDIS_KEYS.md`` is the same contract in prose.
+``apx/controllers/renderers/REDIS_KEYS.md`` is the same contract in prose.
 
 Key schema (all names come from ``apx.contracts.redis_keys``, re-exported by ``names``)::
 
