@@ -352,8 +352,7 @@ def main() -> int:
         "--async-every",
         type=int,
         default=5,
-        help="one Route in N is async (default 5: 20 %%); at 10,000 Routes the Pub/Sub emulator cannot "
-        "hold the default mix's subscriptions on two cores (apx/controllers/appliers/PUBSUB.md)",
+        help="one Route in N is async (default 5: 20 %%, the workload's mix)",
     )
     args = parser.parse_args()
     figures = asyncio.run(run(args.routes, args.products, args.updates, args.async_every))

@@ -17,7 +17,11 @@ marginal cost, the average over all streams after the edits is printed too),
 the p50/p99 of the delta streams alone, and the time to build the next
 snapshot (``XdsSnapshot.from_envoy(...).prepare()``, done off the event loop
 in the operator). ``--sotw 0`` shows the delta path without the SotW streams'
-whole-table pushes competing for the same two cores.
+whole-table pushes competing for the same two cores. The SotW floor (``--floor``,
+on by default): the same client processes against a bare ``grpc.aio`` handler
+that writes the same route table, serialised once, to every SotW stream and
+waits for the ACKs; no server can send a SotW proxy its whole route table
+faster than that over this transport on this machine.
 
 Targets: p99 ≤ 250 ms until every stream ACKed; bytes per delta stream for one
 edit ≤ 1 % of the full snapshot; ≤ 256 KiB RSS per stream.
@@ -164,6 +168,93 @@ async def _wait(predicate: Any, timeout: float) -> float:
     return time.perf_counter() - started
 
 
+class _SotwFloor:
+    """The least any ADS server can do for SotW clients: the same pre-serialised response, written.
+
+    A bare ``grpc.aio`` stream handler (no protocol logic) that, per edit, writes one
+    ``DiscoveryResponse`` holding the route configuration APX serves SotW clients (built and
+    serialised once, shared by every stream, as APX's server does) and waits until every stream
+    has ACKed its nonce. The same client processes as APX's SotW streams. What it takes is the
+    transport's cost of moving the whole route table to every SotW proxy: a floor for the
+    "edit -> every SotW stream ACKed" figure, measured in the same run.
+    """
+
+    def __init__(self, rds_body: bytes) -> None:
+        self.rds_body = rds_body
+        self.queues: list[asyncio.Queue[bytes]] = []
+        self.acked: dict[int, str] = {}
+        self.server: Any = None
+        self.port = 0
+
+    async def start(self) -> None:
+        import grpc
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        async def stream(requests: Any, context: Any) -> Any:
+            index = len(self.queues)
+            queue: asyncio.Queue[bytes] = asyncio.Queue()
+            self.queues.append(queue)
+
+            async def read() -> None:
+                async for request in requests:
+                    if request.response_nonce:
+                        self.acked[index] = request.response_nonce
+
+            reader = asyncio.create_task(read())
+            try:
+                while not reader.done():
+                    getting = asyncio.ensure_future(queue.get())
+                    await asyncio.wait((getting, reader), return_when=asyncio.FIRST_COMPLETED)
+                    if not getting.done():
+                        getting.cancel()
+                        break
+                    yield getting.result()
+            finally:
+                reader.cancel()
+
+        handler = grpc.method_handlers_generic_handler(
+            "envoy.service.discovery.v3.AggregatedDiscoveryService",
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    stream, request_deserializer=discovery_pb2.DiscoveryRequest.FromString
+                )
+            },
+        )
+        self.server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", -1)]
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+
+    async def push(self, nonce: str) -> float:
+        from apx.operator.xds.snapshot import length_delimited
+
+        response = self.rds_body + length_delimited(5, nonce.encode())
+        started = time.perf_counter()
+        for queue in self.queues:
+            queue.put_nowait(response)
+        await _wait(lambda: all(self.acked.get(i) == nonce for i in range(len(self.queues))), 120)
+        return time.perf_counter() - started
+
+
+async def _sotw_floor(port_spawn: Any, rds_body: bytes, streams: int, edits: int) -> list[float]:
+    floor = _SotwFloor(rds_body)
+    await floor.start()
+    children = port_spawn(floor.port, streams)
+    try:
+        await _wait(lambda: len(floor.queues) == streams, 120)
+        times = [await floor.push(f"floor-{turn}") for turn in range(edits + 2)]
+    finally:
+        # The clients first: their streams end, so no handler is cancelled mid-RPC by the stop.
+        for child in children:
+            child.terminate()
+            child.wait(10)
+        await asyncio.sleep(0.5)
+        await floor.server.stop(1.0)
+    return times[2:]  # the first two are not counted, as for APX's server
+
+
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -267,16 +358,29 @@ async def _bench(args: argparse.Namespace) -> int:
         gc.collect()
         release_free_memory()
         rss_per_stream = (process.memory_info().rss - rss_before) / streams
+        server_rds_body = server._sotw_body(ROUTE_CONFIGURATION, frozenset({ROUTE_NAME}))[1]
         if profiler is not None:
             import pstats
 
             profiler.disable()
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
     finally:
+        # The server first (its streams end with their RPCs), then the clients.
+        await server.stop(1.0)
         for child in children:
             child.terminate()
             child.wait(10)
-        await server.stop(0)
+
+    floor_times: list[float] = []
+    if args.sotw and args.floor:
+        # The same SotW clients against a bare grpc.aio handler writing the same route table.
+        rds_body = server_rds_body
+
+        def spawn_floor(port: int, count: int) -> list[subprocess.Popen[bytes]]:
+            command = [sys.executable, __file__, "--clients", str(port), "--delta", "0"]
+            return [subprocess.Popen([*command, "--sotw", str(count), "--offset", "0"])]
+
+        floor_times = await _sotw_floor(spawn_floor, rds_body, args.sotw, args.edits)
 
     per_delta = statistics.mean(delta_bytes) if delta_bytes else 0.0
     if args.verbose:
@@ -293,6 +397,12 @@ async def _bench(args: argparse.Namespace) -> int:
         f"p99 {_p(ack_times, 0.99) * 1000:.1f} ms  (target p99 <= 250 ms; "
         f"{_p(ack_times, 0.99) / serialize_s:.1f}x the baseline serialisation)"
     )
+    if floor_times:
+        print(
+            f"floor: the same {len(server_rds_body) / 1e6:.1f} MB route table written by a bare grpc.aio "
+            f"handler to {args.sotw} SotW streams and ACKed: p50 {_p(floor_times, 0.5) * 1000:.1f} ms, "
+            f"p99 {_p(floor_times, 0.99) * 1000:.1f} ms"
+        )
     if delta_times:
         print(
             f"edit -> every delta stream ACKed: p50 {_p(delta_times, 0.5) * 1000:.1f} ms, "
@@ -322,6 +432,12 @@ def main() -> int:
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="profile the server during the edits")
     parser.add_argument("--verbose", action="store_true", help="print every edit's time")
+    parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the SotW floor: a bare grpc.aio handler writing the same route table",
+    )
     parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -219,6 +219,24 @@ async def test_an_ordering_change_is_reported_on_every_call_and_never_remembered
 
 
 @pytest.mark.asyncio
+async def test_an_unordered_dead_letter_inspection_subscription_from_before_is_kept_as_it_is(
+    applier: PubSubApplier,
+) -> None:
+    # Earlier plans created inspection subscriptions unordered; ordering is immutable and
+    # recreating one would drop the dead letters it holds, so it is accepted as it is.
+    plan = _plan()
+    inspections = [s for s in plan.subscriptions if s["labels"]["apx-kind"] == "dead-letter-inspection"]
+    assert inspections and all(s["enable_message_ordering"] for s in inspections)
+    earlier = [{**s, "enable_message_ordering": False} if s in inspections else s for s in plan.subscriptions]
+    assert await applier.ensure(plan.topics, earlier) == []
+    for verify in (False, True):
+        assert await applier.ensure(plan.topics, plan.subscriptions, verify=verify) == []
+    assert await applier.resync(plan.topics, plan.subscriptions) == []
+    live = applier._subscriber.get_subscription(request={"subscription": inspections[0]["name"]})
+    assert live.enable_message_ordering is False
+
+
+@pytest.mark.asyncio
 async def test_deleted_objects_are_forgotten_so_ensuring_them_again_recreates_them(
     applier: PubSubApplier,
 ) -> None:

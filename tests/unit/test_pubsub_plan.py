@@ -107,6 +107,19 @@ def test_dead_letter_inspection_subscription_reads_the_dead_letter_topic() -> No
     assert subscription["labels"]["apx-kind"] == "dead-letter-inspection"
 
 
+def test_every_dead_letter_inspection_subscription_is_ordered_whatever_the_route_asks() -> None:
+    # Readers see one key's dead letters in the order they failed, and the emulator holds no
+    # thread for an ordered subscription until a message arrives (appliers/PUBSUB.md).
+    for name in ("eu-async-route", "canary-route", "namespace-isolation-tenants"):
+        inspections = [
+            s
+            for s in render_pubsub(_ir(name)).subscriptions
+            if s["labels"]["apx-kind"] == "dead-letter-inspection"
+        ]
+        assert inspections
+        assert all(s["enable_message_ordering"] is True for s in inspections)
+
+
 def test_canary_track_gets_its_own_topics_even_at_weight_zero() -> None:
     ir = _ir("canary-route")
     send = next(r for r in ir.routes if r.ref.name == "send")

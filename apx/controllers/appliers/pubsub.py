@@ -48,6 +48,8 @@ from google.protobuf import field_mask_pb2
 
 from apx.dataplane.common.redact import redact_text
 
+from ..renderers.pubsub_plan import INSPECTION_KIND
+
 # Errors after which the backend may answer later: retried under the shared back-off.
 _RETRYABLE = (gexc.ResourceExhausted, gexc.ServiceUnavailable, gexc.Aborted, gexc.DeadlineExceeded)
 # Errors that mean "Pub/Sub is not usable now" once the retries are spent.
@@ -129,12 +131,26 @@ def _topic_as_planned(document: Mapping[str, Any], live: Any) -> bool:
     return not labels or dict(live.labels) == dict(labels)
 
 
+def _ordering_as_planned(request: Mapping[str, Any], live: Any) -> bool:
+    """Whether a live subscription's (immutable) message ordering is acceptable for ``request``.
+
+    A dead-letter inspection subscription is ordered since the plan asked for it (for readers,
+    and so the Pub/Sub emulator does not run a thread per subscription); one created unordered
+    by an earlier version serves its purpose as it is, and recreating it would drop the dead
+    letters it holds, so either setting is accepted there. A worker subscription's ordering is
+    the Route's ``spec.async.ordering`` and must match.
+    """
+    if bool(request.get("enable_message_ordering", False)) == bool(live.enable_message_ordering):
+        return True
+    return dict(request.get("labels") or {}).get("apx-kind") == INSPECTION_KIND
+
+
 def _subscription_as_planned(document: Mapping[str, Any], live: Any) -> bool:
     """Whether a live subscription matches its plan in everything ``_ensure_subscription`` checks."""
     request = _to_request(document)
     return (
         live.topic == request["topic"]
-        and bool(request.get("enable_message_ordering", False)) == bool(live.enable_message_ordering)
+        and _ordering_as_planned(request, live)
         and not any(_differs(request, live, field) for field in _MUTABLE_SUBSCRIPTION_FIELDS)
     )
 
@@ -476,7 +492,7 @@ class PubSubApplier:
                 f"subscription is attached to {live.topic}, not {request['topic']}; Pub/Sub cannot move it"
             )
             return _Outcome(name_key, digest, PubSubProblem(name, message))
-        if bool(request.get("enable_message_ordering", False)) != bool(live.enable_message_ordering):
+        if not _ordering_as_planned(request, live):
             message = (
                 "spec.async.ordering: Pub/Sub cannot change message ordering of an existing subscription; "
                 "the subscription keeps its current setting (recreate the Route to change it)"

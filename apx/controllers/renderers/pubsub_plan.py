@@ -25,7 +25,8 @@ Every request topic gets a dead-letter topic, a worker subscription (ordering,
 ack deadline, retry and dead-letter policies from the Route) and a
 subscription on the dead-letter topic for inspection (without one, Pub/Sub
 would drop dead letters: a topic keeps nothing for subscriptions that do not
-exist). Both subscriptions never expire (an idle Route must not lose its queue).
+exist), ordered by the messages' ordering keys. Both subscriptions never
+expire (an idle Route must not lose its queue).
 
 Residency is enforced twice: the Product model rejects regions outside its
 residency, and every topic's ``message_storage_policy`` pins it to its region;
@@ -68,6 +69,10 @@ ISOLATED = frozenset({"namespace", "dedicated"})
 # publishes and pulls from outside the region (``enforce_in_transit``), so
 # gateways and workers must use the regional endpoint of the topic's region.
 RESTRICTED_RESIDENCIES = frozenset({"US", "EU", "ASIA"})
+
+
+# The ``apx-kind`` label of the subscription on a dead-letter topic, read by people.
+INSPECTION_KIND = "dead-letter-inspection"
 
 
 class ResidencyViolation(ValueError):
@@ -234,9 +239,15 @@ def _subscriptions(project: str, route: RouteIR, plan: TopicPlan) -> list[dict[s
     inspection = {
         "name": _subscription_path(project, plan.dead_letter_subscription),
         "topic": _topic_path(project, plan.dead_letter_topic),
-        "labels": _labels(plan, "dead-letter-inspection"),
+        "labels": _labels(plan, INSPECTION_KIND),
         "ack_deadline_seconds": DEAD_LETTER_ACK_DEADLINE_SECONDS,
-        "enable_message_ordering": False,
+        # Ordered: a person reading one tenant's dead letters sees them in the order they
+        # failed (dead-lettering keeps the ordering key). It is also what lets the Pub/Sub
+        # emulator hold a large plan: it runs one thread per *unordered* subscription and
+        # none per ordered one until a message arrives (apx/controllers/appliers/PUBSUB.md);
+        # these are idle almost always. The applier accepts an inspection subscription
+        # created unordered by an earlier version as it is (ordering is immutable).
+        "enable_message_ordering": True,
         "message_retention_duration": _duration(SUBSCRIPTION_RETENTION_MAX_SECONDS * 1000),
         "expiration_policy": {},
     }
