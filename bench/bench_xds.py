@@ -121,7 +121,10 @@ async def _client(port: int, delta_count: int, sotw_count: int, offset: int) -> 
                     )
                 )
 
-    await asyncio.gather(*(delta(i) for i in range(delta_count)), *(sotw(i) for i in range(sotw_count)))
+    try:
+        await asyncio.gather(*(delta(i) for i in range(delta_count)), *(sotw(i) for i in range(sotw_count)))
+    except grpc.aio.AioRpcError:
+        return  # the server stopped at the end of the run
 
 
 # --- server side (this process) --------------------------------------------------------
@@ -156,7 +159,7 @@ def _all_acked(
 
 
 def _sotw_rds_version(server: XdsServer) -> str:
-    return server._sotw_body(ROUTE_CONFIGURATION, frozenset({ROUTE_NAME}))[0]
+    return server.snapshot.sotw(ROUTE_CONFIGURATION, frozenset({ROUTE_NAME})).version
 
 
 async def _wait(predicate: Any, timeout: float) -> float:
@@ -179,8 +182,9 @@ class _SotwFloor:
     "edit -> every SotW stream ACKed" figure, measured in the same run.
     """
 
-    def __init__(self, rds_body: bytes) -> None:
-        self.rds_body = rds_body
+    def __init__(self, version: str, entries: tuple[Any, ...]) -> None:
+        self.version = version
+        self.entries = entries
         self.queues: list[asyncio.Queue[bytes]] = []
         self.acked: dict[int, str] = {}
         self.server: Any = None
@@ -228,9 +232,9 @@ class _SotwFloor:
         await self.server.start()
 
     async def push(self, nonce: str) -> float:
-        from apx.operator.xds.snapshot import length_delimited
+        from apx.operator.xds.snapshot import sotw_response
 
-        response = self.rds_body + length_delimited(5, nonce.encode())
+        response = sotw_response(ROUTE_CONFIGURATION, self.version, self.entries, nonce)
         started = time.perf_counter()
         for queue in self.queues:
             queue.put_nowait(response)
@@ -238,8 +242,10 @@ class _SotwFloor:
         return time.perf_counter() - started
 
 
-async def _sotw_floor(port_spawn: Any, rds_body: bytes, streams: int, edits: int) -> list[float]:
-    floor = _SotwFloor(rds_body)
+async def _sotw_floor(
+    port_spawn: Any, version: str, entries: tuple[Any, ...], streams: int, edits: int
+) -> list[float]:
+    floor = _SotwFloor(version, entries)
     await floor.start()
     children = port_spawn(floor.port, streams)
     try:
@@ -337,7 +343,10 @@ async def _bench(args: argparse.Namespace) -> int:
                 delta_times.clear()
                 delta_bytes.clear()
             started = time.perf_counter()
-            next_snapshot = XdsSnapshot.from_envoy(outputs[turn % 2], server.snapshot).prepare()
+            # As the operator's builder thread does: SotW responses of the subscriptions held now too.
+            next_snapshot = XdsSnapshot.from_envoy(outputs[turn % 2], server.snapshot).prepare(
+                server.sotw_subscriptions()
+            )
             build_times.append(time.perf_counter() - started)
             before = server.stream_bytes()
             server.set_snapshot(next_snapshot)
@@ -358,7 +367,7 @@ async def _bench(args: argparse.Namespace) -> int:
         gc.collect()
         release_free_memory()
         rss_per_stream = (process.memory_info().rss - rss_before) / streams
-        server_rds_body = server._sotw_body(ROUTE_CONFIGURATION, frozenset({ROUTE_NAME}))[1]
+        server_rds = server.snapshot.sotw(ROUTE_CONFIGURATION, frozenset({ROUTE_NAME}))
         if profiler is not None:
             import pstats
 
@@ -374,13 +383,13 @@ async def _bench(args: argparse.Namespace) -> int:
     floor_times: list[float] = []
     if args.sotw and args.floor:
         # The same SotW clients against a bare grpc.aio handler writing the same route table.
-        rds_body = server_rds_body
+        rds = server_rds
 
         def spawn_floor(port: int, count: int) -> list[subprocess.Popen[bytes]]:
             command = [sys.executable, __file__, "--clients", str(port), "--delta", "0"]
             return [subprocess.Popen([*command, "--sotw", str(count), "--offset", "0"])]
 
-        floor_times = await _sotw_floor(spawn_floor, rds_body, args.sotw, args.edits)
+        floor_times = await _sotw_floor(spawn_floor, rds.version, rds.entries, args.sotw, args.edits)
 
     per_delta = statistics.mean(delta_bytes) if delta_bytes else 0.0
     if args.verbose:
@@ -399,7 +408,7 @@ async def _bench(args: argparse.Namespace) -> int:
     )
     if floor_times:
         print(
-            f"floor: the same {len(server_rds_body) / 1e6:.1f} MB route table written by a bare grpc.aio "
+            f"floor: the same {len(server_rds.response) / 1e6:.1f} MB route table written by a bare grpc.aio "
             f"handler to {args.sotw} SotW streams and ACKed: p50 {_p(floor_times, 0.5) * 1000:.1f} ms, "
             f"p99 {_p(floor_times, 0.99) * 1000:.1f} ms"
         )

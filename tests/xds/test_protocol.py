@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from apx.operator.xds import XdsServer, XdsSnapshot
+from apx.operator.xds.server import _built
 from tests.xds.adsclient import CDS, LDS, RDS, VHDS, DeltaStream, SotwStream, channel, node, unpack
 from tests.xds.conftest import NAMESPACE, edit_route, render, sample_docs
 
@@ -65,6 +66,38 @@ async def test_sotw_client_gets_wildcard_listeners_and_clusters_and_the_named_ro
         for response in got.values():
             assert response.version_info and response.nonce
         await stream.close()
+
+
+async def test_sotw_responses_of_held_subscriptions_are_encoded_off_the_loop_and_shared_by_every_stream(
+    server: XdsServer,
+) -> None:
+    docs = sample_docs()
+    async with channel(server.port) as ch:
+        streams = [SotwStream(ch, node(f"sotw-{i}")) for i in range(3)]
+        for stream in streams:
+            await _sotw_subscribe_all(stream)
+        held = server.sotw_subscriptions()
+        assert held == {(CDS, None), (LDS, None), (RDS, frozenset({"apx-routes"}))}
+        # What the operator's builder thread does with the next pass's output (server.submit).
+        built = _built(render(edit_route(docs, "payments-legacy", timeout="7s")), server.snapshot, held)
+        assert set(built._sotw) == held  # encoded before the event loop serves it
+        prepared = built._sotw[(RDS, frozenset({"apx-routes"}))]
+        server.set_snapshot(built)
+        sent = set()
+        for stream in streams:
+            response = await stream.next()
+            assert response.type_url == RDS
+            assert response.SerializeToString() == prepared.response  # the bytes encoded off the loop
+            assert response.version_info == prepared.version
+            sent.add(response.nonce)
+            stream.ack(response, ["apx-routes"])
+        assert sent == {prepared.nonce}  # one response, one nonce, for every stream
+        assert (
+            unpack(RDS, response.resources[0])
+            == render(edit_route(docs, "payments-legacy", timeout="7s")).route_configurations[0]
+        )
+        for stream in streams:
+            await stream.close()
 
 
 async def test_sotw_route_configuration_not_requested_is_never_sent(server: XdsServer) -> None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import time
@@ -68,8 +67,11 @@ from .snapshot import (
     VIRTUAL_HOST,
     WILDCARD_TYPES,
     Entry,
+    SotwKey,
     XdsSnapshot,
     length_delimited,
+    sotw_response,
+    sotw_version,
 )
 from .status import AckTracker, XdsMetrics
 
@@ -134,16 +136,6 @@ class XdsLimits:
 
 def _identity(data: bytes) -> bytes:
     return data
-
-
-def _digest(pairs: Iterable[tuple[str, str]]) -> str:
-    hasher = hashlib.sha256()
-    for name, version in pairs:
-        hasher.update(name.encode())
-        hasher.update(b"\0")
-        hasher.update(version.encode())
-        hasher.update(b"\n")
-    return hasher.hexdigest()[:16]
 
 
 @dataclass(slots=True)
@@ -268,11 +260,9 @@ class XdsServer:
         self._streams: set[_Stream] = set()
         self._server: grpc.aio.Server | None = None
         # Per snapshot: state-of-the-world bodies (without nonce) keyed by type and subscription.
-        self._sotw_cache: dict[tuple[str, frozenset[str] | None], tuple[str, bytes, tuple[Entry, ...]]] = {}
         # Whole responses shared by the streams that need the same one (nonce included): nonces are
         # server-wide, so one is never reused on a stream.
         self._nonces = itertools.count(1)
-        self._sotw_responses_cache: dict[tuple[str, frozenset[str] | None], tuple[str, bytes]] = {}
         self._delta_cache: dict[tuple[Any, ...], tuple[str, bytes]] = {}
         self._inflight = _ByteBudget(self.limits.max_inflight_bytes)
         self._pending_output: Any = None
@@ -334,8 +324,6 @@ class XdsServer:
         self.snapshot = snapshot
         self.snapshot_source = source
         self.snapshots_served += 1
-        self._sotw_cache.clear()
-        self._sotw_responses_cache.clear()
         self._delta_cache.clear()
         for stream in self._streams:
             stream.wake.set()
@@ -354,11 +342,21 @@ class XdsServer:
         while self._pending_output is not None:
             output, self._pending_output = self._pending_output, None
             try:
-                snapshot = await asyncio.to_thread(_built, output, self.snapshot)
+                snapshot = await asyncio.to_thread(_built, output, self.snapshot, self.sotw_subscriptions())
             except Exception:
                 logger.exception("cannot build the xDS snapshot; the previous one keeps serving")
                 continue
             self.set_snapshot(snapshot, "reconcile")
+
+    def sotw_subscriptions(self) -> frozenset[SotwKey]:
+        """The subscriptions SotW streams hold now: their next responses are encoded off the loop."""
+        return frozenset(
+            (type_url, None if state.wildcard else frozenset(state.names))
+            for stream in self._streams
+            if not stream.delta
+            for type_url, state in stream.types.items()
+            if state.subscribed
+        )
 
     async def wait_built(self) -> None:
         """Wait until every submitted output is being served (tests, benchmarks)."""
@@ -553,33 +551,6 @@ class XdsServer:
             state.dirty = True
             stream.wake.set()
 
-    def _sotw_body(self, type_url: str, names: frozenset[str] | None) -> tuple[str, bytes, tuple[Entry, ...]]:
-        key = (type_url, names)
-        cached = self._sotw_cache.get(key)
-        if cached is None:
-            snapshot = self.snapshot
-            selected = sorted(snapshot.names(type_url)) if names is None else sorted(names)
-            entries = tuple(e for e in (snapshot.get(type_url, n) for n in selected) if e is not None)
-            version = _digest((e.name, e.version) for e in entries)
-            body = (
-                length_delimited(1, version.encode())
-                + b"".join(length_delimited(2, e.any_bytes) for e in entries)
-                + length_delimited(4, type_url.encode())
-            )
-            cached = (version, body, entries)
-            self._sotw_cache[key] = cached
-        return cached
-
-    def _sotw_response(self, type_url: str, names: frozenset[str] | None, body: bytes) -> tuple[str, bytes]:
-        """The response every stream with this subscription gets for this snapshot, nonce included."""
-        key = (type_url, names)
-        cached = self._sotw_responses_cache.get(key)
-        if cached is None:
-            nonce = str(next(self._nonces))
-            cached = (nonce, body + length_delimited(5, nonce.encode()))
-            self._sotw_responses_cache[key] = cached
-        return cached
-
     def _sotw_responses(self, stream: _Stream, snapshot: XdsSnapshot) -> Iterable[bytes]:
         for type_url in PUSH_ORDER:
             state = stream.types.get(type_url)
@@ -589,7 +560,8 @@ class XdsServer:
                 stream.wake.set()  # a newer snapshot arrived while writing: another round follows
                 return
             subscription = None if state.wildcard else frozenset(state.names)
-            version, body, entries = self._sotw_body(type_url, subscription)
+            shared = snapshot.sotw(type_url, subscription)
+            version, entries = shared.version, shared.entries
             if not entries and not state.wildcard:
                 state.dirty = False
                 continue  # named resources that do not exist: nothing to say in SotW
@@ -599,25 +571,17 @@ class XdsServer:
                 # routes the proxy still has never name a missing cluster; they go once it has
                 # accepted the listeners and routes of this snapshot (``_release_clusters``).
                 entries = tuple(sorted((*entries, *retained), key=lambda e: e.name))
-                version = _digest((e.name, e.version) for e in entries)
-                body = (
-                    length_delimited(1, version.encode())
-                    + b"".join(length_delimited(2, e.any_bytes) for e in entries)
-                    + length_delimited(4, type_url.encode())
-                )
+                version = sotw_version(entries)
             if version == state.version and not state.dirty:
                 continue
             state.dirty = False
             state.entries = entries
-            if retained:
+            nonce, response = shared.nonce, shared.response
+            if retained or nonce == state.nonce or nonce in state.pending:
+                # Kept clusters, or the same response again on this stream (its subscription came
+                # back): a response and a nonce of its own.
                 nonce = str(next(self._nonces))
-                response = body + length_delimited(5, nonce.encode())
-            else:
-                nonce, response = self._sotw_response(type_url, subscription, body)
-            if nonce == state.nonce or nonce in state.pending:
-                # The same response again on this stream (its subscription came back): a nonce of its own.
-                nonce = str(next(self._nonces))
-                response = body + length_delimited(5, nonce.encode())
+                response = sotw_response(type_url, version, entries, nonce)
             state.nonce, state.version, state.sent_names = nonce, version, subscription
             components = _components(type_url, entries, snapshot)
             state.pending[nonce] = Sent(nonce, version, time.monotonic(), components)
@@ -658,7 +622,7 @@ class XdsServer:
             if state is None or not state.subscribed:
                 continue
             subscription = None if state.wildcard else frozenset(state.names)
-            current = self._sotw_body(type_url, subscription)[0]
+            current = self.snapshot.sotw(type_url, subscription).version
             if state.dirty or state.version != current or state.acked_nonce != state.nonce:
                 return  # not sent yet, or the proxy has not accepted this snapshot's version yet
         clusters.release = True
@@ -838,8 +802,8 @@ class XdsServer:
         return response
 
 
-def _built(output: Any, previous: XdsSnapshot) -> XdsSnapshot:
-    return XdsSnapshot.from_envoy(output, previous).prepare()
+def _built(output: Any, previous: XdsSnapshot, sotw: Iterable[SotwKey] = ()) -> XdsSnapshot:
+    return XdsSnapshot.from_envoy(output, previous).prepare(sotw)
 
 
 def _components(
