@@ -11,7 +11,8 @@ Cluster safety: keys one Lua script or MULTI touches share a hash tag
 * ``{<ns>/<product>}``: every key of one product's rule set and its API-key table;
 * ``{<ns>/<product>/<tenant>}``: every counter of one request (tenant, tier,
   API key, quota, concurrency, credits), judged in one round trip;
-* ``{routes}``: the route table's versions and pointer;
+* ``{routes}``: the route table's versions and pointer (``{routes/<instance>}`` for a named
+  operator instance, see ``route_table_tag``);
 * ``{<request_id>}`` and ``{<ns>/<route>}``: the dataplane's request state and
   backlog counters (one key per script).
 
@@ -83,26 +84,52 @@ def api_key_table_key(product_key: str) -> str:
     return f"{REDIS_PREFIX}:apikeys:{product_tag(product_key)}"
 
 
-# --- route table (tag: {routes}) ---------------------------------------------------------------
+# --- route table (tag: {routes}, or {routes/<instance>} for a named operator instance) ----------
 
 
-def route_table_version_prefix() -> str:
+# Operator instance names: DNS labels of at most 40 characters (the chart's name length), so they
+# fit Kubernetes names and cannot break a hash tag. "" is the default, unnamed instance.
+INSTANCE_PATTERN = re.compile(r"^(|[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?)$")
+
+
+def check_instance(instance: str) -> str:
+    """``instance`` if it is a legal operator instance name (see ``INSTANCE_PATTERN``), else ValueError."""
+    if not INSTANCE_PATTERN.match(instance):
+        raise ValueError(
+            f"instance {instance!r}: must be a DNS label of at most 40 characters "
+            "(lower-case letters, digits and '-', starting and ending with a letter or digit)"
+        )
+    return instance
+
+
+def route_table_tag(instance: str = "") -> str:
+    """Hash tag of one operator instance's route table: ``{routes}`` for the default (unnamed) one.
+
+    Several operator instances (one per namespace set) share a Redis; each owns
+    its own route table under its own tag, read by the gateways of that
+    instance (``apx-gateway --instance``). Instance names are DNS labels, so
+    they can neither break the tag nor alias another instance's keys.
+    """
+    return ROUTE_TABLE_TAG if not instance else "{routes/" + instance + "}"
+
+
+def route_table_version_prefix(instance: str = "") -> str:
     """Prefix of the route table's version hashes: prefix + version = ``route_table_key``."""
-    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:v:"
+    return f"{REDIS_PREFIX}:routetable:{route_table_tag(instance)}:v:"
 
 
-def route_table_key(version: str) -> str:
+def route_table_key(version: str, instance: str = "") -> str:
     """Hash: route key → JSON route entry, read by the async gateway."""
-    return route_table_version_prefix() + version
+    return route_table_version_prefix(instance) + version
 
 
-def route_table_current_key() -> str:
-    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:current"
+def route_table_current_key(instance: str = "") -> str:
+    return f"{REDIS_PREFIX}:routetable:{route_table_tag(instance)}:current"
 
 
-def route_table_versions_key() -> str:
+def route_table_versions_key(instance: str = "") -> str:
     """Sorted set of the route-table versions written (score = write order), for cleanup."""
-    return f"{REDIS_PREFIX}:routetable:{ROUTE_TABLE_TAG}:versions"
+    return f"{REDIS_PREFIX}:routetable:{route_table_tag(instance)}:versions"
 
 
 # --- counters (tag: product and tenant) --------------------------------------------------------

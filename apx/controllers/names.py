@@ -133,6 +133,7 @@ counter_tag = redis_keys.counter_tag
 product_counters_pattern = redis_keys.product_counters_pattern
 product_tag = redis_keys.product_tag
 route_table_current_key = redis_keys.route_table_current_key
+route_table_tag = redis_keys.route_table_tag
 route_table_key = redis_keys.route_table_key
 route_table_version_prefix = redis_keys.route_table_version_prefix
 route_table_versions_key = redis_keys.route_table_versions_key
@@ -177,14 +178,27 @@ def worker_deployment(route: str, track: str, pool: str | None = None) -> str:
     return k8s_name("apx-worker", route, pool or "", track)
 
 
-def envoy_snapshot_configmap() -> str:
-    """The index ConfigMap of the Envoy snapshot (version, and the parts holding the files)."""
-    return "apx-envoy-snapshot"
+def envoy_snapshot_configmap(instance: str = "") -> str:
+    """The index ConfigMap of the Envoy snapshot (version, and the parts holding the files).
+
+    ``instance`` names an operator instance (several may share an operator
+    namespace): ``apx-envoy-snapshot.<instance>``. The default instance keeps
+    ``apx-envoy-snapshot``. Instance names are DNS labels (no ``.``), so no
+    instance's names can equal another's or the default's parts; every name
+    still starts with ``apx-envoy-snapshot``, the prefix readers list by. The
+    ConfigMaps also carry the label ``apx.dev/instance`` (named instances only).
+    """
+    return f"apx-envoy-snapshot.{instance}" if instance else "apx-envoy-snapshot"
 
 
-def envoy_snapshot_part_configmap(index: int) -> str:
+def envoy_snapshot_part_prefix(instance: str = "") -> str:
+    """What every part name of an instance's snapshot starts with (and no other instance's does)."""
+    return f"{envoy_snapshot_configmap(instance)}." if instance else "apx-envoy-snapshot-"
+
+
+def envoy_snapshot_part_configmap(index: int, instance: str = "") -> str:
     """Part ``index`` (0, 1, …) of the Envoy snapshot: slices of its files, at most ~768 KiB each."""
-    return f"{envoy_snapshot_configmap()}-{index}"
+    return f"{envoy_snapshot_part_prefix(instance)}{index}"
 
 
 def policy_artifact_configmap(bundle: str, version: str, digest: str) -> str:

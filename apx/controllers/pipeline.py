@@ -15,17 +15,19 @@ everything else is still rendered (``apx.controllers.last_good``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import names
 from .gcpause import collector_paused
 from .ir import IR, RouteIR
 from .last_good import Fallback, Key, document_key, redis_failures, render_failure
 from .memo import Caches
 from .models.common import API_VERSION
 from .models.route import CanaryStatus
-from .renderers.envoy import EnvoyOutput, render_envoy
+from .renderers.envoy import EnvoyOutput, EnvoySettings, render_envoy
 from .renderers.kubernetes import (
     KubernetesOutput,
     ManifestConflict,
@@ -33,7 +35,10 @@ from .renderers.kubernetes import (
     render_kubernetes,
     route_manifests,
 )
+from .renderers.kubernetes.incremental import render_kubernetes_cached
+from .renderers.pubsub_incremental import render_pubsub_cached
 from .renderers.pubsub_plan import PubSubOutput, cached_route_documents, render_pubsub
+from .renderers.redis_incremental import render_redis_cached
 from .renderers.redis_rules import RedisOutput, render_redis
 from .status import ResourceStatus
 from .translation import TranslateResult, translate
@@ -211,7 +216,7 @@ def _settle_redis(
         if result is None:
             result = _translate_again(documents, canary_states, fallback, caches)
         try:
-            redis = render_redis(result.ir, caches)
+            redis = render_redis_cached(result.ir, caches) if caches is not None else render_redis(result.ir)
         except (ValueError, KeyError, TypeError):
             failures = redis_failures(result.ir)
             if not failures:
@@ -276,6 +281,21 @@ def finish(
         )
 
 
+@functools.lru_cache(maxsize=8)
+def _envoy_settings(operator_namespace: str) -> EnvoySettings:
+    """Envoy reaches the rate-limit service and the async gateway of its own operator's namespace.
+
+    The chart runs them beside the operator (Services ``apx-ratelimit`` and ``apx-gateway`` in the
+    release namespace), so a second release in its own namespace has its own (README, "Outgrowing
+    one operator"). ``apx-system`` gives the renderer's defaults.
+    """
+    return dataclasses.replace(
+        EnvoySettings(),
+        ratelimit_host=f"{names.RATE_LIMIT_CLUSTER}.{operator_namespace}.svc.cluster.local",
+        gateway_host=f"{names.ASYNC_GATEWAY_CLUSTER}.{operator_namespace}.svc.cluster.local",
+    )
+
+
 def _manifest_blame(stage: FirstStage, conflict: ManifestConflict) -> str | None:
     """Which of two colliding Routes gives way: one whose spec changed since it rendered, else the later."""
     sources = sorted(conflict.sources)
@@ -303,16 +323,21 @@ def _finish(
     current = _ByKey(stage.documents)
     for _ in range(_max_rounds(stage.documents)):
         result = stage.result
-        envoy = render_envoy(result.ir, port=envoy_port, caches=stage.caches)
+        envoy = render_envoy(
+            result.ir, port=envoy_port, settings=_envoy_settings(operator_namespace), caches=stage.caches
+        )
         failures: dict[Key, str] = {("Route", key): message for key, message in envoy.errors.items()}
         snapshot: dict[str, Any] = {}
         kubernetes: KubernetesOutput | None = None
         if not failures:
             snapshot = envoy.snapshot_document()
             try:
-                kubernetes = render_kubernetes(
-                    result.ir, snapshot if snapshot_configmaps else None, operator_namespace, stage.caches
-                )
+                if stage.caches is not None and not snapshot_configmaps:
+                    kubernetes = render_kubernetes_cached(result.ir, operator_namespace, stage.caches)
+                else:
+                    kubernetes = render_kubernetes(
+                        result.ir, snapshot if snapshot_configmaps else None, operator_namespace, stage.caches
+                    )
             except ManifestConflict as exc:
                 blamed = _manifest_blame(stage, exc)
                 if blamed is None:
@@ -349,20 +374,38 @@ def _summarised(
     redis = stage.redis
     if not keep_envoy_resources:
         envoy = dataclasses.replace(envoy, listeners=[], route_configurations=[], clusters=[])
-    pubsub = render_pubsub(ir, project=project, caches=stage.caches)
+    if stage.caches is not None:
+        pubsub = render_pubsub_cached(ir, project, stage.caches)
+    else:
+        pubsub = render_pubsub(ir, project=project)
+
+    # Last pass's names by Route key, reused while the RouteIR is the same object (and the project).
+    kept: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]] = (
+        stage.caches.assembled.get("summaries") or {} if stage.caches is not None else {}
+    )
+    used: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]] = {}
 
     def async_outputs(route: RouteIR) -> AsyncRouteOutputs:
-        # The costliest part of a Route's summary: reuse what the renderers built.
-        plans = cached_route_documents(route, project, stage.caches)[0]
-        return AsyncRouteOutputs(
-            topics=[plan.topic for plan in plans],
-            subscriptions=[plan.subscription for plan in plans],
-            deployments=_deployments(route, stage.caches),
-        )
+        entry = kept.get(route.key)
+        if entry is not None and entry[0] is route and entry[1] == project:
+            outputs = entry[2]
+        else:
+            # The costliest part of a Route's summary: reuse what the renderers built.
+            plans = cached_route_documents(route, project, stage.caches)[0]
+            outputs = AsyncRouteOutputs(
+                topics=[plan.topic for plan in plans],
+                subscriptions=[plan.subscription for plan in plans],
+                deployments=_deployments(route, stage.caches),
+            )
+        used[route.key] = (route, project, outputs)
+        # Copies: each pass's statuses own their lists.
+        return AsyncRouteOutputs(list(outputs.topics), list(outputs.subscriptions), list(outputs.deployments))
 
     # What the summaries say is decided in ``translation.summaries``; this stage only supplies names.
     versions = {rule_set.product: rule_set.version for rule_set in redis.rule_sets}
     add_output_summaries(result.statuses, ir, versions.__getitem__, async_outputs)
+    if stage.caches is not None:
+        stage.caches.assembled["summaries"] = used
     return Compiled(
         result=result,
         ir=ir,

@@ -24,6 +24,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "-n", "--namespace", action="append", dest="namespaces", help="watch this namespace (repeat)"
     )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    parser.add_argument(
+        "--instance",
+        help="name of this operator instance when several split the namespaces of a cluster; scopes the "
+        "route table, Envoy snapshot ConfigMaps, Lease and webhook configuration (APX_INSTANCE)",
+    )
     parser.add_argument("--redis-url", help="Redis URL (APX_REDIS_URL)")
     parser.add_argument("--pubsub-project", help="Google Cloud project (APX_PUBSUB_PROJECT)")
     parser.add_argument("--pubsub-emulator-host", help="Pub/Sub emulator host:port (PUBSUB_EMULATOR_HOST)")
@@ -77,12 +82,13 @@ def url_host(host: str) -> str:
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
-    settings = OperatorSettings.from_env()
-    overrides = {
+    overrides: dict[str, object] = {
         name: value
         for name, value in vars(args).items()
         if name in OperatorSettings.model_fields and value is not None
     }
     if getattr(args, "all_namespaces", False):
         overrides["namespaces"] = []
-    return settings.model_copy(update=overrides)
+    # Validated together (not copied over validated settings): a flag is checked like its
+    # variable, and defaults derived from the instance name follow the flag.
+    return OperatorSettings.model_validate({**OperatorSettings.env_values(), **overrides})

@@ -7,9 +7,11 @@ reconciler and the appliers. Flags override environment variables.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from apx.contracts.redis_keys import check_instance
 
 
 class OperatorSettings(BaseModel):
@@ -17,6 +19,13 @@ class OperatorSettings(BaseModel):
 
     namespaces: list[str] = Field(
         default_factory=list, description="Watched namespaces; empty = all namespaces."
+    )
+    instance: str = Field(
+        default="",
+        description="Name of this operator instance when several share a cluster, each over its own "
+        "namespaces (a DNS label, e.g. the Helm release); it scopes the objects they would share: the "
+        "Redis route table, the Envoy snapshot ConfigMaps, the Lease and the webhook configuration. "
+        "Empty = the default instance (unscoped names).",
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="Redis for rule sets and route table."
@@ -84,8 +93,37 @@ class OperatorSettings(BaseModel):
         default=2.0, gt=0, description="How often the leader renews and a standby retries."
     )
 
+    @field_validator("instance")
+    @classmethod
+    def _instance_is_a_label(cls, value: str) -> str:
+        return check_instance(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instance_defaults(cls, data: Any) -> Any:
+        # A named instance's own Lease and webhook Service unless told otherwise, so two
+        # instances in one operator namespace never elect one leader or share a Service.
+        if isinstance(data, dict) and isinstance(data.get("instance"), str) and data["instance"]:
+            instance = data["instance"]
+            data = {
+                "lease_name": f"apx-{instance}-operator",
+                "webhook_service": f"apx-{instance}-webhook",
+                **data,
+            }
+        return data
+
+    @property
+    def webhook_configuration(self) -> str:
+        """Name of the ValidatingWebhookConfiguration the leader registers (cluster-scoped)."""
+        return f"{self.instance}.apx.dev" if self.instance else "apx.dev"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        return cls.model_validate(cls.env_values(env))
+
+    @classmethod
+    def env_values(cls, env: dict[str, str] | None = None) -> dict[str, object]:
+        """The settings the environment gives (``APX_*``), unvalidated: flags are laid over them."""
         source = os.environ if env is None else env
         values: dict[str, object] = {}
         for name, field in cls.model_fields.items():
@@ -98,4 +136,4 @@ class OperatorSettings(BaseModel):
                 values[name] = raw
         if "pubsub_emulator_host" not in values and source.get("PUBSUB_EMULATOR_HOST"):
             values["pubsub_emulator_host"] = source["PUBSUB_EMULATOR_HOST"]
-        return cls.model_validate(values)
+        return values

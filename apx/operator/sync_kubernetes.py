@@ -20,7 +20,11 @@ from typing import Any
 from apx.controllers import names
 from apx.controllers.appliers.kube import KINDS, Invalid, KubeError, Unavailable
 from apx.controllers.pipeline import Compiled
-from apx.controllers.renderers.kubernetes.envoy_snapshot import render_envoy_snapshot
+from apx.controllers.renderers.kubernetes.envoy_snapshot import (
+    INSTANCE_LABEL,
+    ROLE_LABEL,
+    render_envoy_snapshot,
+)
 from apx.dataplane.common.redact import redact_url
 
 from .reconcile_state import (
@@ -62,11 +66,12 @@ class KubernetesSync(ReconcilerState):
             if self._snapshot_timer is None:
                 self._snapshot_timer = asyncio.get_running_loop().call_later(wait, self._snapshot_due)
             return
+        instance = self.settings.instance
         manifests = await asyncio.to_thread(
-            render_envoy_snapshot, envoy.snapshot_document(), self.settings.operator_namespace
+            render_envoy_snapshot, envoy.snapshot_document(), self.settings.operator_namespace, instance
         )
         desired = await self._apply_manifests(manifests, report)
-        index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap())
+        index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap(instance))
         if index in self._applied_manifests:
             await self._prune_snapshot_parts(desired, report, full)
             self._snapshot_written = (envoy.version, time.monotonic())
@@ -132,7 +137,8 @@ class KubernetesSync(ReconcilerState):
         full passes and whenever the number of parts went down.
         """
         namespace = self.settings.operator_namespace
-        prefix = names.envoy_snapshot_configmap() + "-"
+        instance = self.settings.instance
+        prefix = names.envoy_snapshot_part_prefix(instance)
         parts = {i for i in desired if i[0] == "ConfigMap" and i[1] == namespace and i[2].startswith(prefix)}
         shrank = bool(self._snapshot_parts - parts)
         self._snapshot_parts = parts
@@ -146,8 +152,12 @@ class KubernetesSync(ReconcilerState):
         for item in items:
             meta = item.get("metadata") or {}
             identity = ("ConfigMap", namespace, str(meta.get("name")))
+            labels = meta.get("labels") or {}
             # The label selector is checked here too: not every API (the emulated one) applies it.
-            if (meta.get("labels") or {}).get("apx.dev/envoy-snapshot") != "part" or identity in desired:
+            if labels.get(ROLE_LABEL) != "part" or identity in desired:
+                continue
+            # Another operator instance's parts (several may share the operator namespace).
+            if labels.get(INSTANCE_LABEL, "") != instance or not identity[2].startswith(prefix):
                 continue
             await self.kube.delete("ConfigMap", namespace, identity[2])
             self._applied_manifests.pop(identity, None)

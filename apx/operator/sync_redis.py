@@ -86,10 +86,13 @@ class RedisSync(ReconcilerState):
                 self._applied_rule_sets[rule_set.product] = rule_set.version
             table = output.route_table
             if self._applied_route_table != table.version:
+                # This instance's route table (``--instance``): operators over other namespaces
+                # sharing this Redis each publish their own, read by their own gateways.
+                instance = self.settings.instance
                 keys = VersionedKeys(
-                    version_prefix=table.key[: -len(table.version)],
-                    current=table.current_key,
-                    versions=names.route_table_versions_key(),
+                    version_prefix=names.route_table_version_prefix(instance),
+                    current=names.route_table_current_key(instance),
+                    versions=names.route_table_versions_key(instance),
                 )
                 await self.redis.publish(keys, table.version, dict(table.entries))
                 self._applied_route_table = table.version

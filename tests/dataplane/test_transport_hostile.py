@@ -173,11 +173,15 @@ class LegitCaller:
     answered: int = 0
     slowest: float = 0.0
     failures: list[str] = field(default_factory=list)
+    # A connection of its own even beside other callers in this process (grpcio shares one otherwise).
+    own_connection: bool = False
+    pause: float = 0.005  # between calls
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> LegitCaller:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.service.port}")
+        options = [("grpc.use_local_subchannel_pool", 1)] if self.own_connection else []
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.service.port}", options=options)
         self.call = self.channel.unary_unary(PATH, request_serializer=None, response_deserializer=None)
         self._one()  # connected and answered before the attack starts
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -208,7 +212,7 @@ class LegitCaller:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._one()
-            time.sleep(0.005)
+            time.sleep(self.pause)
 
 
 class RssMonitor:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from apx.controllers.memo import Caches, PassMemo
-from apx.controllers.pipeline import Compiled, compile_resources
+from apx.controllers.pipeline import Compiled, compile_resources, finish, first_stage
 from apx.controllers.renderers.redis_rules import content_version, render_route_table
 from apx.controllers.translate import translate
 
@@ -71,12 +71,19 @@ def _replace(documents: list[Doc], index: int, change: Callable[[Doc], None]) ->
     documents[index] = document
 
 
-def _edit(rng: random.Random, documents: list[Doc], counter: list[int]) -> str:
+EDITS = (
+    "timeout", "hosts", "path", "canary_weight", "delete", "add", "product", "bundle", "break", "same",
+    "reorder", "conflict", "methods", "repoint",
+)  # fmt: skip
+# Edits of one Route's body: what the stages' delta paths (``apx.controllers.delta``) handle.
+ROUTE_EDITS = ("timeout", "hosts", "path", "canary_weight", "methods", "same", "repoint")
+
+
+def _edit(
+    rng: random.Random, documents: list[Doc], counter: list[int], kinds: tuple[str, ...] = EDITS
+) -> str:
     routes = _routes(documents)
-    kind = rng.choice(
-        ["timeout", "hosts", "path", "canary_weight", "delete", "add", "product", "bundle", "break", "same",
-         "reorder", "conflict", "methods"]
-    )  # fmt: skip
+    kind = rng.choice(kinds)
     index = rng.choice(routes)
     if kind == "timeout":
         _replace(documents, index, lambda d: d["spec"].__setitem__("timeout", f"{rng.randint(1, 60)}s"))
@@ -99,6 +106,14 @@ def _edit(rng: random.Random, documents: list[Doc], counter: list[int]) -> str:
             index,
             lambda d: d["spec"]["match"].__setitem__("methods", rng.choice([[], ["GET"], ["GET", "POST"]])),
         )
+    elif kind == "repoint":
+
+        def repoint(d: Doc) -> None:
+            # Another (or a missing) Product, and a served, unserved or no longer served policy version.
+            d["spec"]["productRef"]["name"] = f"product-{rng.randint(0, 6):03d}"
+            d["spec"]["policyRef"]["version"] = rng.choice(["1.0.0", "1.1.0", "1.1.1", "0.9.0"])
+
+        _replace(documents, index, repoint)
     elif kind == "canary_weight":
 
         def weight(d: Doc) -> None:
@@ -160,18 +175,44 @@ def _edit(rng: random.Random, documents: list[Doc], counter: list[int]) -> str:
     return kind
 
 
+def _compile(documents: list[Doc], caches: Caches | None, snapshot_configmaps: bool) -> Compiled:
+    stage = first_stage(documents, caches=caches)
+    return finish(stage, snapshot_configmaps=snapshot_configmaps)
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_incremental_output_equals_from_scratch_output_after_every_edit(seed: int) -> None:
     rng = random.Random(seed)
     documents = _workload(60, 6)
     caches = Caches()
     counter = [0]
+    # Odd seeds leave the snapshot ConfigMaps out of the Kubernetes output, as the operator does.
+    snapshot_configmaps = seed % 2 == 0
     for step in range(14):
         kind = _edit(rng, documents, counter) if step else "initial"
-        incremental = _outputs(compile_resources(documents, caches=caches))
+        incremental = _outputs(_compile(documents, caches, snapshot_configmaps))
         caches.end_pass()
-        scratch = _outputs(compile_resources(copy.deepcopy(documents)))
+        scratch = _outputs(_compile(copy.deepcopy(documents), None, snapshot_configmaps))
+        for name in scratch:
+            assert incremental[name] == scratch[name], f"seed {seed}, step {step} ({kind}): {name} differs"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("seed", range(4))
+def test_output_after_many_one_route_edits_in_a_row_equals_from_scratch_output(seed: int) -> None:
+    # Long runs of one-Route edits keep every stage on its delta path, pass after pass.
+    rng = random.Random(1000 + seed)
+    documents = _workload(60, 6)
+    caches = Caches()
+    counter = [0]
+    for step in range(24):
+        kind = _edit(rng, documents, counter, ROUTE_EDITS) if step else "initial"
+        if step % 5 == 4:  # now and then two Routes at once
+            _edit(rng, documents, counter, ROUTE_EDITS)
+        incremental = _outputs(_compile(documents, caches, seed % 2 == 0))
+        caches.end_pass()
+        scratch = _outputs(_compile(copy.deepcopy(documents), None, seed % 2 == 0))
         for name in scratch:
             assert incremental[name] == scratch[name], f"seed {seed}, step {step} ({kind}): {name} differs"
 

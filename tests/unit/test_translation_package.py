@@ -46,6 +46,7 @@ def test_the_package_has_one_module_per_step_and_kind() -> None:
         "context",
         "errors",
         "facts",
+        "incremental",
         "parse",
         "policybundles",
         "products",

@@ -31,6 +31,7 @@ from ..memo import Caches
 from ..models.route import CanaryStatus
 from .context import TranslateResult, TranslationContext, object_ref
 from .errors import format_validation_error
+from .incremental import remember, translate_delta
 from .parse import APX_KINDS, HISTORY_ANNOTATION, parse_document, parse_or_error, parse_resources
 from .policybundles import process_policy_bundles, translate_bundle
 from .products import process_products, product_ir
@@ -74,12 +75,21 @@ def translate(
     objects, which is what the renderers' caches key on.
     """
     with collector_paused():
+        documents = list(resources)
+        if caches is not None:
+            # Only a few Route bodies changed since the last pass: update its result (``incremental``).
+            delta = translate_delta(documents, canary_states or {}, caches)
+            if delta is not None:
+                return delta
         ctx = TranslationContext(canary_states=canary_states or {}, caches=caches)
         # The order is the data flow: Routes resolve against the PolicyBundles'
         # served versions and the Products' IR; which bundle versions Routes
         # pin is read from the parsed Routes before the bundles translate.
-        parse_resources(ctx, resources)
+        parse_resources(ctx, documents)
         process_policy_bundles(ctx)
         process_products(ctx)
         process_routes(ctx)
-        return ctx.result()
+        result = ctx.result()
+        if caches is not None:
+            remember(ctx, documents, result)
+        return result

@@ -77,6 +77,11 @@ class TranslationContext:
     # Step 4 (Routes): sorted by key once the step ends, and grouped by Product.
     route_irs: list[RouteIR] = field(default_factory=list)
     routes_by_product: dict[str, list[RouteIR]] = field(default_factory=dict)
+    # What the next pass's delta needs (``incremental.py``): Product and Route documents seen,
+    # each match claimed by which Route, and how many Routes lost a match conflict.
+    apx_documents: int = 0
+    claimed: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    conflicts: int = 0
 
     def generation(self, kind: str, key: str) -> int:
         return self.generations[(kind, key)]

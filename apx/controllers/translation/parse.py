@@ -48,6 +48,8 @@ def parse_resources(ctx: TranslationContext, resources: Iterable[Mapping[str, An
         if kind not in APX_KINDS:
             ctx.ignored.append((kind, key))
             continue
+        if kind != "PolicyBundle":  # a bundle's documents are its history; others are one per object
+            ctx.apx_documents += 1
         generation = _generation(raw)
         is_history = (meta.get("annotations") or {}).get(HISTORY_ANNOTATION) == "true"
         # An earlier apply replayed as history does not set the object's generation.

@@ -35,7 +35,7 @@ from ..models.common import duration_ms
 from ..models.resources import Route
 from ..models.route import Backend, Canary, CanaryStatus, HeaderMatch, RouteSpec, Worker
 from ..policy_artifacts import canonical_json
-from ..status import ready, stalled, waiting
+from ..status import ResourceStatus, ready, stalled, waiting
 from .context import TranslationContext, object_ref
 from .facts import RouteFacts, created
 from .parse import parse_document
@@ -61,21 +61,19 @@ class RouteError(Exception):
 
 def process_routes(ctx: TranslationContext) -> None:
     """Translate every Route into ``ctx`` in creation order; conflicts on the same match go to the oldest."""
-    claimed: dict[tuple[Any, ...], str] = {}
+    claimed = ctx.claimed
     for route in sorted(ctx.routes.values(), key=lambda facts: facts.order):
         key = route.key
         generation = ctx.generation("Route", key)
         try:
             built, message, summary = route_ir_cached(ctx, route, ctx.canary_states.get(key))
         except RouteError as exc:
-            # kstatus: Stalled only when this Route itself must change; a
-            # reference that may still appear (or become ready) is waited for.
-            build = waiting if exc.reason in WAITING_REASONS else stalled
-            ctx.statuses[("Route", key)] = build("Route", key, generation, exc.reason, exc.message)
+            ctx.statuses[("Route", key)] = error_status(key, generation, exc)
             continue
         match_keys = route.match_keys
         conflict = next((claimed[k] for k in match_keys if k in claimed), None)
         if conflict is not None:
+            ctx.conflicts += 1
             ctx.statuses[("Route", key)] = stalled(
                 "Route",
                 key,
@@ -95,6 +93,14 @@ def process_routes(ctx: TranslationContext) -> None:
     for translated in ctx.route_irs:
         ctx.routes_by_product.setdefault(translated.product.key, []).append(translated)
     count_routes(ctx.statuses, ctx.product_irs, ctx.routes_by_product)
+
+
+def error_status(key: str, generation: int, exc: RouteError) -> ResourceStatus:
+    """The status of a Route that did not translate."""
+    # kstatus: Stalled only when this Route itself must change; a
+    # reference that may still appear (or become ready) is waited for.
+    build = waiting if exc.reason in WAITING_REASONS else stalled
+    return build("Route", key, generation, exc.reason, exc.message)
 
 
 def route_ir_cached(

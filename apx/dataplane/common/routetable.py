@@ -195,8 +195,11 @@ class RouteTableReader:
         *,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        instance: str = "",
     ) -> None:
         self._client = client
+        # The operator instance whose route table is read (``apx-gateway --instance``).
+        self.instance = instance
         self.refresh_interval = refresh_interval
         self._clock = clock
         self._table: RouteTable | None = None
@@ -252,14 +255,14 @@ class RouteTableReader:
         return self._table.version if self._table is not None else None
 
     async def _load(self) -> None:
-        raw = await self._client.get(redis_keys.route_table_current_key())
+        raw = await self._client.get(redis_keys.route_table_current_key(self.instance))
         version = _text(raw) if raw is not None else None
         if self._table is not None and version == self._table.version:
             self._fetched_at = self._clock()
             return
         entries: dict[str, RouteEntry] = {}
         if version is not None:
-            fields = await self._client.hgetall(redis_keys.route_table_key(version))
+            fields = await self._client.hgetall(redis_keys.route_table_key(version, self.instance))
             if not fields:
                 # Pruned between the two reads (two switches in a row): read the pointer again next time.
                 raise RuntimeError(f"route table version {version} vanished")

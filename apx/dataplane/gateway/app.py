@@ -172,7 +172,7 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.tracer = tracer or trace.get_tracer("apx.gateway")
         self.routes = RouteTableReader(
-            redis_client, refresh_interval=config.route_refresh_seconds, clock=clock
+            redis_client, refresh_interval=config.route_refresh_seconds, clock=clock, instance=config.instance
         )
         self.rulesets = RuleSetReader(redis_client)
         self.authenticator = Authenticator(JwksCache(session), self.rulesets)

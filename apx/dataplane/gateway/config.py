@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from apx.contracts import redis_keys
 from apx.dataplane.common.flags import (
     DEFAULT_PROJECT,
     HelpFormatter,
@@ -29,6 +30,7 @@ from .limits import HttpLimits
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     redis_url: str
+    instance: str = ""  # the operator instance whose route table this gateway serves ("" = default)
     pubsub_project: str = DEFAULT_PROJECT
     host: str = "0.0.0.0"
     port: int = 8080
@@ -103,6 +105,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "--redis-url", default=env_value(env, "APX_REDIS_URL"), help="Redis URL (APX_REDIS_URL)"
     )
     add_pubsub_flags(parser, env, "Google Cloud project of the request topics")
+    parser.add_argument(
+        "--instance",
+        default=env_value(env, "APX_INSTANCE", "") or "",
+        help="operator instance whose route table to serve, as given to its apx-operator --instance; "
+        "empty: the default instance (APX_INSTANCE)",
+    )
     parser.add_argument(
         "--region",
         default=env_value(env, "APX_REGION"),
@@ -189,11 +197,16 @@ def parse_config(
     for name in ("max_header_bytes", "max_headers", "max_connections", "max_body_bytes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        redis_keys.check_instance(args.instance)
+    except ValueError as exc:
+        parser.error(f"--instance: {exc}")
     if args.pubsub_emulator_host:
         # The Pub/Sub client reads the emulator address from the environment only.
         os.environ["PUBSUB_EMULATOR_HOST"] = args.pubsub_emulator_host
     return GatewayConfig(
         redis_url=args.redis_url,
+        instance=args.instance,
         pubsub_project=args.pubsub_project,
         host=args.host,
         port=args.port,

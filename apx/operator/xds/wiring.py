@@ -47,21 +47,27 @@ def _now() -> str:
 
 
 async def load_configmap_snapshot(
-    kube: KubeClient, namespace: str, previous: XdsSnapshot | None = None
+    kube: KubeClient, namespace: str, previous: XdsSnapshot | None = None, instance: str = ""
 ) -> XdsSnapshot | None:
     """The snapshot stored in the operator namespace's snapshot ConfigMap(s), or None.
 
     ``previous`` is returned as is when the ConfigMaps' content is the one it was
-    read from (a standby polls: it decodes only what changed).
+    read from (a standby polls: it decodes only what changed). ``instance``: the
+    operator instance whose snapshot is read (several may share the namespace).
     """
     try:
         configmaps = await kube.list("ConfigMap", namespace)
     except KubeError as exc:
         logger.info("cannot read the Envoy snapshot ConfigMap yet: %s", exc)
         return None
-    prefix = names.envoy_snapshot_configmap()
+    index = names.envoy_snapshot_configmap(instance)
+    parts = names.envoy_snapshot_part_prefix(instance)
     stored = sorted(
-        (c for c in configmaps if str((c.get("metadata") or {}).get("name", "")).startswith(prefix)),
+        (
+            c
+            for c in configmaps
+            if (name := str((c.get("metadata") or {}).get("name", ""))) == index or name.startswith(parts)
+        ),
         key=lambda c: str(c["metadata"]["name"]),
     )
     # The content decides the version: the same stored bytes give the same version.
@@ -74,7 +80,7 @@ async def load_configmap_snapshot(
     version = "configmap:" + digest.hexdigest()[:16]
     if previous is not None and previous.version == version:
         return previous
-    resources = await asyncio.to_thread(decode_configmaps, configmaps)
+    resources = await asyncio.to_thread(decode_configmaps, stored, instance)
     if resources is None:
         return None
     return await asyncio.to_thread(_from_any, resources, version, previous)
@@ -94,18 +100,20 @@ class XdsFeed:
         kube: KubeClient,
         namespace: str,
         poll_seconds: float = 10.0,
+        instance: str = "",
     ) -> None:
         self.server = server
         self.reconciler = reconciler
         self.kube = kube
         self.namespace = namespace
+        self.instance = instance
         self.poll_seconds = poll_seconds
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._reported: set[tuple[str, str, str]] = set()  # (node, type, route key) with an Event posted
 
     async def start(self) -> None:
-        snapshot = await load_configmap_snapshot(self.kube, self.namespace)
+        snapshot = await load_configmap_snapshot(self.kube, self.namespace, instance=self.instance)
         if snapshot is not None:
             self.server.set_snapshot(snapshot, "configmap")
             logger.info("serving the stored Envoy snapshot %s until the first pass", snapshot.version)
@@ -119,7 +127,9 @@ class XdsFeed:
             await asyncio.sleep(self.poll_seconds)
             if self.server.snapshot_source == "reconcile":
                 return
-            snapshot = await load_configmap_snapshot(self.kube, self.namespace, self.server.snapshot)
+            snapshot = await load_configmap_snapshot(
+                self.kube, self.namespace, self.server.snapshot, self.instance
+            )
             if snapshot is not None and self.server.snapshot_source != "reconcile":
                 self.server.set_snapshot(snapshot, "configmap")
 
@@ -163,7 +173,7 @@ async def start_xds(
 ) -> XdsFeed:
     """Start the ADS server on ``--xds-host:--xds-port`` and connect it to the reconciler."""
     server = XdsServer(settings.xds_host, settings.xds_port, registry=registry)
-    feed = XdsFeed(server, reconciler, kube, settings.operator_namespace)
+    feed = XdsFeed(server, reconciler, kube, settings.operator_namespace, instance=settings.instance)
     await server.start()
     await feed.start()
     return feed

@@ -67,7 +67,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "apx.webhookSecretName" -}}
-{{- default "apx-webhook-tls" .Values.admission.tls.existingSecret }}
+{{- default (printf "%s-tls" (include "apx.webhookServiceName" .)) .Values.admission.tls.existingSecret }}
+{{- end }}
+
+{{/* The webhook Service: apx-webhook, or apx-<instance>-webhook for a named instance (the operator's default too). */}}
+{{- define "apx.webhookServiceName" -}}
+{{- if .Values.instance }}apx-{{ .Values.instance }}-webhook{{ else }}apx-webhook{{ end }}
 {{- end }}
 
 {{/* Fail early on value combinations the schema cannot express well. */}}
@@ -188,4 +193,9 @@ redacted. "apx.hasCredentials" answers "true" or "".
 {{ include "apx.urlEnv" (dict "ctx" $ "name" "APX_OTLP_ENDPOINT" "key" "otlp-endpoint" "value" .) }}
 {{- end }}
 {{- include "apx.otelEnv" . }}
+{{- with .Values.instance }}
+{{- /* The operator scopes its route table by it and the gateway reads that one (README, "Outgrowing one operator"). */}}
+- name: APX_INSTANCE
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}

@@ -47,6 +47,7 @@ from .common import DEFAULT_SETTINGS, EnvoySettings, RenderError, pack
 from .context import RenderContext
 from .discovery_json import SnapshotFiles, snapshot_files
 from .incremental import Encoded, listener_jwt, render_incremental, varint, version_of
+from .incremental_delta import render_delta
 from .listener import build_listener
 from .route_config import build_route_configuration
 from .validate import validate_all
@@ -222,9 +223,11 @@ def render_envoy(
     """
     with collector_paused():
         if caches is not None:
-            listener, configurations, clusters, errors, encoded = render_incremental(
-                ir, port, settings or DEFAULT_SETTINGS, caches
-            )
+            # A few Routes changed: last render updated (``incremental_delta.py``); else ``incremental.py``.
+            rendered = render_delta(ir, port, settings or DEFAULT_SETTINGS, caches)
+            if rendered is None:
+                rendered = render_incremental(ir, port, settings or DEFAULT_SETTINGS, caches)
+            listener, configurations, clusters, errors, encoded = rendered
             return EnvoyOutput.create([listener], configurations, clusters, errors, encoded)
         return _render(ir, port, settings or DEFAULT_SETTINGS)
 

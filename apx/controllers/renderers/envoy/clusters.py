@@ -157,11 +157,21 @@ def refused_clusters(routes: Iterable[RouteIR], clusters: Iterable[tuple[str, by
     every Route that sends traffic to it out of the snapshot, each reported
     by name (and served from its last good spec by the pipeline).
     """
+    return route_refusals(routes, refused_cluster_names(clusters))
+
+
+def refused_cluster_names(clusters: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+    """Cluster name → why Envoy would refuse it, for the clusters it would refuse."""
     refused: dict[str, str] = {}
     for name, encoded in clusters:
         problems = encoded_problems(CLUSTER_TYPE, encoded)
         if problems:
             refused[name] = "; ".join(problem.lstrip(".") for problem in problems[:3])
+    return refused
+
+
+def route_refusals(routes: Iterable[RouteIR], refused: Mapping[str, str]) -> dict[str, str]:
+    """Route key → the first refused cluster (``refused_cluster_names``) its tracks use."""
     if not refused:
         return {}
     errors: dict[str, str] = {}

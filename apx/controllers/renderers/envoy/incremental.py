@@ -35,9 +35,10 @@ from typing import Any, cast
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from ... import names
+from ...delta import SortedRows
 from ...ir import IR, BackendIR, PolicyIR, ProductIR, RouteIR
 from ...memo import Caches, same
-from .clusters import dns_cluster, refused_clusters
+from .clusters import dns_cluster, refused_cluster_names, route_refusals
 from .common import EnvoySettings, RenderError
 from .context import RenderContext
 from .jwt import JwtAuthn
@@ -141,6 +142,11 @@ def _plan(route: RouteIR, state: _State, caches: Caches) -> list[tuple[bytes, st
 
 def _field(tag: bytes, encoded: bytes) -> bytes:
     return tag + varint(len(encoded)) + encoded
+
+
+def _tag(encoded: bytes) -> bytes:
+    """What precedes a virtual host's bytes in the RouteConfiguration (its field's tag and length)."""
+    return _RC_VIRTUAL_HOSTS_TAG + varint(len(encoded))
 
 
 def _virtual_host(host: str, routes: list[RouteIR], plans: dict[str, Any]) -> bytes:
@@ -260,7 +266,7 @@ def _clusters(
     return [(name, *clusters[name]) for name in sorted(clusters)]
 
 
-def _listener(rendered: list[RouteIR], state: _State) -> tuple[Any, bytes, dict[str, tuple[str, str, int]]]:
+def _listener(rendered: list[RouteIR], state: _State) -> ListenerEntry:
     """The listener and the JWKS endpoints, once per set of JWT requirements the rendered Routes use.
 
     The from-scratch render's JWT filter lists each policy's requirement plus
@@ -296,9 +302,7 @@ def listener_jwt(
     return jwt
 
 
-def render_incremental(
-    ir: IR, port: int, settings: EnvoySettings, caches: Caches
-) -> tuple[Any, list[Any], list[Any], dict[str, str], Encoded]:
+def render_incremental(ir: IR, port: int, settings: EnvoySettings, caches: Caches) -> Rendered:
     """Listener, RouteConfiguration, clusters, errors and their encodings for ``ir`` (see module doc)."""
     state = _state(ir, port, settings, caches)
     ordered = sorted(ir.routes, key=order)
@@ -330,20 +334,59 @@ def render_incremental(
     head = route_pb2.RouteConfiguration(name=names.ROUTE_CONFIG_NAME).SerializeToString(deterministic=True)
     config_bytes = head + b"".join(_field(_RC_VIRTUAL_HOSTS_TAG, encoded) for _, encoded in virtual_hosts)
     route_configuration = route_pb2.RouteConfiguration.FromString(config_bytes)
-    listener, listener_bytes, jwks = _listener(rendered, state)
+    listener_entry = _listener(rendered, state)
+    clusters = all_clusters(rendered, state, caches, listener_entry[2])
+    refused = refused_cluster_names((name, encoded) for name, _, encoded in clusters)
+    plan_errors = dict(errors)
+    errors.update(route_refusals(rendered, refused))
+    encoded_all = Encoded(
+        listeners=(listener_entry[1],),
+        route_configurations=(config_bytes,),
+        clusters=tuple(encoded for _, _, encoded in clusters),
+        virtual_hosts=tuple(virtual_hosts),
+    )
+    caches.assembled[STAGE] = Assembled(
+        ir.routes, state, SortedRows([(order(route), route) for route in ordered]), plans, by_host,
+        SortedRows([(host, (host, encoded, _tag(encoded))) for host, encoded in virtual_hosts]),
+        plan_errors, listener_entry, clusters, refused, head,
+    )  # fmt: skip
+    return listener_entry[0], [route_configuration], [c for _, c, _ in clusters], errors, encoded_all
+
+
+def all_clusters(
+    rendered: list[RouteIR], state: _State, caches: Caches, jwks: dict[str, Any]
+) -> list[tuple[str, Any, bytes]]:
+    """Every cluster the rendered Routes and the JWKS endpoints need; the kept ones pruned to them."""
     state.used_backends.clear()
     state.used_fixed.clear()
     clusters = _clusters(rendered, state, caches, jwks)
     state.backend_clusters = {b: c for b, c in state.backend_clusters.items() if b in state.used_backends}
     state.fixed_clusters = {n: c for n, c in state.fixed_clusters.items() if n in state.used_fixed}
-    errors.update(refused_clusters(rendered, ((name, encoded) for name, _, encoded in clusters)))
-    encoded_all = Encoded(
-        listeners=(listener_bytes,),
-        route_configurations=(config_bytes,),
-        clusters=tuple(encoded for _, _, encoded in clusters),
-        virtual_hosts=tuple(virtual_hosts),
-    )
-    return listener, [route_configuration], [cluster for _, cluster, _ in clusters], errors, encoded_all
+    return clusters
+
+
+ListenerEntry = tuple[Any, bytes, dict[str, tuple[str, str, int]]]
+STAGE = "envoy"
+
+
+@dataclass(slots=True)
+class Assembled:
+    """What the last render assembled, for the next one's delta (``incremental_delta.py``)."""
+
+    routes: tuple[RouteIR, ...]
+    state: _State
+    ordered: SortedRows[RouteIR]  # by ``route_config.order``
+    plans: dict[str, list[tuple[bytes, str | None]] | str]
+    by_host: dict[str, list[RouteIR]]  # in ``ordered`` order; never changed once kept
+    hosts: SortedRows[tuple[str, bytes, bytes]]  # host → (host, VirtualHost bytes, their field's tag)
+    plan_errors: dict[str, str]
+    listener: ListenerEntry
+    clusters: list[tuple[str, Any, bytes]]
+    refused: dict[str, str]  # cluster name → why Envoy would refuse it
+    head: bytes  # the RouteConfiguration without its virtual hosts
+
+
+Rendered = tuple[Any, list[Any], list[Any], dict[str, str], Encoded]
 
 
 def version_of(encoded: Encoded) -> str:

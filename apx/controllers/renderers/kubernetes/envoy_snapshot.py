@@ -61,6 +61,9 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 FORMAT = "apx.dev/envoy-snapshot/v1"
 VERSION_ANNOTATION = "apx.dev/envoy-snapshot-version"
 ROLE_LABEL = "apx.dev/envoy-snapshot"
+# Set on the ConfigMaps of a named operator instance only (several may share one operator
+# namespace): the reconciler prunes only parts of its own instance.
+INSTANCE_LABEL = "apx.dev/instance"
 _LABELS = {**MANAGED_BY, "app.kubernetes.io/name": "apx", "app.kubernetes.io/component": "envoy-snapshot"}
 _LEGACY_KEY = "snapshot.pb.gz"  # the single-ConfigMap form of APX 0.1
 
@@ -72,13 +75,20 @@ _LEGACY_KEY = "snapshot.pb.gz"  # the single-ConfigMap form of APX 0.1
 _last_render: tuple[tuple[str, ...], list[dict[str, Any]]] | None = None
 
 
-def render_envoy_snapshot(snapshot: Mapping[str, Any], operator_namespace: str) -> list[dict[str, Any]]:
-    """The index ConfigMap and its parts for ``EnvoyOutput.snapshot_document()``."""
+def render_envoy_snapshot(
+    snapshot: Mapping[str, Any], operator_namespace: str, instance: str = ""
+) -> list[dict[str, Any]]:
+    """The index ConfigMap and its parts for ``EnvoyOutput.snapshot_document()``.
+
+    ``instance``: the operator instance writing them (``names.envoy_snapshot_configmap``);
+    "" is the default instance and today's names.
+    """
     global _last_render
     version = str(snapshot.get("version") or "")
     key = (
         version,
         operator_namespace,
+        instance,
         str(PART_BYTES),
         str(snapshot.get("encoding") or ""),
         canonical_json(snapshot.get("counts") or {}),
@@ -86,12 +96,15 @@ def render_envoy_snapshot(snapshot: Mapping[str, Any], operator_namespace: str) 
     last = _last_render
     if version and last is not None and last[0] == key:
         return list(last[1])
-    manifests = _render(version, snapshot, operator_namespace)
+    manifests = _render(version, snapshot, operator_namespace, instance)
     _last_render = (key, manifests)
     return list(manifests)
 
 
-def _render(version: str, snapshot: Mapping[str, Any], operator_namespace: str) -> list[dict[str, Any]]:
+def _render(
+    version: str, snapshot: Mapping[str, Any], operator_namespace: str, instance: str
+) -> list[dict[str, Any]]:
+    labels = {**_LABELS, INSTANCE_LABEL: instance} if instance else dict(_LABELS)
     files: Mapping[str, bytes] = snapshot.get("files") or {}
     plain = sum(len(content) for content in files.values()) <= PART_BYTES
     # (part, key, bytes) of every slice, parts filled in file order.
@@ -114,14 +127,14 @@ def _render(version: str, snapshot: Mapping[str, Any], operator_namespace: str) 
                 part, room = part + 1, PART_BYTES
             piece = stored[position : position + room]
             slices.append((part, key, piece))
-            entry["slices"].append([names.envoy_snapshot_part_configmap(part), key])
+            entry["slices"].append([names.envoy_snapshot_part_configmap(part, instance), key])
             position += len(piece)
             room -= len(piece)
             if position >= len(stored):
                 break
         entries.append(entry)
-    parts = [names.envoy_snapshot_part_configmap(i) for i in range(part + 1)]
-    manifests = [_index(version, snapshot, entries, parts, operator_namespace)]
+    parts = [names.envoy_snapshot_part_configmap(i, instance) for i in range(part + 1)]
+    manifests = [_index(version, snapshot, entries, parts, operator_namespace, instance, labels)]
     for index, part_name in enumerate(parts):
         data: dict[str, str] = {}
         binary: dict[str, str] = {}
@@ -136,7 +149,7 @@ def _render(version: str, snapshot: Mapping[str, Any], operator_namespace: str) 
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": metadata(
-                part_name, operator_namespace, {**_LABELS, ROLE_LABEL: "part"}, {VERSION_ANNOTATION: version}
+                part_name, operator_namespace, {**labels, ROLE_LABEL: "part"}, {VERSION_ANNOTATION: version}
             ),
         }
         if data:
@@ -153,6 +166,8 @@ def _index(
     entries: Sequence[Mapping[str, Any]],
     parts: Sequence[str],
     namespace: str,
+    instance: str,
+    labels: Mapping[str, str],
 ) -> dict[str, Any]:
     # Files in their order (listeners, route configurations, clusters; binary, then JSON).
     index: dict[str, Any] = {
@@ -171,7 +186,9 @@ def _index(
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": metadata(names.envoy_snapshot_configmap(), namespace, {**_LABELS, ROLE_LABEL: "index"}),
+        "metadata": metadata(
+            names.envoy_snapshot_configmap(instance), namespace, {**labels, ROLE_LABEL: "index"}
+        ),
         "data": {
             "version": version,
             "encoding": str(snapshot.get("encoding") or ""),
@@ -182,7 +199,9 @@ def _index(
     }
 
 
-def decode_configmaps(configmaps: Sequence[Mapping[str, Any]]) -> list[any_pb2.Any] | None:
+def decode_configmaps(
+    configmaps: Sequence[Mapping[str, Any]], instance: str = ""
+) -> list[any_pb2.Any] | None:
     """The snapshot's resources (listeners, route configurations, clusters) as ``Any`` messages.
 
     ``configmaps`` are the operator namespace's ConfigMaps (others are
@@ -190,7 +209,11 @@ def decode_configmaps(configmaps: Sequence[Mapping[str, Any]]) -> list[any_pb2.A
     incomplete or inconsistent: no index, a part missing, a part of another
     version (the operator is rewriting them), a slice missing or corrupt. The
     single-ConfigMap form of APX 0.1 is read too, so an upgraded operator can
-    serve what its predecessor stored.
+    serve what its predecessor stored. ``instance`` picks the operator instance
+    whose snapshot is read (several may share a namespace; "" is the default one).
+    Without it, and with no default-instance index, the one index present is
+    read: a reader that does not know its instance (the xDS wiring) finds the
+    snapshot of a named instance alone in its namespace, as the chart installs it.
     """
     by_name: dict[str, Mapping[str, Any]] = {}
     for configmap in configmaps:
@@ -199,7 +222,14 @@ def decode_configmaps(configmaps: Sequence[Mapping[str, Any]]) -> list[any_pb2.A
             if name in by_name:
                 return None  # two namespaces' worth: the caller must pass one namespace
             by_name[name] = configmap
-    index_map = by_name.get(names.envoy_snapshot_configmap())
+    index_map = by_name.get(names.envoy_snapshot_configmap(instance))
+    if index_map is None and not instance:
+        indexes = [
+            c
+            for c in by_name.values()
+            if ((c.get("metadata") or {}).get("labels") or {}).get(ROLE_LABEL) == "index"
+        ]
+        index_map = indexes[0] if len(indexes) == 1 else None
     if index_map is None:
         return None
     try:
