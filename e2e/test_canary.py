@@ -49,6 +49,15 @@ def local_backend(backend: Backend) -> Backend:
     return backend
 
 
+# A healthy canary judged on two shared cores can be rolled back on latency alone: its
+# track's first requests (new upstream connections and threads, right after the weight
+# change) meet the operator's pass and the stand-in's snapshot decode, and the p99 ratio
+# over a few dozen samples crosses maxLatencyRatio (seen about once in three clean runs:
+# canary p99 47 ms against stable 5 ms). One rerun on failure, no more; a failing canary
+# is never retried into a pass by this (the rollback tests are not marked).
+RERUN_ON_LATENCY_NOISE = pytest.mark.flaky(reruns=1)
+
+
 def _rig(
     backend: Backend,
     namespace: str,
@@ -112,6 +121,7 @@ def test_async_canary_failing_30_percent_is_rolled_back_then_gets_no_new_request
     assert rig.gateway_published("stable") > stable_before, "traffic stopped altogether"
 
 
+@RERUN_ON_LATENCY_NOISE
 def test_async_healthy_canary_is_promoted_through_every_step(async_rig: CanaryRig) -> None:
     rig = async_rig
     seen = _weights_seen(rig, "Promoted", timeout=120)
@@ -121,6 +131,7 @@ def test_async_healthy_canary_is_promoted_through_every_step(async_rig: CanaryRi
     assert rig.route()["status"]["canaryWeight"] == 100
 
 
+@RERUN_ON_LATENCY_NOISE
 def test_operator_killed_mid_canary_resumes_at_the_same_step(async_rig: CanaryRig) -> None:
     rig = async_rig
     _weights_seen(rig, "Progressing", timeout=60)
@@ -161,7 +172,13 @@ def test_prometheus_stopped_holds_the_canary_and_never_rolls_back(async_rig: Can
     assert not status.get("rollbacks")
 
 
-@pytest.mark.parametrize("failing", [False, True], ids=["healthy-promoted", "failing-rolled-back"])
+@pytest.mark.parametrize(
+    "failing",
+    [
+        pytest.param(False, id="healthy-promoted", marks=RERUN_ON_LATENCY_NOISE),
+        pytest.param(True, id="failing-rolled-back"),
+    ],
+)
 def test_sync_canary_judged_from_envoy_stats(
     local_backend: Backend, namespace: str, tmp_path: Path, failing: bool
 ) -> None:
