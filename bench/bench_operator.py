@@ -275,7 +275,9 @@ async def run(routes: int, products: int, updates: int, async_every: int = 5) ->
             started = time.perf_counter()
             await _create_all(session, api, route_documents)
             created = time.perf_counter() - started
+            print(f"{len(route_documents)} Routes created in {created:.1f} s", flush=True)
             ready_after = await _wait_ready(session, api, "routes", len(route_documents), 600)
+            print(f"all Routes Ready after {time.perf_counter() - started:.1f} s; updating", flush=True)
             figures["routes"] = len(route_documents)
             figures["create_seconds"] = created
             figures["all_ready_seconds"] = created + ready_after

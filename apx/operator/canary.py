@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from apx.controllers.appliers.kube import KubeClient, KubeError
-from apx.controllers.canary.decide import Outcome, decide, due_in
+from apx.controllers.canary.decide import CheckTime, Outcome, decide, next_check
 from apx.controllers.canary.state import parse_status
 from apx.controllers.canary.targets import target_for_spec
 from apx.controllers.canary.types import (
@@ -82,6 +83,32 @@ class Work:
     run_check: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one recorded Route body means for the loop, worked out once per body.
+
+    ``work``: needed now whatever the time (a new revision, a command, a
+    removed block); else ``check`` says when the next check is due (``None``:
+    never, e.g. a spec the reconciler reports as wrong).
+    """
+
+    body: Mapping[str, Any]  # the body it was made from (compared by identity)
+    work: Work | None
+    spec: RouteSpec | None = None
+    revision: str = ""
+    status: CanaryStatus | None = None
+    check: CheckTime | None = None
+
+
+# A failed status write is retried after this long, doubling per failure up to the cap: an
+# API that times out must not see every canary's write again on every round of the loop.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+# How often the Routes with a canary are found again from the whole store (the change
+# listener keeps the set between; this repairs anything it could have missed).
+RESCAN_SECONDS = 60.0
+
+
 class CanaryController:
     """Walks every Route's canary through its steps; one instance per operator process."""
 
@@ -106,14 +133,21 @@ class CanaryController:
         self._wake = asyncio.Event()
         self._running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Parsed specs by Route key, reused while the object's generation is unchanged.
-        self._specs: dict[str, tuple[Any, RouteSpec | None]] = {}
+        # The Routes with a canary block or canary progress (kept by the change listener, and
+        # found again from the whole store every RESCAN_SECONDS): a round looks at these only.
+        self._candidates: set[str] = set()
+        self._rescan_at = -math.inf
+        # Per Route, what its current body means (``Plan``), remade only when the body changes.
+        self._plans: dict[str, Plan] = {}
+        # Per Route whose last status write failed: (not before, current delay).
+        self._retry: dict[str, tuple[float, float]] = {}
         reconciler.listeners.append(self._on_change)
 
     # --- scheduling ------------------------------------------------------------------
 
     def _on_change(self, kind: str, body: Mapping[str, Any]) -> None:
         if kind == "Route" and ((body.get("spec") or {}).get("canary") or _canary_status(body)):
+            self._candidates.add(_object_key(body))
             self._wake.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -136,22 +170,38 @@ class CanaryController:
 
     def schedule(self, now: float) -> float:
         """Start the work that is due; return seconds until the next check is due."""
+        if now >= self._rescan_at or now < self._rescan_at - RESCAN_SECONDS:
+            self._rescan_at = now + RESCAN_SECONDS
+            self._candidates |= {
+                key
+                for (kind, key), body in list(self.reconciler.objects.items())
+                if kind == "Route" and ((body.get("spec") or {}).get("canary") or _canary_status(body))
+            }
         next_due = float("inf")
-        seen: set[str] = set()
-        for (kind, key), body in list(self.reconciler.objects.items()):
-            if kind != "Route" or (kind, key) in self.reconciler.deleting:
+        for key in sorted(self._candidates):
+            body = self.reconciler.objects.get(("Route", key))
+            if body is None or ("Route", key) in self.reconciler.deleting:
+                self._forget(key)
                 continue
-            seen.add(key)
             if key in self._running:
+                continue
+            retry = self._retry.get(key)
+            if retry is not None and now < retry[0]:
+                next_due = min(next_due, retry[0] - now)
                 continue
             work, due = self._work_for(key, body, now)
             if work is not None:
                 self._start(work)
             elif due is not None:
                 next_due = min(next_due, due)
-        for gone in set(self._specs) - seen:
-            del self._specs[gone]
+            elif not (body.get("spec") or {}).get("canary") and not _canary_status(body):
+                self._forget(key)  # no canary left to walk or to clear
         return next_due
+
+    def _forget(self, key: str) -> None:
+        self._candidates.discard(key)
+        self._plans.pop(key, None)
+        self._retry.pop(key, None)
 
     async def settle(self) -> None:
         """Wait for the work started so far (tests, and a clean shutdown)."""
@@ -174,40 +224,40 @@ class CanaryController:
 
     def _work_for(self, key: str, body: Mapping[str, Any], now: float) -> tuple[Work | None, float | None]:
         """The work a Route needs now (or None) and, when none, seconds until its next check."""
+        plan = self._plans.get(key)
+        if plan is None or plan.body is not body:
+            plan = self._plan(key, body)
+            self._plans[key] = plan
+        if plan.work is not None:
+            return plan.work, None
+        if plan.check is None:
+            return None, None
+        due = plan.check.due_in(now)
+        if due <= 0:
+            return Work(key, body, plan.spec, plan.revision, plan.status, None, run_check=True), None
+        return None, due
+
+    def _plan(self, key: str, body: Mapping[str, Any]) -> Plan:
+        """What ``body`` means for the loop (parsed once per body: see ``Plan``)."""
         current = _canary_status(body)
         if not (body.get("spec") or {}).get("canary"):
-            # Most Routes have no canary: nothing is parsed or cached for them.
-            self._specs.pop(key, None)
             if current:
                 # The canary block is gone (promoted and folded into the spec, or
                 # withdrawn): its progress no longer describes anything.
-                return Work(key, body, None, "", None, None, run_check=False), None
-            return None, None
-        spec = self._spec(key, body)
-        if spec is None or spec.canary is None:
-            return None, None  # the reconciler reports the spec error; the canary stays as it is
+                return Plan(body, Work(key, body, None, "", None, None, run_check=False))
+            return Plan(body, None)
+        try:
+            spec = RouteSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return Plan(body, None)  # the reconciler reports the spec error; the canary stays as it is
+        if spec.canary is None:
+            return Plan(body, None)
         revision = canary_revision(spec.canary)
         status = self._status(current)
         command = _pending_command(current)
         if status is None or status.revision != revision or command is not None:
-            return Work(key, body, spec, revision, status, command, run_check=False), None
-        due = due_in(spec.canary, status, now)
-        if due <= 0:
-            return Work(key, body, spec, revision, status, None, run_check=True), None
-        return None, due
-
-    def _spec(self, key: str, body: Mapping[str, Any]) -> RouteSpec | None:
-        meta = body.get("metadata") or {}
-        stamp = (meta.get("generation"), meta.get("uid"), id(body.get("spec")))
-        cached = self._specs.get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        try:
-            spec: RouteSpec | None = RouteSpec.model_validate(body.get("spec") or {})
-        except ValidationError:
-            spec = None
-        self._specs[key] = (stamp, spec)
-        return spec
+            return Plan(body, Work(key, body, spec, revision, status, command, run_check=False))
+        return Plan(body, None, spec, revision, status, next_check(spec.canary, status))
 
     @staticmethod
     def _status(current: Mapping[str, Any] | None) -> CanaryStatus | None:
@@ -296,13 +346,24 @@ class CanaryController:
         try:
             updated = await self.kube.patch_status("Route", namespace, name, status)
         except KubeError as exc:
-            # Nothing changed: the same work is due again on the next round.
-            logger.warning("cannot write status.canary of Route %s: %s", work.key, exc)
+            # Nothing changed: the same work is due again, after a back-off per Route.
+            previous = self._retry.get(work.key)
+            delay = min(previous[1] * 2, RETRY_MAX_SECONDS) if previous else RETRY_FIRST_SECONDS
+            self._retry[work.key] = (self.clock() + delay, delay)
+            logger.warning(
+                "cannot write status.canary of Route %s (again in %.0f s): %s", work.key, delay, exc
+            )
             return
+        self._retry.pop(work.key, None)
         if updated:
             # Into the store at once: the pass this triggers renders the new
             # weight into Redis and the Envoy snapshot.
             self.reconciler.observe("Route", {**updated, "kind": "Route"})
+
+
+def _object_key(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
 
 
 def _canary_status(body: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -116,6 +116,7 @@ class ReconcilerState:
     workers: WorkerAvailability
     # the store
     objects: dict[Key, dict[str, Any]]
+    _documents: dict[Key, tuple[dict[str, Any], dict[str, Any]]]
     deleting: dict[Key, dict[str, Any]]
     listeners: list[Callable[[str, Mapping[str, Any]], None]]
     envoy_listeners: list[Callable[[EnvoyOutput], None]]

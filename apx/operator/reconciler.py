@@ -127,6 +127,8 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self.tracer = tracer or trace.get_tracer("apx.operator")
         self.clock = clock
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        # Per object, (body, the document a pass translates for it): see ``Store.translation_document``.
+        self._documents: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
         self.deleting: dict[tuple[str, str], dict[str, Any]] = {}
         self._cleaned: set[tuple[str, str]] = set()
         self._dirty = asyncio.Event()
@@ -306,7 +308,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
             self._rebuild_requested = False
             self.caches.clear()
         self._pass_epochs = dict(self._epoch)
-        live = [body for key, body in sorted(self.objects.items()) if key not in self.deleting]
+        live = self.translation_documents()
         live += [
             document
             for key, history in sorted(self._policy_history.items())

@@ -15,6 +15,7 @@ from typing import Any
 
 from apx.controllers.pinned_versions import route_pins
 from apx.controllers.translate import HISTORY_ANNOTATION
+from apx.controllers.translation.parse import status_read_by_translation
 
 from .reconcile_state import (
     CONTROLLERS,
@@ -33,10 +34,15 @@ class Store(ReconcilerState):
         current = self.objects.get(key)
         if current is not None and _resource_version(current) >= _resource_version(body) > 0:
             return  # an older (or the same) version arriving after a newer LIST or our own write
-        if current is not None and _significant(current) == _significant(body):
-            # Only bookkeeping changed (kopf's own status fields, managedFields):
-            # keep the newest body, but there is nothing to reconcile.
+        if current is not None and _significant(kind, current) == _significant(kind, body):
+            # Only what no pass reads changed (status written by the operator itself or by
+            # a canary check, kopf's own fields, managedFields): keep the newest body, run
+            # no pass. The canary controller still hears of it (an `apx rollout` request
+            # lives in status.canary); a status edited by hand is rewritten by the resync.
             self._replace_body(key, _stored(body))
+            if (current.get("status") or {}) != (body.get("status") or {}):
+                for listener in self.listeners:
+                    listener(kind, self.objects[key])
             return
         if kind == "PolicyBundle" and current is not None:
             self._remember_policy_version(key, current, body)
@@ -117,8 +123,37 @@ class Store(ReconcilerState):
                 pins.setdefault(version, []).append(object_key)
         return pins
 
+    def translation_documents(self) -> list[dict[str, Any]]:
+        """The documents a pass translates: one per live object, sorted by key.
+
+        A body replaced while nothing a pass reads changed (a status write, the
+        canary's check bookkeeping) keeps the document of the body before it: the
+        caches key on the document's identity, so the object is not translated
+        and rendered again, and a one-Route edit stays on every stage's delta
+        path even though the pass before it wrote its Product's status.
+        """
+        documents: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+        for key, body in sorted(self.objects.items()):
+            if key in self.deleting:
+                continue
+            kept = self._documents.get(key)
+            if kept is None or (
+                kept[0] is not body and _significant(key[0], kept[0]) != _significant(key[0], body)
+            ):
+                kept = (body, body)
+            elif kept[0] is not body:
+                kept = (body, kept[1])
+            documents[key] = kept
+        self._documents = documents
+        return [document for _, document in documents.values()]
+
     def _replace_body(self, key: tuple[str, str], body: dict[str, Any]) -> None:
         """Store a body whose spec is unchanged; a last-good reference to the old one follows it."""
+        current = self.objects.get(key)
+        if current is not None and "spec" in body and body["spec"] == current.get("spec"):
+            # One spec object for both bodies: the pass's document (``translation_documents``)
+            # and the caches may still hold the old body.
+            body["spec"] = current["spec"]
         if self._last_good.get(key) is self.objects.get(key):
             self._last_good[key] = body
         failed = self._render_failures.get(key)
@@ -168,10 +203,10 @@ def _stored(body: Mapping[str, Any]) -> dict[str, Any]:
     return stored
 
 
-def _significant(body: Mapping[str, Any]) -> tuple[Any, ...]:
+def _significant(kind: str, body: Mapping[str, Any]) -> tuple[Any, ...]:
     """The parts of an object a pass reads; a change elsewhere needs no pass."""
     meta = body.get("metadata") or {}
-    status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    status = status_read_by_translation(kind, body.get("status"))
     return (
         meta.get("generation"),
         meta.get("uid"),

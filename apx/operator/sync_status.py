@@ -27,10 +27,8 @@ from .reconcile_state import (
     PassReport,
     ReconcilerState,
     _digest,
-    _resource_version,
     logger,
 )
-from .store import _stored
 
 
 class StatusSync(ReconcilerState):
@@ -118,10 +116,11 @@ class StatusSync(ReconcilerState):
                         logger.warning("cannot write status of %s %s: %s", kind, object_key, exc)
                         return
             self._written_status[key] = digest
-            if updated and _resource_version(updated) > _resource_version(self.objects.get(key) or {}):
-                # Our own write: remember it without scheduling a pass (its watch
-                # event will carry the same resourceVersion and be skipped too).
-                self._replace_body(key, _stored({**updated, "kind": kind}))
+            if updated:
+                # Our own write: recorded without scheduling a pass (its watch event will carry
+                # the same resourceVersion and be skipped). A spec edited since the pass read it
+                # comes back in the answer too, and is a change like any other.
+                self.observe(kind, {**updated, "kind": kind})
             report.statuses_written += 1
             result = "success" if status.phase == "Ready" else ("error" if status.stalled else "requeue")
             self.metrics.reconcile_total.labels(controller=controller, result=result).inc()

@@ -323,7 +323,15 @@ def _correlate_items(old: Any, value: list[Any], schema: dict[str, Any]) -> list
 
 
 def check_rules(value: Any, schema: dict[str, Any], old: Any, path: str) -> list[Cause]:
-    """Evaluate CEL rules bottom-up over the whole value, correlating old values."""
+    """Evaluate CEL rules bottom-up over the whole value, correlating old values.
+
+    A value equal to its correlated old value is not evaluated again: the real
+    API server ratchets validation (CRDValidationRatcheting, on by default since
+    Kubernetes 1.30), so an unchanged subtree never fails an update, and a
+    status write does not re-run every rule of the spec.
+    """
+    if old is not celrules.MISSING and value == old:
+        return []
     causes: list[Cause] = []
     if isinstance(value, dict):
         properties: dict[str, Any] = schema.get("properties") or {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import heapq
 import random
 import uuid
 from collections.abc import Callable
@@ -179,9 +180,14 @@ class Store(DeletionStore):
     def _expire_events(self, kind: Kind) -> None:
         horizon = self.clock().astimezone(datetime.UTC) - datetime.timedelta(seconds=self.event_ttl)
         cutoff = horizon.strftime("%Y-%m-%dT%H:%M:%SZ")
-        for key in self._keys(kind.storage):
+        # Oldest first from the creation-time heap (``StoreBase._emit`` fills it); an entry whose
+        # Event was deleted, or replaced by a newer one of the same name, is dropped on the way.
+        heap = self._event_times.get(kind.storage) or []
+        while heap and heap[0][0] < cutoff:
+            created, key = heapq.heappop(heap)
             event = self._peek(key)
-            if event is not None and str((event.get("metadata") or {}).get("creationTimestamp", "")) < cutoff:
+            stamp = str((event or {}).get("metadata", {}).get("creationTimestamp", ""))
+            if event is not None and stamp == created:
                 expired = copy.deepcopy(event)
                 self._emit(kind, "DELETED", expired, event)
 

@@ -171,3 +171,18 @@ def test_transition_rules_see_the_old_value_of_map_list_items() -> None:
 def test_default_message_names_the_rule() -> None:
     schema = root(n={"type": "integer", "x-kubernetes-validations": [{"rule": "self > 1"}]})
     assert messages(schema, {"n": 0}) == [("spec.n", 'Invalid value: "integer": failed rule: self > 1')]
+
+
+def test_cel_rules_ratchet_an_unchanged_value_and_still_judge_a_changed_one() -> None:
+    # A rule added after the object was stored (or a status write beside an old spec): like the
+    # real API server (validation ratcheting), an unchanged value is not judged again.
+    schema = root(
+        size={"type": "integer", "x-kubernetes-validations": [{"rule": "self <= 3", "message": "too big"}]},
+        name={"type": "string"},
+    )
+    stored = {"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "x"}, "spec": {"size": 5, "name": "a"}}
+    assert messages(schema, {"size": 5, "name": "b"}, old=stored) == []
+    assert messages(schema, {"size": 6, "name": "a"}, old=stored) == [
+        ("spec.size", 'Invalid value: "integer": too big')
+    ]
+    assert messages(schema, {"size": 5, "name": "a"}) == [("spec.size", 'Invalid value: "integer": too big')]

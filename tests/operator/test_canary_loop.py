@@ -23,11 +23,12 @@ import redis
 from envoy.config.route.v3 import route_pb2
 
 from apx.controllers import names
-from apx.controllers.appliers.kube import KubeClient
+from apx.controllers.appliers.kube import KubeClient, Unavailable
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.canary.types import MetricsUnavailable, RouteTarget, Track, TrackWindow
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
+from apx.operator import canary as canary_module
 from apx.operator.canary import CanaryController
 from apx.operator.metrics import OperatorMetrics
 from apx.operator.reconciler import Reconciler
@@ -276,3 +277,99 @@ async def test_removing_the_canary_block_clears_its_progress(loop: Loop) -> None
     route = await loop.route()
     assert "canary" not in route["status"]
     assert loop.route_table_weights() == {"stable": 100}
+
+
+async def test_a_check_that_moves_no_weight_runs_no_pass_and_a_weight_change_does(loop: Loop) -> None:
+    await loop.round()
+    passes = loop.reconciler.passes
+    # A thousand canaries each write their check every interval: bookkeeping alone
+    # (checks, lastCheckAt, healthySince) must not make the reconciler re-render anything.
+    loop.reconciler._dirty.clear()
+    loop.reconciler._fast_wanted.clear()
+    weights = []
+    for _ in range(8):
+        loop.clock.now += 10
+        loop.canary.schedule(loop.clock.now)
+        await loop.canary.settle()
+        status = await loop.canary_status()
+        weights.append(status["weight"])
+        if status["weight"] != 20:
+            break
+        assert status["checks"] >= 1
+        assert not loop.reconciler._dirty.is_set(), "a check that moved no weight scheduled a pass"
+        assert not loop.reconciler._fast_wanted.is_set(), "a check that moved no weight woke the fast path"
+    assert weights[-1] == 50, weights
+    assert loop.reconciler._dirty.is_set() and loop.reconciler._fast_wanted.is_set()
+    await loop.reconciler.reconcile_once()
+    assert loop.reconciler.passes == passes + 1
+    assert loop.route_table_weights() == {"stable": 50, "canary": 50}
+
+
+class FailingWrites:
+    """The API client with status writes failing (timeouts) while ``failing`` is set; counts them."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+        self.failing = True
+        self.writes = 0
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: Any) -> Any:
+        self.writes += 1
+        if self.failing:
+            raise Unavailable(0, "Kubernetes API at 127.0.0.1 unreachable: timed out")
+        return await self._kube.patch_status(kind, namespace, name, status)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kube, name)
+
+
+async def test_a_failed_status_write_is_retried_after_a_growing_back_off_not_on_every_round(
+    loop: Loop,
+) -> None:
+    failing = FailingWrites(loop.kube)
+    loop.canary.kube = failing  # type: ignore[assignment]
+
+    async def rounds(count: int) -> None:
+        for _ in range(count):
+            loop.canary.schedule(loop.clock.now)
+            await loop.canary.settle()
+
+    await rounds(5)
+    assert failing.writes == 1, "every round wrote again to an API that times out"
+    loop.clock.now += 1.1
+    await rounds(5)
+    assert failing.writes == 2
+    loop.clock.now += 1.1  # the second delay is 2 s
+    await rounds(3)
+    assert failing.writes == 2
+    loop.clock.now += 1.0
+    await rounds(3)
+    assert failing.writes == 3
+    failing.failing = False
+    loop.clock.now += 4.1
+    await rounds(3)
+    assert failing.writes == 4
+    status = await loop.canary_status()
+    assert status["phase"] == "Progressing" and status["weight"] == 20
+
+
+async def test_a_round_with_nothing_due_parses_no_status(loop: Loop, monkeypatch: pytest.MonkeyPatch) -> None:
+    await loop.round()
+    await loop.round(advance=10)  # the first check: the loop now knows when the next is due
+    loop.canary.schedule(loop.clock.now)  # the body the pass's status write left, planned once
+    parsed: list[object] = []
+    original = canary_module.parse_status
+
+    def counting(raw: object) -> Any:
+        parsed.append(raw)
+        return original(raw)
+
+    monkeypatch.setattr(canary_module, "parse_status", counting)
+    for _ in range(20):
+        loop.clock.now += 0.1
+        loop.canary.schedule(loop.clock.now)
+    assert parsed == [], "every round parsed the recorded status again"
+    loop.clock.now += 10
+    loop.canary.schedule(loop.clock.now)
+    await loop.canary.settle()
+    assert (await loop.canary_status())["checks"] == 2

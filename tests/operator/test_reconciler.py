@@ -350,3 +350,61 @@ async def test_store_keeps_objects_without_field_manager_records_and_still_recon
     assert stored_route["spec"] == route["spec"]
     assert stored_route["metadata"]["resourceVersion"] == route["metadata"]["resourceVersion"]
     assert _ready(stored_route)
+
+
+@pytest.mark.asyncio
+async def test_a_route_edit_after_status_writes_renders_only_that_route_again(
+    kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status writes replace bodies without changing what a pass reads: nothing else is rendered again.
+
+    Before, the Product's status write (its Route count, its summary) gave the next pass a new
+    Product body, hence a new Product IR, which made every stage start afresh: at 10,000 Routes
+    each one-Route edit cost a whole render.
+    """
+    from apx.controllers.renderers.envoy import incremental as envoy_incremental
+    from apx.controllers.translation import routes as translation_routes
+
+    reconciler, _ = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=10
+    )
+    await reconciler.reconcile_once()  # statuses of the last pass written, bodies replaced
+    for key in list(reconciler.objects):  # and again, as their watch events or a relist would
+        body = await kube.get(key[0], "default", key[1].split("/", 1)[1])
+        assert body is not None
+        reconciler.observe(key[0], {**body, "kind": key[0]})
+    await reconciler.reconcile_once()
+
+    built: list[str] = []
+    rendered: list[str] = []
+    route_ir, entries = translation_routes.route_ir, envoy_incremental._entries
+
+    def counted_route_ir(ctx: Any, route: Any, override: Any) -> Any:
+        built.append(route.key)
+        return route_ir(ctx, route, override)
+
+    def counted_entries(route: Any, ctx: Any) -> Any:
+        rendered.append(route.key)
+        return entries(route, ctx)
+
+    monkeypatch.setattr(translation_routes, "route_ir", counted_route_ir)
+    monkeypatch.setattr(envoy_incremental, "_entries", counted_entries)
+
+    route = await kube.get("Route", "default", "payments-legacy")
+    assert route is not None
+    updated = await _apply_spec(kube, route, {**route["spec"], "timeout": "44s"})
+    reconciler.observe("Route", updated)
+    report = await reconciler.reconcile_once()
+    assert built == ["default/payments-legacy"], built
+    assert rendered == ["default/payments-legacy"], rendered
+    assert report.statuses_written >= 1
+    # The next edit, after this pass's own status writes, again renders only the Route edited.
+    built.clear()
+    rendered.clear()
+    route = await kube.get("Route", "default", "payments-charges")
+    assert route is not None
+    updated = await _apply_spec(kube, route, {**route["spec"], "timeout": "43s"})
+    reconciler.observe("Route", updated)
+    await reconciler.reconcile_once()
+    assert built == ["default/payments-charges"], built
+    assert rendered == ["default/payments-charges"], rendered

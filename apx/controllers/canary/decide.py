@@ -132,6 +132,45 @@ def start(spec: Canary, revision: str, status: CanaryStatus | None, now: float) 
     return decide(spec, revision, status, None, None, now)
 
 
+@dataclass(frozen=True, slots=True)
+class CheckTime:
+    """When a Route's next check is due, from its recorded status alone (no clock in it).
+
+    The canary loop computes it once per recorded status and compares it with
+    the clock on every round: parsing and repairing a status is the costly
+    part, and a thousand canaries are scheduled many times per interval.
+    """
+
+    due_at: float  # epoch seconds; -inf: due now; inf: never
+    reference: float = -math.inf  # the time it counts from (a clock before it: due now)
+
+    def due_in(self, now: float) -> float:
+        """Seconds until due at ``now``; 0 when due; ``math.inf`` when never."""
+        if self.due_at == math.inf:
+            return math.inf
+        if self.due_at == -math.inf or not math.isfinite(now) or now < self.reference:
+            # Due now, or the clock went back: check now (the gap rule restarts healthy time).
+            return 0.0
+        return max(0.0, self.due_at - now)
+
+
+def next_check(spec: Canary, status: CanaryStatus | None) -> CheckTime:
+    """When the next check is due (see ``due_in``)."""
+    if status is None:
+        return CheckTime(-math.inf)
+    current = state.sanitise(status, len(spec.steps))
+    if current.phase == "Pending":
+        return CheckTime(math.inf if current.frozen else -math.inf)
+    if current.phase not in ("Progressing", "Halted") or current.frozen:
+        return CheckTime(math.inf)
+    reference = timefmt.parse_rfc3339(current.last_check_at)
+    if reference is None:
+        reference = timefmt.parse_rfc3339(current.step_started_at)
+    if reference is None:
+        return CheckTime(-math.inf)
+    return CheckTime(reference + _check_interval(spec), reference)
+
+
 def due_in(spec: Canary, status: CanaryStatus | None, now: float) -> float:
     """Seconds until the next check is due; 0 when due; ``math.inf`` when no check will be due.
 
@@ -141,23 +180,7 @@ def due_in(spec: Canary, status: CanaryStatus | None, now: float) -> float:
     due when promoted, rolled back or frozen: only a new revision or a
     command (both handled at once by the caller) changes anything then.
     """
-    if status is None:
-        return 0.0
-    current = state.sanitise(status, len(spec.steps))
-    if current.phase == "Pending":
-        return math.inf if current.frozen else 0.0
-    if current.phase not in ("Progressing", "Halted") or current.frozen:
-        return math.inf
-    reference = timefmt.parse_rfc3339(current.last_check_at)
-    if reference is None:
-        reference = timefmt.parse_rfc3339(current.step_started_at)
-    if reference is None or not math.isfinite(now):
-        return 0.0
-    elapsed = now - reference
-    interval = _check_interval(spec)
-    if elapsed < 0:
-        return 0.0  # the clock went back: check now (the gap rule restarts healthy time)
-    return max(0.0, interval - elapsed)
+    return next_check(spec, status).due_in(now)
 
 
 def _check_interval(spec: Canary) -> float:

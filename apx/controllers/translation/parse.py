@@ -28,15 +28,31 @@ HISTORY_ANNOTATION = "apx.dev/applied-before"
 
 Parsed = Product | Route | PolicyBundle
 
-# The only status fields translation reads: a Route's canary state and a
-# PolicyBundle's served versions. The rest of a status (conditions, topics,
-# deployments, kopf's own fields) is what the operator wrote and is not
-# parsed: a malformed one cannot fail translation, and parsing stays cheap.
+# The only status fields translation reads: a Route's canary progress (the
+# fields the traffic split follows) and a PolicyBundle's served versions. The
+# rest of a status (conditions, topics, deployments, the canary's check
+# bookkeeping, kopf's own fields) is what the operator wrote and is not
+# parsed: a malformed one cannot fail translation, parsing stays cheap, and
+# the operator's store runs no pass when only such fields change
+# (``apx.operator.store``: a canary check every interval on a thousand Routes
+# must not re-render anything).
 _STATUS_FIELDS_READ: dict[str, tuple[str, ...]] = {
     "Product": (),
     "Route": ("canary",),
     "PolicyBundle": ("servedVersions",),
 }
+_CANARY_FIELDS_READ = ("revision", "phase", "step", "weight")
+
+
+def status_read_by_translation(kind: str, status: Any) -> dict[str, Any]:
+    """The part of an object's ``status`` translation reads (empty when none)."""
+    if not isinstance(status, Mapping):
+        return {}
+    read = {key: status[key] for key in _STATUS_FIELDS_READ.get(kind, ()) if key in status}
+    canary = read.get("canary")
+    if isinstance(canary, Mapping):
+        read["canary"] = {key: canary[key] for key in _CANARY_FIELDS_READ if key in canary}
+    return read
 
 
 def parse_resources(ctx: TranslationContext, resources: Iterable[Mapping[str, Any]]) -> None:
@@ -111,8 +127,7 @@ def _for_translation(kind: str, raw: Mapping[str, Any]) -> Mapping[str, Any]:
     status = raw.get("status")
     if not isinstance(status, Mapping):
         return raw
-    read = {key: status[key] for key in _STATUS_FIELDS_READ.get(kind, ()) if key in status}
-    return {**raw, "status": read or None}
+    return {**raw, "status": status_read_by_translation(kind, status) or None}
 
 
 def parse_document(kind: str, raw: Mapping[str, Any]) -> Parsed:
