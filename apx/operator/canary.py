@@ -19,7 +19,13 @@ this module only does the I/O around it:
   the new weight into the Redis route table and the Envoy snapshot without
   waiting for a resync;
 * Events, logs and the ``apx_canary_*`` metrics carry the numbers behind each
-  decision.
+  decision;
+* what it costs stays proportional to what changes: each Route's body is
+  parsed once (``Plan``), a round looks only at Routes with a canary, a failed
+  write is retried after a growing back-off, a halted canary's repeated
+  inconclusive checks are written only as a heartbeat
+  (``HALTED_HEARTBEAT_SECONDS``), and a written check that moves no weight
+  runs no reconcile pass (``apx.operator.store``).
 
 ``status.canary`` has one writer, this loop (the reconciler reads it and
 never writes it back), except ``request``, which only ``apx rollout`` writes:
@@ -42,6 +48,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from apx.controllers.appliers.kube import KubeClient, KubeError
+from apx.controllers.canary import timefmt
 from apx.controllers.canary.decide import CheckTime, Outcome, decide, next_check
 from apx.controllers.canary.state import parse_status
 from apx.controllers.canary.targets import target_for_spec
@@ -104,6 +111,14 @@ class Plan:
 # API that times out must not see every canary's write again on every round of the loop.
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
+# A halted canary whose checks stay inconclusive (no metrics yet, no backend configured) writes
+# that repeat at most this often: its state does not change, and a thousand halted canaries
+# writing every check interval would be a steady load on the API server for nothing. The checks
+# still run on time (``apx_canary_checks_total{result="no-data"}`` counts them); ``lastCheckAt``
+# is at most this old while halted; the first conclusive check is written at once.
+HALTED_HEARTBEAT_SECONDS = 300.0
+# Status fields a repeated inconclusive check changes without changing the canary's state.
+_CHECK_BOOKKEEPING = frozenset({"checks", "lastCheckAt", "noDataChecks", "lastDecision"})
 # How often the Routes with a canary are found again from the whole store (the change
 # listener keeps the set between; this repairs anything it could have missed).
 RESCAN_SECONDS = 60.0
@@ -130,6 +145,11 @@ class CanaryController:
         self.clock = clock
         self.tick_seconds = tick_seconds
         self._queries = asyncio.Semaphore(concurrency)
+        # Routes handled at once: each round starts at most this many (commands and new revisions
+        # first, then the most overdue checks), so a thousand checks falling due together never
+        # queue a thousand status writes behind the API client's connections (where they would
+        # time out) nor hold off the reconciler's own writes.
+        self._in_flight = max(1, concurrency)
         self._wake = asyncio.Event()
         self._running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -141,6 +161,9 @@ class CanaryController:
         self._plans: dict[str, Plan] = {}
         # Per Route whose last status write failed: (not before, current delay).
         self._retry: dict[str, tuple[float, float]] = {}
+        # Per halted Route whose last inconclusive check was not written (HALTED_HEARTBEAT_SECONDS):
+        # the body it ran against and when the next check is due.
+        self._unwritten_checks: dict[str, tuple[Mapping[str, Any], CheckTime]] = {}
         reconciler.listeners.append(self._on_change)
 
     # --- scheduling ------------------------------------------------------------------
@@ -178,6 +201,7 @@ class CanaryController:
                 if kind == "Route" and ((body.get("spec") or {}).get("canary") or _canary_status(body))
             }
         next_due = float("inf")
+        ready: list[tuple[bool, float, str, Work]] = []
         for key in sorted(self._candidates):
             body = self.reconciler.objects.get(("Route", key))
             if body is None or ("Route", key) in self.reconciler.deleting:
@@ -191,17 +215,26 @@ class CanaryController:
                 continue
             work, due = self._work_for(key, body, now)
             if work is not None:
-                self._start(work)
+                plan = self._plans.get(key)
+                overdue = plan.check.due_at if plan is not None and plan.check is not None else -math.inf
+                ready.append((work.run_check, overdue, key, work))
             elif due is not None:
                 next_due = min(next_due, due)
             elif not (body.get("spec") or {}).get("canary") and not _canary_status(body):
                 self._forget(key)  # no canary left to walk or to clear
+        free = self._in_flight - len(self._running)
+        ready.sort(key=lambda item: item[:3])
+        for _, _, _, work in ready[: max(free, 0)]:
+            self._start(work)
+        if len(ready) > free:
+            next_due = 0.0  # the rest start as running work finishes (its end wakes the loop)
         return next_due
 
     def _forget(self, key: str) -> None:
         self._candidates.discard(key)
         self._plans.pop(key, None)
         self._retry.pop(key, None)
+        self._unwritten_checks.pop(key, None)
 
     async def settle(self) -> None:
         """Wait for the work started so far (tests, and a clean shutdown)."""
@@ -230,9 +263,16 @@ class CanaryController:
             self._plans[key] = plan
         if plan.work is not None:
             return plan.work, None
-        if plan.check is None:
+        check = plan.check
+        unwritten = self._unwritten_checks.get(key)
+        if unwritten is not None:
+            if unwritten[0] is body:
+                check = unwritten[1]
+            else:
+                del self._unwritten_checks[key]  # a newer body: its own status says when
+        if check is None:
             return None, None
-        due = plan.check.due_in(now)
+        due = check.due_in(now)
         if due <= 0:
             return Work(key, body, plan.spec, plan.revision, plan.status, None, run_check=True), None
         return None, due
@@ -324,7 +364,10 @@ class CanaryController:
         written.pop("request", None)
         if outcome.check_ran:
             self.metrics.canary_checks.labels(result=outcome.decision.result).inc()
-        if written != previous:
+        if written != previous and _repeats_halt(previous, written, outcome, now):
+            assert work.spec is not None and work.spec.canary is not None
+            self._unwritten_checks[work.key] = (work.body, next_check(work.spec.canary, outcome.status))
+        elif written != previous:
             patch: dict[str, Any] = {k: None for k in previous if k not in written}
             patch.update(written)
             await self._write(work, {"canary": patch, "canaryWeight": outcome.status.weight})
@@ -359,6 +402,22 @@ class CanaryController:
             # Into the store at once: the pass this triggers renders the new
             # weight into Redis and the Envoy snapshot.
             self.reconciler.observe("Route", {**updated, "kind": "Route"})
+
+
+def _repeats_halt(
+    previous: Mapping[str, Any], written: Mapping[str, Any], outcome: Outcome, now: float
+) -> bool:
+    """A halted canary's inconclusive check that changes only bookkeeping, recorded recently enough."""
+    if not outcome.check_ran or outcome.events or outcome.decision.result != "no-data":
+        return False
+    if previous.get("phase") != "Halted" or written.get("phase") != "Halted":
+        return False
+    if {k: v for k, v in previous.items() if k not in _CHECK_BOOKKEEPING} != {
+        k: v for k, v in written.items() if k not in _CHECK_BOOKKEEPING
+    }:
+        return False
+    recorded = timefmt.parse_rfc3339(previous.get("lastCheckAt"))
+    return recorded is not None and 0 <= now - recorded < HALTED_HEARTBEAT_SECONDS
 
 
 def _object_key(body: Mapping[str, Any]) -> str:

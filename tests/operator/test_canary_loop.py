@@ -373,3 +373,33 @@ async def test_a_round_with_nothing_due_parses_no_status(loop: Loop, monkeypatch
     loop.canary.schedule(loop.clock.now)
     await loop.canary.settle()
     assert (await loop.canary_status())["checks"] == 2
+
+
+async def test_a_halted_canary_writes_repeated_inconclusive_checks_only_as_a_heartbeat(loop: Loop) -> None:
+    await loop.round()
+    loop.provider.error = "Prometheus at 127.0.0.1:9090 unreachable"
+    for _ in range(30):
+        await loop.round(advance=10)
+        if (await loop.canary_status())["phase"] == "Halted":
+            break
+    halted = await loop.canary_status()
+    assert halted["phase"] == "Halted", halted
+    counting = FailingWrites(loop.kube)
+    counting.failing = False
+    loop.canary.kube = counting  # type: ignore[assignment]
+    asked = len(loop.provider.asked)
+    for _ in range(20):  # 200 s of inconclusive checks, every one run on time
+        await loop.round(advance=10)
+    assert len(loop.provider.asked) == asked + 2 * 20, "the checks must still run every interval"
+    assert counting.writes == 0, "a halted canary wrote each repeated inconclusive check"
+    assert await loop.canary_status() == halted
+    for _ in range(11):  # past HALTED_HEARTBEAT_SECONDS since the recorded check: one write
+        await loop.round(advance=10)
+    assert counting.writes == 1
+    heartbeat = await loop.canary_status()
+    assert heartbeat["phase"] == "Halted" and heartbeat["checks"] > halted["checks"]
+    # The first conclusive check is written at once.
+    loop.provider.error = None
+    await loop.round(advance=10)
+    assert counting.writes == 2
+    assert (await loop.canary_status())["phase"] == "Progressing"

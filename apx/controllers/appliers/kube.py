@@ -200,7 +200,12 @@ class KubeClient:
                 text = await response.text()
                 status = response.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise Unavailable(0, f"Kubernetes API at {self.connection.server} unreachable: {exc}") from exc
+            reason = str(exc) or (
+                f"no answer within {self._timeout.total:.0f} s"
+                if isinstance(exc, TimeoutError) and self._timeout.total
+                else type(exc).__name__
+            )
+            raise Unavailable(0, f"Kubernetes API at {self.connection.server} unreachable: {reason}") from exc
         decoded: dict[str, Any] = {}
         if text:
             try:
