@@ -107,6 +107,16 @@ class KubernetesSync(ReconcilerState):
                     if owner is not None:
                         report.problems[owner] = problem
                     return
+                except KubeError as exc:
+                    # Refused for another reason (403 from RBAC, 413 too large, ...): its owner
+                    # says so and the pass goes on, so every other object still gets its status.
+                    owner = _owner_key(manifest)
+                    message = f"{identity[0]} {identity[1]}/{identity[2]}: {exc}; retrying"
+                    if owner is not None:
+                        report.problems[owner] = DependencyProblem("ManifestRefused", message)
+                    else:  # the Envoy snapshot ConfigMaps: the next pass writes them again
+                        logger.warning("cannot apply %s", message)
+                    return
             self.metrics.dependency_up.labels(dependency="kubernetes").set(1)
             self._applied_manifests[identity] = digest
             report.manifests_applied += 1

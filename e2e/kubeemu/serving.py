@@ -12,6 +12,7 @@ stops open watches first so shutdown is immediate. Called by
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import pathlib
 from collections.abc import AsyncIterator
@@ -21,9 +22,32 @@ from typing import Any, Self
 import attrs
 import kmock
 import yaml
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from .base import WriteOptions
 from .emulator import KubeEmulator
+
+# The real API server reads request bodies up to 3 MiB (``MaxRequestBodyBytes``); aiohttp's
+# default is 1 MiB, which refused writes a real cluster accepts (a ConfigMap near its 1 MiB
+# data limit travels base64-encoded inside a larger JSON body).
+MAX_REQUEST_BODY_BYTES = 3 * 1024 * 1024
+
+
+def _api_server_request(
+    message: RawRequestMessage,
+    payload: StreamReader,
+    protocol: RequestHandler,
+    writer: AbstractStreamWriter,
+    task: asyncio.Task[None],
+) -> BaseRequest:
+    return BaseRequest(
+        message, payload, protocol, writer, task, asyncio.get_running_loop(),
+        client_max_size=MAX_REQUEST_BODY_BYTES,
+    )  # fmt: skip
 
 
 @attrs.mutable
@@ -33,7 +57,9 @@ class EmulatorServer(kmock.Server):
     async def __aenter__(self) -> Self:
         if self._managed_server is not None:
             raise RuntimeError("The server can be started only once.")
-        self._managed_server = self._server_cls(self.handler, host=self._host, port=self._port)
+        self._managed_server = self._server_cls(
+            self.handler, host=self._host, port=self._port, request_factory=_api_server_request
+        )
         await self._managed_server.__aenter__()
         self.handler.servers.append(self)
         return self

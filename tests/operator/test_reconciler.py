@@ -16,7 +16,7 @@ import pytest
 import redis
 from google.cloud import pubsub_v1
 
-from apx.controllers.appliers.kube import KubeClient
+from apx.controllers.appliers.kube import KubeClient, KubeError
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
 from apx.controllers.names import ruleset_current_key
@@ -408,3 +408,41 @@ async def test_a_route_edit_after_status_writes_renders_only_that_route_again(
     await reconciler.reconcile_once()
     assert built == ["default/payments-charges"], built
     assert rendered == ["default/payments-charges"], rendered
+
+
+class RefusingApplies:
+    """The API client, with server-side applies of some objects refused (403 from RBAC, 413 too large)."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    async def apply(self, manifest: dict[str, Any], force: bool = True) -> dict[str, Any]:
+        name = manifest["metadata"]["name"]
+        if manifest["kind"] == "ConfigMap" and name.startswith("apx-envoy-snapshot"):
+            raise KubeError(413, "Maximum request body size 1048576 exceeded.")
+        if manifest["kind"] == "Deployment":
+            raise KubeError(403, f'deployments.apps "{name}" is forbidden: User cannot patch resource')
+        return await self._kube.apply(manifest, force)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kube, name)
+
+
+@pytest.mark.asyncio
+async def test_a_manifest_the_api_refuses_marks_its_owner_and_every_other_object_still_gets_its_status(
+    kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = f"apx-test-{uuid.uuid4().hex[:8]}"
+    url = f"redis://{redis_service.address}/11"
+    reconciler = _make_reconciler(kube, url, project, monkeypatch, pubsub_service)
+    reconciler.kube = RefusingApplies(kube)  # type: ignore[assignment]
+    await _apply_samples(kube, reconciler)  # a refused apply used to fail the whole pass
+    async_route = await kube.get("Route", "default", "ledger-exports")
+    assert async_route is not None
+    status = async_route["status"]
+    assert status["reason"] == "ManifestRefused", status
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "Ready")
+    assert "forbidden" in message and "Deployment" in message
+    for name in ("payments-charges", "payments-legacy"):
+        route = await kube.get("Route", "default", name)
+        assert route is not None and _ready(route), (name, route.get("status"))
