@@ -144,6 +144,8 @@ class ReconcilerState:
     # what was applied
     _applied_rule_sets: dict[str, str]
     _applied_route_table: str | None
+    # The entries of that table, for publishing the next one as its changes.
+    _applied_route_table_entries: dict[str, str] | None
     _applied_pubsub: set[str]
     _applied_manifests: dict[tuple[str, str, str], str]
     _snapshot_parts: set[tuple[str, str, str]]

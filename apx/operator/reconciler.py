@@ -136,6 +136,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self._listed = False
         self._applied_rule_sets: dict[str, str] = {}
         self._applied_route_table: str | None = None
+        self._applied_route_table_entries: dict[str, str] | None = None
         self._applied_pubsub: set[str] = set()
         self._applied_manifests: dict[tuple[str, str, str], str] = {}
         # Envoy snapshot part ConfigMaps of the last pass (``_prune_snapshot_parts``).

@@ -94,14 +94,27 @@ class RedisSync(ReconcilerState):
                     current=names.route_table_current_key(instance),
                     versions=names.route_table_versions_key(instance),
                 )
-                await self.redis.publish(keys, table.version, dict(table.entries))
+                entries = dict(table.entries)
+                previous = self._applied_route_table_entries
+                if full or previous is None or self._applied_route_table is None:
+                    await self.redis.publish(keys, table.version, entries)
+                else:
+                    # Unchanged entries are the very strings of the last table (the renderer's
+                    # caches): comparing 10,000 of them is cheap, writing them again is not.
+                    changed = {k: v for k, v in entries.items() if previous.get(k) != v}
+                    removed = [k for k in previous if k not in entries]
+                    await self.redis.publish_changes(
+                        keys, table.version, self._applied_route_table, changed, removed, entries
+                    )
                 self._applied_route_table = table.version
+                self._applied_route_table_entries = entries
                 report.redis_published += 1
             self.metrics.dependency_up.labels(dependency="redis").set(1)
         except RedisUnavailable as exc:
             self.metrics.dependency_up.labels(dependency="redis").set(0)
             self._applied_rule_sets.clear()
             self._applied_route_table = None
+            self._applied_route_table_entries = None
             problem = DependencyProblem("RedisUnavailable", f"{exc}; retrying")
             for product in ir.products:
                 report.problems[("Product", product.key)] = problem

@@ -158,9 +158,21 @@ async def test_every_lua_script_of_apx_runs_on_the_cluster_with_real_keys_and_no
         for version in ("v1", "v2", "v3"):
             assert await applier.publish(keys, version, {"meta": "{}", "n": version})
         assert await applier.current_version(keys) == "v3"
+        # A new version as the changes from the current one (COPY on the node of the slot), then
+        # one whose base is gone (trimmed): published whole.
+        whole = {"meta": "{}", "n": "v4", "added": "x"}
+        assert await applier.publish_changes(keys, "v4", "v3", {"n": "v4", "added": "x"}, [], whole)
+        client = redisconn.cluster_client(url, max_connections=4, decode_responses=True)
+        try:
+            assert await client.hgetall(keys.version_key("v4")) == whole
+            assert await applier.publish_changes(keys, "v5", "v3", {"n": "v5"}, ["added"], {"n": "v5"})
+            assert await client.hgetall(keys.version_key("v5")) == {"n": "v5"}
+        finally:
+            await client.aclose()
         assert await applier.drop(keys) >= 1
         assert await applier.current_version(keys) is None
         record(applier_module._PUBLISH)
+        record(applier_module._PUBLISH_DELTA)
         record(applier_module._DROP)
     finally:
         await applier.close()

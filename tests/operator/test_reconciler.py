@@ -446,3 +446,49 @@ async def test_a_manifest_the_api_refuses_marks_its_owner_and_every_other_object
     for name in ("payments-charges", "payments-legacy"):
         route = await kube.get("Route", "default", name)
         assert route is not None and _ready(route), (name, route.get("status"))
+
+
+@pytest.mark.asyncio
+async def test_a_route_edit_publishes_the_route_table_as_its_changes_and_readers_see_the_whole_table(
+    kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apx.controllers import names
+
+    reconciler, _ = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=12
+    )
+    client = redis.Redis.from_url(f"redis://{redis_service.address}/12", decode_responses=True)
+    before = client.get(names.route_table_current_key())
+    sent: list[tuple[str, int]] = []
+    full, changes = reconciler.redis.publish, reconciler.redis.publish_changes
+
+    async def counted_full(keys: Any, version: str, fields: Any) -> bool:
+        sent.append(("whole", len(fields)))
+        return await full(keys, version, fields)
+
+    async def counted_changes(
+        keys: Any, version: str, base: str, changed: Any, removed: Any, fields: Any
+    ) -> bool:
+        sent.append(("changes", len(changed) + len(removed)))
+        return await changes(keys, version, base, changed, removed, fields)
+
+    monkeypatch.setattr(reconciler.redis, "publish", counted_full)
+    monkeypatch.setattr(reconciler.redis, "publish_changes", counted_changes)
+    route = await kube.get("Route", "default", "payments-legacy")
+    assert route is not None
+    reconciler.observe("Route", await _apply_spec(kube, route, {**route["spec"], "timeout": "41s"}))
+    await reconciler.reconcile_once()
+    version = client.get(names.route_table_current_key())
+    assert version is not None and version != before
+    assert ("changes", 1) in sent, sent
+    assert client.hgetall(names.route_table_key(version)) == reconciler._applied_route_table_entries
+    # The previous version's hash was trimmed meanwhile (or flushed): the whole table is published.
+    client.delete(names.route_table_key(version))
+    route = await kube.get("Route", "default", "payments-legacy")
+    assert route is not None
+    reconciler.observe("Route", await _apply_spec(kube, route, {**route["spec"], "timeout": "42s"}))
+    await reconciler.reconcile_once()
+    latest = client.get(names.route_table_current_key())
+    assert latest is not None and latest != version
+    assert client.hgetall(names.route_table_key(latest)) == reconciler._applied_route_table_entries
+    assert len(client.hgetall(names.route_table_key(latest))) == 3

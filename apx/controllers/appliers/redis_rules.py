@@ -16,7 +16,7 @@ re-running after a crash at any point completes the switch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -34,6 +34,44 @@ _PUBLISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   for i = 4, #ARGV, 2 do
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1])
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[3], seq, ARGV[1])
+local keep = tonumber(ARGV[2])
+local stale = redis.call('ZRANGE', KEYS[3], 0, -(keep + 1))
+for _, version in ipairs(stale) do
+  if version ~= ARGV[1] then
+    redis.call('DEL', ARGV[3] .. version)
+    redis.call('ZREM', KEYS[3], version)
+  end
+end
+return 1
+"""
+
+# The same switch for a version that differs from an earlier one in a few fields: the new hash is
+# a server-side COPY of the base version's hash with those fields set and removed (a one-Route
+# edit at 10,000 Routes sends two fields, not the whole route table).
+# KEYS: 1-4 as _PUBLISH, 5 the base version's hash
+# ARGV: 1 version, 2 versions to keep, 3 prefix, 4 number of field/value pairs to set (n),
+#       5 .. 4+2n the pairs, then the fields to remove
+# Returns -1 when the base version's hash is gone (the caller publishes the whole document).
+_PUBLISH_DELTA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[5]) == 0 then
+    return -1
+  end
+  redis.call('COPY', KEYS[5], KEYS[1])
+  local pairs_end = 4 + 2 * tonumber(ARGV[4])
+  for i = 5, pairs_end, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  for i = pairs_end + 1, #ARGV do
+    redis.call('HDEL', KEYS[1], ARGV[i])
   end
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then
@@ -106,6 +144,7 @@ class RedisApplier:
                 url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
             )
         self._publish = self._client.register_script(_PUBLISH)
+        self._publish_delta = self._client.register_script(_PUBLISH_DELTA)
         self._drop = self._client.register_script(_DROP)
 
     async def close(self) -> None:
@@ -138,6 +177,41 @@ class RedisApplier:
             )
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"Redis at {self.shown_url} unreachable: {exc}") from exc
+        return bool(moved)
+
+    async def publish_changes(
+        self,
+        keys: VersionedKeys,
+        version: str,
+        base_version: str,
+        changed: Mapping[str, str],
+        removed: Sequence[str],
+        fields: Mapping[str, str],
+    ) -> bool:
+        """Publish ``version`` (whose whole content is ``fields``) as ``base_version`` plus the changes.
+
+        The same outcome as ``publish(keys, version, fields)``; only the changed fields travel.
+        When the base version's hash is gone (trimmed, flushed), the whole document is published.
+        """
+        args: list[str] = [version, str(self.keep_versions), keys.version_prefix, str(len(changed))]
+        for name in sorted(changed):
+            args += [name, changed[name]]
+        args += sorted(removed)
+        try:
+            moved = await self._publish_delta(
+                keys=[
+                    keys.version_key(version),
+                    keys.current,
+                    keys.versions,
+                    keys.sequence,
+                    keys.version_key(base_version),
+                ],
+                args=args,
+            )
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis at {self.shown_url} unreachable: {exc}") from exc
+        if int(moved) == -1:
+            return await self.publish(keys, version, fields)
         return bool(moved)
 
     async def drop(self, keys: VersionedKeys) -> int:
