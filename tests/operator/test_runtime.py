@@ -167,3 +167,22 @@ def test_settle_collects_new_cycles_and_a_full_collection_reclaims_frozen_ones_w
         "False ['cycle']",
         "True ['cycle', 'frozen cycle']",
     ]
+
+
+def test_a_frozen_heap_grown_by_half_since_the_last_full_collection_is_collected_whole() -> None:
+    out = in_fresh_process(
+        _HEAP_PRELUDE
+        + """
+    collected = []
+    keeper.settle()  # the baseline: everything alive at start
+    holder = [cycle(collected, "frozen cycle")]
+    keeper.settle()
+    holder.clear()  # a cycle that died after it was frozen
+    print(keeper.settle().full, collected)
+    grown = [[i] for i in range(gc.get_freeze_count())]  # the heap doubles (a big load)
+    print(keeper.settle().full, collected)  # frozen now: the growth shows at the next settle
+    print(keeper.settle().full, collected)
+    print(keeper.settle().full)  # measured from the new size: not again
+    """
+    )
+    assert out.splitlines() == ["False []", "False []", "True ['frozen cycle']", "False"]
