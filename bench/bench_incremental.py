@@ -16,8 +16,8 @@ baseline measured in the same run:
 * the caches' size (Python objects' memory released when they are cleared).
 
 The operator end to end (API, Redis, Pub/Sub, xDS) is ``bench_operator.py``;
-at 10,000 Routes its Pub/Sub emulator cannot hold the workload's plan on two
-cores (``apx/controllers/appliers/PUBSUB.md``), which is why this one exists.
+there the emulated API, the Pub/Sub emulator and the operator share two cores,
+so this one measures the pure pipeline's share without them.
 """
 
 from __future__ import annotations
