@@ -101,13 +101,21 @@ async def test_snapshot_configmaps_follow_xds_at_most_every_snapshot_configmap_s
     # The samples' last pass wrote them; a change within the interval goes to xDS only.
     await edit("11s")
     await reconciler.reconcile_once()
+    # The timer asks for the pass that writes them once the interval has passed (the
+    # reconciler's loop is not running here). Watched from before the pass that sets it:
+    # on a loaded machine the rest of that pass can outlast the interval.
+    asked = asyncio.Event()
+    request_pass = reconciler.request_pass
+
+    def record_request() -> None:
+        asked.set()
+        request_pass()
+
+    monkeypatch.setattr(reconciler, "request_pass", record_request)
     await edit("12s")
     await reconciler.reconcile_once()
     assert served and await stored_version() != served[-1]
-    # The timer asks for the pass that writes them once the interval has passed (the
-    # reconciler's loop is not running here: its wake-up event is cleared by hand).
-    reconciler._dirty.clear()
-    await asyncio.wait_for(reconciler._dirty.wait(), timeout=5)
+    await asyncio.wait_for(asked.wait(), timeout=5)
     await reconciler.reconcile_once()
     assert await stored_version() == served[-1]
     assert decode_configmaps(await kube.list("ConfigMap", "apx-system")) is not None
