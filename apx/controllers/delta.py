@@ -48,6 +48,14 @@ def route_changes(previous: Sequence[RouteIR], current: Sequence[RouteIR]) -> li
     return changes
 
 
+def async_route_changes(previous: Sequence[RouteIR], current: Sequence[RouteIR]) -> list[RouteChange] | None:
+    """``route_changes`` limited to Routes async before or after (the Pub/Sub and worker stages)."""
+    changes = route_changes(previous, current)
+    if changes is None:
+        return None
+    return [(before, after) for before, after in changes if before.mode == "async" or after.mode == "async"]
+
+
 class SortedRows(Generic[V]):
     """Values kept sorted by a string-tuple sort key, with inserts and removals by bisection.
 

@@ -66,6 +66,7 @@ from apx.controllers.translate import canary_revision
 
 from .events import post_event
 from .metrics import OperatorMetrics
+from .reconcile_state import _key
 from .reconciler import Reconciler
 
 logger = logging.getLogger("apx.operator.canary")
@@ -170,7 +171,7 @@ class CanaryController:
 
     def _on_change(self, kind: str, body: Mapping[str, Any]) -> None:
         if kind == "Route" and ((body.get("spec") or {}).get("canary") or _canary_status(body)):
-            self._candidates.add(_object_key(body))
+            self._candidates.add(_key(body))
             self._wake.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -418,11 +419,6 @@ def _repeats_halt(
         return False
     recorded = timefmt.parse_rfc3339(previous.get("lastCheckAt"))
     return recorded is not None and 0 <= now - recorded < HALTED_HEARTBEAT_SECONDS
-
-
-def _object_key(body: Mapping[str, Any]) -> str:
-    meta = body.get("metadata") or {}
-    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
 
 
 def _canary_status(body: Mapping[str, Any]) -> dict[str, Any] | None:

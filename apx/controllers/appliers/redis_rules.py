@@ -26,16 +26,15 @@ from apx.contracts import redis_keys
 from apx.dataplane.common.redact import redact_url
 from apx.dataplane.common.redisconn import RedisClient, cluster_client, is_cluster_url
 
-# KEYS: 1 version hash, 2 current pointer, 3 version log (zset), 4 sequence counter
-# ARGV: 1 version, 2 versions to keep, 3 prefix of version hashes, 4.. field/value pairs
-# Old version hashes are derived from the prefix inside the script; they share
-# the hash tag of KEYS, so they live in the same cluster slot.
-_PUBLISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  for i = 4, #ARGV, 2 do
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-end
+
+# What both publish scripts end with: switch the pointer (nothing when already current) and
+# delete the versions beyond the ones kept. Old version hashes are derived from the prefix
+# (ARGV[3]) inside the script; they share the hash tag of KEYS, so they live in the same
+# cluster slot. A function, not a module string: only whole scripts are module strings.
+def _then_switch(write: str) -> str:
+    return (
+        write
+        + """
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   return 0
 end
@@ -52,6 +51,18 @@ for _, version in ipairs(stale) do
 end
 return 1
 """
+    )
+
+
+# KEYS: 1 version hash, 2 current pointer, 3 version log (zset), 4 sequence counter
+# ARGV: 1 version, 2 versions to keep, 3 prefix of version hashes, 4.. field/value pairs
+_PUBLISH = _then_switch("""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  for i = 4, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+""")
 
 # The same switch for a version that differs from an earlier one in a few fields: the new hash is
 # a server-side COPY of the base version's hash with those fields set and removed (a one-Route
@@ -60,7 +71,7 @@ return 1
 # ARGV: 1 version, 2 versions to keep, 3 prefix, 4 number of field/value pairs to set (n),
 #       5 .. 4+2n the pairs, then the fields to remove
 # Returns -1 when the base version's hash is gone (the caller publishes the whole document).
-_PUBLISH_DELTA = """
+_PUBLISH_DELTA = _then_switch("""
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if redis.call('EXISTS', KEYS[5]) == 0 then
     return -1
@@ -74,22 +85,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('HDEL', KEYS[1], ARGV[i])
   end
 end
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[1])
-local seq = redis.call('INCR', KEYS[4])
-redis.call('ZADD', KEYS[3], seq, ARGV[1])
-local keep = tonumber(ARGV[2])
-local stale = redis.call('ZRANGE', KEYS[3], 0, -(keep + 1))
-for _, version in ipairs(stale) do
-  if version ~= ARGV[1] then
-    redis.call('DEL', ARGV[3] .. version)
-    redis.call('ZREM', KEYS[3], version)
-  end
-end
-return 1
-"""
+""")
 
 # KEYS: 1 current pointer, 2 version log, 3 sequence counter; ARGV: 1 prefix of version hashes
 _DROP = """

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..delta import SortedRows, route_changes
+from ..delta import SortedRows, async_route_changes
 from ..ir import IR, RouteIR
 from ..memo import Caches
 from .pubsub_plan import PubSubOutput, TopicPlan, cached_route_documents, render_pubsub
@@ -65,10 +65,9 @@ def _assembled(routes: tuple[RouteIR, ...], project: str, output: PubSubOutput) 
 
 
 def _delta(state: _Assembled, ir: IR, caches: Caches) -> PubSubOutput | None:
-    changes = route_changes(state.routes, ir.routes)
+    changes = async_route_changes(state.routes, ir.routes)
     if changes is None:
         return None
-    changes = [(b, a) for b, a in changes if b.mode == "async" or a.mode == "async"]
     caches.pubsub_routes.carry()
     if not changes:
         state.routes = ir.routes

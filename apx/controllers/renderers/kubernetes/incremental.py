@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...delta import SortedRows, route_changes
+from ...delta import SortedRows, async_route_changes
 from ...ir import IR, PolicyIR, RouteIR
 from ...memo import Caches, same
 from . import KubernetesOutput, render_kubernetes, route_manifests
@@ -59,10 +59,9 @@ def _manifests(route: RouteIR, caches: Caches) -> list[dict[str, Any]]:
 
 
 def _delta(state: _Assembled, ir: IR, caches: Caches) -> KubernetesOutput | None:
-    changes = route_changes(state.routes, ir.routes)
+    changes = async_route_changes(state.routes, ir.routes)
     if changes is None:
         return None
-    changes = [(b, a) for b, a in changes if b.mode == "async" or a.mode == "async"]
     caches.kubernetes_routes.carry()
     caches.kubernetes_policies.carry()
     if not changes:
