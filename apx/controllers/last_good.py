@@ -44,11 +44,15 @@ class Fallback:
     without error (the operator keeps it; offline it is empty). ``failures``
     holds the Stalled status of each object not rendered from its own spec,
     and ``left_out`` those rendered not at all (no usable last good body).
+    ``keyed``: the documents by key when the caller keeps them so (the
+    operator): ``substituted`` then finds the failing ones without computing
+    every document's key.
     """
 
     last_good: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
     failures: dict[Key, ResourceStatus] = field(default_factory=dict)
     left_out: set[Key] = field(default_factory=set)
+    keyed: Mapping[Key, Mapping[str, Any]] | None = None
 
     def record(self, key: Key, status: ResourceStatus, current: Mapping[str, Any] | None) -> None:
         """``key`` failed with ``status``: serve its last good body, or leave it out if that failed too."""
@@ -71,6 +75,20 @@ class Fallback:
         if not self.failures:
             return list(documents)  # the usual pass: nothing to substitute, no key to compute
         chosen: list[Mapping[str, Any]] = []
+        if self.keyed is not None:
+            # The failing documents by identity: one lookup per document instead of its key.
+            failing = {
+                id(self.keyed[key]): key
+                for key in self.failures
+                if key[0] in SUBSTITUTABLE and key in self.keyed
+            }
+            for document in documents:
+                key = failing.get(id(document))
+                if key is None:
+                    chosen.append(document)
+                elif key not in self.left_out:
+                    chosen.append(self.last_good[key])
+            return chosen
         for document in documents:
             key = document_key(document)
             if key[0] not in SUBSTITUTABLE or key not in self.failures:

@@ -52,11 +52,13 @@ class _ByKey:
 
     __slots__ = ("_documents", "_map")
 
-    def __init__(self, documents: Iterable[Mapping[str, Any]]) -> None:
+    def __init__(
+        self, documents: Iterable[Mapping[str, Any]], keyed: Mapping[Key, Mapping[str, Any]] | None = None
+    ) -> None:
         self._documents = documents
-        self._map: dict[Key, Mapping[str, Any]] | None = None
+        self._map: Mapping[Key, Mapping[str, Any]] | None = keyed
 
-    def _built(self) -> dict[Key, Mapping[str, Any]]:
+    def _built(self) -> Mapping[Key, Mapping[str, Any]]:
         if self._map is None:
             self._map = {document_key(d): d for d in self._documents}
         return self._map
@@ -156,6 +158,7 @@ def first_stage(
     last_good: Mapping[Key, Mapping[str, Any]] | None = None,
     known_failures: Mapping[Key, ResourceStatus] | None = None,
     caches: Caches | None = None,
+    keyed: Mapping[Key, Mapping[str, Any]] | None = None,
 ) -> FirstStage:
     """Translate and render the Redis rules, serving last good bodies for failing specs.
 
@@ -164,11 +167,14 @@ def first_stage(
     them even for the moment before the later stage fails again.
     ``caches`` (the operator's, ``apx.controllers.memo``) makes unchanged
     objects cheap in every stage; the output is the same without.
+    ``keyed``: the Products and Routes among ``resources`` by key, when the
+    caller keeps them so (the operator's store): with thousands of objects,
+    computing every document's key again was a sizeable part of a pass.
     """
     with collector_paused():
         documents = tuple(resources)
-        fallback = Fallback(last_good=last_good or {})
-        current = _ByKey(documents)
+        fallback = Fallback(last_good=last_good or {}, keyed=keyed)
+        current = _ByKey(documents, keyed)
         for key, status in (known_failures or {}).items():
             if key in current:
                 fallback.record(key, dataclasses.replace(status, summary=dict(status.summary)), current[key])
@@ -211,7 +217,7 @@ def _settle_redis(
     result: TranslateResult | None,
     caches: Caches | None = None,
 ) -> FirstStage:
-    current = _ByKey(documents)
+    current = _ByKey(documents, fallback.keyed)
     for _ in range(_max_rounds(documents)):
         if result is None:
             result = _translate_again(documents, canary_states, fallback, caches)
@@ -327,17 +333,16 @@ def _finish(
             result.ir, port=envoy_port, settings=_envoy_settings(operator_namespace), caches=stage.caches
         )
         failures: dict[Key, str] = {("Route", key): message for key, message in envoy.errors.items()}
-        snapshot: dict[str, Any] = {}
         kubernetes: KubernetesOutput | None = None
         if not failures:
-            snapshot = envoy.snapshot_document()
+            # Only the snapshot ConfigMaps need the snapshot document (its counts read every
+            # Route of the RouteConfiguration message, which the cached renders parse only then).
+            snapshot = envoy.snapshot_document() if snapshot_configmaps else None
             try:
                 if stage.caches is not None and not snapshot_configmaps:
                     kubernetes = render_kubernetes_cached(result.ir, operator_namespace, stage.caches)
                 else:
-                    kubernetes = render_kubernetes(
-                        result.ir, snapshot if snapshot_configmaps else None, operator_namespace, stage.caches
-                    )
+                    kubernetes = render_kubernetes(result.ir, snapshot, operator_namespace, stage.caches)
             except ManifestConflict as exc:
                 blamed = _manifest_blame(stage, exc)
                 if blamed is None:
@@ -350,7 +355,7 @@ def _finish(
             stage = _settle_redis(stage.documents, stage.canary_states, stage.fallback, None, stage.caches)
             continue
         assert kubernetes is not None
-        return _summarised(stage, envoy, snapshot, kubernetes, project, keep_envoy_resources)
+        return _summarised(stage, envoy, kubernetes, project, keep_envoy_resources)
     raise RuntimeError("rendering did not settle")  # pragma: no cover - see _max_rounds
 
 
@@ -364,7 +369,6 @@ def _deployments(route: RouteIR, caches: Caches | None) -> list[str]:
 def _summarised(
     stage: FirstStage,
     envoy: EnvoyOutput,
-    snapshot: dict[str, Any],
     kubernetes: KubernetesOutput,
     project: str,
     keep_envoy_resources: bool,
@@ -406,6 +410,7 @@ def _summarised(
     add_output_summaries(result.statuses, ir, versions.__getitem__, async_outputs)
     if stage.caches is not None:
         stage.caches.assembled["summaries"] = used
+        _keep_equal_statuses(result.statuses, ir, stage.caches)
     return Compiled(
         result=result,
         ir=ir,
@@ -415,3 +420,26 @@ def _summarised(
         kubernetes=kubernetes,
         failures=dict(stage.fallback.failures),
     )
+
+
+def _keep_equal_statuses(statuses: dict[Key, ResourceStatus], ir: IR, caches: Caches) -> None:
+    """Give summarised statuses equal to last pass's the very objects of last pass.
+
+    Products' and async Routes' statuses are this pass's own copies (the
+    summaries are added to them), so without this they would be new objects
+    on every pass, and the operator, which looks again only at statuses that
+    are new objects, would compare thousands of them after a one-Route edit.
+    """
+    before: dict[Key, ResourceStatus] = caches.assembled.get("summarised") or {}
+    now: dict[Key, ResourceStatus] = {}
+    keys = [("Product", product.key) for product in ir.products]
+    keys += [("Route", route.key) for route in ir.routes if route.mode == "async"]
+    for key in keys:
+        status = statuses.get(key)
+        if status is None:
+            continue
+        old = before.get(key)
+        if old is not None and old == status:
+            statuses[key] = status = old
+        now[key] = status
+    caches.assembled["summarised"] = now

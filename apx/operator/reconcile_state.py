@@ -117,6 +117,9 @@ class ReconcilerState:
     # the store
     objects: dict[Key, dict[str, Any]]
     _documents: dict[Key, tuple[dict[str, Any], dict[str, Any]]]
+    _touched: set[Key]
+    _membership_changed: bool
+    _documents_renewed: set[Key] | None
     deleting: dict[Key, dict[str, Any]]
     listeners: list[Callable[[str, Mapping[str, Any]], None]]
     envoy_listeners: list[Callable[[EnvoyOutput], None]]
@@ -155,7 +158,16 @@ class ReconcilerState:
     _written_status: dict[Key, str]
     _verified_status: dict[Key, tuple[ResourceStatus, dict[str, Any]]]
     _last_phase: dict[Key, str]
-    _ready_exported: dict[Key, bool]
+    _final_memo: dict[Key, tuple[ResourceStatus, tuple[Any, ...], ResourceStatus]]
+    _finals: dict[Key, ResourceStatus]
+    _status_seen: dict[Key, ResourceStatus]
+    _status_touched: set[Key]
+    _status_everything: bool
+    _overlaid_before: set[Key]
+    _status_retry: set[Key]
+    _candidates_now: set[Key] | None
+    _phases: dict[Key, str]
+    _phase_totals: dict[tuple[str, str], int]
     _rejections_now: Mapping[Key, str]
 
     if TYPE_CHECKING:

@@ -57,6 +57,7 @@ from opentelemetry import trace
 from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
+from apx.controllers.last_good import SUBSTITUTABLE
 from apx.controllers.memo import Caches
 from apx.controllers.pipeline import Compiled, FirstStage, finish, first_stage
 from apx.controllers.renderers.envoy import EnvoyOutput
@@ -129,6 +130,10 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         # Per object, (body, the document a pass translates for it): see ``Store.translation_document``.
         self._documents: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+        # What changed since ``translation_documents`` last ran: bodies replaced, objects come or gone.
+        self._touched: set[tuple[str, str]] = set()
+        self._membership_changed = True
+        self._documents_renewed: set[tuple[str, str]] | None = None
         self.deleting: dict[tuple[str, str], dict[str, Any]] = {}
         self._cleaned: set[tuple[str, str]] = set()
         self._dirty = asyncio.Event()
@@ -150,8 +155,21 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         # Per object, the last status found already written, with the body it was checked against:
         # an equal status for the same body needs no document, no digest and no write.
         self._verified_status: dict[tuple[str, str], tuple[ResourceStatus, dict[str, Any]]] = {}
-        # What ``apx_operator_object_ready`` holds per object (only changes are exported).
-        self._ready_exported: dict[tuple[str, str], bool] = {}
+        # Per object, its translated status, the overlays put on it and the result
+        # (``StatusSync._final_status``); and each object's final status of this pass.
+        self._final_memo: dict[tuple[str, str], tuple[ResourceStatus, tuple[Any, ...], ResourceStatus]] = {}
+        self._finals: dict[tuple[str, str], ResourceStatus] = {}
+        # What a pass looks at for statuses (``StatusSync._status_candidates``): the translated
+        # statuses of the last pass, bodies replaced since, keys with overlays, failed writes.
+        self._status_seen: dict[tuple[str, str], ResourceStatus] = {}
+        self._status_touched: set[tuple[str, str]] = set()
+        self._status_everything = True
+        self._overlaid_before: set[tuple[str, str]] = set()
+        self._status_retry: set[tuple[str, str]] = set()
+        self._candidates_now: set[tuple[str, str]] | None = None
+        # Each object's phase as exported (``apx_operator_object_ready``) and the counts per (kind, phase).
+        self._phases: dict[tuple[str, str], str] = {}
+        self._phase_totals: dict[tuple[str, str], int] = {}
         # What translation and rendering reuse between passes (``apx.controllers.memo``): a pass
         # redoes only the objects whose inputs changed. Cleared by the periodic resync, which
         # therefore compiles from scratch (and must, and does, give the same bytes).
@@ -213,8 +231,10 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
                 await post_event(self.kube, kind, body, "Warning", "InUse", message, self.clock())
             raise InUse(f"{kind} {key[1]}: {message}")
         self._in_use.pop(key, None)
+        self._status_touched.add(key)
         self.deleting[key] = _stored(body)
         self.objects[key] = _stored(body)
+        self._membership_changed = True
         self._cleaned.discard(key)
         self._dirty.set()
         deadline = time.monotonic() + timeout
@@ -229,9 +249,15 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         """Record a worker Deployment's availability (from its watch); a change rewrites the status."""
         changed = self.workers.forget(body) if deleted else self.workers.observe(body)
         if changed:
+            self._status_everything = True
             self._dirty.set()
 
-    def _serving_stage(self, documents: list[dict[str, Any]], caches: Caches | None = None) -> FirstStage:
+    def _serving_stage(
+        self,
+        documents: list[dict[str, Any]],
+        caches: Caches | None = None,
+        keyed: Mapping[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    ) -> FirstStage:
         """Translate ``documents``; a Product or Route whose new spec fails is rendered as last good.
 
         Its status still comes from the failing spec (Stalled, the field
@@ -240,25 +266,51 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         refused in an earlier pass (Envoy, manifests) are substituted up front,
         so even the fast path never publishes them. Runs in a worker thread
         during full passes: it reads the store but does not change it.
+        ``keyed``: the store's (body, document) per key when ``documents`` are
+        the pass's (``translation_documents``), so no document's key is computed.
         """
         known = {
             key: status
             for key, (body, status) in list(self._render_failures.items())
             if (self.objects.get(key) or {}).get("spec") == body.get("spec")
         }
-        return first_stage(documents, last_good=self._last_good, known_failures=known, caches=caches)
+        return first_stage(
+            documents,
+            last_good=self._last_good,
+            known_failures=known,
+            caches=caches,
+            keyed=_Translated(keyed) if keyed is not None else None,
+        )
 
-    def _remember_good(self, compiled: Compiled, documents: list[dict[str, Any]]) -> None:
-        """Record the bodies of Products and Routes that rendered without error, and those that failed."""
-        for key, document, status in _products_and_routes(compiled.statuses, documents):
-            current = self.objects.get(key)
-            # By spec, not identity: a status write may have replaced the stored body meanwhile.
-            if (
-                not status.stalled
-                and current is not None
-                and (current is document or current.get("spec") == document.get("spec"))
-            ):
-                self._last_good[key] = current
+    def _remember_good(
+        self,
+        compiled: Compiled,
+        documents: Mapping[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]],
+        keys: set[tuple[str, str]] | None,
+    ) -> None:
+        """Record the bodies of Products and Routes that rendered without error, and those that failed.
+
+        ``documents``: per object, its body and the document the pass translated
+        (``translation_documents``); ``keys``: the objects whose status or document
+        is new this pass (``None``: every object). Any other object's last good body
+        is what it was (a status write moves it along: ``Store._replace_body``).
+        """
+        statuses, objects, last_good = compiled.statuses, self.objects, self._last_good
+        for key in documents if keys is None else keys:
+            if key[0] not in SUBSTITUTABLE or key not in documents:
+                continue
+            document = documents[key][1]
+            current = objects.get(key)
+            if current is None or last_good.get(key) is current:
+                continue
+            status = statuses.get(key)
+            if status is None or status.stalled:
+                continue
+            # By spec, not identity: a status write may have replaced the stored body meanwhile
+            # (sharing the spec object: ``Store._replace_body``).
+            spec = current.get("spec")
+            if current is document or spec is document.get("spec") or spec == document.get("spec"):
+                last_good[key] = current
         self._render_failures = {
             key: (self.objects[key], status)
             for key, status in compiled.failures.items()
@@ -310,6 +362,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
             self.caches.clear()
         self._pass_epochs = dict(self._epoch)
         live = self.translation_documents()
+        documents = self._documents
         live += [
             document
             for key, history in sorted(self._policy_history.items())
@@ -333,7 +386,9 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
             # What a stage builds lives until the pass ends: built with the
             # collector paused and then frozen, it is not rescanned by the
             # collections the I/O phases trigger.
-            stage = await asyncio.to_thread(self.heap.build, self._serving_stage, live, self.caches)
+            stage = await asyncio.to_thread(
+                self.heap.build, self._serving_stage, live, self.caches, documents
+            )
             lap("translate")
             # Rules first: a limit change should not wait for Envoy and Kubernetes rendering.
             await self._apply_redis(stage.redis, stage.result.ir, report, full)
@@ -350,7 +405,13 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
                 ),
             )
             lap("render")
-            self._remember_good(compiled, live)
+            # The objects whose translated status is another object than last pass's: what a
+            # pass can have changed about them (last good body, status) is looked at again.
+            changed = None if full else self._statuses_changed(compiled)
+            renewed = self._documents_renewed
+            self._remember_good(
+                compiled, documents, None if changed is None or renewed is None else changed | renewed
+            )
             for envoy_listener in self.envoy_listeners:
                 envoy_listener(compiled.envoy)
             if compiled.redis is not stage.redis:
@@ -363,7 +424,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
             lap("kubernetes")
             if self.deleting:
                 await self._cleanup_deleted(owners or {}, report)
-            await self._write_statuses(compiled, report)
+            await self._write_statuses(compiled, report, changed)
             self.metrics.set_object_phases(self._phase_counts(compiled, report))
             lap("status")
         for (kind, object_key), status in compiled.statuses.items():
@@ -384,14 +445,22 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         }
 
 
-def _products_and_routes(
-    statuses: Mapping[tuple[str, str], ResourceStatus], documents: list[dict[str, Any]]
-) -> Iterator[tuple[tuple[str, str], dict[str, Any], ResourceStatus]]:
-    """The Products and Routes among ``documents``, with the status a pass gave them."""
-    for document in documents:
-        kind = str(document.get("kind"))
-        if kind in ("Product", "Route"):
-            key = (kind, _key(document))
-            status = statuses.get(key)
-            if status is not None:
-                yield key, document, status
+class _Translated(Mapping[tuple[str, str], dict[str, Any]]):
+    """The document a pass translates per key, read from the store's (body, document) pairs."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Mapping[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        self._pairs = pairs
+
+    def __getitem__(self, key: tuple[str, str]) -> dict[str, Any]:
+        return self._pairs[key][1]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._pairs
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)

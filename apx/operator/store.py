@@ -48,8 +48,13 @@ class Store(ReconcilerState):
             self._remember_policy_version(key, current, body)
         self._mark_products(kind, body, current)
         self.objects[key] = _stored(body)
-        if (body.get("metadata") or {}).get("deletionTimestamp") is None:
-            self.deleting.pop(key, None)
+        self._touched.add(key)
+        self._status_touched.add(key)
+        if current is None:
+            self._membership_changed = True
+        if (body.get("metadata") or {}).get("deletionTimestamp") is None and key in self.deleting:
+            del self.deleting[key]
+            self._membership_changed = True
         self.metrics.workqueue_adds.labels(name=CONTROLLERS[kind]).inc()
         self._pending.add(CONTROLLERS[kind], key[1])
         self._dirty.set()
@@ -131,21 +136,40 @@ class Store(ReconcilerState):
         caches key on the document's identity, so the object is not translated
         and rendered again, and a one-Route edit stays on every stage's delta
         path even though the pass before it wrote its Product's status.
+        Only the objects touched since the last call are looked at (``_touched``,
+        left in ``_documents_renewed``); the whole store is sorted again only
+        when objects came or went (``_documents_renewed`` is then ``None``).
         """
-        documents: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
-        for key, body in sorted(self.objects.items()):
-            if key in self.deleting:
-                continue
-            kept = self._documents.get(key)
-            if kept is None or (
-                kept[0] is not body and _significant(key[0], kept[0]) != _significant(key[0], body)
-            ):
-                kept = (body, body)
-            elif kept[0] is not body:
-                kept = (body, kept[1])
-            documents[key] = kept
-        self._documents = documents
+        documents = self._documents
+        if self._membership_changed:
+            self._membership_changed = False
+            self._touched.clear()
+            self._documents_renewed = None
+            documents = {
+                key: self._document_entry(key, body)
+                for key, body in sorted(self.objects.items())
+                if key not in self.deleting
+            }
+            self._documents = documents
+        else:
+            touched, self._touched = self._touched, set()
+            self._documents_renewed = touched
+            for key in touched:
+                body = self.objects.get(key)
+                if body is not None and key in documents:
+                    documents[key] = self._document_entry(key, body)
         return [document for _, document in documents.values()]
+
+    def _document_entry(
+        self, key: tuple[str, str], body: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(body, the document a pass translates for it): the kept document while nothing read changed."""
+        kept = self._documents.get(key)
+        if kept is None or (
+            kept[0] is not body and _significant(key[0], kept[0]) != _significant(key[0], body)
+        ):
+            return (body, body)
+        return kept if kept[0] is body else (body, kept[1])
 
     def _replace_body(self, key: tuple[str, str], body: dict[str, Any]) -> None:
         """Store a body whose spec is unchanged; a last-good reference to the old one follows it."""
@@ -160,10 +184,14 @@ class Store(ReconcilerState):
         if failed is not None and failed[0] is self.objects.get(key):
             self._render_failures[key] = (body, failed[1])
         self.objects[key] = body
+        self._touched.add(key)
+        self._status_touched.add(key)
 
     def forget(self, kind: str, key: str) -> None:
         """The object is gone from the API (after its finalizer was removed)."""
         self.objects.pop((kind, key), None)
+        self._membership_changed = True
+        self._status_touched.add((kind, key))
         self._last_good.pop((kind, key), None)
         self._render_failures.pop((kind, key), None)
         self._in_use.pop((kind, key), None)

@@ -100,7 +100,7 @@ def test_freed_memory_is_returned_to_the_system() -> None:
 
 
 _HEAP_PRELUDE = """
-    import gc, weakref
+    import gc, sys, weakref
     from apx.runtime import process as runtime
 
     class Node:
@@ -169,7 +169,7 @@ def test_settle_collects_new_cycles_and_a_full_collection_reclaims_frozen_ones_w
     ]
 
 
-def test_a_frozen_heap_grown_by_half_since_the_last_full_collection_is_collected_whole() -> None:
+def test_a_heap_grown_by_half_since_the_last_full_collection_is_collected_whole() -> None:
     out = in_fresh_process(
         _HEAP_PRELUDE
         + """
@@ -179,10 +179,9 @@ def test_a_frozen_heap_grown_by_half_since_the_last_full_collection_is_collected
     keeper.settle()
     holder.clear()  # a cycle that died after it was frozen
     print(keeper.settle().full, collected)
-    grown = [[i] for i in range(gc.get_freeze_count())]  # the heap doubles (a big load)
-    print(keeper.settle().full, collected)  # frozen now: the growth shows at the next settle
+    grown = [[i] for i in range(sys.getallocatedblocks())]  # the heap more than doubles (a big load)
     print(keeper.settle().full, collected)
     print(keeper.settle().full)  # measured from the new size: not again
     """
     )
-    assert out.splitlines() == ["False []", "False []", "True ['frozen cycle']", "False"]
+    assert out.splitlines() == ["False []", "True ['frozen cycle']", "False"]

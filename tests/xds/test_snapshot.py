@@ -101,3 +101,19 @@ def test_a_rejection_adds_programmed_false_and_keeps_the_phase() -> None:
     assert "Programmed" not in {
         c["type"] for c in ready("Route", f"{NAMESPACE}/payments-legacy", 3, "ok").to_dict()["conditions"]
     }
+
+
+def test_a_cached_render_is_served_without_parsing_its_route_configuration_and_equals_it() -> None:
+    docs = sample_docs()
+    caches = Caches()
+    render_envoy(translate(docs).ir, caches=caches)
+    output = render_envoy(translate(edit_route(docs, "payments-legacy", timeout="5s")).ir, caches=caches)
+    snapshot = XdsSnapshot.from_envoy(output)
+    # Built from the encodings alone: the several-MB message of a big installation is not parsed.
+    assert "not parsed yet" in repr(output.route_configurations)
+    inline = snapshot.get(ROUTE_CONFIGURATION, "apx-routes")
+    assert inline is not None
+    assert _unpack_route(inline.any_bytes) == output.route_configurations[0]
+    assert output.route_configurations == [
+        route_pb2.RouteConfiguration.FromString(output.encoded.route_configurations[0])
+    ]

@@ -24,7 +24,7 @@ from apx.dataplane.common.redact import redact_text, redact_url
 from apx.dataplane.common.routetable import RouteTableUnavailable
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
-from apx.runtime.process import HeapKeeper
+from apx.runtime.process import HeapKeeper, frozen_objects
 
 from .app import Gateway
 from .config import GatewayConfig, parse_config
@@ -87,7 +87,8 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         log.warning(
             "route table not readable yet; requests will retry", extra={"error": redact_text(str(exc))}
         )
-    log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
+    HeapKeeper().settle()
+    log.info("startup heap frozen", extra={"objects": frozen_objects()})
     await stop.wait()
     log.info("stopping: draining requests in flight", extra={"grace_seconds": config.shutdown_grace_seconds})
     gateway.stopping = True

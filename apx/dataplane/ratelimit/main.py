@@ -30,7 +30,7 @@ from apx.dataplane.common.jsonlog import configure_logging, env_flag
 from apx.dataplane.common.redact import redact_text
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
-from apx.runtime.process import HeapKeeper
+from apx.runtime.process import HeapKeeper, frozen_objects
 
 from .metrics import RateLimitMetrics
 from .server import FAILURE_MODES, ServiceSettings, start_service
@@ -211,7 +211,8 @@ async def run(
         return 1
     running.service.tracer = tracer
     running.service.trace_ratio = trace_ratio
-    log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
+    HeapKeeper().settle()
+    log.info("startup heap frozen", extra={"objects": frozen_objects()})
     await stopping.wait()
     if watching is not None:
         watching.cancel()

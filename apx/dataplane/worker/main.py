@@ -22,7 +22,7 @@ from apx.dataplane.common.probes import probes_app, start_site
 from apx.dataplane.common.requeststate import ScriptRunner
 from apx.dataplane.common.shutdown import stop_event
 from apx.dataplane.common.tracecontext import configure_tracing
-from apx.runtime.process import HeapKeeper
+from apx.runtime.process import HeapKeeper, frozen_objects
 
 from .config import WorkerConfig, parse_config
 from .metrics import WorkerMetrics
@@ -60,7 +60,8 @@ async def run(config: WorkerConfig, stop: asyncio.Event | None = None) -> None:
     try:
         await processor.start()
         log.info("started", extra={"route": config.route, "track": config.track, "pool": config.pool})
-        log.info("startup heap frozen", extra={"objects": HeapKeeper().settle().frozen})
+        HeapKeeper().settle()
+        log.info("startup heap frozen", extra={"objects": frozen_objects()})
         await stop.wait()
         await processor.drain()
     finally:

@@ -44,6 +44,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 # The one varint encoder of the pure core (re-exported: tests and the server use it from here).
+from apx.controllers.names import virtual_host_name
 from apx.controllers.renderers.envoy.incremental import varint
 
 TYPE_PREFIX = "type.googleapis.com/"
@@ -223,17 +224,49 @@ def _hosts_of(
         full = encoded[index] if encoded is not None else virtual_host.SerializeToString(deterministic=True)
         body = _strip_name(full, virtual_host.name)
         domain = virtual_host.domains[0] if virtual_host.domains else virtual_host.name
-        name = vhds_name(config.name, domain)
-        old = previous.get(name)
-        if old is not None and old.body == body and old.host_name == virtual_host.name:
-            parts.append(old)
-            continue
-        message = length_delimited(1, name.encode()) + body
-        any_bytes = pack_bytes(VIRTUAL_HOST, message)
-        routes = _route_keys(virtual_host)
-        entry = Entry(name, short_version(any_bytes), any_bytes, routes)
-        parts.append(HostParts(virtual_host.name, body, routes, entry))
+        parts.append(
+            _host_parts(vhds_name(config.name, domain), virtual_host.name, body, previous, virtual_host)
+        )
     return tuple(parts)
+
+
+def _hosts_of_encoded(
+    config_name: str, virtual_hosts: Sequence[tuple[str, bytes]], previous: Mapping[str, HostParts]
+) -> tuple[HostParts, ...]:
+    """``_hosts_of`` from the cached render's (host, encoded VirtualHost) pairs; parses new hosts only.
+
+    The renderer names each virtual host ``vh/<host>`` with ``<host>`` its one
+    domain (``names.virtual_host_name``); ``_strip_name`` checks the name.
+    """
+    parts: list[HostParts] = []
+    for domain, full in virtual_hosts:
+        host_name = virtual_host_name(domain)
+        body = _strip_name(full, host_name)
+        parts.append(_host_parts(vhds_name(config_name, domain), host_name, body, previous, None, full))
+    return tuple(parts)
+
+
+def _host_parts(
+    name: str,
+    host_name: str,
+    body: bytes,
+    previous: Mapping[str, HostParts],
+    virtual_host: Any | None,
+    full: bytes = b"",
+) -> HostParts:
+    old = previous.get(name)
+    if old is not None and old.body == body and old.host_name == host_name:
+        return old
+    if virtual_host is None:
+        virtual_host = route_components_pb2.VirtualHost.FromString(full)
+    message = length_delimited(1, name.encode()) + body
+    any_bytes = pack_bytes(VIRTUAL_HOST, message)
+    routes = _route_keys(virtual_host)
+    return HostParts(host_name, body, routes, Entry(name, short_version(any_bytes), any_bytes, routes))
+
+
+def _previous_hosts(snapshot: XdsSnapshot) -> dict[str, HostParts]:
+    return {h.vhds.name: h for parts in snapshot.routes.values() for h in parts.hosts}
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,17 +295,35 @@ class XdsSnapshot:
 
     @classmethod
     def from_envoy(cls, output: Any, previous: XdsSnapshot | None = None) -> XdsSnapshot:
-        """The snapshot of an ``EnvoyOutput``; unchanged resources keep ``previous``'s entries."""
+        """The snapshot of an ``EnvoyOutput``; unchanged resources keep ``previous``'s entries.
+
+        A cached render's output (``encoded`` with the route configuration's head)
+        is read from its encodings alone: its RouteConfiguration message is never
+        parsed (``on_demand.ParsedOnUse``), and only new or changed virtual hosts are.
+        """
         encoded = getattr(output, "encoded", None)
+        if encoded is None:
+            return cls.from_messages(
+                output.listeners, output.route_configurations, output.clusters, output.version, previous
+            )
+        encodings = _Encodings(
+            encoded.listeners, encoded.clusters, tuple(b for _, b in encoded.virtual_hosts)
+        )
+        if encoded.route_head and len(encoded.route_configurations) == 1:
+            before = previous or cls.empty()
+            head = route_pb2.RouteConfiguration.FromString(encoded.route_head)
+            hosts = _hosts_of_encoded(head.name, encoded.virtual_hosts, _previous_hosts(before))
+            route_parts = {head.name: RouteParts(head.name, _route_base(head), hosts)}
+            return cls._assembled(
+                output.listeners, output.clusters, route_parts, output.version, before, encodings
+            )
         return cls.from_messages(
             output.listeners,
             output.route_configurations,
             output.clusters,
             output.version,
             previous,
-            _Encodings(encoded.listeners, encoded.clusters, tuple(b for _, b in encoded.virtual_hosts))
-            if encoded is not None
-            else None,
+            encodings,
         )
 
     @classmethod
@@ -304,7 +355,7 @@ class XdsSnapshot:
     ) -> XdsSnapshot:
         """The snapshot of the renderer's messages; ``encodings``: their bytes when the render kept them."""
         before = previous or cls.empty()
-        previous_hosts = {h.vhds.name: h for parts in before.routes.values() for h in parts.hosts}
+        previous_hosts = _previous_hosts(before)
         route_parts: dict[str, RouteParts] = {}
         host_bytes = (
             encodings.virtual_hosts if encodings is not None and len(route_configurations) == 1 else None
@@ -317,6 +368,18 @@ class XdsSnapshot:
             )
             hosts = _hosts_of(config, previous_hosts, usable)
             route_parts[config.name] = RouteParts(config.name, _route_base(config), hosts)
+        return cls._assembled(listeners, clusters, route_parts, version, before, encodings)
+
+    @classmethod
+    def _assembled(
+        cls,
+        listeners: Sequence[Any],
+        clusters: Sequence[Any],
+        route_parts: dict[str, RouteParts],
+        version: str,
+        before: XdsSnapshot,
+        encodings: _Encodings | None,
+    ) -> XdsSnapshot:
         virtual_hosts = {h.vhds.name: h.vhds for parts in route_parts.values() for h in parts.hosts}
         snapshot = cls(
             version,

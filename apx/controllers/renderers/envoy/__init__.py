@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +105,8 @@ class EnvoyOutput:
     """Rendered xDS resources, the routes left out, and a content version."""
 
     listeners: list[Any]
-    route_configurations: list[Any]
+    # A list, or the cached renders' ``on_demand.ParsedOnUse`` (parsed when read).
+    route_configurations: Sequence[Any]
     clusters: list[Any]
     errors: dict[str, str] = field(default_factory=dict)
     version: str = ""
@@ -117,7 +118,7 @@ class EnvoyOutput:
     def create(
         cls,
         listeners: list[Any],
-        route_configurations: list[Any],
+        route_configurations: Sequence[Any],
         clusters: list[Any],
         errors: dict[str, str],
         encoded: Encoded | None = None,
@@ -196,7 +197,7 @@ class EnvoyOutput:
     def to_json(self) -> dict[str, Any]:
         """Proto3 JSON of every resource (``@type`` included), for ``apx translate`` and golden files."""
 
-        def as_json(messages: list[Any]) -> list[Any]:
+        def as_json(messages: Sequence[Any]) -> list[Any]:
             return [json_format.MessageToDict(pack(m)) for m in messages]
 
         return {

@@ -28,7 +28,7 @@ instead of serializing again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -43,6 +43,7 @@ from .common import EnvoySettings, RenderError
 from .context import RenderContext
 from .jwt import JwtAuthn
 from .listener import build_listener
+from .on_demand import ParsedOnUse
 from .route_config import order, route_entries, status_route
 from .track_clusters import has_track_clusters, track_cluster_name
 
@@ -91,6 +92,9 @@ class Encoded:
     clusters: tuple[bytes, ...]
     # (host, serialized VirtualHost) of the one RouteConfiguration, in its order.
     virtual_hosts: tuple[tuple[str, bytes], ...] = ()
+    # That RouteConfiguration's other fields (its name), serialized: with ``virtual_hosts``
+    # all a reader of the encodings needs (the xDS snapshot), without parsing the whole.
+    route_head: bytes = b""
 
     def all(self) -> Iterable[bytes]:
         yield from self.listeners
@@ -333,7 +337,7 @@ def render_incremental(ir: IR, port: int, settings: EnvoySettings, caches: Cache
             virtual_hosts.append((host, encoded))
     head = route_pb2.RouteConfiguration(name=names.ROUTE_CONFIG_NAME).SerializeToString(deterministic=True)
     config_bytes = head + b"".join(_field(_RC_VIRTUAL_HOSTS_TAG, encoded) for _, encoded in virtual_hosts)
-    route_configuration = route_pb2.RouteConfiguration.FromString(config_bytes)
+    route_configurations = ParsedOnUse(route_pb2.RouteConfiguration.FromString, (config_bytes,))
     listener_entry = _listener(rendered, state)
     clusters = all_clusters(rendered, state, caches, listener_entry[2])
     refused = refused_cluster_names((name, encoded) for name, _, encoded in clusters)
@@ -344,13 +348,14 @@ def render_incremental(ir: IR, port: int, settings: EnvoySettings, caches: Cache
         route_configurations=(config_bytes,),
         clusters=tuple(encoded for _, _, encoded in clusters),
         virtual_hosts=tuple(virtual_hosts),
+        route_head=head,
     )
     caches.assembled[STAGE] = Assembled(
         ir.routes, state, SortedRows([(order(route), route) for route in ordered]), plans, by_host,
         SortedRows([(host, (host, encoded, _tag(encoded))) for host, encoded in virtual_hosts]),
         plan_errors, listener_entry, clusters, refused, head,
     )  # fmt: skip
-    return listener_entry[0], [route_configuration], [c for _, c, _ in clusters], errors, encoded_all
+    return listener_entry[0], route_configurations, [c for _, c, _ in clusters], errors, encoded_all
 
 
 def all_clusters(
@@ -386,7 +391,7 @@ class Assembled:
     head: bytes  # the RouteConfiguration without its virtual hosts
 
 
-Rendered = tuple[Any, list[Any], list[Any], dict[str, str], Encoded]
+Rendered = tuple[Any, Sequence[Any], list[Any], dict[str, str], Encoded]
 
 
 def version_of(encoded: Encoded) -> str:

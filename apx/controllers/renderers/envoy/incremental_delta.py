@@ -16,8 +16,9 @@ every Route:
   requirements), and the clusters only when a changed Route's clusters may
   differ (its backends, its rendering, a sync canary's track clusters).
 
-What stays O(Routes) in bytes, not in Python work: joining, parsing and
-hashing (the version) the RouteConfiguration. Pure.
+What stays O(Routes) in bytes, not in Python work: joining and hashing (the
+version) the RouteConfiguration; it is parsed only when read
+(``on_demand.ParsedOnUse``). Pure.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .incremental import (
     _virtual_host,
     all_clusters,
 )
+from .on_demand import ParsedOnUse
 from .route_config import order
 from .track_clusters import has_track_clusters
 
@@ -108,7 +110,7 @@ def render_delta(ir: IR, port: int, settings: EnvoySettings, caches: Caches) -> 
             rows.insert(host, (host, encoded, _tag(encoded)))
     virtual_hosts = rows.values()
     config_bytes = kept.head + b"".join(part for _, encoded, tag in virtual_hosts for part in (tag, encoded))
-    route_configuration = route_pb2.RouteConfiguration.FromString(config_bytes)
+    route_configurations = ParsedOnUse(route_pb2.RouteConfiguration.FromString, (config_bytes,))
     rendered: list[RouteIR] | None = None
     listener = kept.listener
     if new_listener:
@@ -128,11 +130,12 @@ def render_delta(ir: IR, port: int, settings: EnvoySettings, caches: Caches) -> 
         route_configurations=(config_bytes,),
         clusters=tuple(encoded for _, _, encoded in clusters),
         virtual_hosts=tuple((host, encoded) for host, encoded, _ in virtual_hosts),
+        route_head=kept.head,
     )
     caches.assembled[STAGE] = Assembled(
         ir.routes, state, ordered, plans, by_host, rows, plan_errors, listener, clusters, refused, kept.head
     )
-    return listener[0], [route_configuration], [cluster for _, cluster, _ in clusters], errors, encoded_all
+    return listener[0], route_configurations, [cluster for _, cluster, _ in clusters], errors, encoded_all
 
 
 def _clusters_of(route: RouteIR, rendered: bool) -> tuple[BackendIR, ...] | None:
