@@ -120,6 +120,9 @@ class ReconcilerState:
     _touched: set[Key]
     _membership_changed: bool
     _documents_renewed: set[Key] | None
+    # The documents in key order (what ``translation_documents`` returns a copy of), and each key's place.
+    _document_list: list[dict[str, Any]]
+    _document_index: dict[Key, int]
     deleting: dict[Key, dict[str, Any]]
     listeners: list[Callable[[str, Mapping[str, Any]], None]]
     envoy_listeners: list[Callable[[EnvoyOutput], None]]
@@ -150,7 +153,12 @@ class ReconcilerState:
     # The entries of that table, for publishing the next one as its changes.
     _applied_route_table_entries: dict[str, str] | None
     _applied_pubsub: set[str]
+    # (project, per async Route key: its RouteIR, topics, subscriptions, digest) of the last pass.
+    _pubsub_rows: tuple[str, dict[str, Any]]
     _applied_manifests: dict[tuple[str, str, str], str]
+    # The last pass's manifests with identity and digest, and the dataplane settings manifests.
+    _manifest_rows: dict[int, tuple[dict[str, Any], tuple[str, str, str], str]]
+    _dataplane_manifests: tuple[tuple[tuple[str, ...], Any], list[dict[str, Any]]] | None
     _snapshot_parts: set[tuple[str, str, str]]
     _snapshot_written: tuple[str, float]
     _snapshot_timer: asyncio.TimerHandle | None

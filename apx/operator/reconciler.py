@@ -134,6 +134,8 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self._touched: set[tuple[str, str]] = set()
         self._membership_changed = True
         self._documents_renewed: set[tuple[str, str]] | None = None
+        self._document_list: list[dict[str, Any]] = []
+        self._document_index: dict[tuple[str, str], int] = {}
         self.deleting: dict[tuple[str, str], dict[str, Any]] = {}
         self._cleaned: set[tuple[str, str]] = set()
         self._dirty = asyncio.Event()
@@ -143,7 +145,10 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self._applied_route_table: str | None = None
         self._applied_route_table_entries: dict[str, str] | None = None
         self._applied_pubsub: set[str] = set()
+        self._pubsub_rows: tuple[str, dict[str, Any]] = ("", {})
         self._applied_manifests: dict[tuple[str, str, str], str] = {}
+        self._manifest_rows: dict[int, tuple[dict[str, Any], tuple[str, str, str], str]] = {}
+        self._dataplane_manifests: tuple[tuple[tuple[str, ...], Any], list[dict[str, Any]]] | None = None
         # Envoy snapshot part ConfigMaps of the last pass (``_prune_snapshot_parts``).
         self._snapshot_parts: set[tuple[str, str, str]] = set()
         # The Envoy version the snapshot ConfigMaps hold, when they were written, and the timer of

@@ -5,7 +5,8 @@ Mixed into ``apx.operator.reconciler.Reconciler`` (``Scheduler``) and run by
 debounce; a failed pass or a dependency problem backs off (1 s doubling to
 30 s) and asks for a full pass; every ``resync_seconds`` a full pass
 compiles from scratch (the caches are cleared) and re-applies everything,
-which repairs drift. Rule-set changes are also published at once by the fast
+which repairs drift; never more often than keeps resyncs under
+``RESYNC_SHARE`` of the time. Rule-set changes are also published at once by the fast
 path, without waiting for a full pass.
 """
 
@@ -23,6 +24,12 @@ from .reconcile_state import (
     ReconcilerState,
     logger,
 )
+
+# The most of the operator's time periodic resyncs may take: the next one waits at least
+# (1 / RESYNC_SHARE - 1) times as long as the last full pass took. At 10,000 Routes a full pass
+# takes 15-30 s; with the 60 s default period it would take a third of a core, and every change
+# arriving meanwhile would wait for it.
+RESYNC_SHARE = 0.1
 
 
 class Scheduler(ReconcilerState):
@@ -109,6 +116,9 @@ class Scheduler(ReconcilerState):
             self._full_requested = False
             try:
                 report = await self.reconcile_once(full=full)
+                if full:
+                    spacing = report.duration * (1 / RESYNC_SHARE - 1)
+                    next_full = max(next_full, time.monotonic() + spacing)
             except Exception as exc:  # never crash-loop: report, back off, try again
                 logger.exception("reconcile pass failed")
                 self.last_error = redact_text(f"{type(exc).__name__}: {exc}")

@@ -36,7 +36,11 @@ class OperatorSettings(BaseModel):
     pubsub_emulator_host: str | None = Field(default=None, description="host:port of the Pub/Sub emulator.")
     operator_namespace: str = Field(default="apx-system", description="Namespace of operator-wide objects.")
     resync_seconds: float = Field(
-        default=60.0, gt=0, description="Period of the drift-repairing full resync."
+        default=60.0,
+        gt=0,
+        description=(
+            "Period of the drift-repairing full resync (stretched so resyncs take under a tenth of the time)."
+        ),
     )
     debounce_seconds: float = Field(
         default=0.02, ge=0, description="Coalesce bursts of events into one pass."

@@ -151,14 +151,17 @@ class Store(ReconcilerState):
                 if key not in self.deleting
             }
             self._documents = documents
+            self._document_list = [document for _, document in documents.values()]
+            self._document_index = {key: index for index, key in enumerate(documents)}
         else:
             touched, self._touched = self._touched, set()
             self._documents_renewed = touched
             for key in touched:
                 body = self.objects.get(key)
                 if body is not None and key in documents:
-                    documents[key] = self._document_entry(key, body)
-        return [document for _, document in documents.values()]
+                    entry = documents[key] = self._document_entry(key, body)
+                    self._document_list[self._document_index[key]] = entry[1]
+        return list(self._document_list)
 
     def _document_entry(
         self, key: tuple[str, str], body: dict[str, Any]

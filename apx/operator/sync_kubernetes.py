@@ -38,13 +38,15 @@ from .reconcile_state import (
     logger,
 )
 
+Identity = tuple[str, str, str]
+
 
 class KubernetesSync(ReconcilerState):
     """Kubernetes sync of the reconciler (a mixin of ``Reconciler``)."""
 
     async def _apply_kubernetes(self, compiled: Compiled, report: PassReport, full: bool) -> None:
         manifests = [*compiled.kubernetes.manifests, *self._dataplane_settings(compiled)]
-        desired = await self._apply_manifests(manifests, report)
+        desired = await self._apply_manifests(manifests, report, remember=True)
         if full or self.deleting:
             await self._prune(desired, report)
 
@@ -81,7 +83,7 @@ class KubernetesSync(ReconcilerState):
         self.request_pass()
 
     async def _apply_manifests(
-        self, manifests: list[dict[str, Any]], report: PassReport
+        self, manifests: list[dict[str, Any]], report: PassReport, remember: bool = False
     ) -> set[tuple[str, str, str]]:
         """Apply the manifests that differ from what was applied; returns every manifest's identity."""
         semaphore = asyncio.Semaphore(self.settings.worker_limit)
@@ -121,12 +123,7 @@ class KubernetesSync(ReconcilerState):
             self._applied_manifests[identity] = digest
             report.manifests_applied += 1
 
-        # Unchanged manifests are the very dicts of the last pass (the renderers' caches): their
-        # digests are kept too, so an unchanged Route costs no JSON encoding here.
-        digests = self.caches.digests
-        digested = await asyncio.to_thread(
-            lambda: [(m, _identity(m), digests.get(m, functools.partial(_digest, m))) for m in manifests]
-        )
+        digested = await asyncio.to_thread(self._digested, manifests, remember)
         await asyncio.gather(
             *(
                 apply_one(manifest, identity, digest)
@@ -135,6 +132,30 @@ class KubernetesSync(ReconcilerState):
             )
         )
         return {identity for _, identity, _ in digested}
+
+    def _digested(
+        self, manifests: list[dict[str, Any]], remember: bool
+    ) -> list[tuple[dict[str, Any], Identity, str]]:
+        """Each manifest with its identity and digest.
+
+        Unchanged manifests are the very dicts of the last pass (the renderers'
+        caches): with ``remember`` (the Routes' and Products' manifests, not the
+        snapshot ConfigMaps) the last pass's rows are kept by the manifest's
+        identity (``_manifest_rows``), so an unchanged manifest costs one lookup,
+        no JSON encoding and no identity built again.
+        """
+        before = self._manifest_rows if remember else {}
+        digests = self.caches.digests
+        rows: list[tuple[dict[str, Any], Identity, str]] = []
+        for manifest in manifests:
+            row = before.get(id(manifest))
+            if row is None or row[0] is not manifest:
+                digest = digests.get(manifest, functools.partial(_digest, manifest))
+                row = (manifest, _identity(manifest), digest)
+            rows.append(row)
+        if remember:
+            self._manifest_rows = {id(row[0]): row for row in rows}
+        return rows
 
     async def _prune_snapshot_parts(
         self, desired: set[tuple[str, str, str]], report: PassReport, full: bool
@@ -184,8 +205,12 @@ class KubernetesSync(ReconcilerState):
         if self.settings.pubsub_emulator_host:
             # A ConfigMap is no place for a credential (the emulator has no authentication anyway).
             data["pubsub-emulator-host"] = redact_url(self.settings.pubsub_emulator_host)
+        namespaces = tuple(sorted({r.ref.namespace for r in compiled.ir.routes if r.mode == "async"}))
+        kept = self._dataplane_manifests
+        if kept is not None and kept[0] == (namespaces, self.settings):
+            return kept[1]  # the very dicts of the last pass: their digests are kept (``_digested``)
         manifests: list[dict[str, Any]] = []
-        for namespace in sorted({r.ref.namespace for r in compiled.ir.routes if r.mode == "async"}):
+        for namespace in namespaces:
             manifests.append(
                 {
                     "apiVersion": "v1",
@@ -207,6 +232,7 @@ class KubernetesSync(ReconcilerState):
                     "stringData": {"redis-url": self.settings.redis_url},
                 }
             )
+        self._dataplane_manifests = ((namespaces, self.settings), manifests)
         return manifests
 
     async def _prune(self, desired: set[tuple[str, str, str]], report: PassReport) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from apx.controllers.appliers.pubsub import PubSubUnavailable
+from apx.controllers.ir import RouteIR
 from apx.controllers.pipeline import Compiled
 from apx.controllers.renderers.pubsub_plan import cached_route_documents
 
@@ -23,36 +25,47 @@ from .reconcile_state import (
     _digest,
 )
 
+# Per async Route: its RouteIR, topics, subscriptions and their digest (``_pubsub_rows``).
+PubSubRow = tuple[RouteIR, Sequence[dict[str, Any]], Sequence[dict[str, Any]], str]
+
 
 class PubSubSync(ReconcilerState):
     """Pub/Sub sync of the reconciler (a mixin of ``Reconciler``)."""
 
     async def _apply_pubsub(self, compiled: Compiled, report: PassReport, full: bool) -> None:
         # Per async Route, its topics and subscriptions as the renderer built them: an unchanged
-        # Route's are the very tuples of the last pass, so their digest is kept too.
+        # Route's are the very tuples of the last pass, so their digest is kept too, and a Route
+        # that is the very RouteIR of the last pass keeps its row (``_pubsub_rows``) whole.
         project = compiled.pubsub.project
-        by_route: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
-        digests: dict[str, str] = {}
+        kept = self._pubsub_rows if self._pubsub_rows[0] == project else (project, {})
+        rows: dict[str, PubSubRow] = {}
         for route in compiled.ir.routes:
             if route.mode != "async":
                 continue
-            _, topics, subscriptions = cached_route_documents(route, project, self.caches)
-            by_route[route.key] = (list(topics), list(subscriptions))
-            digests[route.key] = self.caches.digests.get(
-                topics, functools.partial(_digest, [list(topics), list(subscriptions)])
-            )
+            row = kept[1].get(route.key)
+            if row is None or row[0] is not route:
+                _, topics, subscriptions = cached_route_documents(route, project, self.caches)
+                digest = self.caches.digests.get(
+                    topics, functools.partial(_digest, [list(topics), list(subscriptions)])
+                )
+                row = (route, topics, subscriptions, digest)
+            rows[route.key] = row
+        self._pubsub_rows = (project, rows)
         semaphore = asyncio.Semaphore(8)
         unavailable: list[PubSubUnavailable] = []
 
         async def ensure_route(
-            route_key: str, topics: list[dict[str, Any]], subscriptions: list[dict[str, Any]], digest: str
+            route_key: str,
+            topics: Sequence[dict[str, Any]],
+            subscriptions: Sequence[dict[str, Any]],
+            digest: str,
         ) -> None:
             async with semaphore:
                 if unavailable:
                     return
                 try:
                     # Ordinary passes trust the applier's memory; a full pass checks every object (drift).
-                    problems = await self.pubsub.ensure(topics, subscriptions, verify=full)
+                    problems = await self.pubsub.ensure(list(topics), list(subscriptions), verify=full)
                 except PubSubUnavailable as exc:
                     unavailable.append(exc)
                     return
@@ -66,14 +79,12 @@ class PubSubSync(ReconcilerState):
             else:
                 self._applied_pubsub.add(digest)
 
-        digested = [(key, *docs, digests[key]) for key, docs in sorted(by_route.items())]
-        await asyncio.gather(
-            *(ensure_route(*item) for item in digested if item[3] not in self._applied_pubsub)
-        )
+        due = sorted((key, row) for key, row in rows.items() if row[3] not in self._applied_pubsub)
+        await asyncio.gather(*(ensure_route(key, *row[1:]) for key, row in due))
         if unavailable:
             self.metrics.dependency_up.labels(dependency="pubsub").set(0)
             problem = DependencyProblem("PubSubUnavailable", f"{unavailable[0]}; retrying")
-            for other in by_route:
+            for other in rows:
                 report.problems[("Route", other)] = problem
         else:
             self.metrics.dependency_up.labels(dependency="pubsub").set(1)

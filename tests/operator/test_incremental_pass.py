@@ -13,16 +13,13 @@ from __future__ import annotations
 import copy
 import random
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from apx.controllers.appliers.kube import KubeError
-from apx.controllers.appliers.redis_rules import RedisUnavailable
 from apx.operator.reconciler import Reconciler
-from apx.operator.settings import OperatorSettings
+from e2e.memory_targets import MemoryKube, MemoryRedis, edited, memory_reconciler
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -39,74 +36,8 @@ def _workload(routes: int, products: int) -> list[dict[str, Any]]:
     return [copy.deepcopy(d) for d in generate_documents(routes, products)]
 
 
-class MemoryKube:
-    """Status writes answered like the API server: the stored object with the new status."""
-
-    def __init__(self) -> None:
-        self.reconciler: Reconciler | None = None
-        self.status_writes: list[Key] = []
-        self.refuse: set[Key] = set()
-        self.version = 10**6
-
-    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> Any:
-        key = (kind, f"{namespace}/{name}")
-        if key in self.refuse:
-            self.refuse.discard(key)
-            raise KubeError(500, "etcd leader changed")
-        self.status_writes.append(key)
-        assert self.reconciler is not None
-        body = dict(self.reconciler.objects[key])
-        written = {k: v for k, v in status.items() if v is not None}
-        body["status"] = {**(body.get("status") or {}), **written}
-        self.version += 1
-        body["metadata"] = {**body["metadata"], "resourceVersion": str(self.version)}
-        return body
-
-    async def apply(self, manifest: Mapping[str, Any]) -> Any:
-        return manifest
-
-    async def request(self, *args: Any, **kwargs: Any) -> Any:  # Events
-        return {}
-
-    async def create(self, manifest: Mapping[str, Any]) -> Any:
-        return dict(manifest)
-
-    async def list(self, *args: Any, **kwargs: Any) -> list[Any]:
-        return []
-
-    async def delete(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-class MemoryRedis:
-    def __init__(self) -> None:
-        self.down = False
-
-    async def current_version(self, keys: Any) -> str | None:
-        return None
-
-    async def publish(self, keys: Any, version: str, fields: Any) -> bool:
-        if self.down:
-            raise RedisUnavailable("connection refused")
-        return True
-
-    async def publish_changes(self, *args: Any) -> bool:
-        return await self.publish(None, "", None)
-
-
-class MemoryPubSub:
-    async def ensure(self, topics: Any, subscriptions: Any, verify: bool = False) -> list[Any]:
-        return []
-
-
 async def _settled(routes: int = 120, products: int = 12) -> tuple[Reconciler, MemoryKube, MemoryRedis]:
-    kube, redis = MemoryKube(), MemoryRedis()
-    settings = OperatorSettings(debounce_seconds=0, snapshot_configmap_seconds=3600)
-    reconciler = Reconciler(settings, kube, redis, MemoryPubSub())  # type: ignore[arg-type]
-    kube.reconciler = reconciler
-    for index, document in enumerate(_workload(routes, products)):
-        document["metadata"].update(resourceVersion=str(index + 1), generation=1, uid=f"uid-{index}")
-        reconciler.observe(document["kind"], document)
+    reconciler, kube, redis = memory_reconciler(_workload(routes, products))
     await reconciler.reconcile_once(full=True)
     for _ in range(5):
         if (await reconciler.reconcile_once()).statuses_written == 0:
@@ -116,12 +47,7 @@ async def _settled(routes: int = 120, products: int = 12) -> tuple[Reconciler, M
 
 
 def _edited(reconciler: Reconciler, key: Key, kube: MemoryKube, **spec: Any) -> dict[str, Any]:
-    body = copy.deepcopy(reconciler.objects[key])
-    body["spec"].update(spec)
-    kube.version += 1
-    body["metadata"]["resourceVersion"] = str(kube.version)
-    body["metadata"]["generation"] += 1
-    return body
+    return edited(reconciler, key, kube, **spec)
 
 
 def _phase_counts(reconciler: Reconciler) -> dict[tuple[str, str], int]:
@@ -174,8 +100,7 @@ async def test_a_status_edited_by_someone_else_is_written_back_by_the_resync() -
     route = _a_route(reconciler, 5)
     body = copy.deepcopy(reconciler.objects[route])
     body["status"]["message"] = "edited by hand"
-    kube.version += 1
-    body["metadata"]["resourceVersion"] = str(kube.version)
+    body["metadata"]["resourceVersion"] = kube.next_version()
     reconciler.observe("Route", body)
     # Nothing a pass reads changed: an ordinary pass trusts what it wrote last ...
     assert (await reconciler.reconcile_once()).statuses_written == 0
@@ -219,15 +144,13 @@ async def test_the_documents_a_pass_translates_follow_every_store_change_like_a_
         elif action == "status":
             body = copy.deepcopy(reconciler.objects[key])
             body["status"] = {**(body.get("status") or {}), "lastCheckAt": f"step {step}"}
-            kube.version += 1
-            body["metadata"]["resourceVersion"] = str(kube.version)
+            body["metadata"]["resourceVersion"] = kube.next_version()
             reconciler.observe("Route", body)
         elif action == "forget":
             reconciler.forget("Route", key[1])
         elif spare:
             document = spare.pop()
-            kube.version += 1
-            document["metadata"].update(resourceVersion=str(kube.version), generation=1, uid=f"new-{step}")
+            document["metadata"].update(resourceVersion=kube.next_version(), generation=1, uid=f"new-{step}")
             reconciler.observe(document["kind"], document)
         documents = reconciler.translation_documents()
         expected = [
