@@ -162,6 +162,11 @@ class ReconcilerState:
     _snapshot_parts: set[tuple[str, str, str]]
     _snapshot_written: tuple[str, float]
     _snapshot_timer: asyncio.TimerHandle | None
+    # The Envoy version the last pass served; the background ConfigMap write in flight; whether
+    # ordinary passes write in the background (set by ``Scheduler.run``).
+    _snapshot_wanted: str
+    _snapshot_writer: asyncio.Task[None] | None
+    _background_snapshots: bool
     # statuses
     _written_status: dict[Key, str]
     _verified_status: dict[Key, tuple[ResourceStatus, dict[str, Any]]]

@@ -76,11 +76,17 @@ class Scheduler(ReconcilerState):
         if not self._listed:
             await self.list_all()
         fast_path = asyncio.create_task(self._fast_path_loop(stop))
+        # Ordinary passes hand the snapshot ConfigMaps to a background write (``KubernetesSync``).
+        self._background_snapshots = True
         try:
             await self._full_pass_loop(stop)
         finally:
+            self._background_snapshots = False
             fast_path.cancel()
-            await asyncio.gather(fast_path, return_exceptions=True)
+            writer = self._snapshot_writer
+            if writer is not None:
+                writer.cancel()
+            await asyncio.gather(fast_path, *([writer] if writer else []), return_exceptions=True)
 
     async def _fast_path_loop(self, stop: asyncio.Event) -> None:
         """Publish touched products' rule sets right away, even while a full pass is running."""

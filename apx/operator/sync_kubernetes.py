@@ -20,6 +20,7 @@ from typing import Any
 from apx.controllers import names
 from apx.controllers.appliers.kube import KINDS, Invalid, KubeError, Unavailable
 from apx.controllers.pipeline import Compiled
+from apx.controllers.renderers.envoy import EnvoyOutput
 from apx.controllers.renderers.kubernetes.envoy_snapshot import (
     INSTANCE_LABEL,
     ROLE_LABEL,
@@ -55,11 +56,16 @@ class KubernetesSync(ReconcilerState):
 
         They are the readable and restart copy of what xDS serves, not the
         way Envoy gets a change, and at 10,000 Routes rendering them (JSON,
-        gzip) costs more than the rest of a one-Route change: a burst of
-        changes writes them once. A pass that finds them due too early leaves
-        a timer that asks for one more pass when they are.
+        gzip: ~400 ms of CPU) costs more than the rest of a one-Route change: a
+        burst of changes writes them once. A pass that finds them due too early
+        leaves a timer that asks for one more pass when they are. Under the
+        reconciler's loop (``Scheduler.run``) an ordinary pass hands the write to
+        a background task and goes on (``_snapshot_writer``): the next change's
+        pass does not wait for it. Full passes, and passes run on their own
+        (tests, ``apx`` tools), write them in line.
         """
         envoy = compiled.envoy
+        self._snapshot_wanted = envoy.version
         version, written_at = self._snapshot_written
         if envoy.version == version and not full:
             return  # a full pass writes them again: that is how a deleted or edited part is repaired
@@ -68,15 +74,47 @@ class KubernetesSync(ReconcilerState):
             if self._snapshot_timer is None:
                 self._snapshot_timer = asyncio.get_running_loop().call_later(wait, self._snapshot_due)
             return
-        instance = self.settings.instance
-        manifests = await asyncio.to_thread(
-            render_envoy_snapshot, envoy.snapshot_document(), self.settings.operator_namespace, instance
-        )
-        desired = await self._apply_manifests(manifests, report)
-        index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap(instance))
-        if index in self._applied_manifests:
-            await self._prune_snapshot_parts(desired, report, full)
-            self._snapshot_written = (envoy.version, time.monotonic())
+        writing = self._snapshot_writer is not None and not self._snapshot_writer.done()
+        if full or not self._background_snapshots:
+            await self.snapshot_written()  # one in flight is older: it goes first
+            await self._write_envoy_snapshot(envoy, report, full)
+        elif not writing:
+            self._snapshot_writer = asyncio.get_running_loop().create_task(
+                self._write_envoy_snapshot(envoy, PassReport(), False, background=True)
+            )
+        # else: the write in flight asks for a pass when it is done (``_write_envoy_snapshot``)
+
+    async def snapshot_written(self) -> None:
+        """Wait until a snapshot ConfigMap write in flight is done (tests, full passes, shutdown)."""
+        writer = self._snapshot_writer
+        if writer is not None and not writer.done():
+            await asyncio.gather(asyncio.shield(writer), return_exceptions=True)
+
+    async def _write_envoy_snapshot(
+        self, envoy: EnvoyOutput, report: PassReport, full: bool, background: bool = False
+    ) -> None:
+        try:
+            instance = self.settings.instance
+            manifests = await asyncio.to_thread(
+                render_envoy_snapshot, envoy.snapshot_document(), self.settings.operator_namespace, instance
+            )
+            desired = await self._apply_manifests(manifests, report)
+            index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap(instance))
+            if index in self._applied_manifests:
+                await self._prune_snapshot_parts(desired, report, full)
+                self._snapshot_written = (envoy.version, time.monotonic())
+        except Exception:
+            if not background:
+                raise
+            # In line, the pass fails and is retried with back-off; here the next change or
+            # the resync tries again (asking for a pass now could fail the same way in a loop).
+            logger.exception("cannot write the Envoy snapshot ConfigMaps; the next pass tries again")
+            return
+        written = self._snapshot_written[0] == envoy.version
+        if background and written and self._snapshot_wanted != envoy.version:
+            # A newer snapshot was served meanwhile: a pass writes it when due. (Not after a
+            # refused write: the next change or the resync tries again, not a loop of passes.)
+            self.request_pass()
 
     def _snapshot_due(self) -> None:
         self._snapshot_timer = None

@@ -9,6 +9,8 @@ have no ownerReference, so the owner-based pruning would leave them).
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from apx.controllers import names
 from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.renderers.kubernetes import envoy_snapshot
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
+from apx.operator import sync_kubernetes
 from e2e.services import Service
 from tests.operator.test_reconciler import _reconciler_with_samples
 
@@ -119,3 +122,64 @@ async def test_snapshot_configmaps_follow_xds_at_most_every_snapshot_configmap_s
     await reconciler.reconcile_once()
     assert await stored_version() == served[-1]
     assert decode_configmaps(await kube.list("ConfigMap", "apx-system")) is not None
+
+
+@pytest.mark.asyncio
+async def test_under_the_loop_a_pass_does_not_wait_for_the_configmaps_and_the_newest_snapshot_is_written(
+    kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow ConfigMap write runs beside the passes; the snapshot served last is the one stored at last."""
+    reconciler, _ = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=10
+    )
+    served: list[str] = []
+    reconciler.envoy_listeners.append(lambda output: served.append(output.version))
+    writes: list[str] = []
+
+    def slow_render(document: dict[str, Any], namespace: str, instance: str = "") -> list[dict[str, Any]]:
+        writes.append(document["version"])
+        time.sleep(1.0)  # a 10,000-Route snapshot on a busy machine
+        return envoy_snapshot.render_envoy_snapshot(document, namespace, instance)
+
+    monkeypatch.setattr(sync_kubernetes, "render_envoy_snapshot", slow_render)
+
+    async def edit(timeout: str) -> None:
+        body = await kube.get("Route", "default", "payments-charges")
+        assert body is not None
+        spec = {**body["spec"], "timeout": timeout}
+        metadata = {"name": "payments-charges", "namespace": "default"}
+        updated = await kube.apply(
+            {"apiVersion": body["apiVersion"], "kind": "Route", "metadata": metadata, "spec": spec}
+        )
+        reconciler.observe("Route", {**updated, "kind": "Route"})
+
+    async def stored_version() -> str:
+        index = await kube.get("ConfigMap", "apx-system", names.envoy_snapshot_configmap())
+        assert index is not None
+        return str(index["data"]["version"])
+
+    stop = asyncio.Event()
+    passes = reconciler.passes
+    loop = asyncio.create_task(reconciler.run(stop))
+    try:
+        while reconciler.passes == passes:  # the loop's first pass is a full one: written in line
+            await asyncio.sleep(0.02)
+        writes.clear()
+        passes = reconciler.passes
+        await edit("21s")
+        while reconciler.passes == passes:
+            await asyncio.sleep(0.02)
+        # The pass is over, its snapshot served, and its ConfigMaps are still being written.
+        assert served and len(writes) == 1 and await stored_version() != served[-1]
+        await edit("22s")  # served while the first write is still going on
+        while len(served) < 2:
+            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 15
+        while await stored_version() != served[-1]:
+            assert time.monotonic() < deadline, "the newest snapshot never reached the ConfigMaps"
+            await asyncio.sleep(0.1)
+        assert writes[-1] == served[-1]
+    finally:
+        stop.set()
+        reconciler.request_pass()
+        await asyncio.wait_for(loop, 10)
