@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp.test_utils
 import attrs
 import kmock
 import yaml
@@ -27,6 +28,8 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+from aiohttp.web_runner import ServerRunner
+from aiohttp.web_server import Server
 
 from .base import WriteOptions
 from .emulator import KubeEmulator
@@ -50,6 +53,20 @@ def _api_server_request(
     )  # fmt: skip
 
 
+class _ApiTestServer(aiohttp.test_utils.RawTestServer):
+    """aiohttp's raw test server whose requests read bodies up to ``MAX_REQUEST_BODY_BYTES``.
+
+    The request factory has to be given where the server is made: keyword
+    arguments to the test server's constructor never reach it.
+    """
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> ServerRunner:
+        server = Server(
+            self._handler, loop=self._loop, debug=debug, request_factory=_api_server_request, **kwargs
+        )
+        return ServerRunner(server, debug=debug, **kwargs)
+
+
 @attrs.mutable
 class EmulatorServer(kmock.Server):
     """kmock's HTTP server for a handler, without the client and DNS interception."""
@@ -57,9 +74,7 @@ class EmulatorServer(kmock.Server):
     async def __aenter__(self) -> Self:
         if self._managed_server is not None:
             raise RuntimeError("The server can be started only once.")
-        self._managed_server = self._server_cls(
-            self.handler, host=self._host, port=self._port, request_factory=_api_server_request
-        )
+        self._managed_server = _ApiTestServer(self.handler, host=self._host, port=self._port)
         await self._managed_server.__aenter__()
         self.handler.servers.append(self)
         return self

@@ -144,3 +144,13 @@ def test_dry_run_validates_without_storing(api: Api) -> None:
     assert response.status_code == 201
     assert api.get(f"{CONFIGMAPS}/dry").status_code == 404
     assert api.post(WIDGETS, widget("w", size=99), params={"dryRun": "All"}).status_code == 422
+
+
+def test_bodies_up_to_3_mib_are_read_like_the_real_api_server_and_larger_ones_are_413(api: Api) -> None:
+    # A ConfigMap near its 1 MiB data limit travels base64-encoded in a larger JSON body.
+    near_limit = {**configmap("big"), "binaryData": {"part": "A" * (1024 * 1024 + 400 * 1024)}}
+    assert api.post(CONFIGMAPS, near_limit).status_code == 201
+    too_large = {**configmap("huge"), "data": {"part": "x" * (3 * 1024 * 1024 + 1)}}
+    response = api.post(CONFIGMAPS, too_large)
+    assert response.status_code == 413
+    assert api.get(f"{CONFIGMAPS}/big").status_code == 200  # still serving
