@@ -162,9 +162,9 @@ class ReconcilerState:
     _snapshot_parts: set[tuple[str, str, str]]
     _snapshot_written: tuple[str, float]
     _snapshot_timer: asyncio.TimerHandle | None
-    # The Envoy version the last pass served; the background ConfigMap write in flight; whether
+    # The Envoy output the last pass served; the background ConfigMap write in flight; whether
     # ordinary passes write in the background (set by ``Scheduler.run``).
-    _snapshot_wanted: str
+    _snapshot_latest: EnvoyOutput | None
     _snapshot_writer: asyncio.Task[None] | None
     _background_snapshots: bool
     # statuses

@@ -155,7 +155,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         # the pass that writes a newer one once ``snapshot_configmap_seconds`` have gone by.
         self._snapshot_written: tuple[str, float] = ("", -math.inf)
         self._snapshot_timer: asyncio.TimerHandle | None = None
-        self._snapshot_wanted = ""
+        self._snapshot_latest: EnvoyOutput | None = None
         self._snapshot_writer: asyncio.Task[None] | None = None
         self._background_snapshots = False
         self._written_status: dict[tuple[str, str], str] = {}

@@ -57,32 +57,46 @@ class KubernetesSync(ReconcilerState):
         They are the readable and restart copy of what xDS serves, not the
         way Envoy gets a change, and at 10,000 Routes rendering them (JSON,
         gzip: ~400 ms of CPU) costs more than the rest of a one-Route change: a
-        burst of changes writes them once. A pass that finds them due too early
-        leaves a timer that asks for one more pass when they are. Under the
-        reconciler's loop (``Scheduler.run``) an ordinary pass hands the write to
-        a background task and goes on (``_snapshot_writer``): the next change's
-        pass does not wait for it. Full passes, and passes run on their own
-        (tests, ``apx`` tools), write them in line.
+        burst of changes writes them once. Full passes, and passes run on their
+        own (tests, ``apx`` tools), write them in line; one that finds them due
+        too early leaves a timer that asks for one more pass when they are.
+        Under the reconciler's loop (``Scheduler.run``) an ordinary pass only
+        hands its snapshot over (``_snapshot_latest``): a background task writes
+        the latest one when due (``_write_latest_snapshot``), so no pass waits
+        for the write and none runs just to make it.
         """
         envoy = compiled.envoy
-        self._snapshot_wanted = envoy.version
+        self._snapshot_latest = envoy
         version, written_at = self._snapshot_written
         if envoy.version == version and not full:
             return  # a full pass writes them again: that is how a deleted or edited part is repaired
+        if self._background_snapshots and not full:
+            self._write_latest_snapshot()
+            return
         wait = written_at + self.settings.snapshot_configmap_seconds - time.monotonic()
         if wait > 0 and not full:
             if self._snapshot_timer is None:
                 self._snapshot_timer = asyncio.get_running_loop().call_later(wait, self._snapshot_due)
             return
-        writing = self._snapshot_writer is not None and not self._snapshot_writer.done()
-        if full or not self._background_snapshots:
-            await self.snapshot_written()  # one in flight is older: it goes first
-            await self._write_envoy_snapshot(envoy, report, full)
-        elif not writing:
-            self._snapshot_writer = asyncio.get_running_loop().create_task(
-                self._write_envoy_snapshot(envoy, PassReport(), False, background=True)
-            )
-        # else: the write in flight asks for a pass when it is done (``_write_envoy_snapshot``)
+        await self.snapshot_written()  # one in flight is older: it goes first
+        await self._write_envoy_snapshot(envoy, report, full)
+
+    def _write_latest_snapshot(self) -> None:
+        """Start writing the latest snapshot in the background: if not written yet, due, and none running."""
+        envoy = self._snapshot_latest
+        version, written_at = self._snapshot_written
+        if envoy is None or envoy.version == version:
+            return
+        if self._snapshot_writer is not None and not self._snapshot_writer.done():
+            return  # the write in flight looks again when it is done
+        wait = written_at + self.settings.snapshot_configmap_seconds - time.monotonic()
+        if wait > 0:
+            if self._snapshot_timer is None:
+                self._snapshot_timer = asyncio.get_running_loop().call_later(wait, self._snapshot_due)
+            return
+        self._snapshot_writer = asyncio.get_running_loop().create_task(
+            self._write_envoy_snapshot(envoy, PassReport(), False, background=True)
+        )
 
     async def snapshot_written(self) -> None:
         """Wait until a snapshot ConfigMap write in flight is done (tests, full passes, shutdown)."""
@@ -107,18 +121,20 @@ class KubernetesSync(ReconcilerState):
             if not background:
                 raise
             # In line, the pass fails and is retried with back-off; here the next change or
-            # the resync tries again (asking for a pass now could fail the same way in a loop).
-            logger.exception("cannot write the Envoy snapshot ConfigMaps; the next pass tries again")
+            # the resync tries again (trying again now could fail the same way in a loop).
+            logger.exception("cannot write the Envoy snapshot ConfigMaps; the next change tries again")
             return
-        written = self._snapshot_written[0] == envoy.version
-        if background and written and self._snapshot_wanted != envoy.version:
-            # A newer snapshot was served meanwhile: a pass writes it when due. (Not after a
-            # refused write: the next change or the resync tries again, not a loop of passes.)
-            self.request_pass()
+        if background and self._snapshot_written[0] == envoy.version:
+            # A newer snapshot served meanwhile is written when due, once this task is done.
+            # (Not after a refused write: the next change or the resync tries again, not a loop.)
+            asyncio.get_running_loop().call_soon(self._write_latest_snapshot)
 
     def _snapshot_due(self) -> None:
         self._snapshot_timer = None
-        self.request_pass()
+        if self._background_snapshots:
+            self._write_latest_snapshot()
+        else:
+            self.request_pass()
 
     async def _apply_manifests(
         self, manifests: list[dict[str, Any]], report: PassReport, remember: bool = False

@@ -165,20 +165,25 @@ async def test_under_the_loop_a_pass_does_not_wait_for_the_configmaps_and_the_ne
         while reconciler.passes == passes:  # the loop's first pass is a full one: written in line
             await asyncio.sleep(0.02)
         writes.clear()
+        served.clear()
         passes = reconciler.passes
         await edit("21s")
         while reconciler.passes == passes:
             await asyncio.sleep(0.02)
         # The pass is over, its snapshot served, and its ConfigMaps are still being written.
         assert served and len(writes) == 1 and await stored_version() != served[-1]
+        passes = reconciler.passes
         await edit("22s")  # served while the first write is still going on
-        while len(served) < 2:
+        while reconciler.passes == passes:
             await asyncio.sleep(0.02)
+        assert len(served) == 2
+        passes = reconciler.passes
         deadline = time.monotonic() + 15
         while await stored_version() != served[-1]:
             assert time.monotonic() < deadline, "the newest snapshot never reached the ConfigMaps"
             await asyncio.sleep(0.1)
         assert writes[-1] == served[-1]
+        assert reconciler.passes == passes  # written by the background task, not by a pass run for it
     finally:
         stop.set()
         reconciler.request_pass()
