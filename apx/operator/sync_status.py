@@ -3,9 +3,11 @@
 Mixed into ``apx.operator.reconciler.Reconciler`` (``StatusSync``). The
 status written is the pass's status with this pass's overlays
 (``_final_status``: dependency problems, worker availability, in-use, a
-proxy's NACK); a status equal to the one found written on the same body is
-skipped without building a document; Events on phase changes; the
-``apx_operator_objects`` and ``apx_operator_object_ready`` gauges.
+proxy's NACK); an ordinary pass looks only at the objects whose status it
+can have changed (``_status_candidates``), and a status equal to the one
+found written on the same body is skipped without building a document;
+Events on phase changes; the ``apx_operator_objects`` and
+``apx_operator_object_ready`` gauges, kept per object.
 """
 
 from __future__ import annotations
