@@ -468,13 +468,22 @@ def test_bad_arguments_are_exit_2_from_argparse(emulator: RunningEmulator) -> No
 def test_watch_refreshes_until_sigint_and_exits_0_without_traceback(emulator: RunningEmulator) -> None:
     make_route(emulator, "watched", PROGRESSING)
     env = {**os.environ, "KUBECONFIG": str(emulator.kubeconfig)}
-    process = subprocess.Popen(
-        [str(BIN / "apx"), "rollout", "status", "watched", "--watch", "--interval", "0.2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    # A suite started in the background by a non-interactive shell runs with SIGINT ignored,
+    # and a child inherits an ignored signal: the person pressing Ctrl-C has SIGINT delivered.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [str(BIN / "apx"), "rollout", "status", "watched", "--watch", "--interval", "0.2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         assert process.stdout is not None
         blocks = 0
