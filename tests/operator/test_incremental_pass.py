@@ -46,10 +46,6 @@ async def _settled(routes: int = 120, products: int = 12) -> tuple[Reconciler, M
     return reconciler, kube, redis
 
 
-def _edited(reconciler: Reconciler, key: Key, kube: MemoryKube, **spec: Any) -> dict[str, Any]:
-    return edited(reconciler, key, kube, **spec)
-
-
 def _phase_counts(reconciler: Reconciler) -> dict[tuple[str, str], int]:
     return {k: v for k, v in reconciler._phase_totals.items() if v}
 
@@ -65,7 +61,7 @@ async def test_a_one_route_edit_looks_at_the_statuses_of_that_route_and_its_prod
         "Product",
         f"{route[1].split('/')[0]}/{reconciler.objects[route]['spec']['productRef']['name']}",
     )
-    reconciler.observe("Route", _edited(reconciler, route, kube, timeout="9s"))
+    reconciler.observe("Route", edited(reconciler, route, kube, timeout="9s"))
     report = await reconciler.reconcile_once()
     assert reconciler._candidates_now is not None
     assert reconciler._candidates_now <= {route, product}, reconciler._candidates_now
@@ -85,7 +81,7 @@ async def test_a_failed_status_write_is_written_on_the_next_pass_though_nothing_
     reconciler, kube, _ = await _settled()
     route = _a_route(reconciler, 3)
     kube.refuse.add(route)
-    reconciler.observe("Route", _edited(reconciler, route, kube, timeout="11s"))
+    reconciler.observe("Route", edited(reconciler, route, kube, timeout="11s"))
     await reconciler.reconcile_once()
     assert route not in kube.status_writes
     assert reconciler.objects[route]["status"]["observedGeneration"] == 1
@@ -114,7 +110,7 @@ async def test_a_dependency_problem_shows_on_every_object_it_touches_and_clears_
     reconciler, kube, redis = await _settled()
     ready = _phase_counts(reconciler)
     redis.down = True
-    reconciler.observe("Route", _edited(reconciler, _a_route(reconciler), kube, timeout="12s"))
+    reconciler.observe("Route", edited(reconciler, _a_route(reconciler), kube, timeout="12s"))
     report = await reconciler.reconcile_once()
     # Every Product and Route Redis serves (those that translated; the workload's broken ones stay Stalled).
     assert len(report.problems) > 50
@@ -123,7 +119,7 @@ async def test_a_dependency_problem_shows_on_every_object_it_touches_and_clears_
     }
     assert unavailable == set(report.problems)
     # A second pass with Redis still down writes nothing new: the statuses already say so.
-    reconciler.observe("Route", _edited(reconciler, _a_route(reconciler, 9), kube, timeout="13s"))
+    reconciler.observe("Route", edited(reconciler, _a_route(reconciler, 9), kube, timeout="13s"))
     assert set((await reconciler.reconcile_once()).problems) == unavailable
     redis.down = False
     await reconciler.reconcile_once()
@@ -140,7 +136,7 @@ async def test_the_documents_a_pass_translates_follow_every_store_change_like_a_
         action = rng.choice(["spec", "status", "forget", "create"])
         key = rng.choice(routes)
         if action == "spec":
-            reconciler.observe("Route", _edited(reconciler, key, kube, timeout=f"{step + 1}s"))
+            reconciler.observe("Route", edited(reconciler, key, kube, timeout=f"{step + 1}s"))
         elif action == "status":
             body = copy.deepcopy(reconciler.objects[key])
             body["status"] = {**(body.get("status") or {}), "lastCheckAt": f"step {step}"}

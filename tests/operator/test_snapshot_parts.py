@@ -19,6 +19,7 @@ from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.renderers.kubernetes import envoy_snapshot
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
 from apx.operator import sync_kubernetes
+from apx.operator.reconciler import Reconciler
 from e2e.services import Service
 from tests.operator.test_reconciler import _reconciler_with_samples
 
@@ -29,6 +30,25 @@ async def _snapshot_configmaps(kube: KubeClient) -> list[str]:
     prefix = names.envoy_snapshot_configmap()
     listed = await kube.list("ConfigMap", "apx-system")
     return sorted(c["metadata"]["name"] for c in listed if c["metadata"]["name"].startswith(prefix))
+
+
+async def _stored_version(kube: KubeClient) -> str:
+    """The Envoy snapshot version the index ConfigMap holds."""
+    index = await kube.get("ConfigMap", "apx-system", names.envoy_snapshot_configmap())
+    assert index is not None
+    return str(index["data"]["version"])
+
+
+async def _edit_timeout(kube: KubeClient, reconciler: Reconciler, timeout: str) -> None:
+    """Apply a new timeout to the samples' payments-charges Route and hand the result to the reconciler."""
+    body = await kube.get("Route", "default", "payments-charges")
+    assert body is not None
+    metadata = {"name": "payments-charges", "namespace": "default"}
+    spec = {**body["spec"], "timeout": timeout}
+    updated = await kube.apply(
+        {"apiVersion": body["apiVersion"], "kind": "Route", "metadata": metadata, "spec": spec}
+    )
+    reconciler.observe("Route", {**updated, "kind": "Route"})
 
 
 @pytest.mark.asyncio
@@ -83,26 +103,8 @@ async def test_snapshot_configmaps_follow_xds_at_most_every_snapshot_configmap_s
     reconciler.envoy_listeners.append(lambda output: served.append(output.version))
     reconciler.settings = reconciler.settings.model_copy(update={"snapshot_configmap_seconds": 0.6})
 
-    async def stored_version() -> str:
-        index = await kube.get("ConfigMap", "apx-system", names.envoy_snapshot_configmap())
-        assert index is not None
-        return str(index["data"]["version"])
-
-    async def edit(timeout: str) -> None:
-        body = await kube.get("Route", "default", "payments-charges")
-        assert body is not None
-        updated = await kube.apply(
-            {
-                "apiVersion": body["apiVersion"],
-                "kind": "Route",
-                "metadata": {"name": "payments-charges", "namespace": "default"},
-                "spec": {**body["spec"], "timeout": timeout},
-            }
-        )
-        reconciler.observe("Route", {**updated, "kind": "Route"})
-
     # The samples' last pass wrote them; a change within the interval goes to xDS only.
-    await edit("11s")
+    await _edit_timeout(kube, reconciler, "11s")
     await reconciler.reconcile_once()
     # The timer asks for the pass that writes them once the interval has passed (the
     # reconciler's loop is not running here). Watched from before the pass that sets it:
@@ -115,12 +117,12 @@ async def test_snapshot_configmaps_follow_xds_at_most_every_snapshot_configmap_s
         request_pass()
 
     monkeypatch.setattr(reconciler, "request_pass", record_request)
-    await edit("12s")
+    await _edit_timeout(kube, reconciler, "12s")
     await reconciler.reconcile_once()
-    assert served and await stored_version() != served[-1]
+    assert served and await _stored_version(kube) != served[-1]
     await asyncio.wait_for(asked.wait(), timeout=5)
     await reconciler.reconcile_once()
-    assert await stored_version() == served[-1]
+    assert await _stored_version(kube) == served[-1]
     assert decode_configmaps(await kube.list("ConfigMap", "apx-system")) is not None
 
 
@@ -143,21 +145,6 @@ async def test_under_the_loop_a_pass_does_not_wait_for_the_configmaps_and_the_ne
 
     monkeypatch.setattr(sync_kubernetes, "render_envoy_snapshot", slow_render)
 
-    async def edit(timeout: str) -> None:
-        body = await kube.get("Route", "default", "payments-charges")
-        assert body is not None
-        spec = {**body["spec"], "timeout": timeout}
-        metadata = {"name": "payments-charges", "namespace": "default"}
-        updated = await kube.apply(
-            {"apiVersion": body["apiVersion"], "kind": "Route", "metadata": metadata, "spec": spec}
-        )
-        reconciler.observe("Route", {**updated, "kind": "Route"})
-
-    async def stored_version() -> str:
-        index = await kube.get("ConfigMap", "apx-system", names.envoy_snapshot_configmap())
-        assert index is not None
-        return str(index["data"]["version"])
-
     stop = asyncio.Event()
     passes = reconciler.passes
     loop = asyncio.create_task(reconciler.run(stop))
@@ -167,19 +154,19 @@ async def test_under_the_loop_a_pass_does_not_wait_for_the_configmaps_and_the_ne
         writes.clear()
         served.clear()
         passes = reconciler.passes
-        await edit("21s")
+        await _edit_timeout(kube, reconciler, "21s")
         while reconciler.passes == passes:
             await asyncio.sleep(0.02)
         # The pass is over, its snapshot served, and its ConfigMaps are still being written.
-        assert served and len(writes) == 1 and await stored_version() != served[-1]
+        assert served and len(writes) == 1 and await _stored_version(kube) != served[-1]
         passes = reconciler.passes
-        await edit("22s")  # served while the first write is still going on
+        await _edit_timeout(kube, reconciler, "22s")  # served while the first write is still going on
         while reconciler.passes == passes:
             await asyncio.sleep(0.02)
         assert len(served) == 2
         passes = reconciler.passes
         deadline = time.monotonic() + 15
-        while await stored_version() != served[-1]:
+        while await _stored_version(kube) != served[-1]:
             assert time.monotonic() < deadline, "the newest snapshot never reached the ConfigMaps"
             await asyncio.sleep(0.1)
         assert writes[-1] == served[-1]
