@@ -185,3 +185,20 @@ def test_a_heap_grown_by_half_since_the_last_full_collection_is_collected_whole(
     """
     )
     assert out.splitlines() == ["False []", "True ['frozen cycle']", "False"]
+
+
+def test_kopf_drops_an_objects_worker_and_its_last_body_soon_after_the_event() -> None:
+    """kopf's default keeps each object's worker, holding its last decoded body, 5 s after the event:
+    thousands of duplicate bodies while objects load. The operator keeps them well under a second."""
+    import kopf
+
+    from apx.operator.handlers import FINALIZER
+    from apx.operator.main import KOPF_WORKER_IDLE_SECONDS, configure_kopf
+
+    defaults = kopf.OperatorSettings()
+    assert defaults.queueing.idle_timeout > 1.0
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, leader=True)
+    assert settings.queueing.idle_timeout == KOPF_WORKER_IDLE_SECONDS <= 1.0
+    assert settings.persistence.finalizer == FINALIZER
+    assert isinstance(settings.persistence.progress_storage, kopf.StatusProgressStorage)

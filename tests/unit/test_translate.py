@@ -130,6 +130,25 @@ def test_previous_version_is_served_from_the_live_objects_status() -> None:
     assert result.statuses[("Route", "default/payments-legacy")].phase == "Ready"
 
 
+def test_a_version_the_status_already_serves_is_compiled_from_the_live_spec_not_a_second_copy() -> None:
+    """The status's copy of the served spec (kept for N-1) is not held as a second model of N."""
+    from apx.controllers.models.policy import PolicyBundleSpec, ServedVersion
+    from apx.controllers.policy_artifacts import compile_policy, resolve_history
+
+    bundle = _by_name(_samples(), "PolicyBundle", "payments-policy")
+    spec = PolicyBundleSpec.model_validate(bundle["spec"])
+    status_entry = compile_policy("p", spec).served_version().model_dump(by_alias=True)
+    served = [ServedVersion.model_validate(status_entry)]
+    history = resolve_history("p", [spec], served)
+    assert history.served is not None and history.error is None
+    assert history.served.current.spec is spec
+    assert history.served.current == compile_policy("p", spec)
+    # A status whose copy differs (an operational field only: same artifact) keeps the status's compilation.
+    changed = spec.model_copy(update={"deletion_policy": "Delete"})
+    assert compile_policy("p", changed).digest == served[0].digest
+    assert resolve_history("p", [changed], served).served.current.spec == spec  # type: ignore[union-attr]
+
+
 def test_bad_policy_apply_keeps_serving_previous_versions() -> None:
     documents = _samples()
     bad = copy.deepcopy(_by_name(documents, "PolicyBundle", "payments-policy"))
