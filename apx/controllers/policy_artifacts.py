@@ -178,8 +178,8 @@ def resolve_history(name: str, applies: list[PolicyBundleSpec], served: list[Ser
                 error = exc
                 break
             if compiled.version == history[-1].version:
-                if compiled.digest == history[-1].digest and compiled.spec == history[-1].spec:
-                    # The same artifact from the same spec: keep the apply's compilation, whose
+                if compiled.spec == history[-1].spec:
+                    # The same spec (hence the same artifact): keep the apply's compilation, whose
                     # spec model is the parsed document's, not a second model of the status copy
                     # (~20 KiB per bundle, held by the caches between passes).
                     history[-1] = compiled

@@ -41,7 +41,7 @@ from .reconciler import Reconciler
 from .settings import OperatorSettings
 from .xds.wiring import start_xds
 
-# How long kopf keeps an object's worker (and its last event's body) after the event; see ``configure``.
+# How long kopf keeps an object's worker (and its last event's body) after the event; see ``configure_kopf``.
 KOPF_WORKER_IDLE_SECONDS = 0.5
 
 

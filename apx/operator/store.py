@@ -2,10 +2,11 @@
 
 Mixed into ``apx.operator.reconciler.Reconciler`` (``Store``); fed by the
 kopf handlers (``observe``, ``forget``) and read by every pass. Keeps the
-newest body of each object (without ``managedFields``, its strings interned), marks the products
-whose rule sets a change can affect (for the fast path), remembers
-PolicyBundle versions that were served (so N-1 stays served) and answers
-which Routes pin or use an object (admission, in-use protection).
+newest body of each object (without ``managedFields``, its strings
+interned), marks the products whose rule sets a change can affect (for the
+fast path), remembers PolicyBundle versions that were served (so N-1 stays
+served) and answers which Routes pin or use an object (admission, in-use
+protection).
 """
 
 from __future__ import annotations
@@ -228,12 +229,11 @@ def _stored(body: Mapping[str, Any]) -> dict[str, Any]:
     Field-manager records are often larger than the spec itself; with
     thousands of objects they were a sizeable share of the operator's memory.
     """
-    stored = {key: value for key, value in body.items() if key != "metadata"}
     meta = body.get("metadata")
-    if isinstance(meta, Mapping):
-        stored["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
-    compacted: dict[str, Any] = _compact(stored)
-    return compacted
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        body = {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    stored: dict[str, Any] = _compact(body)
+    return stored
 
 
 def _compact(value: Any) -> Any:
