@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from apx.controllers.memo import Caches
+from apx.controllers.renderers.envoy import render_envoy
+from apx.controllers.translate import translate
 from apx.operator.xds import XdsServer, XdsSnapshot
 from apx.operator.xds.server import _built
 from tests.xds.adsclient import CDS, LDS, RDS, VHDS, DeltaStream, SotwStream, channel, node, unpack
-from tests.xds.conftest import NAMESPACE, edit_route, render, sample_docs
+from tests.xds.conftest import NAMESPACE, edit_route, render, sample_docs, start_server
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -386,3 +389,92 @@ async def test_a_reconnecting_client_gets_the_current_state_at_once(server: XdsS
         legacy = next(vh for vh in config.virtual_hosts if vh.domains[0] == "legacy.payments.example.com")
         assert legacy.routes[0].route.timeout.seconds == 5
         await stream.close()
+
+
+async def _settled(stream: DeltaStream, state: dict[str, dict[str, str]]) -> int:
+    """Read and ACK responses until the stream is quiet; apply them to ``state``; how many."""
+    count = 0
+    while True:
+        try:
+            response = await stream.next(timeout=0.5)
+        except TimeoutError:
+            return count
+        count += 1
+        held = state.setdefault(response.type_url, {})
+        for resource in response.resources:
+            if resource.HasField("resource"):
+                held[resource.name] = resource.version
+            else:
+                held.pop(resource.name, None)
+        for name in response.removed_resources:
+            held.pop(name, None)
+        stream.ack(response)
+
+
+async def test_delta_streams_in_step_diff_only_the_changed_names_and_end_where_a_full_diff_ends() -> None:
+    docs = sample_docs()
+    without = [d for d in docs if not (d["kind"] == "Route" and d["metadata"]["name"] == "payments-legacy")]
+    steps = [
+        edit_route(docs, "payments-legacy", timeout="5s"),
+        edit_route(docs, "payments-legacy", backend=NEW_BACKEND),  # a new cluster, the old one goes
+        without,  # a virtual host goes
+        docs,  # and comes back
+    ]
+    caches = Caches()  # as in the operator: unchanged resources are the very same bytes objects
+    server = await start_server(None)
+    server.set_snapshot(_built(render_envoy(translate(docs).ir, caches=caches), server.snapshot))
+    full_diffs = 0
+    original = server._delta_candidates
+
+    def counted(*args: Any) -> Any:
+        nonlocal full_diffs
+        full_diffs += 1
+        return original(*args)
+
+    server._delta_candidates = counted  # type: ignore[method-assign]
+    try:
+        async with channel(server.port) as ch:
+            stream = DeltaStream(ch, node(envoy=True))
+            state: dict[str, dict[str, str]] = {}
+            stream.send(CDS)
+            stream.send(LDS)
+            stream.send(RDS, ["apx-routes"])
+            stream.send(VHDS, ["apx-routes"])
+            await _settled(stream, state)
+            assert full_diffs == 4  # the first answer of each subscription
+            for step in steps:
+                full_diffs = 0
+                output = render_envoy(translate(step).ir, caches=caches)
+                server.set_snapshot(_built(output, server.snapshot, (), False))
+                assert await _settled(stream, state) >= 1
+                assert full_diffs == 0
+                snapshot = server.snapshot
+                for type_url in (CDS, LDS, VHDS):
+                    expected = {n: snapshot.get(type_url, n).version for n in snapshot.names(type_url)}  # type: ignore[union-attr]
+                    assert state[type_url] == expected, type_url
+                vhds_form = snapshot.get(RDS, "apx-routes", vhds=True)
+                assert vhds_form is not None and state[RDS] == {"apx-routes": vhds_form.version}
+            await stream.close()
+    finally:
+        await server.stop()
+
+
+async def test_the_route_table_is_assembled_inline_only_while_a_stream_takes_it_so(server: XdsServer) -> None:
+    docs = sample_docs()
+    async with channel(server.port) as ch:
+        envoy = DeltaStream(ch, node("envoy-1", envoy=True))
+        await _delta_subscribe_all(envoy)
+        assert not server.inline_wanted()
+        server.submit(render(edit_route(docs, "payments-legacy", timeout="5s")))
+        await server.wait_built()
+        assert not server.snapshot._inline  # Envoy takes VHDS: nobody needs the whole table
+        plain = DeltaStream(ch, node("grpc-client", envoy=False))  # a delta client without VHDS
+        plain.send(RDS, ["apx-routes"])
+        response = await plain.next()
+        assert unpack(RDS, response.resources[0].resource).virtual_hosts  # assembled on first use
+        assert server.inline_wanted()
+        server.submit(render(edit_route(docs, "payments-legacy", timeout="6s")))
+        await server.wait_built()
+        assert "apx-routes" in server.snapshot._inline  # now built off the event loop
+        await envoy.close()
+        await plain.close()

@@ -117,3 +117,67 @@ def test_a_cached_render_is_served_without_parsing_its_route_configuration_and_e
     assert output.route_configurations == [
         route_pb2.RouteConfiguration.FromString(output.encoded.route_configurations[0])
     ]
+
+
+def _cached_renders(*variants: list[dict[str, object]]) -> list[object]:
+    """The operator's renders of successive object sets: one ``Caches`` kept across them."""
+    caches = Caches()
+    return [render_envoy(translate(docs).ir, caches=caches) for docs in variants]
+
+
+def test_a_snapshot_built_from_the_last_names_what_changed_and_chains_its_type_versions() -> None:
+    docs = sample_docs()
+    edited = edit_route(docs, "payments-legacy", timeout="5s")
+    first_output, second_output, same_output = _cached_renders(docs, edited, edited)
+    first = XdsSnapshot.from_envoy(first_output).prepare()
+    second = XdsSnapshot.from_envoy(second_output, first).prepare()
+    host = "apx-routes/legacy.payments.example.com"
+    assert second.changes_since(VIRTUAL_HOST, first.type_version(VIRTUAL_HOST)) == {host}
+    routes_before = first.type_version(ROUTE_CONFIGURATION)
+    assert second.changes_since(ROUTE_CONFIGURATION, routes_before) == {"apx-routes"}
+    for type_url in (LISTENER, CLUSTER):
+        assert second.changes_since(type_url, first.type_version(type_url)) == frozenset()
+        assert second.type_version(type_url) == first.type_version(type_url)
+    for type_url in (VIRTUAL_HOST, ROUTE_CONFIGURATION):
+        assert second.type_version(type_url) != first.type_version(type_url)
+    # A stream that is not in step with the snapshot this one was built from diffs everything.
+    assert second.changes_since(VIRTUAL_HOST, "") is None
+    assert second.changes_since(VIRTUAL_HOST, "0123456789abcdef") is None
+    # Built again from an unchanged render: nothing changed, every type version kept.
+    third = XdsSnapshot.from_envoy(same_output, second).prepare()
+    for type_url in (LISTENER, CLUSTER, ROUTE_CONFIGURATION, VIRTUAL_HOST):
+        assert third.changes_since(type_url, second.type_version(type_url)) == frozenset()
+        assert third.type_version(type_url) == second.type_version(type_url)
+
+
+def test_a_removed_virtual_host_is_a_change_and_every_host_holds_the_renders_own_bytes() -> None:
+    docs = sample_docs()
+    without = [d for d in docs if not (d["kind"] == "Route" and d["metadata"]["name"] == "payments-legacy")]
+    first_output, second_output = _cached_renders(docs, without)
+    first = XdsSnapshot.from_envoy(first_output).prepare()
+    second = XdsSnapshot.from_envoy(second_output, first).prepare()
+    host = "apx-routes/legacy.payments.example.com"
+    assert host in first.virtual_hosts and host not in second.virtual_hosts
+    assert host in (second.changes_since(VIRTUAL_HOST, first.type_version(VIRTUAL_HOST)) or ())
+    # No second copy of a virtual host's bytes: the snapshot keeps the render's objects.
+    rendered = dict(second_output.encoded.virtual_hosts)  # type: ignore[attr-defined]
+    hosts = second.routes["apx-routes"].hosts
+    assert hosts and all(parts.full is rendered[parts.vhds.name.split("/", 1)[1]] for parts in hosts)
+
+
+def test_the_inline_route_table_is_assembled_only_when_asked_and_versions_by_content() -> None:
+    docs = sample_docs()
+    edited = edit_route(docs, "payments-legacy", timeout="5s")
+    first_output, second_output, same_output = _cached_renders(docs, edited, edited)
+    first = XdsSnapshot.from_envoy(first_output).prepare()
+    second = XdsSnapshot.from_envoy(second_output, first).prepare(inline=False)
+    assert not second._inline  # no stream wants the whole table inline: nothing assembled it
+    inline = second.get(ROUTE_CONFIGURATION, "apx-routes")
+    assert inline is not None
+    encoded = second_output.encoded.route_configurations[0]  # type: ignore[attr-defined]
+    expected = route_pb2.RouteConfiguration.FromString(encoded)
+    assert _unpack_route(inline.any_bytes) == expected
+    before = first.get(ROUTE_CONFIGURATION, "apx-routes")
+    assert before is not None and before.version != inline.version
+    again = XdsSnapshot.from_envoy(same_output).prepare()  # another history, the same content
+    assert again.get(ROUTE_CONFIGURATION, "apx-routes").version == inline.version  # type: ignore[union-attr]

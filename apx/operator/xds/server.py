@@ -58,6 +58,8 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
+from apx.runtime.gcpause import collector_paused
+
 from .snapshot import (
     CLUSTER,
     LISTENER,
@@ -342,7 +344,9 @@ class XdsServer:
         while self._pending_output is not None:
             output, self._pending_output = self._pending_output, None
             try:
-                snapshot = await asyncio.to_thread(_built, output, self.snapshot, self.sotw_subscriptions())
+                snapshot = await asyncio.to_thread(
+                    _built, output, self.snapshot, self.sotw_subscriptions(), self.inline_wanted()
+                )
             except Exception:
                 logger.exception("cannot build the xDS snapshot; the previous one keeps serving")
                 continue
@@ -357,6 +361,18 @@ class XdsServer:
             for type_url, state in stream.types.items()
             if state.subscribed
         )
+
+    def inline_wanted(self) -> bool:
+        """Whether a connected stream gets route configurations with their virtual hosts inside.
+
+        SotW streams and delta streams without VHDS do; Envoy's delta streams take the VHDS
+        form, and then no pass assembles the whole route table (16 MB at 10,000 Routes).
+        """
+        for stream in self._streams:
+            state = stream.types.get(ROUTE_CONFIGURATION)
+            if state is not None and state.subscribed and not (stream.delta and stream.vhds):
+                return True
+        return False
 
     async def wait_built(self) -> None:
         """Wait until every submitted output is being served (tests, benchmarks)."""
@@ -715,12 +731,20 @@ class XdsServer:
             type_version = snapshot.type_version(type_url)
             if type_version == state.synced and not state.dirty:
                 continue
+            # In step with the snapshot this one was built from: only its changed names can
+            # differ from what the client has (a one-Route edit: one host, not thousands).
+            changed = None if state.dirty else snapshot.changes_since(type_url, state.synced)
             state.synced = type_version
             vhds = stream.vhds and type_url == ROUTE_CONFIGURATION
             resources: list[Entry | str] = []  # an entry to send, or the name of a host that does not exist
             absent: list[str] = []
             components: list[tuple[str, str, str]] = []
-            for name in self._delta_candidates(state, type_url, snapshot):
+            candidates = (
+                self._delta_candidates(state, type_url, snapshot)
+                if changed is None
+                else sorted(n for n in changed if self._interested(state, type_url, n))
+            )
+            for name in candidates:
                 entry = snapshot.get(type_url, name, vhds)
                 if entry is None:
                     if name in state.names and name not in state.known and name not in snapshot.routes:
@@ -736,9 +760,11 @@ class XdsServer:
                 state.known[name] = entry.version
                 resources.append(entry)
                 components.append((type_url, name, entry.version))
-            present = snapshot.name_set(type_url)
+            present = snapshot.names(type_url)
             gone = [
-                name for name, version in state.known.items() if version is not None and name not in present
+                name
+                for name in (state.known if changed is None else sorted(changed))
+                if state.known.get(name) is not None and name not in present
             ]
             if gone:
                 removals.append((type_url, state, gone))
@@ -802,8 +828,13 @@ class XdsServer:
         return response
 
 
-def _built(output: Any, previous: XdsSnapshot, sotw: Iterable[SotwKey] = ()) -> XdsSnapshot:
-    return XdsSnapshot.from_envoy(output, previous).prepare(sotw)
+def _built(
+    output: Any, previous: XdsSnapshot, sotw: Iterable[SotwKey] = (), inline: bool = True
+) -> XdsSnapshot:
+    # Everything built here lives until the next snapshot: the collector's passes over it
+    # would cost more than the build (measured at 10,000 Routes: 14-52 ms with, 13-21 without).
+    with collector_paused():
+        return XdsSnapshot.from_envoy(output, previous).prepare(sotw, inline)
 
 
 def _components(
