@@ -349,3 +349,31 @@ def test_the_route_table_version_is_the_hash_of_its_whole_text_with_any_characte
     assert streamed_version([], ()) == hashlib.sha256(b"{}").hexdigest()[:VERSION_LENGTH]
     with pytest.raises(ValueError):
         streamed_version(prefixes[:2], entries)
+
+
+def test_the_envoy_version_is_the_digest_of_the_resources_digests() -> None:
+    # The definition both renders share (``envoy.incremental.version_of``), computed here by hand
+    # from the from-scratch render's messages, and checked against the incremental render's.
+    def sha(data: bytes) -> bytes:
+        return hashlib.sha256(data).digest()
+
+    documents = _workload(30, 3)
+    scratch = compile_resources(copy.deepcopy(documents)).envoy
+    (configuration,) = scratch.route_configurations
+    head = type(configuration)(name=configuration.name).SerializeToString(deterministic=True)
+    hosts = b"".join(sha(host.SerializeToString(deterministic=True)) for host in configuration.virtual_hosts)
+    joined = (
+        f"{len(scratch.listeners)},1,{len(scratch.clusters)};".encode()
+        + b"".join(sha(listener.SerializeToString(deterministic=True)) for listener in scratch.listeners)
+        + sha(head + hosts)
+        + b"".join(sha(cluster.SerializeToString(deterministic=True)) for cluster in scratch.clusters)
+    )
+    assert scratch.version == "sha256:" + hashlib.sha256(joined).hexdigest()
+    caches = Caches()
+    assert compile_resources(documents, caches=caches).envoy.version == scratch.version
+    caches.end_pass()
+    # One Route's timeout: one virtual host changes, and so does the version, on both paths.
+    _replace(documents, _routes(documents)[0], lambda d: d["spec"].__setitem__("timeout", "7s"))
+    edited = compile_resources(documents, caches=caches).envoy.version
+    assert edited != scratch.version
+    assert edited == compile_resources(copy.deepcopy(documents)).envoy.version
