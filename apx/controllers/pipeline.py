@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 from . import names
+from .delta import route_changes
 from .gcpause import collector_paused
-from .ir import IR, RouteIR
+from .ir import IR, ProductIR, RouteIR
 from .last_good import Fallback, Key, document_key, redis_failures, render_failure
-from .memo import Caches
+from .memo import Caches, same
 from .models.common import API_VERSION
 from .models.route import CanaryStatus
 from .renderers.envoy import EnvoyOutput, EnvoySettings, render_envoy
@@ -39,10 +42,15 @@ from .renderers.kubernetes.incremental import render_kubernetes_cached
 from .renderers.pubsub_incremental import render_pubsub_cached
 from .renderers.pubsub_plan import PubSubOutput, cached_route_documents, render_pubsub
 from .renderers.redis_incremental import render_redis_cached
-from .renderers.redis_rules import RedisOutput, render_redis
-from .status import ResourceStatus
+from .renderers.redis_rules import RedisOutput, RuleSet, render_redis
+from .status import ResourceStatus, own_copy
 from .translation import TranslateResult, translate
-from .translation.summaries import AsyncRouteOutputs, add_output_summaries
+from .translation.summaries import (
+    AsyncRouteOutputs,
+    add_output_summaries,
+    add_product_outputs,
+    add_route_outputs,
+)
 
 SECTIONS: tuple[str, ...] = ("envoy", "redis", "pubsub", "kubernetes", "status")
 
@@ -180,7 +188,15 @@ def first_stage(
                 fallback.record(key, dataclasses.replace(status, summary=dict(status.summary)), current[key])
         result = _translate_again(documents, canary_states, fallback, caches)
         changed = False
-        for key, status in list(result.statuses.items()):
+        # Only a stalled Product or Route can be served from its last good body: translation
+        # names those when it kept them (its delta path), else every status is looked at.
+        # Keys without a last good body are dropped first, in C: most stalled objects never rendered.
+        stalled = result.stalled_keys
+        candidates = filter(
+            fallback.last_good.__contains__, list(result.statuses) if stalled is None else stalled
+        )
+        for key in candidates:
+            status = result.statuses[key]
             if (
                 key[0] in ("Product", "Route")
                 and status.stalled
@@ -383,34 +399,18 @@ def _summarised(
     else:
         pubsub = render_pubsub(ir, project=project)
 
-    # Last pass's names by Route key, reused while the RouteIR is the same object (and the project).
-    kept: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]] = (
-        stage.caches.assembled.get("summaries") or {} if stage.caches is not None else {}
-    )
-    used: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]] = {}
-
-    def async_outputs(route: RouteIR) -> AsyncRouteOutputs:
-        entry = kept.get(route.key)
-        if entry is not None and entry[0] is route and entry[1] == project:
-            outputs = entry[2]
-        else:
-            # The costliest part of a Route's summary: reuse what the renderers built.
-            plans = cached_route_documents(route, project, stage.caches)[0]
-            outputs = AsyncRouteOutputs(
-                topics=[plan.topic for plan in plans],
-                subscriptions=[plan.subscription for plan in plans],
-                deployments=_deployments(route, stage.caches),
-            )
-        used[route.key] = (route, project, outputs)
-        # Copies: each pass's statuses own their lists.
-        return AsyncRouteOutputs(list(outputs.topics), list(outputs.subscriptions), list(outputs.deployments))
-
-    # What the summaries say is decided in ``translation.summaries``; this stage only supplies names.
-    versions = {rule_set.product: rule_set.version for rule_set in redis.rule_sets}
-    add_output_summaries(result.statuses, ir, versions.__getitem__, async_outputs)
     if stage.caches is not None:
-        stage.caches.assembled["summaries"] = used
-        _keep_equal_statuses(result.statuses, ir, stage.caches)
+        _summaries_cached(result.statuses, ir, redis, project, stage.caches)
+    else:
+        # What the summaries say is decided in ``translation.summaries``; this stage only supplies names.
+        versions = {rule_set.product: rule_set.version for rule_set in redis.rule_sets}
+        outputs: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]] = {}
+        add_output_summaries(
+            result.statuses,
+            ir,
+            versions.__getitem__,
+            lambda route: _async_outputs(route, project, None, outputs, outputs),
+        )
     return Compiled(
         result=result,
         ir=ir,
@@ -422,24 +422,169 @@ def _summarised(
     )
 
 
-def _keep_equal_statuses(statuses: dict[Key, ResourceStatus], ir: IR, caches: Caches) -> None:
-    """Give summarised statuses equal to last pass's the very objects of last pass.
+def _async_outputs(
+    route: RouteIR,
+    project: str,
+    caches: Caches | None,
+    kept: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]],
+    used: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]],
+) -> AsyncRouteOutputs:
+    """An async Route's topics, subscriptions and Deployments; ``kept``'s while the RouteIR is the same."""
+    entry = kept.get(route.key)
+    if entry is not None and entry[0] is route and entry[1] == project:
+        outputs = entry[2]
+    else:
+        # The costliest part of a Route's summary: reuse what the renderers built.
+        plans = cached_route_documents(route, project, caches)[0]
+        outputs = AsyncRouteOutputs(
+            topics=[plan.topic for plan in plans],
+            subscriptions=[plan.subscription for plan in plans],
+            deployments=_deployments(route, caches),
+        )
+    used[route.key] = (route, project, outputs)
+    # Copies: each pass's statuses own their lists.
+    return AsyncRouteOutputs(list(outputs.topics), list(outputs.subscriptions), list(outputs.deployments))
 
-    Products' and async Routes' statuses are this pass's own copies (the
-    summaries are added to them), so without this they would be new objects
-    on every pass, and the operator, which looks again only at statuses that
-    are new objects, would compare thousands of them after a one-Route edit.
+
+_SUMMARIES = "summaries"
+
+
+@dataclass(slots=True)
+class _Summarised:
+    """What ``_summaries_cached`` made last pass, for the next pass's delta.
+
+    ``keys`` are the status keys the output summaries go to (every Product's,
+    then every async Route's); ``bases`` the statuses translation gave for
+    them and ``statuses`` what this stage made of them, position by position.
     """
-    before: dict[Key, ResourceStatus] = caches.assembled.get("summarised") or {}
-    now: dict[Key, ResourceStatus] = {}
-    keys = [("Product", product.key) for product in ir.products]
+
+    project: str
+    routes: tuple[RouteIR, ...]
+    products: tuple[ProductIR, ...]
+    rule_sets: tuple[RuleSet, ...]
+    keys: list[Key]
+    position: dict[Key, int]
+    route_index: dict[str, int]  # Route key → its position in ``routes``
+    rule_index: dict[str, int]  # Product key → the position of its rule set in ``rule_sets``
+    bases: list[ResourceStatus]
+    statuses: list[ResourceStatus]
+    outputs: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]]  # by Route key, see ``_async_outputs``
+
+
+def _summaries_cached(
+    statuses: dict[Key, ResourceStatus], ir: IR, redis: RedisOutput, project: str, caches: Caches
+) -> None:
+    """``add_output_summaries`` with the operator's caches, on copies of translation's statuses.
+
+    Translation's statuses are kept by its delta path (``translation.incremental``)
+    for the next pass, so the summaries go to copies. A summarised status equal
+    to last pass's is replaced by last pass's very object: the operator looks
+    again only at statuses that are new objects, and without this thousands of
+    them would be new after a one-Route edit.
+    """
+    state = caches.assembled.get(_SUMMARIES)
+    if isinstance(state, _Summarised) and _summaries_delta(state, statuses, ir, redis, project, caches):
+        return
+    kept = state.outputs if isinstance(state, _Summarised) else {}
+    before = dict(zip(state.keys, state.statuses, strict=True)) if isinstance(state, _Summarised) else {}
+    keys: list[Key] = [("Product", product.key) for product in ir.products]
     keys += [("Route", route.key) for route in ir.routes if route.mode == "async"]
+    bases = [statuses[key] for key in keys]
+    for key, base in zip(keys, bases, strict=True):
+        statuses[key] = own_copy(base)
+    used: dict[str, tuple[RouteIR, str, AsyncRouteOutputs]] = {}
+    versions = {rule_set.product: rule_set.version for rule_set in redis.rule_sets}
+    add_output_summaries(
+        statuses, ir, versions.__getitem__, lambda route: _async_outputs(route, project, caches, kept, used)
+    )
+    summarised: list[ResourceStatus] = []
     for key in keys:
-        status = statuses.get(key)
-        if status is None:
-            continue
+        status = statuses[key]
         old = before.get(key)
         if old is not None and old == status:
             statuses[key] = status = old
-        now[key] = status
-    caches.assembled["summarised"] = now
+        summarised.append(status)
+    caches.assembled[_SUMMARIES] = _Summarised(
+        project,
+        ir.routes,
+        ir.products,
+        redis.rule_sets,
+        keys,
+        {key: index for index, key in enumerate(keys)},
+        {route.key: index for index, route in enumerate(ir.routes)},
+        {rule_set.product: index for index, rule_set in enumerate(redis.rule_sets)},
+        bases,
+        summarised,
+        used,
+    )
+
+
+def _summaries_delta(
+    state: _Summarised,
+    statuses: dict[Key, ResourceStatus],
+    ir: IR,
+    redis: RedisOutput,
+    project: str,
+    caches: Caches,
+) -> bool:
+    """Last pass's summarised statuses, made again only where an input changed; ``False``: not applicable.
+
+    A Product's output summary is made from its status, its rule set's
+    version and its Routes (their count, the async ones' topics); an async
+    Route's from its status and its RouteIR (with the project). While the
+    Products are the same objects and only a few Routes are other objects
+    (``delta.route_changes``, none switching mode, so the keys are last
+    pass's), every status whose inputs are the very objects of last pass
+    summarises to an equal status, which is last pass's object; only the
+    others are made again. Finding them compares identities in C: the
+    changed Routes (and their Products), the rule sets that are other
+    objects, the statuses translation gave that are other objects.
+    """
+    if state.project != project or not same(state.products, ir.products):
+        return False
+    changes = route_changes(state.routes, ir.routes)
+    rule_sets = redis.rule_sets
+    if changes is None or len(rule_sets) != len(state.rule_sets):
+        return False
+    stale: set[Key] = set()
+    for before, after in changes:
+        if before.mode != after.mode:
+            return False  # the keys would change
+        if after.mode == "async":
+            stale.add(("Route", after.key))
+        stale.update((("Product", before.product.key), ("Product", after.product.key)))
+    for index in compress(range(len(rule_sets)), map(operator.is_not, rule_sets, state.rule_sets)):
+        stale.update((("Product", rule_sets[index].product), ("Product", state.rule_sets[index].product)))
+    try:
+        bases = list(map(statuses.__getitem__, state.keys))
+    except KeyError:
+        return False
+    stale.update(compress(state.keys, map(operator.is_not, bases, state.bases)))
+    summarised = list(state.statuses)
+    outputs = state.outputs  # entries are checked by RouteIR identity on use: updated in place
+    for key in sorted(stale):
+        found = state.position.get(key)
+        if found is None:
+            return False
+        index = found
+        status = own_copy(bases[index])
+        if key[0] == "Route":
+            route = ir.routes[state.route_index[key[1]]]
+            add_route_outputs(status.summary, _async_outputs(route, project, caches, outputs, outputs))
+        else:
+            rule_index = state.rule_index.get(key[1])
+            if rule_index is None or rule_sets[rule_index].product != key[1]:
+                return False
+            routes = ir.routes_by_product.get(key[1], ())
+            topics = [
+                topic
+                for route in routes
+                if route.mode == "async"
+                for topic in _async_outputs(route, project, caches, outputs, outputs).topics
+            ]
+            add_product_outputs(status.summary, rule_sets[rule_index].version, topics, len(routes))
+        old = state.statuses[index]
+        summarised[index] = old if old == status else status
+    statuses.update(zip(state.keys, summarised, strict=True))
+    state.routes, state.rule_sets, state.bases, state.statuses = ir.routes, rule_sets, bases, summarised
+    return True

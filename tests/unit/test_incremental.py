@@ -15,6 +15,8 @@ Kubernetes manifests.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import random
 import sys
 from collections.abc import Callable
@@ -23,9 +25,10 @@ from typing import Any
 
 import pytest
 
+from apx.contracts.documents import VERSION_LENGTH
 from apx.controllers.memo import Caches, PassMemo
 from apx.controllers.pipeline import Compiled, compile_resources, finish, first_stage
-from apx.controllers.renderers.redis_rules import content_version, render_route_table
+from apx.controllers.renderers.redis_rules import content_version, render_route_table, streamed_version
 from apx.controllers.translate import translate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,3 +285,95 @@ def test_the_kept_envoy_context_holds_only_the_clusters_the_last_render_used() -
     assert set(state.backend_clusters) <= used
     assert len(state.backend_clusters) < before
     assert len(state.listeners) == 1
+
+
+def _stalled_keys(statuses: dict[tuple[str, str], Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(key for key, status in statuses.items() if key[0] in ("Product", "Route") and status.stalled)
+
+
+@pytest.mark.timeout(300)
+def test_kept_stalled_keys_are_the_stalled_products_and_routes_in_status_order() -> None:
+    # ``TranslateResult.stalled_keys`` is what the pipeline looks at instead of every status: the
+    # delta updates it for the edited Routes, which break and mend here ("break", then other edits).
+    rng = random.Random(7)
+    documents = _workload(60, 6)
+    caches = Caches()
+    counter = [0]
+    kept = 0
+    for step in range(30):
+        if step:
+            _edit(rng, documents, counter, (*ROUTE_EDITS, "break", "break"))
+        result = translate(documents, caches=caches)
+        caches.end_pass()
+        if result.stalled_keys is not None:
+            kept += 1
+            assert result.stalled_keys == _stalled_keys(result.statuses), f"step {step}"
+    assert kept > 20  # the kept keys were in use, pass after pass
+
+
+@pytest.mark.timeout(300)
+def test_a_summarised_status_equal_to_last_passs_is_last_passs_object() -> None:
+    # The operator looks again only at statuses that are new objects: after an edit, every Product's
+    # and async Route's status that did not change is the very object of last pass, and every other
+    # equals the from-scratch one (``pipeline._summaries_delta`` makes only those again).
+    rng = random.Random(11)
+    documents = _workload(60, 6)
+    caches = Caches()
+    counter = [0]
+    before = _compile(documents, caches, False).statuses
+    caches.end_pass()
+    reused = 0
+    for step in range(16):
+        kind = _edit(rng, documents, counter, (*ROUTE_EDITS, "product", "break"))
+        compiled = _compile(documents, caches, False)
+        caches.end_pass()
+        scratch = _compile(copy.deepcopy(documents), None, False).statuses
+        summarised = [("Product", p.key) for p in compiled.ir.products]
+        summarised += [("Route", r.key) for r in compiled.ir.routes if r.mode == "async"]
+        for key in summarised:
+            status = compiled.statuses[key]
+            assert status == scratch[key], f"step {step} ({kind}): {key}"
+            if before.get(key) == status:
+                assert status is before[key], f"step {step} ({kind}): {key} is a new object"
+                reused += 1
+        before = compiled.statuses
+    assert reused > 200  # most of the 6 Products and ~14 async Routes, pass after pass
+
+
+def test_the_route_table_version_is_the_hash_of_its_whole_text_with_any_characters() -> None:
+    entries = (("default/caf\u00e9", '{"path":"/\u00fc"}'), ("default/b", "{}"), ("default/c", '{"x":1}'))
+    text = "{" + ",".join(f"{json.dumps(key, ensure_ascii=False)}:{value}" for key, value in entries) + "}"
+    expected = hashlib.sha256(text.encode()).hexdigest()[:VERSION_LENGTH]
+    prefixes = [f"{json.dumps(key, ensure_ascii=False)}:" for key, _ in entries]
+    assert streamed_version(prefixes, entries) == expected
+    assert streamed_version([], ()) == hashlib.sha256(b"{}").hexdigest()[:VERSION_LENGTH]
+    with pytest.raises(ValueError):
+        streamed_version(prefixes[:2], entries)
+
+
+def test_the_envoy_version_is_the_digest_of_the_resources_digests() -> None:
+    # The definition both renders share (``envoy.incremental.version_of``), computed here by hand
+    # from the from-scratch render's messages, and checked against the incremental render's.
+    def sha(data: bytes) -> bytes:
+        return hashlib.sha256(data).digest()
+
+    documents = _workload(30, 3)
+    scratch = compile_resources(copy.deepcopy(documents)).envoy
+    (configuration,) = scratch.route_configurations
+    head = type(configuration)(name=configuration.name).SerializeToString(deterministic=True)
+    hosts = b"".join(sha(host.SerializeToString(deterministic=True)) for host in configuration.virtual_hosts)
+    joined = (
+        f"{len(scratch.listeners)},1,{len(scratch.clusters)};".encode()
+        + b"".join(sha(listener.SerializeToString(deterministic=True)) for listener in scratch.listeners)
+        + sha(head + hosts)
+        + b"".join(sha(cluster.SerializeToString(deterministic=True)) for cluster in scratch.clusters)
+    )
+    assert scratch.version == "sha256:" + hashlib.sha256(joined).hexdigest()
+    caches = Caches()
+    assert compile_resources(documents, caches=caches).envoy.version == scratch.version
+    caches.end_pass()
+    # One Route's timeout: one virtual host changes, and so does the version, on both paths.
+    _replace(documents, _routes(documents)[0], lambda d: d["spec"].__setitem__("timeout", "7s"))
+    edited = compile_resources(documents, caches=caches).envoy.version
+    assert edited != scratch.version
+    assert edited == compile_resources(copy.deepcopy(documents)).envoy.version

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
-import operator
 from dataclasses import dataclass
-
-from apx.contracts.documents import VERSION_LENGTH
 
 from .. import names
 from ..delta import SortedRows, route_changes
 from ..ir import IR, ProductIR, RouteIR
 from ..memo import Caches, same
-from .redis_rules import RedisOutput, RuleSet, _encoded_entry, _rule_set, render_redis
+from .redis_rules import RedisOutput, RuleSet, _encoded_entry, _rule_set, render_redis, streamed_version
 
 _STAGE = "redis"
 
@@ -93,9 +89,8 @@ def _delta(state: _Assembled, ir: IR, caches: Caches) -> RedisOutput | None:
         encoded = caches.redis_routes.get(after, functools.partial(_encoded_entry, after))
         entries.replace(after.key, (after.key, encoded))
     values = entries.values()
-    # ``redis_rules._joined_version`` of the entries, with the keys' JSON kept: the joins run in C.
-    text = ",".join(map(operator.add, state.prefixes.values(), map(operator.itemgetter(1), values)))
-    version = hashlib.sha256(("{" + text + "}").encode()).hexdigest()[:VERSION_LENGTH]
+    # ``redis_rules._joined_version`` of the entries, with the keys' JSON kept.
+    version = streamed_version(state.prefixes.values(), values)
     table = dataclasses.replace(
         state.output.route_table, version=version, key=names.route_table_key(version), entries=values
     )

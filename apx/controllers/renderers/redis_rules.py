@@ -52,8 +52,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any, cast
 
 from apx.contracts import documents as contract_documents
@@ -370,8 +373,25 @@ def _joined_version(entries: tuple[tuple[str, str], ...]) -> str:
     the bytes hashed are the same as ``content_version``'s (a unit test
     pins the equality) while each entry is encoded once, when it changes.
     """
-    text = "{" + ",".join(f"{json.dumps(key, ensure_ascii=False)}:{value}" for key, value in entries) + "}"
-    return hashlib.sha256(text.encode()).hexdigest()[:VERSION_LENGTH]
+    return streamed_version([f"{json.dumps(key, ensure_ascii=False)}:" for key, _ in entries], entries)
+
+
+def streamed_version(prefixes: Sequence[str], entries: Sequence[tuple[str, str]]) -> str:
+    """``_joined_version`` given each entry's ``"<key>":`` prefix: the text is hashed piece by piece.
+
+    The same bytes as hashing ``{<prefix><document>,...}`` whole (UTF-8 of
+    the pieces is the UTF-8 of their concatenation), without building the
+    ~10 MB text of 10,000 Routes and its encoding: the pieces are encoded
+    and fed to the hash by ``map`` (in C), each copied once.
+    """
+    if len(prefixes) != len(entries):
+        raise ValueError("one prefix per entry")
+    digest = hashlib.sha256(b"{")
+    separators = chain(("",), repeat(","))  # endless: the prefixes decide where the pieces end
+    pieces = chain.from_iterable(zip(separators, prefixes, map(itemgetter(1), entries), strict=False))
+    deque(map(digest.update, map(str.encode, pieces)), maxlen=0)
+    digest.update(b"}")
+    return digest.hexdigest()[:VERSION_LENGTH]
 
 
 # --- output -------------------------------------------------------------------------

@@ -40,6 +40,10 @@ class TranslateResult:
     ir: IR
     statuses: dict[StatusKey, ResourceStatus]
     ignored: list[tuple[str, str]] = field(default_factory=list)
+    # The keys of the stalled Product and Route statuses, in ``statuses`` order, when translation
+    # kept them (with the operator's caches, ``incremental``): the pipeline then looks at those
+    # instead of every status. ``None``: not kept.
+    stalled_keys: tuple[StatusKey, ...] | None = None
 
     @property
     def stalled(self) -> list[ResourceStatus]:

@@ -15,6 +15,13 @@ changed Routes are translated again, their match claims moved, and the
 sorted Routes, the Routes by Product and the statuses updated in place of
 rebuilt. A changed Route that claims a match someone else holds sends the
 pass to the full translation, which decides by age. Pure.
+
+The statuses of unchanged objects are last pass's very objects, shared with
+what is kept here for the next pass: a caller copies a status before changing
+it (the pipeline does, to add the output summaries). The keys of the stalled
+Products and Routes are kept too and updated for the changed ones
+(``TranslateResult.stalled_keys``), so the pipeline does not look at every
+status to find them.
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ class _Assembled:
     route_irs: SortedRows[RouteIR]
     ir: IR
     ignored: list[tuple[str, str]]
+    position: dict[StatusKey, int]  # each status key's position in ``statuses`` (the delta keeps the order)
+    stalled: tuple[StatusKey, ...]  # ``TranslateResult.stalled_keys``
+    stalled_set: frozenset[StatusKey]  # the same keys, to look up
+
+
+def _stalled(key: StatusKey, status: ResourceStatus) -> bool:
+    return key[0] in ("Product", "Route") and status.stalled
 
 
 def remember(ctx: TranslationContext, documents: list[Mapping[str, Any]], result: TranslateResult) -> None:
@@ -58,6 +72,7 @@ def remember(ctx: TranslationContext, documents: list[Mapping[str, Any]], result
     if ctx.conflicts or objects != ctx.apx_documents:
         caches.assembled.pop(_STAGE, None)
         return
+    result.stalled_keys = tuple(key for key, status in result.statuses.items() if _stalled(key, status))
     caches.assembled[_STAGE] = _Assembled(
         documents,
         dict(ctx.canary_states),
@@ -66,6 +81,9 @@ def remember(ctx: TranslationContext, documents: list[Mapping[str, Any]], result
         SortedRows([(route.key, route) for route in result.ir.routes]),
         result.ir,
         list(result.ignored),
+        {key: index for index, key in enumerate(result.statuses)},
+        result.stalled_keys,
+        frozenset(result.stalled_keys),
     )
 
 
@@ -131,13 +149,36 @@ def translate_delta(
         memo.carry()
     ir = IR(products=state.ir.products, policies=state.ir.policies, routes=route_irs.values(),
             routes_by_product=by_product)  # fmt: skip
-    kept = dict(ctx.statuses)
-    _own_copies(ctx.statuses, ir)
-    result = TranslateResult(ir=ir, statuses=ctx.statuses, ignored=list(state.ignored))
+    stalled_keys, stalled_set = _stalled_after(state, ctx.statuses, [facts for _, facts in edits])
+    # Statuses shared with the kept state: the pipeline copies one before adding summaries to it.
+    result = TranslateResult(ir, ctx.statuses, list(state.ignored), stalled_keys)  # fmt: skip
     caches.assembled[_STAGE] = _Assembled(
-        list(documents), state.canary_states, ctx, kept, route_irs, ir, state.ignored
-    )
+        list(documents), state.canary_states, ctx, dict(ctx.statuses), route_irs, ir, state.ignored,
+        state.position, stalled_keys, stalled_set,
+    )  # fmt: skip
     return result
+
+
+def _stalled_after(
+    state: _Assembled, statuses: Mapping[StatusKey, ResourceStatus], edited: list[RouteFacts]
+) -> tuple[tuple[StatusKey, ...], frozenset[StatusKey]]:
+    """The stalled keys of the delta's statuses: last pass's, updated for the edited Routes' keys.
+
+    Only the edited Routes' and their Products' statuses are other objects
+    (``_translate_one``), and the delta keeps the order of ``statuses``. With
+    the references unchanged, an edited Route rarely goes from Ready to
+    Stalled or back here, but the keys are updated whenever one does.
+    """
+    touched = {key for facts in edited for key in (("Route", facts.key), ("Product", facts.product_key))}
+    flipped = {
+        key
+        for key in touched
+        if (key in statuses and _stalled(key, statuses[key])) != (key in state.stalled_set)
+    }
+    if not flipped:
+        return state.stalled, state.stalled_set
+    stalled_set = state.stalled_set ^ flipped
+    return tuple(sorted(stalled_set, key=state.position.__getitem__)), stalled_set
 
 
 def _translate_one(
@@ -184,28 +225,3 @@ def _translate_one(
         summary = {**product_status.summary, "routes": len(routes)}
         ctx.statuses[("Product", product_key)] = dataclasses.replace(product_status, summary=summary)
     return True
-
-
-def _own_copies(statuses: dict[StatusKey, ResourceStatus], ir: IR) -> None:
-    """The statuses later stages add to (Products', async Routes') become this pass's own objects."""
-    for product in ir.products:
-        key = ("Product", product.key)
-        statuses[key] = _copy(statuses[key])
-    for route in ir.routes:
-        if route.mode == "async":
-            key = ("Route", route.key)
-            statuses[key] = _copy(statuses[key])
-
-
-_STATUS_FIELDS = ("kind", "key", "generation", "phase", "reason", "message", "summary", "waits_for_reference",
-                  "rejected")  # fmt: skip
-# ``_copy`` names every field: a new one must be added there too.
-assert tuple(f.name for f in dataclasses.fields(ResourceStatus)) == _STATUS_FIELDS
-
-
-def _copy(status: ResourceStatus) -> ResourceStatus:
-    # The constructor, not ``dataclasses.replace``: three times faster, for thousands of statuses a pass.
-    return ResourceStatus(
-        status.kind, status.key, status.generation, status.phase, status.reason, status.message,
-        dict(status.summary), status.waits_for_reference, status.rejected,
-    )  # fmt: skip

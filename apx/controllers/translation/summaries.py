@@ -142,16 +142,31 @@ def add_output_summaries(
         if route.mode != "async":
             continue
         outputs = async_outputs(route)
-        summary = statuses[("Route", route.key)].summary
-        summary["topics"] = outputs.topics
-        summary["subscriptions"] = outputs.subscriptions
-        summary["deployments"] = outputs.deployments
+        add_route_outputs(statuses[("Route", route.key)].summary, outputs)
         topics_by_product.setdefault(route.product.key, []).extend(outputs.topics)
     for product in ir.products:
-        summary = statuses[("Product", product.key)].summary
-        summary["ruleSetVersion"] = rule_set_version(product.key)
-        summary["topics"] = sorted(topics_by_product.get(product.key, []))
-        summary["routes"] = len(ir.routes_by_product.get(product.key, ()))
+        add_product_outputs(
+            statuses[("Product", product.key)].summary,
+            rule_set_version(product.key),
+            topics_by_product.get(product.key, []),
+            len(ir.routes_by_product.get(product.key, ())),
+        )
+
+
+def add_route_outputs(summary: dict[str, Any], outputs: AsyncRouteOutputs) -> None:
+    """One async Route's part of ``add_output_summaries`` (the pipeline's delta calls it alone)."""
+    summary["topics"] = outputs.topics
+    summary["subscriptions"] = outputs.subscriptions
+    summary["deployments"] = outputs.deployments
+
+
+def add_product_outputs(
+    summary: dict[str, Any], rule_set_version: str, topics: list[str], routes: int
+) -> None:
+    """One Product's part of ``add_output_summaries``: ``topics`` are its async Routes', in any order."""
+    summary["ruleSetVersion"] = rule_set_version
+    summary["topics"] = sorted(topics)
+    summary["routes"] = routes
 
 
 # --- the operator's overlays ------------------------------------------------------------

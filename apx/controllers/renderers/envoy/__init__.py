@@ -32,7 +32,6 @@ produced, as in Envoy Gateway's translator.
 from __future__ import annotations
 
 import gzip
-import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +45,7 @@ from .clusters import build_clusters, refused_clusters
 from .common import DEFAULT_SETTINGS, EnvoySettings, RenderError, pack
 from .context import RenderContext
 from .discovery_json import SnapshotFiles, snapshot_files
-from .incremental import Encoded, listener_jwt, render_incremental, varint, version_of
+from .incremental import Encoded, listener_jwt, render_incremental, varint, version_of_messages
 from .incremental_delta import render_delta
 from .listener import build_listener
 from .route_config import build_route_configuration
@@ -123,17 +122,15 @@ class EnvoyOutput:
         errors: dict[str, str],
         encoded: Encoded | None = None,
     ) -> EnvoyOutput:
-        """Build an output whose ``version`` is the sha256 of its serialized resources."""
-        partial = cls(listeners, route_configurations, clusters, dict(sorted(errors.items())), "", encoded)
-        version = version_of(encoded) if encoded is not None else None
-        return cls(
-            listeners,
-            route_configurations,
-            clusters,
-            partial.errors,
-            version or "sha256:" + hashlib.sha256(partial.serialize()).hexdigest(),
-            encoded,
-        )
+        """Build an output whose ``version`` is the digest of its resources (``incremental.version_of``).
+
+        The incremental render computed it from the digests it keeps (``encoded.version``).
+        """
+        if encoded is not None and encoded.version:
+            version = encoded.version
+        else:
+            version = version_of_messages(listeners, route_configurations, clusters)
+        return cls(listeners, route_configurations, clusters, dict(sorted(errors.items())), version, encoded)
 
     def resources(self) -> Iterator[Any]:
         """Every resource: listeners, then route configurations, then clusters."""

@@ -16,9 +16,11 @@ every Route:
   requirements), and the clusters only when a changed Route's clusters may
   differ (its backends, its rendering, a sync canary's track clusters).
 
-What stays O(Routes) in bytes, not in Python work: joining and hashing (the
-version) the RouteConfiguration; it is parsed only when read
-(``on_demand.ParsedOnUse``). Pure.
+What stays O(Routes), in bytes and in calls run in C, not in Python work:
+joining the RouteConfiguration (which is parsed only when read,
+``on_demand.ParsedOnUse``) and the kept rows into the encodings
+(``incremental.encodings``). The version hashes the changed virtual hosts and
+one digest per other resource (``incremental.version_of``). Pure.
 """
 
 from __future__ import annotations
@@ -29,20 +31,22 @@ from envoy.config.route.v3 import route_pb2
 
 from ...delta import route_changes
 from ...ir import IR, BackendIR, RouteIR
-from ...memo import Caches, same
+from ...memo import Caches
 from .clusters import refused_cluster_names, route_refusals
 from .common import EnvoySettings
 from .incremental import (
     STAGE,
     Assembled,
-    Encoded,
     Rendered,
     _listener,
     _plan,
     _state,
-    _tag,
-    _virtual_host,
     all_clusters,
+    cluster_digests,
+    cluster_messages,
+    digest,
+    encodings,
+    host_row,
 )
 from .on_demand import ParsedOnUse
 from .route_config import order
@@ -97,45 +101,36 @@ def render_delta(ir: IR, port: int, settings: EnvoySettings, caches: Caches) -> 
             by_host.pop(host, None)
             rows.remove(host)
             continue
-        inputs = tuple(routes)
-        cached = caches.envoy_hosts.get(host)
-        if cached is not None and same(cached[0], inputs):
-            encoded: bytes = cached[1]
-        else:
-            encoded = _virtual_host(host, routes, plans)
-            caches.envoy_hosts.put(host, (inputs, encoded))
-        if not encoded:
+        row = host_row(host, routes, plans, caches)
+        if row is None:
             rows.remove(host)
-        elif not rows.replace(host, (host, encoded, _tag(encoded))):
-            rows.insert(host, (host, encoded, _tag(encoded)))
-    virtual_hosts = rows.values()
-    config_bytes = kept.head + b"".join(part for _, encoded, tag in virtual_hosts for part in (tag, encoded))
-    route_configurations = ParsedOnUse(route_pb2.RouteConfiguration.FromString, (config_bytes,))
+        elif not rows.replace(host, row):
+            rows.insert(host, row)
     rendered: list[RouteIR] | None = None
-    listener = kept.listener
+    listener, listener_digest = kept.listener, kept.listener_digest
     if new_listener:
         rendered = [route for route in ordered.values() if route.key not in plan_errors]
         listener = _listener(rendered, state)
-    clusters, refused = kept.clusters, kept.refused
+        if listener is not kept.listener:
+            listener_digest = digest(listener[1])
+    clusters, refused, digests = kept.clusters, kept.refused, kept.cluster_digests
     if new_listener or new_clusters:
         rendered = rendered or [route for route in ordered.values() if route.key not in plan_errors]
         clusters = all_clusters(rendered, state, caches, listener[2])
         refused = refused_cluster_names((name, encoded) for name, _, encoded in clusters)
+        digests = cluster_digests(clusters)
     errors = dict(plan_errors)
     if refused:
         rendered = rendered or [route for route in ordered.values() if route.key not in plan_errors]
         errors.update(route_refusals(rendered, refused))
-    encoded_all = Encoded(
-        listeners=(listener[1],),
-        route_configurations=(config_bytes,),
-        clusters=tuple(encoded for _, _, encoded in clusters),
-        virtual_hosts=tuple((host, encoded) for host, encoded, _ in virtual_hosts),
-        route_head=kept.head,
-    )
-    caches.assembled[STAGE] = Assembled(
-        ir.routes, state, ordered, plans, by_host, rows, plan_errors, listener, clusters, refused, kept.head
-    )
-    return listener[0], route_configurations, [cluster for _, cluster, _ in clusters], errors, encoded_all
+    assembled = Assembled(
+        ir.routes, state, ordered, plans, by_host, rows, plan_errors, listener, clusters, refused, kept.head,
+        listener_digest, digests,
+    )  # fmt: skip
+    caches.assembled[STAGE] = assembled
+    config_bytes, encoded_all = encodings(assembled)
+    route_configurations = ParsedOnUse(route_pb2.RouteConfiguration.FromString, config_bytes)
+    return listener[0], route_configurations, cluster_messages(clusters), errors, encoded_all
 
 
 def _clusters_of(route: RouteIR, rendered: bool) -> tuple[BackendIR, ...] | None:
