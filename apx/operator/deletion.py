@@ -53,6 +53,8 @@ class Deletion(ReconcilerState):
                         if rule_set is not None:
                             await self.redis.drop(_rule_set_keys(rule_set))
                             self._applied_rule_sets.pop(object_key, None)
+                            self._rule_sets_settled = None
+                            self._rule_set_moves += 1
                         await self.redis.delete_pattern(names.product_counters_pattern(object_key))
                     if kind in ("Route", "Product"):
                         plans = [
@@ -73,6 +75,7 @@ class Deletion(ReconcilerState):
                         ]
                         await self.pubsub.delete(topics, subscriptions)
                         self._applied_pubsub.clear()
+                        self._pubsub_unsettled = None  # every row is checked again
                 self._cleaned.add(key)
             except (RedisUnavailable, PubSubUnavailable) as exc:
                 report.problems[key] = DependencyProblem("CleanupPending", f"{exc}; retrying")

@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,15 +26,18 @@ from opentelemetry import trace
 from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
+from apx.controllers.ir import RouteIR
 from apx.controllers.memo import Caches
 from apx.controllers.pipeline import FirstStage
 from apx.controllers.renderers.envoy import EnvoyOutput
+from apx.controllers.renderers.redis_rules import RuleSet
 from apx.controllers.status import ResourceStatus
 from apx.controllers.translation import summaries
 from apx.dataplane.common.redact import redact_text
 from apx.runtime.process import HeapKeeper
 
 from .metrics import OperatorMetrics, PendingChanges
+from .positions import EntryRows, PositionMemo
 from .settings import OperatorSettings
 from .workers import WorkerAvailability
 
@@ -149,16 +153,36 @@ class ReconcilerState:
     passes: int
     # what was applied
     _applied_rule_sets: dict[str, str]
+    # The rule sets the last ``_apply_redis`` left applied, every one (``None``: look at all next
+    # time), and a counter bumped whenever anything else changes ``_applied_rule_sets``: whatever
+    # writes to it outside ``_apply_redis`` must bump it, or the next pass may trust a stale entry.
+    _rule_sets_settled: tuple[RuleSet, ...] | None
+    _rule_set_moves: int
     _applied_route_table: str | None
     # The entries of that table, for publishing the next one as its changes.
-    _applied_route_table_entries: dict[str, str] | None
+    _applied_route_table_entries: EntryRows | None
     _applied_pubsub: set[str]
     # (project, per async Route key: its RouteIR, topics, subscriptions, digest) of the last pass.
     _pubsub_rows: tuple[str, dict[str, Any]]
+    # The IR's Routes those rows were built from, and the rows that may not be applied (``None``:
+    # any row may not be; see ``PubSubSync._apply_pubsub``).
+    _pubsub_routes: tuple[RouteIR, ...] | None
+    # ``changed_positions`` of the IR's Routes, shared by the Pub/Sub sync and the dataplane settings.
+    _route_positions: PositionMemo
+    _pubsub_unsettled: set[str] | None
     _applied_manifests: dict[tuple[str, str, str], str]
-    # The last pass's manifests with identity and digest, and the dataplane settings manifests.
-    _manifest_rows: dict[int, tuple[dict[str, Any], tuple[str, str, str], str]]
+    # The dataplane settings manifests (per namespaces with async Routes and settings).
+    # The last pass's Route and Product manifests and their rows with identity and digest
+    # (``KubernetesSync._digested``); a counter bumped by every change of ``_applied_manifests``
+    # other than theirs, and its value when their last apply left every one applied.
+    _manifest_list: list[dict[str, Any]] | None
+    _manifest_row_list: list[tuple[dict[str, Any], tuple[str, str, str], str]]
+    _manifest_moves: int
+    _manifests_settled: int | None
     _dataplane_manifests: tuple[tuple[tuple[str, ...], Any], list[dict[str, Any]]] | None
+    # The IR's Routes the async Routes were last counted from, and the count per namespace.
+    _async_routes: tuple[RouteIR, ...] | None
+    _async_counts: Counter[str]
     _snapshot_parts: set[tuple[str, str, str]]
     _snapshot_written: tuple[str, float]
     _snapshot_timer: asyncio.TimerHandle | None
@@ -174,6 +198,8 @@ class ReconcilerState:
     _final_memo: dict[Key, tuple[ResourceStatus, tuple[Any, ...], ResourceStatus]]
     _finals: dict[Key, ResourceStatus]
     _status_seen: dict[Key, ResourceStatus]
+    # The objects with a status in ``_status_seen`` and none in this pass (``_statuses_changed``).
+    _status_gone: set[Key]
     _status_touched: set[Key]
     _status_everything: bool
     _overlaid_before: set[Key]

@@ -49,6 +49,7 @@ import asyncio
 import functools
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -57,16 +58,19 @@ from opentelemetry import trace
 from apx.controllers.appliers.kube import KubeClient
 from apx.controllers.appliers.pubsub import PubSubApplier
 from apx.controllers.appliers.redis_rules import RedisApplier
+from apx.controllers.ir import RouteIR
 from apx.controllers.last_good import SUBSTITUTABLE
 from apx.controllers.memo import Caches
 from apx.controllers.pipeline import Compiled, FirstStage, finish, first_stage
 from apx.controllers.renderers.envoy import EnvoyOutput
+from apx.controllers.renderers.redis_rules import RuleSet
 from apx.controllers.status import ResourceStatus
 from apx.runtime.process import HeapKeeper, release_free_memory
 
 from .deletion import Deletion
 from .events import post_event
 from .metrics import CONTROLLER_NAMES, OperatorMetrics, PendingChanges
+from .positions import EntryRows, PositionMemo
 from .reconcile_state import (
     APX_KINDS,
     CONTROLLERS,
@@ -142,13 +146,23 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self._full_requested = True
         self._listed = False
         self._applied_rule_sets: dict[str, str] = {}
+        self._rule_sets_settled: tuple[RuleSet, ...] | None = None
+        self._rule_set_moves = 0
         self._applied_route_table: str | None = None
-        self._applied_route_table_entries: dict[str, str] | None = None
+        self._applied_route_table_entries: EntryRows | None = None
         self._applied_pubsub: set[str] = set()
         self._pubsub_rows: tuple[str, dict[str, Any]] = ("", {})
+        self._pubsub_routes: tuple[RouteIR, ...] | None = None
+        self._pubsub_unsettled: set[str] | None = None
+        self._route_positions = PositionMemo()
         self._applied_manifests: dict[tuple[str, str, str], str] = {}
-        self._manifest_rows: dict[int, tuple[dict[str, Any], tuple[str, str, str], str]] = {}
+        self._manifest_list: list[dict[str, Any]] | None = None
+        self._manifest_row_list: list[tuple[dict[str, Any], tuple[str, str, str], str]] = []
+        self._manifest_moves = 0
+        self._manifests_settled: int | None = None
         self._dataplane_manifests: tuple[tuple[tuple[str, ...], Any], list[dict[str, Any]]] | None = None
+        self._async_routes: tuple[RouteIR, ...] | None = None
+        self._async_counts: Counter[str] = Counter()
         # Envoy snapshot part ConfigMaps of the last pass (``_prune_snapshot_parts``).
         self._snapshot_parts: set[tuple[str, str, str]] = set()
         # The Envoy version the snapshot ConfigMaps hold, when they were written, and the timer of
@@ -170,6 +184,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         # What a pass looks at for statuses (``StatusSync._status_candidates``): the translated
         # statuses of the last pass, bodies replaced since, keys with overlays, failed writes.
         self._status_seen: dict[tuple[str, str], ResourceStatus] = {}
+        self._status_gone: set[tuple[str, str]] = set()
         self._status_touched: set[tuple[str, str]] = set()
         self._status_everything = True
         self._overlaid_before: set[tuple[str, str]] = set()
@@ -363,6 +378,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
             self._applied_route_table = None
             self._applied_pubsub.clear()
             self._applied_manifests.clear()
+            self._manifest_moves += 1
             self._written_status.clear()
             self._verified_status.clear()
         if self._rebuild_requested:
@@ -435,12 +451,17 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
             await self._write_statuses(compiled, report, changed)
             self.metrics.set_object_phases(self._phase_counts(compiled, report))
             lap("status")
-        for (kind, object_key), status in compiled.statuses.items():
-            if kind == "PolicyBundle":
-                served = status.summary.get("servedVersions") or []
-                self._served_policies[(kind, object_key)] = {str(v["version"]) for v in served}
+        # The versions each PolicyBundle serves. A status that is the very object of the last
+        # pass serves what it served then (recorded then, as every status of a full pass and
+        # every new one of an ordinary pass is): only the new ones are read again.
+        statuses = compiled.statuses
+        for key in statuses if changed is None else changed:
+            if key[0] == "PolicyBundle" and key in statuses:
+                served = statuses[key].summary.get("servedVersions") or []
+                self._served_policies[key] = {str(v["version"]) for v in served}
         # What this pass did not use (deleted objects, replaced bodies) leaves the caches now.
         self.caches.end_pass()
+        self._route_positions.clear()
         return len(live)
 
     def health(self) -> dict[str, Any]:

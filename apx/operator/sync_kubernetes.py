@@ -2,7 +2,8 @@
 
 Mixed into ``apx.operator.reconciler.Reconciler`` (``KubernetesSync``).
 Manifests are applied when their digest differs from what was applied (an
-unchanged manifest is the very dict of the last pass and keeps its digest);
+unchanged manifest is the very dict of the last pass at its place and keeps
+its digest; an ordinary pass checks only the others, ``positions``);
 children no longer wanted are pruned on full passes (only labelled ones whose
 APX owner exists); the snapshot ConfigMaps are written after the xDS push, at
 most every ``snapshot_configmap_seconds``, and their extra parts pruned.
@@ -14,11 +15,13 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from apx.controllers import names
 from apx.controllers.appliers.kube import KINDS, Invalid, KubeError, Unavailable
+from apx.controllers.ir import RouteIR
 from apx.controllers.pipeline import Compiled
 from apx.controllers.renderers.envoy import EnvoyOutput
 from apx.controllers.renderers.kubernetes.envoy_snapshot import (
@@ -28,6 +31,7 @@ from apx.controllers.renderers.kubernetes.envoy_snapshot import (
 )
 from apx.dataplane.common.redact import redact_url
 
+from .positions import changed_positions
 from .reconcile_state import (
     CONTROLLERS,
     MANAGED_BY,
@@ -40,6 +44,8 @@ from .reconcile_state import (
 )
 
 Identity = tuple[str, str, str]
+# A manifest with its identity and digest.
+Row = tuple[dict[str, Any], Identity, str]
 
 
 class KubernetesSync(ReconcilerState):
@@ -47,9 +53,9 @@ class KubernetesSync(ReconcilerState):
 
     async def _apply_kubernetes(self, compiled: Compiled, report: PassReport, full: bool) -> None:
         manifests = [*compiled.kubernetes.manifests, *self._dataplane_settings(compiled)]
-        desired = await self._apply_manifests(manifests, report, remember=True)
+        rows = await self._apply_manifests(manifests, report, remember=True)
         if full or self.deleting:
-            await self._prune(desired, report)
+            await self._prune({identity for _, identity, _ in rows}, report)
 
     async def _apply_envoy_snapshot(self, compiled: Compiled, report: PassReport, full: bool) -> None:
         """Write the Envoy snapshot ConfigMaps after the xDS push, at most every few seconds.
@@ -112,7 +118,7 @@ class KubernetesSync(ReconcilerState):
             manifests = await asyncio.to_thread(
                 render_envoy_snapshot, envoy.snapshot_document(), self.settings.operator_namespace, instance
             )
-            desired = await self._apply_manifests(manifests, report)
+            desired = {identity for _, identity, _ in await self._apply_manifests(manifests, report)}
             index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap(instance))
             if index in self._applied_manifests:
                 await self._prune_snapshot_parts(desired, report, full)
@@ -138,8 +144,17 @@ class KubernetesSync(ReconcilerState):
 
     async def _apply_manifests(
         self, manifests: list[dict[str, Any]], report: PassReport, remember: bool = False
-    ) -> set[tuple[str, str, str]]:
-        """Apply the manifests that differ from what was applied; returns every manifest's identity."""
+    ) -> list[Row]:
+        """Apply the manifests that differ from what was applied; returns each with identity and digest.
+
+        ``remember``: the Routes' and Products' manifests of a pass (not the snapshot
+        ConfigMaps). When the last such call left every manifest applied and nothing else
+        changed ``_applied_manifests`` since (``_manifests_settled`` is ``_manifest_moves``,
+        which every other change of it bumps), only the manifests that
+        are other objects than last pass's at their place can be due (``_digested``): a
+        one-Route edit checks its own few manifests instead of thousands. Otherwise every
+        manifest is checked, as before.
+        """
         semaphore = asyncio.Semaphore(self.settings.worker_limit)
 
         async def apply_one(manifest: Mapping[str, Any], identity: tuple[str, str, str], digest: str) -> None:
@@ -177,39 +192,63 @@ class KubernetesSync(ReconcilerState):
             self._applied_manifests[identity] = digest
             report.manifests_applied += 1
 
-        digested = await asyncio.to_thread(self._digested, manifests, remember)
-        await asyncio.gather(
-            *(
-                apply_one(manifest, identity, digest)
-                for manifest, identity, digest in digested
-                if self._applied_manifests.get(identity) != digest
-            )
-        )
-        return {identity for _, identity, _ in digested}
+        rows, positions = await asyncio.to_thread(self._digested, manifests, remember)
+        applied = self._applied_manifests
+        settled = remember and positions is not None and self._manifests_settled == self._manifest_moves
+        if settled:
+            due = [row for row in map(rows.__getitem__, positions or ()) if applied.get(row[1]) != row[2]]
+        else:
+            due = [row for row in rows if applied.get(row[1]) != row[2]]
+        if remember:
+            self._manifests_settled = None  # until this call is done
+        else:
+            self._manifest_moves += 1  # the snapshot ConfigMaps: the next remembered call checks all
+        moves = self._manifest_moves
+        await asyncio.gather(*(apply_one(*row) for row in due))
+        if not remember:
+            self._manifest_moves += 1  # and once they are written (a remembered call may be running)
+        if (
+            remember
+            and moves == self._manifest_moves
+            and all(applied.get(identity) == digest for _, identity, digest in due)
+        ):
+            self._manifests_settled = moves
+        return rows
 
     def _digested(
         self, manifests: list[dict[str, Any]], remember: bool
-    ) -> list[tuple[dict[str, Any], Identity, str]]:
-        """Each manifest with its identity and digest.
+    ) -> tuple[list[Row], list[int] | None]:
+        """Each manifest with its identity and digest, and where they differ from last pass's (or ``None``).
 
         Unchanged manifests are the very dicts of the last pass (the renderers'
-        caches): with ``remember`` (the Routes' and Products' manifests, not the
-        snapshot ConfigMaps) the last pass's rows are kept by the manifest's
-        identity (``_manifest_rows``), so an unchanged manifest costs one lookup,
-        no JSON encoding and no identity built again.
+        caches), at the same place: with ``remember`` (the Routes' and Products'
+        manifests, not the snapshot ConfigMaps) last pass's rows are kept
+        (``_manifest_row_list``) and only the places holding another dict get a
+        new row (``positions``); when manifests came or went, a manifest that is
+        the very dict of a last pass's row keeps that row. Either way an
+        unchanged manifest costs no JSON encoding and no identity built again.
+        Runs in a thread.
         """
-        before = self._manifest_rows if remember else {}
         digests = self.caches.digests
-        rows: list[tuple[dict[str, Any], Identity, str]] = []
-        for manifest in manifests:
-            row = before.get(id(manifest))
-            if row is None or row[0] is not manifest:
-                digest = digests.get(manifest, functools.partial(_digest, manifest))
-                row = (manifest, _identity(manifest), digest)
-            rows.append(row)
+
+        def row_of(manifest: dict[str, Any]) -> Row:
+            digest = digests.get(manifest, functools.partial(_digest, manifest))
+            return (manifest, _identity(manifest), digest)
+
+        positions = changed_positions(self._manifest_list, manifests) if remember else None
+        if positions is not None:
+            rows = list(self._manifest_row_list)
+            for index in positions:
+                rows[index] = row_of(manifests[index])
+        else:
+            before = {id(row[0]): row for row in self._manifest_row_list} if remember else {}
+            rows = []
+            for manifest in manifests:
+                row = before.get(id(manifest))
+                rows.append(row if row is not None and row[0] is manifest else row_of(manifest))
         if remember:
-            self._manifest_rows = {id(row[0]): row for row in rows}
-        return rows
+            self._manifest_list, self._manifest_row_list = manifests, rows
+        return rows, positions
 
     async def _prune_snapshot_parts(
         self, desired: set[tuple[str, str, str]], report: PassReport, full: bool
@@ -246,6 +285,7 @@ class KubernetesSync(ReconcilerState):
                 continue
             await self.kube.delete("ConfigMap", namespace, identity[2])
             self._applied_manifests.pop(identity, None)
+            self._manifest_moves += 1
             report.manifests_pruned += 1
 
     def _dataplane_settings(self, compiled: Compiled) -> list[dict[str, Any]]:
@@ -259,7 +299,7 @@ class KubernetesSync(ReconcilerState):
         if self.settings.pubsub_emulator_host:
             # A ConfigMap is no place for a credential (the emulator has no authentication anyway).
             data["pubsub-emulator-host"] = redact_url(self.settings.pubsub_emulator_host)
-        namespaces = tuple(sorted({r.ref.namespace for r in compiled.ir.routes if r.mode == "async"}))
+        namespaces = self._async_namespaces(compiled.ir.routes)
         kept = self._dataplane_manifests
         if kept is not None and kept[0] == (namespaces, self.settings):
             return kept[1]  # the very dicts of the last pass: their digests are kept (``_digested``)
@@ -288,6 +328,27 @@ class KubernetesSync(ReconcilerState):
             )
         self._dataplane_manifests = ((namespaces, self.settings), manifests)
         return manifests
+
+    def _async_namespaces(self, routes: tuple[RouteIR, ...]) -> tuple[str, ...]:
+        """The namespaces with async Routes, sorted.
+
+        Counted per namespace and, while no Route came or went, updated for the Routes at
+        the positions holding another RouteIR than last pass (``positions``) instead of
+        read from every Route again.
+        """
+        before, counts = self._async_routes, self._async_counts
+        positions = self._route_positions(before, routes)
+        self._async_routes = None  # until the counts are those of ``routes``
+        if before is None or positions is None:
+            counts = Counter(route.ref.namespace for route in routes if route.mode == "async")
+        else:
+            for index in positions:
+                if before[index].mode == "async":
+                    counts[before[index].ref.namespace] -= 1
+                if routes[index].mode == "async":
+                    counts[routes[index].ref.namespace] += 1
+        self._async_routes, self._async_counts = routes, counts
+        return tuple(sorted(namespace for namespace, count in counts.items() if count > 0))
 
     async def _prune(self, desired: set[tuple[str, str, str]], report: PassReport) -> None:
         existing_owners = {
@@ -318,6 +379,7 @@ class KubernetesSync(ReconcilerState):
                         continue
                     await self.kube.delete(kind, identity[1], identity[2])
                     self._applied_manifests.pop(identity, None)
+                    self._manifest_moves += 1
                     report.manifests_pruned += 1
 
     @contextlib.asynccontextmanager

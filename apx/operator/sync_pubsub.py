@@ -3,14 +3,16 @@
 Mixed into ``apx.operator.reconciler.Reconciler`` (``PubSubSync``). Per Route,
 the documents the renderer built (the very tuples of the last pass when the
 Route did not change, so their digest is kept too); a Route whose digest was
-applied costs nothing; full passes verify every object (drift).
+applied costs nothing, and an ordinary pass looks only at the Routes that are
+other objects than last pass's at their place (``positions``) and those left
+due; full passes verify every object (drift).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from apx.controllers.appliers.pubsub import PubSubUnavailable
@@ -38,9 +40,24 @@ class PubSubSync(ReconcilerState):
         # that is the very RouteIR of the last pass keeps its row (``_pubsub_rows``) whole.
         project = compiled.pubsub.project
         kept = self._pubsub_rows if self._pubsub_rows[0] == project else (project, {})
-        rows: dict[str, PubSubRow] = {}
-        for route in compiled.ir.routes:
+        routes, before, unsettled = compiled.ir.routes, self._pubsub_routes, self._pubsub_unsettled
+        # The IR keeps an unchanged Route's very RouteIR at its place (sorted by key): when no
+        # Route came or went, only the Routes at the positions holding another object are looked
+        # at and last pass's rows updated for them (an edited Route keeps its key and place).
+        # Otherwise (another project, Routes came or went) every Route is, as before.
+        positions = self._route_positions(before, routes) if kept is self._pubsub_rows else None
+        self._pubsub_routes, self._pubsub_unsettled = None, None  # until this call is done
+        if (
+            before is not None
+            and positions is not None
+            and all(before[i].key == routes[i].key for i in positions)
+        ):
+            rows, looked_at = kept[1], [routes[i] for i in positions]
+        else:
+            rows, looked_at, unsettled = {}, list(routes), None
+        for route in looked_at:
             if route.mode != "async":
+                rows.pop(route.key, None)
                 continue
             row = kept[1].get(route.key)
             if row is None or row[0] is not route:
@@ -51,6 +68,14 @@ class PubSubSync(ReconcilerState):
                 row = (route, topics, subscriptions, digest)
             rows[route.key] = row
         self._pubsub_rows = (project, rows)
+        # The rows that may not be applied: those looked at, and those left due by the last call
+        # (refused, Pub/Sub away); any other row's digest was applied then, and what is applied
+        # only grows until it is forgotten (a full pass, a deletion: ``_pubsub_unsettled`` is
+        # then ``None``, and every row is checked, as before).
+        if full or unsettled is None:
+            candidates: Iterable[str] = rows
+        else:
+            candidates = {route.key for route in looked_at if route.key in rows} | (unsettled & rows.keys())
         semaphore = asyncio.Semaphore(8)
         unavailable: list[PubSubUnavailable] = []
 
@@ -79,8 +104,11 @@ class PubSubSync(ReconcilerState):
             else:
                 self._applied_pubsub.add(digest)
 
-        due = sorted((key, row) for key, row in rows.items() if row[3] not in self._applied_pubsub)
+        applied = self._applied_pubsub
+        due = sorted((key, rows[key]) for key in candidates if rows[key][3] not in applied)
         await asyncio.gather(*(ensure_route(key, *row[1:]) for key, row in due))
+        self._pubsub_routes = routes
+        self._pubsub_unsettled = {key for key, row in due if row[3] not in self._applied_pubsub}
         if unavailable:
             self.metrics.dependency_up.labels(dependency="pubsub").set(0)
             problem = DependencyProblem("PubSubUnavailable", f"{unavailable[0]}; retrying")

@@ -13,7 +13,9 @@ Events on phase changes; the ``apx_operator_objects`` and
 from __future__ import annotations
 
 import asyncio
+import operator
 from collections.abc import Mapping
+from itertools import compress
 from typing import Any
 
 from apx.controllers.appliers.kube import KubeError
@@ -38,9 +40,34 @@ class StatusSync(ReconcilerState):
     """Status sync of the reconciler (a mixin of ``Reconciler``)."""
 
     def _statuses_changed(self, compiled: Compiled) -> set[Key]:
-        """The objects whose translated status is not the very object the last status pass saw."""
-        seen = self._status_seen
-        return {key for key, status in compiled.statuses.items() if seen.get(key) is not status}
+        """The objects whose translated status is not the very object the last status pass saw.
+
+        Also leaves in ``_status_gone`` the objects that had a status then and have none now
+        (deleted: their phase count and metric series go in ``_phase_counts``). When no object
+        came or went, the translation hands back the statuses under last pass's keys in last
+        pass's order (``translation/incremental.py``), so the statuses are compared position by
+        position by identity, in C: at 12,000 objects that is under 1 ms where a dict lookup per
+        key took 5-13 ms on the event loop. Otherwise (objects came or went) by key, as before.
+        """
+        statuses, seen = compiled.statuses, self._status_seen
+        if len(statuses) == len(seen):
+            # Only the values are walked (each key touched too doubled the cost: every object
+            # read is a cache miss in a heap this size). Each status names its own key, so the
+            # keys come from the statuses at the positions that differ; there the old status
+            # must name the same key (else objects came and went), and each must be the one
+            # its dict holds under that key.
+            differ = list(map(operator.is_not, statuses.values(), seen.values()))
+            pairs = list(compress(zip(statuses.values(), seen.values(), strict=True), differ))
+            if all(
+                (status.kind, status.key) == (old.kind, old.key)
+                and statuses.get((status.kind, status.key)) is status
+                and seen.get((old.kind, old.key)) is old
+                for status, old in pairs
+            ):
+                self._status_gone = set()
+                return {(status.kind, status.key) for status, _ in pairs}
+        self._status_gone = seen.keys() - statuses.keys()
+        return {key for key, status in statuses.items() if seen.get(key) is not status}
 
     def _status_candidates(
         self, compiled: Compiled, report: PassReport, changed: set[Key] | None
@@ -209,16 +236,18 @@ class StatusSync(ReconcilerState):
 
         Also keeps ``apx_operator_object_ready`` per object, touching only the
         series whose value changed (and removing those of objects gone). Only
-        this pass's status candidates and the objects gone are looked at; the
-        counts of the others are those of the last pass.
+        this pass's status candidates and the objects gone (``_status_gone``, found
+        by ``_statuses_changed`` in this pass: an ordinary pass always runs it) are
+        looked at; the counts of the others are those of the last pass.
         """
         statuses, finals, phases = compiled.statuses, self._finals, self._phases
         candidates = self._candidates_now
         if candidates is None:
             keys: set[Key] = set(statuses.keys()) | phases.keys()
         else:
-            keys = candidates | (self._status_seen.keys() - statuses.keys())
+            keys = candidates | self._status_gone
         self._status_seen = statuses
+        self._status_gone = set()
         counts = self._phase_totals
         for key in keys:
             status = statuses.get(key)

@@ -164,17 +164,28 @@ class HeapKeeper:
             return built
 
     def settle(self) -> Settled:
-        """Collect what the last pass left alive and freeze it; a full collection when one is due."""
+        """Collect what the last pass left alive and freeze it; a full collection when one is due.
+
+        Due every ``full_collection_seconds``, or once the heap has grown by
+        ``full_collection_growth`` since the last full one. The growth is measured
+        after collecting what is not frozen (the pass's own garbage does not count),
+        so an ordinary settle walks the allocator's pools once, not twice: each
+        walk took ~0.7 ms of the event loop at 10,000 Routes.
+        """
         baseline = self._blocks_after_full
-        growth = self.full_collection_growth
-        grown = baseline is not None and sys.getallocatedblocks() > max(baseline, 50_000) * growth
-        full = grown or self._clock() - self._last_full >= self.full_collection_seconds
+        full = self._clock() - self._last_full >= self.full_collection_seconds
+        collected = 0
+        if not full:
+            collected = gc.collect()  # only what is not frozen: what the pass left alive
+            gc.freeze()
+            blocks = sys.getallocatedblocks()
+            full = baseline is not None and blocks > max(baseline, 50_000) * self.full_collection_growth
         if full:
             gc.unfreeze()
             self._last_full = self._clock()
-        collected = gc.collect()
-        gc.freeze()
-        blocks = sys.getallocatedblocks()
+            collected += gc.collect()
+            gc.freeze()
+            blocks = sys.getallocatedblocks()
         if full or baseline is None:
             self._blocks_after_full = blocks
         return Settled(full=full, collected=collected, blocks=blocks)

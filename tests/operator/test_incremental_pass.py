@@ -159,3 +159,244 @@ async def test_the_documents_a_pass_translates_follow_every_store_change_like_a_
             assert document is body or document["spec"] is body["spec"]
         if step % 10 == 9:
             await reconciler.reconcile_once()
+
+
+def _an_async_route(reconciler: Reconciler) -> Key:
+    """A Ready async Route (it has topics and worker Deployments)."""
+    return next(
+        key
+        for key in sorted(reconciler.objects)
+        if key[0] == "Route"
+        and reconciler.objects[key]["spec"].get("mode") == "async"
+        and reconciler._phases.get(key) == "Ready"
+    )
+
+
+def _ready_sample(reconciler: Reconciler, key: Key) -> float | None:
+    namespace, name = key[1].split("/", 1)
+    labels = {"kind": key[0], "namespace": namespace, "name": name}
+    return reconciler.metrics.registry.get_sample_value("apx_operator_object_ready", labels)
+
+
+async def test_a_deleted_route_leaves_the_phase_counts_and_its_ready_series_on_an_ordinary_pass() -> None:
+    reconciler, _, _ = await _settled()
+    route = _a_route(reconciler, 11)
+    phase = reconciler._phases[route]
+    before = _phase_counts(reconciler)
+    assert _ready_sample(reconciler, route) is not None
+    reconciler.forget("Route", route[1])
+    await reconciler.reconcile_once()
+    assert reconciler._candidates_now is not None  # an ordinary pass, not a recount
+    assert route not in reconciler._phases
+    assert _ready_sample(reconciler, route) is None
+    expected = {**before, ("Route", phase): before[("Route", phase)] - 1}
+    assert _phase_counts(reconciler) == {k: v for k, v in expected.items() if v}
+    await reconciler.reconcile_once(full=True)
+    assert _phase_counts(reconciler) == {k: v for k, v in expected.items() if v}
+
+
+async def test_the_statuses_a_pass_looks_at_again_are_the_new_objects_and_those_gone() -> None:
+    from types import SimpleNamespace
+
+    from apx.controllers.status import ready
+
+    reconciler, _, _ = memory_reconciler([])
+    statuses = {("Route", f"ns/r{i}"): ready("Route", f"ns/r{i}", 1, "ok") for i in range(6)}
+    reconciler._status_seen = statuses
+
+    def changed(new: dict[Key, Any]) -> set[Key]:
+        return reconciler._statuses_changed(SimpleNamespace(statuses=new))  # type: ignore[arg-type]
+
+    # The same objects, then two replaced in place (same keys, same order).
+    assert changed(dict(statuses)) == set() and reconciler._status_gone == set()
+    edited_statuses = dict(statuses)
+    edited_statuses[("Route", "ns/r1")] = ready("Route", "ns/r1", 2, "ok")
+    edited_statuses[("Route", "ns/r4")] = ready("Route", "ns/r4", 2, "ok")
+    assert changed(edited_statuses) == {("Route", "ns/r1"), ("Route", "ns/r4")}
+    assert reconciler._status_gone == set()
+    # One gone and another come: the same length, but not the same keys.
+    swapped = {k: v for k, v in statuses.items() if k != ("Route", "ns/r2")}
+    swapped[("Route", "ns/r9")] = ready("Route", "ns/r9", 1, "ok")
+    assert changed(swapped) == {("Route", "ns/r9")}
+    assert reconciler._status_gone == {("Route", "ns/r2")}
+    # The same keys in another order: nothing is new, nothing is gone.
+    assert changed(dict(reversed(list(statuses.items())))) == set()
+    assert reconciler._status_gone == set()
+
+
+class _RecordingRedis(MemoryRedis):
+    """Keeps the route table Redis would hold, from whole publishes and published changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: dict[str, str] = {}
+        self.changes: list[tuple[dict[str, str], list[str]]] = []
+
+    async def publish(self, keys: Any, version: str, fields: Any) -> bool:
+        if keys is not None and "route" in str(keys.current):
+            self.table = dict(fields)
+        return await super().publish(keys, version, fields)
+
+    async def publish_changes(self, *args: Any) -> bool:
+        _, _, _, changed, removed, _ = args
+        self.changes.append((dict(changed), list(removed)))
+        self.table = {k: v for k, v in {**self.table, **changed}.items() if k not in removed}
+        return await super().publish_changes(*args)
+
+
+async def test_the_route_table_changes_published_add_up_to_the_table_through_edits_and_new_routes() -> None:
+    reconciler, kube, _ = memory_reconciler(_workload(60, 6))
+    redis = _RecordingRedis()
+    reconciler.redis = redis  # type: ignore[assignment]
+    await reconciler.reconcile_once(full=True)
+    assert redis.table and redis.table == dict(reconciler._applied_route_table_entries or {})
+    rng = random.Random(7)
+    spare = _workload(80, 6)[-20:]
+    for step in range(12):
+        routes = sorted(k for k in reconciler.objects if k[0] == "Route")
+        action = ["spec", "spec", "forget", "create"][step % 4]
+        key = rng.choice(routes)
+        redis.changes.clear()
+        if action == "spec":
+            reconciler.observe("Route", edited(reconciler, key, kube, timeout=f"{step + 40}s"))
+        elif action == "forget":
+            reconciler.forget("Route", key[1])
+        else:
+            document = spare.pop()
+            document["metadata"].update(resourceVersion=kube.next_version(), generation=1, uid=f"new-{step}")
+            reconciler.observe(document["kind"], document)
+        await reconciler.reconcile_once()
+        applied = dict(reconciler._applied_route_table_entries or {})
+        assert redis.table == applied, (step, action)
+        if action == "spec" and redis.changes:
+            # One Route edited: that entry travels, nothing else.
+            assert [list(changed) for changed, _ in redis.changes] == [[key[1]]]
+            assert all(not removed for _, removed in redis.changes)
+    expected = dict(reconciler._applied_route_table_entries or {})
+    reconciler._rebuild_requested = True
+    await reconciler.reconcile_once(full=True)
+    assert dict(reconciler._applied_route_table_entries or {}) == expected == redis.table
+
+
+async def test_a_pubsub_change_refused_once_is_ensured_again_by_the_next_pass_without_any_change() -> None:
+    from apx.controllers.appliers.pubsub import PubSubProblem
+
+    reconciler, kube, _ = await _settled()
+    route = _an_async_route(reconciler)
+    name = route[1].split("/", 1)[1]
+    ensured: list[str] = []
+    refuse = [name]
+
+    async def ensure(topics: Any, subscriptions: Any, verify: bool = False) -> list[Any]:
+        mine = name in str(topics)
+        ensured.append(route[1] if mine else "other")
+        if mine and refuse:
+            refuse.clear()
+            return [PubSubProblem("topic", "message retention cannot shrink")]
+        return []
+
+    reconciler.pubsub.ensure = ensure  # type: ignore[method-assign]
+    delivery = {"maxDeliveryAttempts": 7, "minimumBackoff": "10s", "maximumBackoff": "300s"}
+    reconciler.observe("Route", edited(reconciler, route, kube, **{"async": delivery}))
+    report = await reconciler.reconcile_once()
+    assert report.problems[route].reason == "PubSubChangeRejected"
+    assert ensured == [route[1]]
+    ensured.clear()
+    report = await reconciler.reconcile_once()  # nothing changed: the refused Route is tried again
+    assert ensured == [route[1]] and route not in report.problems
+    ensured.clear()
+    await reconciler.reconcile_once()
+    assert ensured == []
+
+
+async def test_a_manifest_the_api_could_not_take_is_applied_by_the_next_pass_without_any_change() -> None:
+    from apx.controllers.appliers.kube import Unavailable
+
+    reconciler, kube, _ = await _settled()
+    route = _an_async_route(reconciler)
+    name = route[1].split("/", 1)[1]
+    attempts: list[str] = []
+    refuse = [name]
+
+    async def apply(manifest: Any) -> Any:
+        attempts.append(manifest["metadata"]["name"])
+        if refuse and name in attempts[-1]:
+            refuse.clear()
+            raise Unavailable(503, "etcd leader changed")
+        return manifest
+
+    kube.apply = apply  # type: ignore[method-assign]
+    reconciler.observe("Route", edited(reconciler, route, kube, timeout="19s"))
+    report = await reconciler.reconcile_once()
+    assert report.problems[route].reason == "KubernetesUnavailable"
+    # Only the edited Route's manifests were due (its worker Deployments), not every manifest.
+    refused = attempts[0]
+    assert attempts and all(name in manifest_name for manifest_name in attempts)
+    attempts.clear()
+    report = await reconciler.reconcile_once()  # nothing changed: the refused manifest goes again
+    assert attempts == [refused] and route not in report.problems
+    attempts.clear()
+    await reconciler.reconcile_once()
+    assert attempts == []
+
+
+class _VersionsRedis(MemoryRedis):
+    """Keeps the version each rule-set family points at, as Redis would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: dict[str, str] = {}
+
+    async def publish(self, keys: Any, version: str, fields: Any) -> bool:
+        if keys is not None:
+            self.current[keys.current] = version
+        return await super().publish(keys, version, fields)
+
+
+async def test_a_rule_set_the_fast_path_published_from_a_subset_is_corrected_by_the_next_pass() -> None:
+    reconciler, kube, _ = memory_reconciler(_workload(120, 12))
+    redis = _VersionsRedis()
+    reconciler.redis = redis  # type: ignore[assignment]
+    await reconciler.reconcile_once(full=True)
+    for _ in range(3):
+        await reconciler.reconcile_once()
+
+    # A new Route of product-011 takes the match of an older Ready Route of product-001: a pass
+    # over every object leaves it out (MatchConflict; it never rendered, so no last good body
+    # serves in its place) and product-011's rule set stays the very object it was, while the
+    # fast path, which translates product-011 with its own Routes only, publishes one with it.
+    winner = next(
+        key
+        for key, body in sorted(reconciler.objects.items())
+        if key[0] == "Route"
+        and key[1].startswith("team-01/")
+        and body["spec"]["productRef"]["name"] == "product-001"
+        and reconciler._phases.get(key) == "Ready"
+    )
+    product = "team-01/product-011"
+    await reconciler.publish_rule_sets_fast()  # what loading the store marked (nothing new to publish)
+    newcomer_key = ("Route", "team-01/route-99999")
+    for step in range(3):
+        if step == 0:
+            newcomer = copy.deepcopy(reconciler.objects[winner])
+            newcomer.pop("status", None)
+            newcomer["metadata"].update(
+                name="route-99999", uid="newcomer", resourceVersion=kube.next_version(), generation=1
+            )
+            newcomer["spec"]["productRef"] = {"name": "product-011"}
+            newcomer["spec"]["policyRef"] = {"name": "policy-011", "version": "1.1.0"}
+        else:  # edited while it still conflicts: no object comes or goes, the pass takes its delta path
+            newcomer = edited(reconciler, newcomer_key, kube, timeout=f"{30 + step}s")
+        reconciler.observe("Route", newcomer)
+        assert await reconciler.publish_rule_sets_fast() == 1  # the subset's rule set, with the newcomer
+        published = reconciler._applied_rule_sets[product]
+        await reconciler.reconcile_once()
+        assert reconciler.objects[newcomer_key]["status"]["reason"] == "MatchConflict"
+        # The pass's rule set (without the newcomer) replaced it: in Redis and in the bookkeeping.
+        assert reconciler._applied_rule_sets[product] != published
+        current = [key for key in redis.current if product in key]
+        assert len(current) == 1 and redis.current[current[0]] == reconciler._applied_rule_sets[product]
+    expected = dict(reconciler._applied_rule_sets)
+    reconciler._rebuild_requested = True
+    await reconciler.reconcile_once(full=True)
+    assert reconciler._applied_rule_sets == expected
