@@ -115,8 +115,10 @@ class KubernetesSync(ReconcilerState):
     ) -> None:
         try:
             instance = self.settings.instance
+            # The document too is made in the thread: it counts the routes of every virtual host
+            # (tens of milliseconds at 10,000 Routes), which the event loop must not wait for.
             manifests = await asyncio.to_thread(
-                render_envoy_snapshot, envoy.snapshot_document(), self.settings.operator_namespace, instance
+                _snapshot_configmaps, envoy, self.settings.operator_namespace, instance
             )
             desired = {identity for _, identity, _ in await self._apply_manifests(manifests, report)}
             index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap(instance))
@@ -404,3 +406,7 @@ def _owner_key(manifest: Mapping[str, Any]) -> tuple[str, str] | None:
         if str(ref.get("apiVersion", "")).startswith("apx.dev/") and ref.get("kind") in KINDS:
             return (str(ref["kind"]), f"{meta.get('namespace', 'default')}/{ref['name']}")
     return None
+
+
+def _snapshot_configmaps(envoy: EnvoyOutput, namespace: str, instance: str) -> list[dict[str, Any]]:
+    return render_envoy_snapshot(envoy.snapshot_document(), namespace, instance)
