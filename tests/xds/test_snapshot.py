@@ -47,6 +47,9 @@ def test_unchanged_resources_keep_the_previous_entries_and_one_edit_changes_one_
     second = XdsSnapshot.from_envoy(render(edit_route(docs, "payments-legacy", timeout="5s")), first)
     changed = [n for n, e in second.virtual_hosts.items() if first.virtual_hosts[n] is not e]
     assert changed == ["apx-routes/legacy.payments.example.com"]
+    # Serialized here (no cached render): an unchanged host keeps its first bytes, not a second copy.
+    kept = [n for n, h in second._host_parts.items() if first._host_parts[n] is h]
+    assert sorted(kept) == sorted(set(second.virtual_hosts) - set(changed))
     assert all(second.clusters[n] is first.clusters[n] for n in first.clusters)
     assert second.listeners["apx-http"] is first.listeners["apx-http"]
 
