@@ -53,7 +53,6 @@ class Deletion(ReconcilerState):
                         if rule_set is not None:
                             await self.redis.drop(_rule_set_keys(rule_set))
                             self._applied_rule_sets.pop(object_key, None)
-                            self._rule_sets_settled = None
                             self._rule_set_moves += 1
                         await self.redis.delete_pattern(names.product_counters_pattern(object_key))
                     if kind in ("Route", "Product"):

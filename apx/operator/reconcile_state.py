@@ -153,10 +153,11 @@ class ReconcilerState:
     passes: int
     # what was applied
     _applied_rule_sets: dict[str, str]
-    # The rule sets the last ``_apply_redis`` left applied, every one (``None``: look at all next
-    # time), and a counter bumped whenever anything else changes ``_applied_rule_sets``: whatever
-    # writes to it outside ``_apply_redis`` must bump it, or the next pass may trust a stale entry.
-    _rule_sets_settled: tuple[RuleSet, ...] | None
+    # The rule sets the last ``_apply_redis`` left applied, every one, with ``_rule_set_moves`` then
+    # (``None``: look at all next time); the counter is bumped whenever anything else changes
+    # ``_applied_rule_sets``: whatever writes to it outside ``_apply_redis`` must bump it, or the
+    # next pass may trust a stale entry.
+    _rule_sets_settled: tuple[tuple[RuleSet, ...], int] | None
     _rule_set_moves: int
     _applied_route_table: str | None
     # The entries of that table, for publishing the next one as its changes.

@@ -146,7 +146,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self._full_requested = True
         self._listed = False
         self._applied_rule_sets: dict[str, str] = {}
-        self._rule_sets_settled: tuple[RuleSet, ...] | None = None
+        self._rule_sets_settled: tuple[tuple[RuleSet, ...], int] | None = None
         self._rule_set_moves = 0
         self._applied_route_table: str | None = None
         self._applied_route_table_entries: EntryRows | None = None

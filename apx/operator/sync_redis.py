@@ -73,7 +73,6 @@ class RedisSync(ReconcilerState):
             await self.redis.publish(_rule_set_keys(rule_set), rule_set.version, dict(rule_set.fields))
             self._applied_rule_sets[rule_set.product] = rule_set.version
             # What is applied moved under the pass's feet: its next ``_apply_redis`` looks at every rule set.
-            self._rule_sets_settled = None
             self._rule_set_moves += 1
             published += 1
         return published
@@ -82,13 +81,16 @@ class RedisSync(ReconcilerState):
         try:
             rule_sets = output.rule_sets
             # The rule sets left applied by the last call, unless something else changed what is
-            # applied since (``_rule_sets_settled``): an unchanged product's rule set is the very
+            # applied since (``_rule_set_moves``): an unchanged product's rule set is the very
             # object at the same position (the renderer's caches), so only the positions holding
             # another object are looked at (found in C); at 1,000 products a one-Route edit
             # looks at one rule set. Anything else (a full pass, products come or gone, a rule
             # set left for the fast path) looks at every one, as before.
             settled = None if full else self._rule_sets_settled
-            positions = changed_positions(settled, rule_sets)
+            if settled is not None and settled[1] == self._rule_set_moves:
+                positions = changed_positions(settled[0], rule_sets)
+            else:
+                positions = None
             self._rule_sets_settled = None
             moves = self._rule_set_moves  # the fast path may publish while this loop awaits Redis
             left_unsettled = False
@@ -104,7 +106,7 @@ class RedisSync(ReconcilerState):
                     report.redis_published += 1
                 self._applied_rule_sets[rule_set.product] = rule_set.version
             if not left_unsettled and moves == self._rule_set_moves:
-                self._rule_sets_settled = rule_sets
+                self._rule_sets_settled = (rule_sets, moves)
             table = output.route_table
             if self._applied_route_table != table.version:
                 # This instance's route table (``--instance``): operators over other namespaces
@@ -131,7 +133,6 @@ class RedisSync(ReconcilerState):
         except RedisUnavailable as exc:
             self.metrics.dependency_up.labels(dependency="redis").set(0)
             self._applied_rule_sets.clear()
-            self._rule_sets_settled = None
             self._rule_set_moves += 1
             self._applied_route_table = None
             self._applied_route_table_entries = None

@@ -294,10 +294,6 @@ def _host_parts(
     return HostParts(host_name, full, routes, Entry(name, short_version(any_bytes), any_bytes, routes))
 
 
-def _previous_hosts(snapshot: XdsSnapshot) -> dict[str, HostParts]:
-    return {h.vhds.name: h for parts in snapshot.routes.values() for h in parts.hosts}
-
-
 @dataclass(frozen=True, slots=True)
 class XdsSnapshot:
     """An immutable set of xDS resources with per-resource versions."""
@@ -313,7 +309,6 @@ class XdsSnapshot:
     _host_parts: dict[str, HostParts] = field(default_factory=dict, compare=False, repr=False)
     _type_versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     _sorted: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
-    _name_sets: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
     _sotw: dict[SotwKey, SotwBody] = field(default_factory=dict, compare=False, repr=False)
     # Per type: the type_version of the snapshot this one was built from, and the names whose
     # entry is not that snapshot's (new, changed or gone). A stream in step with that snapshot
@@ -356,7 +351,7 @@ class XdsSnapshot:
             hosts = _hosts_of_encoded(
                 head.name,
                 encoded.virtual_hosts,
-                before._host_parts or _previous_hosts(before),
+                before._host_parts,
                 before._hosts_by_full.get(head.name, {}),
             )
             route_parts = {head.name: RouteParts(head.name, _route_base(head), hosts)}
@@ -401,7 +396,6 @@ class XdsSnapshot:
     ) -> XdsSnapshot:
         """The snapshot of the renderer's messages; ``encodings``: their bytes when the render kept them."""
         before = previous or cls.empty()
-        previous_hosts = _previous_hosts(before)
         route_parts: dict[str, RouteParts] = {}
         host_bytes = (
             encodings.virtual_hosts if encodings is not None and len(route_configurations) == 1 else None
@@ -412,7 +406,7 @@ class XdsSnapshot:
                 if host_bytes is not None and len(host_bytes) == len(config.virtual_hosts)
                 else None
             )
-            hosts = _hosts_of(config, previous_hosts, usable)
+            hosts = _hosts_of(config, before._host_parts, usable)
             route_parts[config.name] = RouteParts(config.name, _route_base(config), hosts)
         return cls._assembled(listeners, clusters, route_parts, version, before, encodings)
 
@@ -465,12 +459,10 @@ class XdsSnapshot:
         return snapshot
 
     def _carry_names(self, type_url: str, before: XdsSnapshot, changed: Iterable[str]) -> None:
-        """Keep ``before``'s sorted names and name set of a type whose names are the same."""
+        """Keep ``before``'s sorted names of a type whose names are the same."""
         mine, theirs = self._mapping(type_url), before._mapping(type_url)
         if len(mine) != len(theirs) or any(name not in mine or name not in theirs for name in changed):
             return
-        if type_url in before._name_sets:
-            self._name_sets[type_url] = before._name_sets[type_url]
         for key, names in before._sorted.items():
             if key == type_url or key.startswith(type_url + " "):
                 self._sorted[key] = names
@@ -594,7 +586,6 @@ class XdsSnapshot:
         for type_url in PUSH_ORDER:
             self.type_version(type_url)
             self.sorted_names(type_url)
-            self.name_set(type_url)
         for type_url, names in sotw:
             self.sotw(type_url, names)
         return self
@@ -627,13 +618,6 @@ class XdsSnapshot:
                 names = [n for n in names if n.rsplit("/", 1)[0] == namespace]
             cached = tuple(names)
             self._sorted[key] = cached
-        return cached
-
-    def name_set(self, type_url: str) -> frozenset[str]:
-        cached = self._name_sets.get(type_url)
-        if cached is None:
-            cached = frozenset(self.names(type_url))
-            self._name_sets[type_url] = cached
         return cached
 
     def names(self, type_url: str) -> KeysView[str]:
