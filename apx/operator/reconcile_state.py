@@ -148,6 +148,10 @@ class ReconcilerState:
     _epoch: dict[str, int]
     _pass_epochs: dict[str, int]
     _fast_wanted: asyncio.Event
+    _rules_covered: dict[str, int]
+    _rules_published: asyncio.Event
+    _pass_running: bool
+    _full_pass_running: bool
     last_pass: PassReport | None
     last_error: str | None
     passes: int
@@ -186,6 +190,7 @@ class ReconcilerState:
     _async_counts: Counter[str]
     _snapshot_parts: set[tuple[str, str, str]]
     _snapshot_written: tuple[str, float]
+    _snapshot_write_seconds: float
     _snapshot_timer: asyncio.TimerHandle | None
     # The Envoy output the last pass served; the background ConfigMap write in flight; whether
     # ordinary passes write in the background (set by ``Scheduler.run``).
@@ -221,11 +226,17 @@ class ReconcilerState:
 
         async def publish_rule_sets_fast(self) -> int: ...  # sync_redis
 
+        def rules_covered(self, product: str) -> bool: ...  # sync_redis
+
         # sync_kubernetes
         def _active(self, controller: str) -> contextlib.AbstractAsyncContextManager[None]: ...
 
         async def reconcile_once(self, full: bool = False) -> PassReport: ...  # reconciler
 
         def _serving_stage(  # reconciler
-            self, documents: list[dict[str, Any]], caches: Caches | None = None
+            self,
+            documents: list[dict[str, Any]],
+            caches: Caches | None = None,
+            keyed: Mapping[Key, tuple[dict[str, Any], dict[str, Any]]] | None = None,
+            last_good: Mapping[Key, dict[str, Any]] | None = None,
         ) -> FirstStage: ...

@@ -166,8 +166,9 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         # Envoy snapshot part ConfigMaps of the last pass (``_prune_snapshot_parts``).
         self._snapshot_parts: set[tuple[str, str, str]] = set()
         # The Envoy version the snapshot ConfigMaps hold, when they were written, and the timer of
-        # the pass that writes a newer one once ``snapshot_configmap_seconds`` have gone by.
+        # the pass that writes a newer one once ``_snapshot_spacing()`` has gone by.
         self._snapshot_written: tuple[str, float] = ("", -math.inf)
+        self._snapshot_write_seconds = 0.0  # how long the last write took (``_snapshot_spacing``)
         self._snapshot_timer: asyncio.TimerHandle | None = None
         self._snapshot_latest: EnvoyOutput | None = None
         self._snapshot_writer: asyncio.Task[None] | None = None
@@ -206,6 +207,11 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self._epoch: dict[str, int] = {}
         self._fast_wanted = asyncio.Event()
         self._pass_epochs: dict[str, int] = {}
+        # Per product, the epoch up to which its rule set is published (``RedisSync.rules_covered``),
+        # and an event set whenever a pass's Redis phase or the fast path moves it.
+        self._rules_covered: dict[str, int] = {}
+        self._rules_published = asyncio.Event()
+        self._pass_running = self._full_pass_running = False
         self._served_policies: dict[tuple[str, str], set[str]] = {}
         # Per Product and Route, the body whose spec last translated without
         # error (usually the very dict in ``objects``). When a new spec is
@@ -280,6 +286,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         documents: list[dict[str, Any]],
         caches: Caches | None = None,
         keyed: Mapping[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+        last_good: Mapping[tuple[str, str], dict[str, Any]] | None = None,
     ) -> FirstStage:
         """Translate ``documents``; a Product or Route whose new spec fails is rendered as last good.
 
@@ -291,6 +298,8 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         during full passes: it reads the store but does not change it.
         ``keyed``: the store's (body, document) per key when ``documents`` are
         the pass's (``translation_documents``), so no document's key is computed.
+        ``last_good``: a copy of the store's last good bodies, for a caller
+        running beside a pass (the fast path), which may change them meanwhile.
         """
         known = {
             key: status
@@ -299,7 +308,7 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         }
         return first_stage(
             documents,
-            last_good=self._last_good,
+            last_good=self._last_good if last_good is None else last_good,
             known_failures=known,
             caches=caches,
             keyed=_Translated(keyed) if keyed is not None else None,
@@ -348,7 +357,14 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         # A full pass reconciles every controller's objects, changed or not.
         taken = self._pending.take()
         reconciled = list(CONTROLLER_NAMES) if full else taken
-        objects = await self._pass(full, report)
+        self._pass_running, self._full_pass_running = True, full
+        if full:
+            self._rules_published.set()  # the fast path stops leaving rule sets to the passes
+        try:
+            objects = await self._pass(full, report)
+        finally:
+            self._pass_running = self._full_pass_running = False
+            self._rules_published.set()  # the fast path looks again at what this pass left
         # The pass's outputs died with ``_pass`` (by reference counting); what
         # survived is frozen so later collections do not rescan it.
         settled = self.heap.settle()

@@ -6,8 +6,10 @@ debounce; a failed pass or a dependency problem backs off (1 s doubling to
 30 s) and asks for a full pass; every ``resync_seconds`` a full pass
 compiles from scratch (the caches are cleared) and re-applies everything,
 which repairs drift; never more often than keeps resyncs under
-``RESYNC_SHARE`` of the time. Rule-set changes are also published at once by the fast
-path, without waiting for a full pass.
+``RESYNC_SHARE`` of the time. Rule-set changes are also published by the fast
+path when a pass is not about to do it: at once when the change arrived during
+a pass (it would wait for that pass to end), else after
+``FAST_PATH_GRACE_SECONDS`` for what the next pass did not publish meanwhile.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ from .reconcile_state import (
 # takes 15-30 s; with the 60 s default period it would take a third of a core, and every change
 # arriving meanwhile would wait for it.
 RESYNC_SHARE = 0.1
+# How long a changed product's rule set is left to the passes before the fast path publishes it.
+# A change arriving between passes reaches Redis through the next ordinary pass within tens of
+# milliseconds (its Redis phase comes first), so translating the product again beside it was
+# duplicated work: at 2,000 Routes, with canaries stepping, a third of the operator's CPU, on the
+# event loop. A change that would wait for the pass running now does not wait (it is not in that
+# pass); one whose pass turns out long (a wave of changes) waits at most this long.
+FAST_PATH_GRACE_SECONDS = 0.15
 
 
 class Scheduler(ReconcilerState):
@@ -95,10 +104,34 @@ class Scheduler(ReconcilerState):
             if self.settings.debounce_seconds:
                 await asyncio.sleep(self.settings.debounce_seconds)
             self._fast_wanted.clear()
+            await self._rules_left_to_passes(FAST_PATH_GRACE_SECONDS)
             try:
                 await self.publish_rule_sets_fast()
             except Exception:  # the next full pass reports and retries whatever failed
                 logger.exception("fast rule-set publish failed")
+
+    async def _rules_left_to_passes(self, grace: float) -> None:
+        """Wait until the passes published every changed product's rule set, or ``grace`` is over.
+
+        Returns at once when a change would wait for the pass running now to
+        end: that pass took its snapshot before the change, or is a full pass
+        (it reaches Redis only after translating everything).
+        """
+        deadline = time.monotonic() + grace
+        while not self._full_pass_running:
+            self._rules_published.clear()
+            waiting = [product for product in self._dirty_products if not self.rules_covered(product)]
+            if not waiting:
+                return
+            if self._pass_running and any(
+                self._pass_epochs.get(product, 0) != self._epoch.get(product, 0) for product in waiting
+            ):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rules_published.wait(), left)
 
     async def _full_pass_loop(self, stop: asyncio.Event) -> None:
         next_full = time.monotonic() + self.settings.resync_seconds

@@ -65,24 +65,27 @@ class Store(ReconcilerState):
 
     def _mark_products(self, kind: str, body: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
         """Remember which products' rule sets a change can affect (for the fast path)."""
-        before = set(self._dirty_products)
-        self._mark_products_into(kind, body, previous)
-        for product in self._dirty_products - before:
+        # Every change bumps the epoch, also of a product already waiting: a pass that took its
+        # snapshot before this change must not count as having published it.
+        marked = self._products_of_change(kind, body, previous)
+        for product in marked:
             self._epoch[product] = self._epoch.get(product, 0) + 1
-        if self._dirty_products:
+        if marked:
+            self._dirty_products |= marked
             self._fast_wanted.set()
 
-    def _mark_products_into(
+    def _products_of_change(
         self, kind: str, body: Mapping[str, Any], previous: Mapping[str, Any] | None
-    ) -> None:
+    ) -> set[str]:
         namespace = (body.get("metadata") or {}).get("namespace") or "default"
+        marked: set[str] = set()
         if kind == "Product":
-            self._dirty_products.add(_key(body))
+            marked.add(_key(body))
         elif kind == "Route":
             for source in (body, previous or {}):
                 product = ((source.get("spec") or {}).get("productRef") or {}).get("name")
                 if product:
-                    self._dirty_products.add(f"{namespace}/{product}")
+                    marked.add(f"{namespace}/{product}")
         else:
             bundle = (body.get("metadata") or {}).get("name")
             for (other_kind, _), other in self.objects.items():
@@ -90,7 +93,8 @@ class Store(ReconcilerState):
                 if other_kind == "Route" and (spec.get("policyRef") or {}).get("name") == bundle:
                     other_namespace = (other.get("metadata") or {}).get("namespace") or "default"
                     if other_namespace == namespace:
-                        self._dirty_products.add(f"{namespace}/{(spec.get('productRef') or {}).get('name')}")
+                        marked.add(f"{namespace}/{(spec.get('productRef') or {}).get('name')}")
+        return marked
 
     def _remember_policy_version(
         self, key: tuple[str, str], previous: Mapping[str, Any], body: Mapping[str, Any]

@@ -6,7 +6,8 @@ unchanged manifest is the very dict of the last pass at its place and keeps
 its digest; an ordinary pass checks only the others, ``positions``);
 children no longer wanted are pruned on full passes (only labelled ones whose
 APX owner exists); the snapshot ConfigMaps are written after the xDS push, at
-most every ``snapshot_configmap_seconds``, and their extra parts pruned.
+most every ``snapshot_configmap_seconds`` (stretched so writing them takes at
+most ``SNAPSHOT_WRITE_SHARE`` of the time), and their extra parts pruned.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ Identity = tuple[str, str, str]
 Row = tuple[dict[str, Any], Identity, str]
 
 
+# The most of the time writing the snapshot ConfigMaps may take: the next write waits at least
+# (1 / SNAPSHOT_WRITE_SHARE - 1) times as long as the last one took. At 10,000 Routes a write
+# (the document, JSON, gzip, the parts through the API) takes about half a second of CPU, much
+# of it holding the interpreter the passes share; every 5 s that was a tenth of the time, and a
+# change arriving meanwhile waited behind it. xDS, not these ConfigMaps, carries changes.
+SNAPSHOT_WRITE_SHARE = 0.05
+# However long the last write took (an API server slow for a while), the next waits no longer.
+SNAPSHOT_SPACING_MAX_SECONDS = 60.0
+
+
 class KubernetesSync(ReconcilerState):
     """Kubernetes sync of the reconciler (a mixin of ``Reconciler``)."""
 
@@ -79,7 +90,7 @@ class KubernetesSync(ReconcilerState):
         if self._background_snapshots and not full:
             self._write_latest_snapshot()
             return
-        wait = written_at + self.settings.snapshot_configmap_seconds - time.monotonic()
+        wait = written_at + self._snapshot_spacing() - time.monotonic()
         if wait > 0 and not full:
             if self._snapshot_timer is None:
                 self._snapshot_timer = asyncio.get_running_loop().call_later(wait, self._snapshot_due)
@@ -95,7 +106,7 @@ class KubernetesSync(ReconcilerState):
             return
         if self._snapshot_writer is not None and not self._snapshot_writer.done():
             return  # the write in flight looks again when it is done
-        wait = written_at + self.settings.snapshot_configmap_seconds - time.monotonic()
+        wait = written_at + self._snapshot_spacing() - time.monotonic()
         if wait > 0:
             if self._snapshot_timer is None:
                 self._snapshot_timer = asyncio.get_running_loop().call_later(wait, self._snapshot_due)
@@ -103,6 +114,19 @@ class KubernetesSync(ReconcilerState):
         self._snapshot_writer = asyncio.get_running_loop().create_task(
             self._write_envoy_snapshot(envoy, PassReport(), False, background=True)
         )
+
+    def _snapshot_spacing(self) -> float:
+        """The least time between two snapshot ConfigMap writes now (``SNAPSHOT_WRITE_SHARE``).
+
+        ``snapshot_configmap_seconds`` of 0 (tests, tools) writes them on every pass, unstretched.
+        """
+        least = self.settings.snapshot_configmap_seconds
+        if least <= 0:
+            return 0.0
+        stretched = min(
+            self._snapshot_write_seconds * (1 / SNAPSHOT_WRITE_SHARE - 1), SNAPSHOT_SPACING_MAX_SECONDS
+        )
+        return max(least, stretched)
 
     async def snapshot_written(self) -> None:
         """Wait until a snapshot ConfigMap write in flight is done (tests, full passes, shutdown)."""
@@ -113,6 +137,7 @@ class KubernetesSync(ReconcilerState):
     async def _write_envoy_snapshot(
         self, envoy: EnvoyOutput, report: PassReport, full: bool, background: bool = False
     ) -> None:
+        started = time.monotonic()
         try:
             instance = self.settings.instance
             # The document too is made in the thread: it counts the routes of every virtual host
@@ -124,7 +149,9 @@ class KubernetesSync(ReconcilerState):
             index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap(instance))
             if index in self._applied_manifests:
                 await self._prune_snapshot_parts(desired, report, full)
-                self._snapshot_written = (envoy.version, time.monotonic())
+                done = time.monotonic()
+                self._snapshot_written = (envoy.version, done)
+                self._snapshot_write_seconds = done - started
         except Exception:
             if not background:
                 raise

@@ -5,13 +5,18 @@ set is published only when its version differs from what was applied (or
 on a full pass, when Redis says otherwise) and only if no change to its
 product arrived since the pass took its snapshot (epochs): a newer one is
 on its way through the fast path, which publishes touched products' rule
-sets from their own objects in milliseconds. An ordinary pass looks only at
-the rule sets and route-table entries that are other objects than last
-pass's at their place (``positions``), and publishes the table as its changes.
+sets from their own objects in milliseconds, off the event loop. It does so
+only for the products no pass has published for yet (``_rules_covered``):
+when the change came while no long pass was running, the next ordinary pass
+publishes the rule set just as soon and the fast path has nothing to do. An
+ordinary pass looks only at the rule sets and route-table entries that are
+other objects than last pass's at their place (``positions``), and publishes
+the table as its changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from apx.controllers import names
@@ -40,8 +45,10 @@ class RedisSync(ReconcilerState):
         (and republishes only if it differs, e.g. when a Route of this product
         lost a match conflict to a Route of another product).
         """
-        products = set(self._dirty_products)
+        products = {product for product in self._dirty_products if not self.rules_covered(product)}
         self._dirty_products.clear()
+        if not products:
+            return 0
         epochs = {product: self._epoch.get(product, 0) for product in products}
         subset: list[dict[str, Any]] = []
         bundles: set[tuple[str, str]] = set()
@@ -60,7 +67,11 @@ class RedisSync(ReconcilerState):
             if key in self.objects and key not in self.deleting:
                 subset.append(self.objects[key])
                 subset.extend((self._policy_history.get(key) or {}).values())
-        stage = self._serving_stage(subset)
+        # In a thread: a wave of changes (a thousand canaries stepping) touches hundreds of
+        # products, and translating their Routes on the event loop held up every watch event.
+        # The store's last good bodies are copied here, on the loop: a pass may replace some
+        # meanwhile.
+        stage = await asyncio.to_thread(self._serving_stage, subset, None, None, dict(self._last_good))
         published = 0
         for rule_set in stage.redis.rule_sets:
             if (
@@ -70,12 +81,24 @@ class RedisSync(ReconcilerState):
                 continue
             if self._epoch.get(rule_set.product, 0) != epochs[rule_set.product]:
                 continue  # changed again meanwhile: the next fast run publishes the newer one
+            if self.rules_covered(rule_set.product):
+                continue  # a pass published it while this translated (from every object, not a subset)
             await self.redis.publish(_rule_set_keys(rule_set), rule_set.version, dict(rule_set.fields))
             self._applied_rule_sets[rule_set.product] = rule_set.version
+            self._rules_covered[rule_set.product] = epochs[rule_set.product]
             # What is applied moved under the pass's feet: its next ``_apply_redis`` looks at every rule set.
             self._rule_set_moves += 1
             published += 1
         return published
+
+    def rules_covered(self, product: str) -> bool:
+        """Whether the rule set of ``product`` as of its latest change is published (or has none).
+
+        True once a pass that took its snapshot after that change got through its
+        Redis phase (every product whose epoch did not move meanwhile is then as
+        that pass rendered it), or once the fast path published it.
+        """
+        return self._rules_covered.get(product, 0) == self._epoch.get(product, 0)
 
     async def _apply_redis(self, output: RedisOutput, ir: IR, report: PassReport, full: bool) -> None:
         try:
@@ -107,6 +130,13 @@ class RedisSync(ReconcilerState):
                 self._applied_rule_sets[rule_set.product] = rule_set.version
             if not left_unsettled and moves == self._rule_set_moves:
                 self._rule_sets_settled = (rule_sets, moves)
+            # Every product whose epoch did not move since the pass began is now as the pass
+            # rendered it (the moved ones were left to the fast path above).
+            covered = self._rules_covered
+            for touched, epoch in self._pass_epochs.items():
+                if covered.get(touched, 0) < epoch:
+                    covered[touched] = epoch
+            self._rules_published.set()
             table = output.route_table
             if self._applied_route_table != table.version:
                 # This instance's route table (``--instance``): operators over other namespaces

@@ -46,6 +46,30 @@ async def _settled(routes: int = 120, products: int = 12) -> tuple[Reconciler, M
     return reconciler, kube, redis
 
 
+def conflicting_newcomer(reconciler: Reconciler, kube: MemoryKube) -> dict[str, Any]:
+    """A new Route ``team-01/route-99999`` of product-011 with the match of a Ready Route of product-001.
+
+    A pass over every object leaves it out (MatchConflict); the rule-set fast
+    path, which translates product-011 with its own objects only, includes it.
+    """
+    winner = next(
+        key
+        for key, body in sorted(reconciler.objects.items())
+        if key[0] == "Route"
+        and key[1].startswith("team-01/")
+        and body["spec"]["productRef"]["name"] == "product-001"
+        and reconciler._phases.get(key) == "Ready"
+    )
+    newcomer = copy.deepcopy(reconciler.objects[winner])
+    newcomer.pop("status", None)
+    newcomer["metadata"].update(
+        name="route-99999", uid="newcomer", resourceVersion=kube.next_version(), generation=1
+    )
+    newcomer["spec"]["productRef"] = {"name": "product-011"}
+    newcomer["spec"]["policyRef"] = {"name": "policy-011", "version": "1.1.0"}
+    return newcomer
+
+
 def _phase_counts(reconciler: Reconciler) -> dict[tuple[str, str], int]:
     return {k: v for k, v in reconciler._phase_totals.items() if v}
 
@@ -365,26 +389,12 @@ async def test_a_rule_set_the_fast_path_published_from_a_subset_is_corrected_by_
     # over every object leaves it out (MatchConflict; it never rendered, so no last good body
     # serves in its place) and product-011's rule set stays the very object it was, while the
     # fast path, which translates product-011 with its own Routes only, publishes one with it.
-    winner = next(
-        key
-        for key, body in sorted(reconciler.objects.items())
-        if key[0] == "Route"
-        and key[1].startswith("team-01/")
-        and body["spec"]["productRef"]["name"] == "product-001"
-        and reconciler._phases.get(key) == "Ready"
-    )
     product = "team-01/product-011"
     await reconciler.publish_rule_sets_fast()  # what loading the store marked (nothing new to publish)
     newcomer_key = ("Route", "team-01/route-99999")
     for step in range(3):
         if step == 0:
-            newcomer = copy.deepcopy(reconciler.objects[winner])
-            newcomer.pop("status", None)
-            newcomer["metadata"].update(
-                name="route-99999", uid="newcomer", resourceVersion=kube.next_version(), generation=1
-            )
-            newcomer["spec"]["productRef"] = {"name": "product-011"}
-            newcomer["spec"]["policyRef"] = {"name": "policy-011", "version": "1.1.0"}
+            newcomer = conflicting_newcomer(reconciler, kube)
         else:  # edited while it still conflicts: no object comes or goes, the pass takes its delta path
             newcomer = edited(reconciler, newcomer_key, kube, timeout=f"{30 + step}s")
         reconciler.observe("Route", newcomer)

@@ -20,7 +20,9 @@ from apx.controllers.renderers.kubernetes import envoy_snapshot
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps
 from apx.operator import sync_kubernetes
 from apx.operator.reconciler import Reconciler
+from e2e.memory_targets import edited
 from e2e.services import Service
+from tests.operator.test_incremental_pass import _settled
 from tests.operator.test_reconciler import _reconciler_with_samples
 
 pytestmark = pytest.mark.timeout(120)
@@ -175,3 +177,48 @@ async def test_under_the_loop_a_pass_does_not_wait_for_the_configmaps_and_the_ne
         stop.set()
         reconciler.request_pass()
         await asyncio.wait_for(loop, 10)
+
+
+@pytest.mark.asyncio
+async def test_a_slow_snapshot_write_stretches_the_wait_before_the_next_one_up_to_a_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writing the ConfigMaps takes at most a twentieth of the time, and the wait never exceeds the cap."""
+    reconciler, kube, _ = await _settled(60, 6)  # the benchmark's workload, in-memory targets
+    reconciler.settings = reconciler.settings.model_copy(update={"snapshot_configmap_seconds": 1.0})
+    reconciler._snapshot_write_seconds = 0.0
+    assert reconciler._snapshot_spacing() == 1.0  # a quick write: the setting
+
+    def slow_render(document: dict[str, Any], namespace: str, instance: str = "") -> list[dict[str, Any]]:
+        time.sleep(0.3)  # a 10,000-Route snapshot
+        return envoy_snapshot.render_envoy_snapshot(document, namespace, instance)
+
+    monkeypatch.setattr(sync_kubernetes, "render_envoy_snapshot", slow_render)
+    await reconciler.reconcile_once(full=True)  # writes them in line
+    took = reconciler._snapshot_write_seconds
+    assert took >= 0.3
+    stretched = took * (1 / sync_kubernetes.SNAPSHOT_WRITE_SHARE - 1)
+    assert reconciler._snapshot_spacing() == pytest.approx(stretched)
+    # An ordinary pass within the stretched wait serves xDS and leaves the ConfigMaps for later.
+    served: list[str] = []
+    reconciler.envoy_listeners.append(lambda output: served.append(output.version))
+    written = reconciler._snapshot_written
+    route = next(
+        key
+        for key, body in sorted(reconciler.objects.items())
+        if key[0] == "Route"
+        and body["spec"].get("mode", "sync") == "sync"
+        and reconciler._phases.get(key) == "Ready"
+    )
+    reconciler.observe("Route", edited(reconciler, route, kube, timeout="41s"))
+    await asyncio.sleep(1.2)  # past the setting, within the stretched wait
+    await reconciler.reconcile_once()
+    assert served and served[-1] != written[0]
+    assert reconciler._snapshot_written == written
+    assert reconciler._snapshot_timer is not None
+    reconciler._snapshot_timer.cancel()
+
+    reconciler._snapshot_write_seconds = 3600.0  # an API server that took an hour to answer
+    assert reconciler._snapshot_spacing() == sync_kubernetes.SNAPSHOT_SPACING_MAX_SECONDS
+    reconciler.settings = reconciler.settings.model_copy(update={"snapshot_configmap_seconds": 0})
+    assert reconciler._snapshot_spacing() == 0.0  # 0 writes on every pass, unstretched
