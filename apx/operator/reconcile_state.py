@@ -149,7 +149,7 @@ class ReconcilerState:
     _pass_epochs: dict[str, int]
     _fast_wanted: asyncio.Event
     _rules_covered: dict[str, int]
-    _rules_published: asyncio.Event
+    _fast_path_recheck: asyncio.Event
     _pass_running: bool
     _full_pass_running: bool
     last_pass: PassReport | None

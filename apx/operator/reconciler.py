@@ -208,9 +208,10 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         self._fast_wanted = asyncio.Event()
         self._pass_epochs: dict[str, int] = {}
         # Per product, the epoch up to which its rule set is published (``RedisSync.rules_covered``),
-        # and an event set whenever a pass's Redis phase or the fast path moves it.
+        # and the event that wakes the fast path's wait for the passes: set when a pass's Redis
+        # phase covers products, when a pass begins or ends, and on every change.
         self._rules_covered: dict[str, int] = {}
-        self._rules_published = asyncio.Event()
+        self._fast_path_recheck = asyncio.Event()
         self._pass_running = self._full_pass_running = False
         self._served_policies: dict[tuple[str, str], set[str]] = {}
         # Per Product and Route, the body whose spec last translated without
@@ -359,12 +360,12 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         reconciled = list(CONTROLLER_NAMES) if full else taken
         self._pass_running, self._full_pass_running = True, full
         if full:
-            self._rules_published.set()  # the fast path stops leaving rule sets to the passes
+            self._fast_path_recheck.set()  # the fast path stops leaving rule sets to the passes
         try:
             objects = await self._pass(full, report)
         finally:
             self._pass_running = self._full_pass_running = False
-            self._rules_published.set()  # the fast path looks again at what this pass left
+            self._fast_path_recheck.set()  # the fast path looks again at what this pass left
         # The pass's outputs died with ``_pass`` (by reference counting); what
         # survived is frozen so later collections do not rescan it.
         settled = self.heap.settle()

@@ -119,7 +119,7 @@ class Scheduler(ReconcilerState):
         """
         deadline = time.monotonic() + grace
         while not self._full_pass_running:
-            self._rules_published.clear()
+            self._fast_path_recheck.clear()
             waiting = [product for product in self._dirty_products if not self.rules_covered(product)]
             if not waiting:
                 return
@@ -131,7 +131,7 @@ class Scheduler(ReconcilerState):
             if left <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rules_published.wait(), left)
+                await asyncio.wait_for(self._fast_path_recheck.wait(), left)
 
     async def _full_pass_loop(self, stop: asyncio.Event) -> None:
         next_full = time.monotonic() + self.settings.resync_seconds

@@ -73,6 +73,7 @@ class Store(ReconcilerState):
         if marked:
             self._dirty_products |= marked
             self._fast_wanted.set()
+            self._fast_path_recheck.set()  # one the running pass does not hold need not wait
 
     def _products_of_change(
         self, kind: str, body: Mapping[str, Any], previous: Mapping[str, Any] | None

@@ -136,7 +136,7 @@ class RedisSync(ReconcilerState):
             for touched, epoch in self._pass_epochs.items():
                 if covered.get(touched, 0) < epoch:
                     covered[touched] = epoch
-            self._rules_published.set()
+            self._fast_path_recheck.set()
             table = output.route_table
             if self._applied_route_table != table.version:
                 # This instance's route table (``--instance``): operators over other namespaces

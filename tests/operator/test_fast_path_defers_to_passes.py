@@ -226,7 +226,6 @@ async def test_a_change_that_would_wait_for_the_running_pass_goes_to_the_fast_pa
     assert not waiting.done()
     # A change that pass does not hold would wait for it to end: no waiting.
     reconciler.observe("Route", edited(reconciler, _routes_of(reconciler, other)[0], kube, timeout="39s"))
-    reconciler._rules_published.set()  # (the fast path's loop looks again when woken)
     await asyncio.wait_for(waiting, 10)
     await asyncio.wait_for(reconciler._rules_left_to_passes(60.0), 10)
     assert not reconciler.rules_covered(other)
