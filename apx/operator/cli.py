@@ -76,7 +76,14 @@ def load_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
 
 
 class _OutputDumper(yaml.SafeDumper):
-    """Safe YAML output that also writes the OrderedDicts protobuf's JSON conversion returns."""
+    """Safe YAML output that also writes the OrderedDicts protobuf's JSON conversion returns.
+
+    Renderers share read-only parts between documents (the Pub/Sub plan's storage and
+    retry policies): each is written out where it appears, never as an anchor and alias.
+    """
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
 
 _OutputDumper.add_representer(OrderedDict, lambda dumper, data: dumper.represent_dict(dict(data)))

@@ -207,6 +207,9 @@ class Store(ReconcilerState):
         self._in_use.pop((kind, key), None)
         self.deleting.pop((kind, key), None)
         self._policy_history.pop((kind, key), None)
+        # A bundle re-created under the same name has served nothing yet: what the deleted one
+        # served must not make the new one's unserved versions N-1 (nor stay in memory).
+        self._served_policies.pop((kind, key), None)
         self._cleaned.discard((kind, key))
         self._written_status.pop((kind, key), None)
         self._verified_status.pop((kind, key), None)

@@ -212,3 +212,22 @@ def test_status_helpers_list_topics_and_subscriptions_of_a_route() -> None:
     route = _ir("eu-async-route").routes[0]
     assert topics_for_route(route) == [p.topic for p in route_topics(route)]
     assert subscriptions_for_route(route) == [names.worker_subscription(t) for t in topics_for_route(route)]
+
+
+def test_parts_that_repeat_across_documents_are_one_object_and_equal_a_fresh_render() -> None:
+    # Thousands of async Routes share a handful of durations, storage and retry policies:
+    # the documents hold one object of each (and a topic's path once for the topic and its
+    # subscriptions), which is what keeps the Pub/Sub plan's memory per Route small.
+    output = render_pubsub(_ir("eu-async-route"))
+    topics = [t for t in output.topics if not t["name"].endswith(".dlq")]
+    assert len(topics) == 2
+    policies = {id(t["message_storage_policy"]) for t in output.topics}
+    assert len(policies) == 2  # one per region, not one per topic
+    workers = [s for s in output.subscriptions if s["labels"]["apx-kind"] == "worker"]
+    assert len({id(s["retry_policy"]) for s in workers}) == 1
+    assert len({id(s["expiration_policy"]) for s in output.subscriptions}) == 1
+    by_name = {t["name"]: t for t in output.topics}
+    for worker in workers:
+        assert worker["topic"] is by_name[worker["topic"]]["name"]
+    # Shared parts are values like any other: a second render is equal, document by document.
+    assert render_pubsub(_ir("eu-async-route")) == output

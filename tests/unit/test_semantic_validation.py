@@ -305,3 +305,15 @@ def test_no_crd_field_is_checked_by_a_pattern_that_would_print_its_regex() -> No
         text = json.dumps(crd)
         for message in re.findall(r'"message": "((?:[^"\\]|\\.)*)"', text):
             assert not re.search(r"\^\[|\]\+\$|\(\?:", message), message
+
+
+def test_translate_yaml_output_writes_shared_parts_out_not_as_aliases(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The Pub/Sub plan shares its storage and retry policies between documents; YAML would
+    # write the second and later ones as ``*id001`` aliases, which people cannot read.
+    case = ROOT / "tests" / "golden" / "pubsub" / "eu-async-route" / "input.yaml"
+    assert cli.main(["translate", "--only", "pubsub", "-f", str(case)]) == cli.EXIT_READY
+    out = capsys.readouterr().out
+    assert "message_storage_policy" in out
+    assert "&id" not in out and "*id" not in out

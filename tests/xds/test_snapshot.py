@@ -11,7 +11,14 @@ from apx.controllers.renderers.envoy import render_envoy
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps, render_envoy_snapshot
 from apx.controllers.status import ready, with_rejection
 from apx.controllers.translate import translate
-from apx.operator.xds.snapshot import CLUSTER, LISTENER, ROUTE_CONFIGURATION, VIRTUAL_HOST, XdsSnapshot
+from apx.operator.xds.snapshot import (
+    CLUSTER,
+    LISTENER,
+    ROUTE_CONFIGURATION,
+    VIRTUAL_HOST,
+    XdsSnapshot,
+    short_version,
+)
 from tests.xds.conftest import NAMESPACE, edit_route, render, sample_docs
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,6 +46,17 @@ def test_inline_route_configuration_is_the_rendered_one_and_vhds_form_has_no_hos
         served = route_components_pb2.VirtualHost.FromString(any_pb2.Any.FromString(entry.any_bytes).value)
         assert served.name == entry.name
         assert list(served.routes) == list(vh.routes) and list(served.domains) == list(vh.domains)
+
+
+def test_a_vhds_host_keeps_the_renders_bytes_not_a_second_copy_and_its_version_is_its_any_digest() -> None:
+    snapshot = XdsSnapshot.from_envoy(render_envoy(translate(sample_docs()).ir, caches=Caches()))
+    for parts in snapshot._host_parts.values():
+        entry = parts.vhds
+        assert entry.tail is parts.full  # the very object the render keeps
+        assert len(entry.head) < 200 and entry.size == len(entry.any_bytes)
+        # Content-determined like every other version: the sha256 of the whole Any.
+        assert entry.version == short_version(entry.any_bytes)
+        assert any_pb2.Any.FromString(entry.any_bytes).value.endswith(parts.body)
 
 
 def test_unchanged_resources_keep_the_previous_entries_and_one_edit_changes_one_host() -> None:
