@@ -22,12 +22,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
 
 from apx.controllers import names
-from apx.controllers.renderers.envoy import EnvoyOutput, render_envoy
+from apx.controllers.renderers import envoy as envoy_package
+from apx.controllers.renderers.envoy import EnvoyOutput, discovery_json, render_envoy
 from apx.controllers.renderers.envoy.common import pack
-from apx.controllers.renderers.envoy.discovery_json import resource_text
+from apx.controllers.renderers.envoy.discovery_json import discovery_response_bytes, resource_text
 from apx.controllers.renderers.kubernetes import envoy_snapshot
 from apx.controllers.renderers.kubernetes.envoy_snapshot import decode_configmaps, render_envoy_snapshot
 from apx.controllers.translate import translate
@@ -214,8 +215,6 @@ def test_rendering_is_deterministic(envoy: EnvoyOutput, monkeypatch: pytest.Monk
 def test_json_of_a_type_whose_binary_form_is_large_is_left_out_and_said_so(
     envoy: EnvoyOutput, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from apx.controllers.renderers.envoy import discovery_json
-
     sizes = {name: len(content) for name, content in envoy.snapshot_document()["files"].items()}
     monkeypatch.setattr(discovery_json, "JSON_MAX_PB_BYTES", sizes["rds.pb"] - 1)
     monkeypatch.setattr(envoy_snapshot, "JSON_MAX_PB_BYTES", sizes["rds.pb"] - 1)
@@ -249,7 +248,7 @@ def dataclass_with(envoy: EnvoyOutput, **changes: Any) -> EnvoyOutput:
 
 
 def test_a_cached_render_writes_the_same_configmaps_without_parsing_its_route_configuration(
-    envoy: EnvoyOutput,
+    envoy: EnvoyOutput, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from apx.controllers.memo import Caches
 
@@ -261,8 +260,56 @@ def test_a_cached_render_writes_the_same_configmaps_without_parsing_its_route_co
     # Counted from the kept encodings: the whole route table was not parsed (the ConfigMap
     # writer runs beside the passes; a 16 MB parse holds the interpreter all along).
     assert "not parsed yet" in repr(cached.route_configurations)
-    packed = list(cached.packed())
-    assert "not parsed yet" in repr(cached.route_configurations)  # packed by position, not message
-    assert packed == _packed(envoy)
-    files = {name: document["files"][name] for name in ("lds.pb", "rds.pb", "cds.pb")}
+    # With no JSON to write (a large table's), the binary files are framed from the encodings.
+    monkeypatch.setattr(discovery_json, "JSON_MAX_PB_BYTES", 0)
+    files = dict(document["files"])
+    assert "not parsed yet" in repr(cached.route_configurations)
+    assert sorted(files) == ["cds.pb", "lds.pb", "rds.pb"]
     assert files == {name: envoy.snapshot_document()["files"][name] for name in files}
+    rds = discovery_pb2.DiscoveryResponse.FromString(files["rds.pb"])
+    assert list(rds.resources) == [pack(r) for r in envoy.route_configurations]
+
+
+def test_binary_files_are_the_bytes_protobuf_serializes_for_the_same_discovery_response(
+    envoy: EnvoyOutput,
+) -> None:
+    """Framed from the encodings (no message built): equal to ``SerializeToString(deterministic=True)``."""
+    encodings = [r.SerializeToString(deterministic=True) for r in envoy.resources()]
+    big = envoy.route_configurations[0].SerializeToString(deterministic=True)
+    assert len(big) > 16384  # a multi-byte length prefix
+    for version, type_url, resources in (
+        (envoy.version, "type.googleapis.com/envoy.config.cluster.v3.Cluster", encodings),
+        ("", "type.googleapis.com/envoy.config.listener.v3.Listener", encodings[:1]),
+        ("v1", "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", [big, b"", big]),
+        ("v2", "type.googleapis.com/envoy.config.cluster.v3.Cluster", []),
+        ("", "", [b"", b"\x0a\x01x"]),
+    ):
+        expected = discovery_pb2.DiscoveryResponse(
+            version_info=version,
+            type_url=type_url,
+            resources=[any_pb2.Any(type_url=type_url, value=value) for value in resources],
+        ).SerializeToString(deterministic=True)
+        assert discovery_response_bytes(version, type_url, resources) == expected
+
+
+def test_route_counts_of_unchanged_hosts_are_kept_and_a_changed_host_is_counted_again() -> None:
+    from apx.controllers.memo import Caches
+
+    documents = generate_documents(120, 12)
+    caches = Caches()
+    first = render_envoy(translate(documents).ir, caches=caches)
+    counted = first.snapshot_document()["counts"]
+    route = next(d for d in documents if d["kind"] == "Route" and "path" in d["spec"]["match"])
+    edited = copy.deepcopy(route)
+    edited["spec"]["match"]["methods"] = ["GET", "POST", "DELETE"]
+    extra = copy.deepcopy(edited)
+    extra["metadata"]["name"] += "-extra"
+    extra["spec"]["match"]["path"] += "/extra"
+    documents += [extra]
+    second = render_envoy(translate(documents).ir, caches=caches)
+    fresh = render_envoy(translate(copy.deepcopy(documents)).ir)
+    assert second.snapshot_document()["counts"] == fresh.snapshot_document()["counts"]
+    assert second.snapshot_document()["counts"]["routes"] > counted["routes"]
+    # Only the current hosts' counts are kept (the memo does not grow with the edits).
+    assert second.encoded is not None
+    assert set(envoy_package._host_route_counts) == {host for _, host in second.encoded.virtual_hosts}
