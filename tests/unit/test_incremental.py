@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from apx.contracts.documents import VERSION_LENGTH
+from apx.contracts.documents import VERSION_LENGTH, canonical_json
 from apx.controllers.memo import Caches, PassMemo
 from apx.controllers.pipeline import Compiled, compile_resources, finish, first_stage
-from apx.controllers.renderers.redis_rules import content_version, render_route_table, streamed_version
+from apx.controllers.renderers.redis_rules import _joined_version, render_route_table
 from apx.controllers.translate import translate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,10 +262,14 @@ def test_pass_memo_keeps_entries_used_in_the_last_pass_only() -> None:
     assert memo.get("b") is None
 
 
-def test_route_table_version_from_kept_encodings_equals_the_content_version() -> None:
+def test_route_table_version_from_kept_encodings_equals_the_one_from_the_documents() -> None:
     result = translate(_workload(25, 3))
     table = render_route_table(result.ir.routes, Caches())
-    assert table.version == content_version(table.documents())
+    documents = table.documents()
+    members = [canonical_json({key: documents[key]})[1:-1].encode() for key in sorted(documents)]
+    expected = hashlib.sha256(b"".join(hashlib.sha256(m).digest() for m in members)).hexdigest()
+    assert table.version == expected[:VERSION_LENGTH]
+    assert table.version == render_route_table(result.ir.routes).version  # without caches
 
 
 def test_the_kept_envoy_context_holds_only_the_clusters_the_last_render_used() -> None:
@@ -340,15 +344,17 @@ def test_a_summarised_status_equal_to_last_passs_is_last_passs_object() -> None:
     assert reused > 200  # most of the 6 Products and ~14 async Routes, pass after pass
 
 
-def test_the_route_table_version_is_the_hash_of_its_whole_text_with_any_characters() -> None:
-    entries = (("default/caf\u00e9", '{"path":"/\u00fc"}'), ("default/b", "{}"), ("default/c", '{"x":1}'))
-    text = "{" + ",".join(f"{json.dumps(key, ensure_ascii=False)}:{value}" for key, value in entries) + "}"
-    expected = hashlib.sha256(text.encode()).hexdigest()[:VERSION_LENGTH]
-    prefixes = [f"{json.dumps(key, ensure_ascii=False)}:" for key, _ in entries]
-    assert streamed_version(prefixes, entries) == expected
-    assert streamed_version([], ()) == hashlib.sha256(b"{}").hexdigest()[:VERSION_LENGTH]
-    with pytest.raises(ValueError):
-        streamed_version(prefixes[:2], entries)
+def test_the_route_table_version_is_the_hash_of_its_members_digests_with_any_characters() -> None:
+    # The definition REDIS_KEYS.md states, computed by hand: per member ``"<key>":<entry>`` of the
+    # table's canonical JSON its sha256, then the sha256 of those digests in key order.
+    entries = (("default/b", "{}"), ("default/c", '{"x":1}'), ("default/caf\u00e9", '{"path":"/\u00fc"}'))
+    members = [f"{json.dumps(key, ensure_ascii=False)}:{value}".encode() for key, value in entries]
+    expected = hashlib.sha256(b"".join(hashlib.sha256(m).digest() for m in members)).hexdigest()
+    assert _joined_version(entries) == expected[:VERSION_LENGTH]
+    assert _joined_version(()) == hashlib.sha256(b"").hexdigest()[:VERSION_LENGTH]
+    # Each member counts once, where it is: a swap of two entries' values is another version.
+    swapped = ((entries[0][0], entries[1][1]), (entries[1][0], entries[0][1]), entries[2])
+    assert _joined_version(swapped) != _joined_version(entries)
 
 
 def test_the_envoy_version_is_the_digest_of_the_resources_digests() -> None:

@@ -7,22 +7,30 @@ stay in ``caches.assembled``. While the Products are the same objects and only
 a few Routes are other objects (``delta.route_changes``), only the rule sets
 of the changed Routes' Products are rendered again (from the IR's Routes by
 Product) and the changed route-table entries are replaced in place; the
-route-table version is still the hash of every entry (its definition), from
-the kept encodings. Anything else falls back to the full render. Pure.
+route-table version is still the hash of every entry's digest (its
+definition), from the kept digests. Anything else falls back to the full render. Pure.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from dataclasses import dataclass
 
 from .. import names
 from ..delta import SortedRows, route_changes
 from ..ir import IR, ProductIR, RouteIR
 from ..memo import Caches, same
-from .redis_rules import RedisOutput, RuleSet, _encoded_entry, _rule_set, render_redis, streamed_version
+from .redis_rules import (
+    RedisOutput,
+    RuleSet,
+    _encoded_entry,
+    _rule_set,
+    entry_digest,
+    entry_prefix,
+    render_redis,
+    table_version,
+)
 
 _STAGE = "redis"
 
@@ -34,7 +42,7 @@ class _Assembled:
     output: RedisOutput
     product_index: dict[str, int]  # Product key → position of its rule set
     entries: SortedRows[tuple[str, str]]  # route key → (route key, canonical JSON)
-    prefixes: SortedRows[str]  # route key → '"<key>":', what precedes its entry in what the version hashes
+    digests: SortedRows[bytes]  # route key → ``entry_digest`` of its entry, what the version hashes
 
 
 def render_redis_cached(ir: IR, caches: Caches) -> RedisOutput:
@@ -49,10 +57,6 @@ def render_redis_cached(ir: IR, caches: Caches) -> RedisOutput:
     return output
 
 
-def _prefix(key: str) -> str:
-    return f"{json.dumps(key, ensure_ascii=False)}:"
-
-
 def _assembled(ir: IR, output: RedisOutput) -> _Assembled | None:
     if not ir.routes_by_product and ir.routes:
         return None  # an IR built without its grouping: the delta needs it
@@ -63,7 +67,7 @@ def _assembled(ir: IR, output: RedisOutput) -> _Assembled | None:
         output,
         {rule_set.product: index for index, rule_set in enumerate(output.rule_sets)},
         SortedRows([(key, (key, encoded)) for key, encoded in entries]),
-        SortedRows([(key, _prefix(key)) for key, _ in entries]),
+        SortedRows([(key, entry_digest(entry_prefix(key), encoded)) for key, encoded in entries]),
     )
 
 
@@ -83,19 +87,20 @@ def _delta(state: _Assembled, ir: IR, caches: Caches) -> RedisOutput | None:
         if index is None:
             return None
         rule_sets[index] = _rule_set(product, ir.routes_by_product.get(key, ()), caches)
-    entries = state.entries.copy()
+    entries, digests = state.entries.copy(), state.digests.copy()
     for before, after in changes:
         caches.redis_routes.forget(before)
         encoded = caches.redis_routes.get(after, functools.partial(_encoded_entry, after))
         entries.replace(after.key, (after.key, encoded))
+        digests.replace(after.key, entry_digest(entry_prefix(after.key), encoded))
     values = entries.values()
-    # ``redis_rules._joined_version`` of the entries, with the keys' JSON kept.
-    version = streamed_version(state.prefixes.values(), values)
+    # ``redis_rules._joined_version`` of the entries, with the other entries' digests kept.
+    version = table_version(digests.values())
     table = dataclasses.replace(
         state.output.route_table, version=version, key=names.route_table_key(version), entries=values
     )
     output = RedisOutput(rule_sets=tuple(rule_sets), route_table=table)
     caches.assembled[_STAGE] = _Assembled(
-        ir.routes, ir.products, output, state.product_index, entries, state.prefixes
+        ir.routes, ir.products, output, state.product_index, entries, digests
     )
     return output
