@@ -21,7 +21,8 @@ this module only does the I/O around it:
 * Events, logs and the ``apx_canary_*`` metrics carry the numbers behind each
   decision;
 * what it costs stays proportional to what changes: each Route's body is
-  parsed once (``Plan``), a round looks only at Routes with a canary, a failed
+  parsed once (``Plan``), a round looks only at the Routes whose check is due
+  or whose body changed (a heap of due times), a failed
   write is retried after a growing back-off, a halted canary's repeated
   inconclusive checks are written only as a heartbeat
   (``HALTED_HEARTBEAT_SECONDS``), and a written check that moves no weight
@@ -38,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import heapq
 import logging
 import math
 import time
@@ -158,6 +160,16 @@ class CanaryController:
         # found again from the whole store every RESCAN_SECONDS): a round looks at these only.
         self._candidates: set[str] = set()
         self._rescan_at = -math.inf
+        # A round looks only at the candidates that may need something: those in ``_look``
+        # (a changed body, finished work, work that found no free slot, everything after a
+        # rescan) and those whose time has come. The others wait in ``_due``, a heap of
+        # (time, Route) whose entry counts only while it is the Route's time in ``_due_at``
+        # (an older one is skipped when it comes up). At 10,000 Routes with 1,000 canaries
+        # a round over every candidate took ~3 ms, and every finished check starts a round:
+        # ~7 % of a core, on the event loop, before this.
+        self._look: set[str] = set()
+        self._due: list[tuple[float, str]] = []
+        self._due_at: dict[str, float] = {}
         # Per Route, what its current body means (``Plan``), remade only when the body changes.
         self._plans: dict[str, Plan] = {}
         # Per Route whose last status write failed: (not before, current delay).
@@ -170,8 +182,13 @@ class CanaryController:
     # --- scheduling ------------------------------------------------------------------
 
     def _on_change(self, kind: str, body: Mapping[str, Any]) -> None:
-        if kind == "Route" and ((body.get("spec") or {}).get("canary") or _canary_status(body)):
-            self._candidates.add(_key(body))
+        if kind != "Route":
+            return
+        key = _key(body)
+        # A candidate's every change is looked at (a removed canary block is forgotten then).
+        if key in self._candidates or (body.get("spec") or {}).get("canary") or _canary_status(body):
+            self._candidates.add(key)
+            self._look.add(key)
             self._wake.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -195,47 +212,66 @@ class CanaryController:
     def schedule(self, now: float) -> float:
         """Start the work that is due; return seconds until the next check is due."""
         if now >= self._rescan_at or now < self._rescan_at - RESCAN_SECONDS:
+            # Also after the clock went back: every candidate is looked at again.
             self._rescan_at = now + RESCAN_SECONDS
             self._candidates |= {
                 key
                 for (kind, key), body in list(self.reconciler.objects.items())
                 if kind == "Route" and ((body.get("spec") or {}).get("canary") or _canary_status(body))
             }
-        next_due = float("inf")
+            self._look |= self._candidates
+        due = self._due
+        while due and due[0][0] <= now:
+            at, key = heapq.heappop(due)
+            if self._due_at.get(key) == at:
+                del self._due_at[key]
+                self._look.add(key)
+        look, self._look = self._look, set()
         ready: list[tuple[bool, float, str, Work]] = []
-        for key in sorted(self._candidates):
+        for key in sorted(look & self._candidates):
             body = self.reconciler.objects.get(("Route", key))
             if body is None or ("Route", key) in self.reconciler.deleting:
                 self._forget(key)
                 continue
             if key in self._running:
-                continue
+                continue  # its end looks at it again
             retry = self._retry.get(key)
             if retry is not None and now < retry[0]:
-                next_due = min(next_due, retry[0] - now)
+                self._wait(key, retry[0])
                 continue
-            work, due = self._work_for(key, body, now)
+            work, due_in = self._work_for(key, body, now)
             if work is not None:
                 plan = self._plans.get(key)
                 overdue = plan.check.due_at if plan is not None and plan.check is not None else -math.inf
                 ready.append((work.run_check, overdue, key, work))
-            elif due is not None:
-                next_due = min(next_due, due)
+            elif due_in is not None:
+                self._wait(key, now + due_in)
             elif not (body.get("spec") or {}).get("canary") and not _canary_status(body):
                 self._forget(key)  # no canary left to walk or to clear
-        free = self._in_flight - len(self._running)
+            # else: nothing until its body changes (a paused or finished canary, a wrong spec)
+        free = max(self._in_flight - len(self._running), 0)
         ready.sort(key=lambda item: item[:3])
-        for _, _, _, work in ready[: max(free, 0)]:
+        for _, _, _, work in ready[:free]:
             self._start(work)
         if len(ready) > free:
-            next_due = 0.0  # the rest start as running work finishes (its end wakes the loop)
-        return next_due
+            self._look.update(key for _, _, key, _ in ready[free:])
+            return 0.0  # the rest start as running work finishes (its end wakes the loop)
+        while due and self._due_at.get(due[0][1]) != due[0][0]:
+            heapq.heappop(due)  # entries no longer any Route's time
+        return due[0][0] - now if due else float("inf")
+
+    def _wait(self, key: str, at: float) -> None:
+        """Look at ``key`` again at ``at`` (and not before, unless its body changes)."""
+        if self._due_at.get(key) != at:
+            self._due_at[key] = at
+            heapq.heappush(self._due, (at, key))
 
     def _forget(self, key: str) -> None:
         self._candidates.discard(key)
         self._plans.pop(key, None)
         self._retry.pop(key, None)
         self._unwritten_checks.pop(key, None)
+        self._due_at.pop(key, None)
 
     async def settle(self) -> None:
         """Wait for the work started so far (tests, and a clean shutdown)."""
@@ -250,6 +286,7 @@ class CanaryController:
         def done(finished: asyncio.Task[None]) -> None:
             self._tasks.discard(finished)
             self._running.discard(work.key)
+            self._look.add(work.key)
             if not finished.cancelled() and finished.exception() is not None:
                 logger.error("canary work for %s failed: %s", work.key, finished.exception())
             self._wake.set()

@@ -2,8 +2,9 @@
 
 What is checked: a thousand canaries falling due together are handled a bounded
 number at a time (new revisions first, then the most overdue checks), every one
-of them is handled in the end, and a round with nothing due looks at none of
-the Routes without a canary.
+of them is handled in the end, a round with nothing due looks at none of
+the Routes without a canary, and a round looks only at the Routes whose check
+is due or whose body changed.
 """
 
 from __future__ import annotations
@@ -101,3 +102,43 @@ async def test_a_thousand_canaries_due_together_are_started_a_bounded_number_at_
     assert api.most_in_flight <= 8, api.most_in_flight
     assert len(set(api.order)) == 1000
     assert all(name < "r1000" for name in api.order), "a Route without a canary got a status write"
+
+
+async def test_a_round_looks_only_at_the_routes_whose_time_came_or_whose_body_changed() -> None:
+    store = Store()
+    _routes(store, 300, plain=100)
+    api = SlowApi(store)
+    now = [1_800_000_000.0]
+    reconciler: Any = store  # what the loop reads of the reconciler
+    controller = CanaryController(reconciler, api, None, store.metrics, clock=lambda: now[0], concurrency=300)
+    looked: list[str] = []
+    work_for = controller._work_for
+
+    def counting(key: str, body: Mapping[str, Any], at: float) -> Any:
+        looked.append(key)
+        return work_for(key, body, at)
+
+    controller._work_for = counting  # type: ignore[method-assign]
+    controller.schedule(now[0])  # every canary starts (a new revision): its first status is written
+    await controller.settle()
+    controller.schedule(now[0])  # the written bodies: each now waits for its first check
+    await controller.settle()
+    assert len(set(looked)) == 300
+    looked.clear()
+    for _ in range(20):  # rounds with nothing due (a finished check elsewhere, a tick)
+        now[0] += 0.1
+        assert controller.schedule(now[0]) > 0
+    assert looked == [], f"{len(looked)} Routes looked at with nothing due"
+    # One body changes: that Route alone is looked at.
+    changed = copy.deepcopy(store.objects[("Route", "default/r0007")])
+    changed["metadata"]["resourceVersion"] = str(int(changed["metadata"]["resourceVersion"]) + 1)
+    changed["metadata"]["labels"] = {"edited": "yes"}
+    store.observe("Route", changed)
+    controller.schedule(now[0])
+    assert looked == ["default/r0007"]
+    looked.clear()
+    # Their checks fall due: each is looked at (and started) once.
+    now[0] += 10
+    controller.schedule(now[0])
+    await controller.settle()
+    assert len(looked) == 300 and len(set(looked)) == 300
