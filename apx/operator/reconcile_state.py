@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +130,7 @@ class ReconcilerState:
     deleting: dict[Key, dict[str, Any]]
     listeners: list[Callable[[str, Mapping[str, Any]], None]]
     envoy_listeners: list[Callable[[EnvoyOutput], None]]
+    envoy_waits: list[Callable[[], Awaitable[None]]]
     xds_rejections: Callable[[], Mapping[Key, str]] | None
     _pending: PendingChanges
     _cleaned: set[Key]

@@ -50,7 +50,7 @@ import functools
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -234,6 +234,9 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
         # Called with each pass's full EnvoyOutput (the xDS server); while one is registered
         # the pass keeps the Envoy messages instead of dropping them once packed.
         self.envoy_listeners: list[Callable[[EnvoyOutput], None]] = []
+        # Awaited after the listeners by the pass (the xDS server's build of the snapshot they
+        # were handed): the rest of the pass does not run beside that build.
+        self.envoy_waits: list[Callable[[], Awaitable[None]]] = []
         # The xDS server's NACKs per object (Programmed=False on them); set by apx.operator.xds.wiring.
         self.xds_rejections: Callable[[], Mapping[tuple[str, str], str]] | None = None
         self._rejections_now: Mapping[tuple[str, str], str] = {}
@@ -455,6 +458,12 @@ class Reconciler(Store, Scheduler, RedisSync, PubSubSync, KubernetesSync, Deleti
             )
             for envoy_listener in self.envoy_listeners:
                 envoy_listener(compiled.envoy)
+            # The xDS snapshot is built in a thread. The rest of the pass (Pub/Sub, Kubernetes,
+            # status writes, on the event loop) waits for it: run beside it, they took the
+            # interpreter from it, and a one-Route change reached Envoy later (10,000 Routes,
+            # p50: the build 35 -> 22 ms of wall time, update -> Envoy 133-150 -> 118 ms).
+            for envoy_wait in self.envoy_waits:
+                await envoy_wait()
             if compiled.redis is not stage.redis:
                 await self._apply_redis(compiled.redis, compiled.ir, report, full)
             owners = self._owners_of_deleting() if self.deleting else None

@@ -410,3 +410,22 @@ async def test_a_rule_set_the_fast_path_published_from_a_subset_is_corrected_by_
     reconciler._rebuild_requested = True
     await reconciler.reconcile_once(full=True)
     assert reconciler._applied_rule_sets == expected
+
+
+async def test_a_pass_waits_for_the_envoy_snapshot_build_before_its_status_writes() -> None:
+    # The xDS server builds the snapshot in a thread; the pass's later phases (Pub/Sub,
+    # Kubernetes, status writes) wait for it instead of taking the interpreter from it.
+    reconciler, kube, _ = await _settled()
+    handed: list[str] = []
+    seen_at_wait: list[tuple[list[str], int]] = []
+
+    async def built() -> None:
+        seen_at_wait.append((list(handed), len(kube.status_writes)))
+
+    reconciler.envoy_listeners.append(lambda output: handed.append(output.version))
+    reconciler.envoy_waits.append(built)
+    key = next(k for k in reconciler.objects if k[0] == "Route")
+    reconciler.observe("Route", edited(reconciler, key, kube, timeout="41s"))
+    await reconciler.reconcile_once()
+    assert len(handed) == 1 and seen_at_wait == [(handed, 0)]
+    assert key in kube.status_writes  # written after the wait

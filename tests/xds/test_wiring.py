@@ -48,6 +48,7 @@ def _reconciler() -> Any:
     return SimpleNamespace(
         objects={("Route", LEGACY): route},
         envoy_listeners=[],
+        envoy_waits=[],
         xds_rejections=None,
         request_pass=lambda: passes.append(1),
         passes=passes,
@@ -85,8 +86,12 @@ async def test_a_restarted_operator_serves_the_stored_snapshot_before_its_first_
             response = await stream.next()
             assert _legacy_timeout(response) == 5
             stream.ack(response, ["apx-routes"])
-            # The first pass replaces it.
-            feed.server.submit(render(edit_route(sample_docs(), "payments-legacy", timeout="8s")))
+            # The first pass replaces it; the pass can wait until it is served.
+            assert reconciler.envoy_waits == [feed.server.built]
+            output = render(edit_route(sample_docs(), "payments-legacy", timeout="8s"))
+            feed.server.submit(output)
+            await feed.server.built()
+            assert feed.server.snapshot.version == output.version
             pushed = await stream.next()
             assert _legacy_timeout(pushed) == 8
             assert feed.server.snapshot_source == "reconcile"

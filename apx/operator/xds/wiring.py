@@ -118,6 +118,7 @@ class XdsFeed:
             self.server.set_snapshot(snapshot, "configmap")
             logger.info("serving the stored Envoy snapshot %s until the first pass", snapshot.version)
         self.reconciler.envoy_listeners.append(self.server.submit)
+        self.reconciler.envoy_waits.append(self.server.built)
         self.reconciler.xds_rejections = self.server.rejections
         self.server.on_rejection.append(self._rejected)
         self._poller = asyncio.get_running_loop().create_task(self._poll())
