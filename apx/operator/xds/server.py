@@ -58,6 +58,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
+from apx.controllers.renderers.envoy.incremental import length_delimited
 from apx.runtime.gcpause import collector_paused
 
 from .snapshot import (
@@ -71,7 +72,6 @@ from .snapshot import (
     Entry,
     SotwKey,
     XdsSnapshot,
-    length_delimited,
     sotw_response,
     sotw_version,
 )

@@ -49,9 +49,10 @@ from envoy.config.core.v3 import config_source_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
-# The one varint encoder of the pure core (re-exported: tests and the server use it from here).
 from apx.controllers.names import virtual_host_name
-from apx.controllers.renderers.envoy.incremental import varint
+
+# The pure core's wire encoders (the one varint encoder: tests use it from here).
+from apx.controllers.renderers.envoy.incremental import length_delimited, varint
 
 TYPE_PREFIX = "type.googleapis.com/"
 LISTENER = TYPE_PREFIX + "envoy.config.listener.v3.Listener"
@@ -79,11 +80,6 @@ _STATUS_ROUTE_PREFIX = "apx-status/"
 _RC_VIRTUAL_HOST_TAG = b"\x12"
 _ANY_VALUE_TAG = b"\x12"
 _PREFLIGHT_SUFFIX = "/cors-preflight"
-
-
-def length_delimited(field_number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field (wire type 2): tag, length, payload."""
-    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
 
 
 def short_version(data: bytes) -> str:

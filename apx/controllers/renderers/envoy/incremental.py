@@ -67,6 +67,11 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2): tag, length, payload."""
+    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
+
+
 @dataclass(slots=True)
 class _State:
     """What the operator keeps between renders while policies and products stay the same objects."""
