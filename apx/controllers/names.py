@@ -201,6 +201,15 @@ def envoy_snapshot_part_configmap(index: int, instance: str = "") -> str:
     return f"{envoy_snapshot_part_prefix(instance)}{index}"
 
 
+def envoy_snapshot_content_part_configmap(digest: str, instance: str = "") -> str:
+    """A part of a large Envoy snapshot, named by a digest of what it holds (16 hex digits).
+
+    Never rewritten in place: a change writes a part under a new name, then the
+    index, then deletes the part it replaced (``ENVOY_SNAPSHOT.md``).
+    """
+    return f"{envoy_snapshot_part_prefix(instance)}{digest[:16]}"
+
+
 def policy_artifact_configmap(bundle: str, version: str, digest: str) -> str:
     """Immutable ConfigMap holding one compiled policy artifact."""
     hex_digest = digest.split(":", 1)[-1]

@@ -138,6 +138,7 @@ class KubernetesSync(ReconcilerState):
         self, envoy: EnvoyOutput, report: PassReport, full: bool, background: bool = False
     ) -> None:
         started = time.monotonic()
+        sent_before, pruned_before = report.manifests_applied, report.manifests_pruned
         try:
             instance = self.settings.instance
             # The document too is made in the thread: it counts the routes of every virtual host
@@ -146,7 +147,21 @@ class KubernetesSync(ReconcilerState):
                 _snapshot_configmaps, envoy, self.settings.operator_namespace, instance
             )
             built = time.monotonic()
-            desired = {identity for _, identity, _ in await self._apply_manifests(manifests, report)}
+            # The parts first, then the index that names them: a reader never follows an index
+            # to parts not written yet. Content-named parts are new names (an unchanged one is
+            # skipped by its digest); the parts the old index named stay until pruned below,
+            # so a reader of the old index still finds every part of it.
+            rows = await self._apply_manifests(manifests[1:], report)
+            applied = self._applied_manifests
+            if any(applied.get(identity) != digest for _, identity, digest in rows):
+                # (Why is logged per part.) The next change, or the resync, writes them again.
+                logger.warning(
+                    "Envoy snapshot %s: not every part was written; the index is left as it was",
+                    envoy.version,
+                )
+                return
+            rows += await self._apply_manifests(manifests[:1], report)
+            desired = {identity for _, identity, _ in rows}
             index = ("ConfigMap", self.settings.operator_namespace, names.envoy_snapshot_configmap(instance))
             if index in self._applied_manifests:
                 await self._prune_snapshot_parts(desired, report, full)
@@ -156,9 +171,12 @@ class KubernetesSync(ReconcilerState):
                 # With the pass lines, this tells whether a slow pass ran beside a snapshot write
                 # (its build holds the interpreter part of the time, in a thread).
                 logger.info(
-                    "Envoy snapshot %s written: %d ConfigMaps in %.0f ms (built in %.0f ms)",
+                    "Envoy snapshot %s written: %d of its %d ConfigMaps sent, %d deleted, in %.0f ms"
+                    " (built in %.0f ms)",
                     envoy.version,
+                    report.manifests_applied - sent_before,
                     len(manifests),
+                    report.manifests_pruned - pruned_before,
                     (done - started) * 1000,
                     (built - started) * 1000,
                 )
@@ -292,20 +310,32 @@ class KubernetesSync(ReconcilerState):
     async def _prune_snapshot_parts(
         self, desired: set[tuple[str, str, str]], report: PassReport, full: bool
     ) -> None:
-        """Delete Envoy snapshot parts the current index no longer names (the snapshot shrank).
+        """Delete Envoy snapshot parts the current index no longer names.
 
         They have no ownerReference (the snapshot spans namespaces), so ``_prune``
         leaves them. Runs once the new index is applied (a reader following the
-        old index finds an incomplete set and waits, rather than a mixed one), on
-        full passes and whenever the number of parts went down.
+        old index finds an incomplete set and waits, rather than a mixed one).
+        An ordinary write deletes the parts the last write named and this one
+        does not (a large snapshot's content-named parts: the one or two a
+        change replaced); a full pass lists every part, so a part left by a
+        crash or an earlier operator goes too.
         """
         namespace = self.settings.operator_namespace
         instance = self.settings.instance
         prefix = names.envoy_snapshot_part_prefix(instance)
         parts = {i for i in desired if i[0] == "ConfigMap" and i[1] == namespace and i[2].startswith(prefix)}
-        shrank = bool(self._snapshot_parts - parts)
+        replaced = self._snapshot_parts - parts
         self._snapshot_parts = parts
-        if not (full or shrank):
+        if not full:
+            for identity in sorted(replaced):
+                try:
+                    await self.kube.delete("ConfigMap", namespace, identity[2])
+                except KubeError as exc:  # the next full pass lists and deletes it
+                    logger.warning("cannot delete Envoy snapshot part %s: %s", identity[2], exc)
+                    continue
+                self._applied_manifests.pop(identity, None)
+                self._manifest_moves += 1
+                report.manifests_pruned += 1
             return
         try:
             items = await self.kube.list("ConfigMap", namespace, label_selector="apx.dev/envoy-snapshot=part")

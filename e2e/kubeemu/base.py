@@ -101,6 +101,15 @@ class StoreBase:
             self._index.setdefault(key[0], set()).add(key)
         # Events by creation time (a heap per storage), for ``store._expire_events``.
         self._event_times: dict[kmock.resource, list[tuple[str, Key]]] = {}
+        # The keys of the stored objects whose ownerReferences name a uid, in the order they
+        # first did, and the uids of every stored object (``_emit`` keeps both): garbage
+        # collection after a DELETE looks up an owner's dependents instead of walking every
+        # stored object twice (~0.3 s per DELETE at 10,000 Routes' worth of objects, during
+        # which every other request waited).
+        self._owned: dict[str, dict[Key, None]] = {}
+        self._uids: dict[str, int] = {}
+        for key, obj in list(self._scan()):
+            self._index_owners(key, None, obj)
         for kind in BUILTIN_KINDS:
             self.registry.register(kind)
 
@@ -198,6 +207,7 @@ class StoreBase:
         key = self._key(kind, meta.get("namespace"), meta["name"])
         # One copy per write, shared by the storage and the watch log (neither changes it).
         stored = copy.deepcopy(obj)
+        self._index_owners(key, self._peek(key), None if event_type == "DELETED" else stored)
         if event_type == "DELETED":
             if key in self.objects:
                 del self.objects[key]
@@ -213,6 +223,37 @@ class StoreBase:
                 heapq.heappush(self._event_times.setdefault(kind.storage, []), (created, key))
         self.log.append(WatchEvent(self.rv, event_type, kind.storage, stored, old))
         return obj
+
+    def _index_owners(self, key: Key, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        """Keep ``_owned`` and ``_uids`` right as the object at ``key`` goes from ``before`` to ``after``."""
+        for obj, step in ((before, -1), (after, 1)):
+            if obj is None:
+                continue
+            meta = obj.get("metadata") or {}
+            uid = str(meta.get("uid"))
+            count = self._uids.get(uid, 0) + step
+            if count > 0:
+                self._uids[uid] = count
+            else:
+                self._uids.pop(uid, None)
+            for ref in meta.get("ownerReferences") or []:
+                owner = str(ref.get("uid"))
+                if step > 0:
+                    self._owned.setdefault(owner, {})[key] = None
+                elif key in self._owned.get(owner, {}) and not any(
+                    str(r.get("uid")) == owner
+                    for r in ((after or {}).get("metadata") or {}).get("ownerReferences") or []
+                ):
+                    del self._owned[owner][key]
+                    if not self._owned[owner]:
+                        del self._owned[owner]
+
+    def _dependents_keys(self, uid: str) -> list[Key]:
+        """The keys of stored objects whose ownerReferences name ``uid``."""
+        return list(self._owned.get(uid, ()))
+
+    def _live_uid_set(self) -> set[str]:
+        return set(self._uids)
 
     def _storage_kind(self, storage: kmock.resource) -> Kind | None:
         return self.registry.by_storage(storage)

@@ -137,16 +137,16 @@ class DeletionStore(StoreBase):
     # ------------------------------------------------------ garbage collection
 
     def _dependents(self, uid: str) -> list[tuple[Key, dict[str, Any]]]:
-        return [
-            (key, copy.deepcopy(obj))
-            for key, obj in self._scan()
-            if any(
-                ref.get("uid") == uid for ref in ((obj.get("metadata") or {}).get("ownerReferences") or [])
-            )
-        ]
+        dependents = []
+        for key in self._dependents_keys(uid):  # the owner index ``_emit`` keeps
+            obj = self._peek(key)
+            refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+            if obj is not None and any(ref.get("uid") == uid for ref in refs):
+                dependents.append((key, copy.deepcopy(obj)))
+        return dependents
 
     def _live_uids(self) -> set[str]:
-        return {str((obj.get("metadata") or {}).get("uid")) for _, obj in self._scan()}
+        return self._live_uid_set()
 
     def _drop_owner_refs(self, key: Key, obj: dict[str, Any], uids: set[str]) -> None:
         kind = self._storage_kind(key[0])

@@ -123,6 +123,25 @@ def test_a_dependent_with_another_live_owner_survives_and_loses_the_dead_referen
     assert [ref["name"] for ref in survivor["metadata"]["ownerReferences"]] == ["second"]
 
 
+def test_owner_references_added_or_removed_by_later_writes_decide_what_a_deletion_collects(
+    api: Api,
+) -> None:
+    """The server's owner index follows every write, not only creations."""
+    owner = api.create(WIDGETS, widget("owner"))
+    adopted = api.create(CONFIGMAPS, configmap("adopted"))
+    api.put(f"{CONFIGMAPS}/adopted", owned_by(adopted, owner))
+    released = api.create(CONFIGMAPS, owned_by(configmap("released"), owner))
+    api.patch(f"{CONFIGMAPS}/released", {"metadata": {"ownerReferences": None}})
+    api.create(CONFIGMAPS, owned_by(configmap("recreated"), owner))
+    api.delete(f"{CONFIGMAPS}/recreated")
+    api.create(CONFIGMAPS, configmap("recreated"))
+    assert released["metadata"]["name"] == "released"
+    api.delete(f"{WIDGETS}/owner")
+    assert not exists(api, f"{CONFIGMAPS}/adopted")
+    assert exists(api, f"{CONFIGMAPS}/released")
+    assert exists(api, f"{CONFIGMAPS}/recreated")
+
+
 def test_dependents_with_finalizers_are_marked_not_removed(api: Api) -> None:
     owner = api.create(WIDGETS, widget("owner"))
     api.create(CONFIGMAPS, owned_by(configmap("child", finalizers=["x.dev/hold"]), owner))

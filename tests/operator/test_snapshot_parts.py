@@ -94,6 +94,59 @@ async def test_parts_are_pruned_without_waiting_for_a_full_pass(
 
 
 @pytest.mark.asyncio
+async def test_a_route_edit_writes_the_parts_it_changed_then_the_index_then_deletes_what_they_replaced(
+    kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Content-named parts: the untouched ones are not sent again, and no part is listed to prune."""
+    monkeypatch.setattr(envoy_snapshot, "PART_BYTES", 2 * 1024)
+    monkeypatch.setattr(envoy_snapshot, "PART_MIN_BYTES", 256)
+    monkeypatch.setattr(envoy_snapshot, "PART_CUT_ONE_IN", 2)
+    monkeypatch.setattr(envoy_snapshot, "CHUNK_MIN_BYTES", 256)
+    monkeypatch.setattr(envoy_snapshot, "CHUNK_CUT_ONE_IN", 2)
+    reconciler, _ = await _reconciler_with_samples(
+        kube, redis_service, pubsub_service, monkeypatch, database=11
+    )
+    before = await _snapshot_configmaps(kube)
+    assert len(before) >= 6, before
+    served: list[str] = []
+    reconciler.envoy_listeners.append(lambda output: served.append(output.version))
+    calls: list[tuple[str, str]] = []
+    apply, delete, listed = kube.apply, kube.delete, kube.list
+
+    async def recording_apply(manifest: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(("apply", str(manifest["metadata"]["name"])))
+        return await apply(manifest, *args, **kwargs)
+
+    async def recording_delete(kind: str, namespace: str | None, name: str) -> bool:
+        calls.append(("delete", name))
+        return await delete(kind, namespace, name)
+
+    async def recording_list(kind: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(("list", kind))
+        return await listed(kind, *args, **kwargs)
+
+    monkeypatch.setattr(kube, "apply", recording_apply)
+    monkeypatch.setattr(kube, "delete", recording_delete)
+    monkeypatch.setattr(kube, "list", recording_list)
+    await _edit_timeout(kube, reconciler, "13s")
+    calls.clear()
+    await reconciler.reconcile_once()
+    during, calls[:] = list(calls), []
+
+    after = await _snapshot_configmaps(kube)
+    prefix = names.envoy_snapshot_configmap()
+    written = [name for verb, name in during if verb == "apply" and name.startswith(prefix)]
+    deleted = [name for verb, name in during if verb == "delete"]
+    assert written[-1] == prefix  # the index last, once its parts are there
+    assert set(written[:-1]) == set(after) - set(before)
+    assert 1 <= len(written) - 1 <= len(after) // 2, (written, after)
+    assert sorted(deleted) == sorted(set(before) - set(after))
+    assert ("list", "ConfigMap") not in during  # the replaced parts are known: deleted by name
+    assert await _stored_version(kube) == served[-1]
+    assert decode_configmaps(await kube.list("ConfigMap", "apx-system")) is not None  # whole
+
+
+@pytest.mark.asyncio
 async def test_snapshot_configmaps_follow_xds_at_most_every_snapshot_configmap_seconds(
     kube: KubeClient, redis_service: Service, pubsub_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -167,19 +167,21 @@ def _samples_snapshot(drop_route: str | None = None) -> dict[str, Any]:
 
 def test_snapshot_names_of_instances_never_equal_each_others_or_the_defaults() -> None:
     instances = ["", "a", "a-0", "0", "1", "a-1", "envoy-snapshot"]
+    digests = ["0123456789abcdef" * 4, "fedcba9876543210" * 4]
+
+    def parts_of(instance: str) -> list[str]:
+        return [names.envoy_snapshot_part_configmap(n, instance) for n in range(3)] + [
+            names.envoy_snapshot_content_part_configmap(d, instance) for d in digests
+        ]
+
     every = [names.envoy_snapshot_configmap(i) for i in instances] + [
-        names.envoy_snapshot_part_configmap(n, i) for i in instances for n in range(3)
+        part for i in instances for part in parts_of(i)
     ]
     assert len(every) == len(set(every))
     assert all(name.startswith("apx-envoy-snapshot") for name in every)  # the prefix readers list by
     for instance in instances:
         prefix = names.envoy_snapshot_part_prefix(instance)
-        owners = {
-            i
-            for i in instances
-            for n in range(3)
-            if names.envoy_snapshot_part_configmap(n, i).startswith(prefix)
-        }
+        owners = {i for i in instances for part in parts_of(i) if part.startswith(prefix)}
         assert owners == {instance}
 
 

@@ -47,8 +47,15 @@ from ...memo import Caches
 from .clusters import build_clusters, refused_clusters
 from .common import DEFAULT_SETTINGS, EnvoySettings, RenderError, pack
 from .context import RenderContext
-from .discovery_json import SnapshotFiles, snapshot_files
-from .incremental import Encoded, listener_jwt, render_incremental, varint, version_of_messages
+from .discovery_json import SnapshotFile, SnapshotFiles, SplitResource, snapshot_files
+from .incremental import (
+    Encoded,
+    host_field_head,
+    listener_jwt,
+    render_incremental,
+    varint,
+    version_of_messages,
+)
 from .incremental_delta import render_delta
 from .listener import build_listener
 from .route_config import build_route_configuration
@@ -105,6 +112,28 @@ def _delimited(resources: Iterable[Any]) -> bytes:
         parts.append(_varint(len(encoded)))
         parts.append(encoded)
     return b"".join(parts)
+
+
+def _split_route_configuration(config: route_pb2.RouteConfiguration) -> SplitResource | None:
+    """A RouteConfiguration of a name and virtual hosts only, as its head and one piece per host.
+
+    What the incremental render keeps (``Encoded.route_head``, ``virtual_hosts``),
+    from the message of a render without caches, so the snapshot ConfigMaps
+    cut both alike. Deterministic serialization writes fields in number order,
+    so with no field after ``virtual_hosts`` (2) the pieces join to the same
+    bytes. Anything else: ``None``, the whole encoding as one resource.
+    """
+    if {field.name for field, _ in config.ListFields()} - {"name", "virtual_hosts"}:
+        return None
+    head = route_pb2.RouteConfiguration(name=config.name).SerializeToString(deterministic=True)
+    pieces = []
+    for host in config.virtual_hosts:
+        data = host.SerializeToString(deterministic=True)
+        # Cut by its domain, as the incremental render keys its hosts: both cut alike.
+        pieces.append(
+            ((host.domains[0] if host.domains else host.name).encode(), host_field_head(data), data)
+        )
+    return SplitResource(head, pieces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,14 +233,41 @@ class EnvoyOutput:
         ``ENVOY_SNAPSHOT.md`` documents the format.
         """
 
-        def build() -> dict[str, bytes]:
-            encodings = self._encodings()
+        def build() -> dict[str, SnapshotFile]:
+            encoded = self.encoded
+            if encoded is not None and encoded.route_head and len(encoded.route_configurations) == 1:
+                # The route table as its head and hosts, each host the render's kept bytes: the
+                # ConfigMaps store a stretch of hosts once per content (``SnapshotFile``), and
+                # the 24 MB RouteConfiguration (at 10,000 Routes) is never joined for them.
+                table = SplitResource(
+                    encoded.route_head,
+                    [(host.encode(), host_field_head(data), data) for host, data in encoded.virtual_hosts],
+                )
+                by_type: list[Sequence[bytes | SplitResource]] = [
+                    encoded.listeners,
+                    [table],
+                    encoded.clusters,
+                ]
+            else:
+                encodings = self._encodings()
+                by_type = [
+                    [next(encodings) for _ in range(len(messages))]
+                    for messages in (self.listeners, self.route_configurations, self.clusters)
+                ]
+                by_type[1] = [
+                    _split_route_configuration(message) or encoding
+                    for message, encoding in zip(self.route_configurations, by_type[1], strict=True)
+                ]
             typed = [
-                (name, type_url, messages, [next(encodings) for _ in range(len(messages))])
-                for name, type_url, messages in (
-                    ("lds", _LISTENER_TYPE, self.listeners),
-                    ("rds", _ROUTE_CONFIGURATION_TYPE, self.route_configurations),
-                    ("cds", _CLUSTER_TYPE, self.clusters),
+                (name, type_url, messages, resources)
+                for (name, type_url, messages), resources in zip(
+                    (
+                        ("lds", _LISTENER_TYPE, self.listeners),
+                        ("rds", _ROUTE_CONFIGURATION_TYPE, self.route_configurations),
+                        ("cds", _CLUSTER_TYPE, self.clusters),
+                    ),
+                    by_type,
+                    strict=True,
                 )
             ]
             return snapshot_files(typed, self.version)

@@ -31,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from itertools import chain
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -172,9 +174,17 @@ def _any_head(type_url: str) -> str:
 
 def discovery_response_json(type_url: str, version: str, resources: Iterable[Message]) -> bytes:
     """A ``DiscoveryResponse`` of ``resources`` as UTF-8 proto3 JSON, one resource per line."""
-    body = ",\n".join(resource_text(r) for r in resources)
-    head = f'{{"versionInfo":{_compact(version)},"resources":[\n'
-    return (head + body + f'\n],"typeUrl":{_compact(type_url)}}}\n').encode()
+    return discovery_response_json_file(type_url, version, resources).content()
+
+
+def discovery_response_json_file(type_url: str, version: str, resources: Iterable[Message]) -> SnapshotFile:
+    """``discovery_response_json`` as a ``SnapshotFile``: the head names the version, a piece per line."""
+    head = f'{{"versionInfo":{_compact(version)},"resources":[\n'.encode()
+    pieces: list[Piece] = []
+    for text in (resource_text(r).encode() for r in resources):
+        pieces.append((text, b",\n" if pieces else b"", text))
+    pieces.append((b"", f'\n],"typeUrl":{_compact(type_url)}}}\n'.encode(), b""))
+    return SnapshotFile(head, pieces)
 
 
 # Above this size of a type's binary response, its JSON is left out. The JSON
@@ -187,8 +197,8 @@ JSON_MAX_PB_BYTES = 2 * 1024 * 1024
 
 
 def snapshot_files(
-    typed: Sequence[tuple[str, str, Sequence[Message], Sequence[bytes]]], version: str
-) -> dict[str, bytes]:
+    typed: Sequence[tuple[str, str, Sequence[Message], Sequence[bytes | SplitResource]]], version: str
+) -> dict[str, SnapshotFile]:
     """``<xds>.pb`` and ``<xds>.json`` per ``(xds name, type URL, resources, their encodings)``.
 
     ``.pb`` files come first (binary ``DiscoveryResponse``, what the operator
@@ -196,16 +206,66 @@ def snapshot_files(
     for the types whose ``.pb`` is at most ``JSON_MAX_PB_BYTES``. The JSON reads
     the messages; the binary form only the encodings.
     """
-    files: dict[str, bytes] = {}
+    files: dict[str, SnapshotFile] = {}
     for name, type_url, _, encodings in typed:
-        files[f"{name}.pb"] = discovery_response_bytes(version, type_url, encodings)
+        files[f"{name}.pb"] = discovery_response_file(version, type_url, encodings)
     for name, type_url, messages, _ in typed:
-        if len(files[f"{name}.pb"]) <= JSON_MAX_PB_BYTES:
-            files[f"{name}.json"] = discovery_response_json(type_url, version, messages)
+        if files[f"{name}.pb"].size <= JSON_MAX_PB_BYTES:
+            files[f"{name}.json"] = discovery_response_json_file(type_url, version, messages)
     return files
 
 
-def discovery_response_bytes(version: str, type_url: str, encodings: Iterable[bytes]) -> bytes:
+# One piece of a stored file: (cut key, prefix, data); the file's bytes are its head, then
+# every piece's prefix and data, in order. The cut key tells storage where the file may be cut
+# (``kubernetes/envoy_snapshot.py`` cuts after pieces whose key falls in a bucket): what names
+# the piece across versions (a virtual host's domain; a resource's or a line's own bytes), or
+# b"" for framing that is never a place to cut. Prefix and data are apart so that a piece
+# holds the render's kept encoding itself, not a copy: storage recognises an unchanged
+# stretch of pieces by those objects.
+Piece = tuple[bytes, bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SplitResource:
+    """A resource's encoding as its own head and pieces (the RouteConfiguration: its name, its hosts)."""
+
+    head: bytes
+    pieces: Sequence[Piece]
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    """One snapshot file as a head and pieces (``Piece``), joined by ``content``.
+
+    The head is what changes with every version (the version, the lengths of
+    what follows); the pieces are the resources (the route table's virtual
+    hosts, one by one), which a one-Route change leaves the same but one.
+    The snapshot ConfigMaps store the head in the index and the pieces in
+    parts that stay the same while their pieces do (``ENVOY_SNAPSHOT.md``).
+    """
+
+    head: bytes
+    pieces: Sequence[Piece]
+
+    @cached_property  # read by the JSON bound and by the ConfigMaps' renderer
+    def size(self) -> int:
+        return len(self.head) + sum(len(prefix) + len(data) for _, prefix, data in self.pieces)
+
+    def content(self) -> bytes:
+        return self.head + b"".join(chain.from_iterable((prefix, data) for _, prefix, data in self.pieces))
+
+
+@lru_cache(maxsize=16384)  # sizes repeat (clusters alike but for names): ~40 ms per snapshot without
+def _any_framing(any_type_url: bytes, size: int) -> bytes:
+    """What precedes an ``Any``'s value of ``size`` bytes in a ``DiscoveryResponse``'s resources."""
+    # DiscoveryResponse.resources: field 2; Any: type_url 1, value 2 (left out when empty: proto3).
+    value_head = varint(2 << 3 | 2) + varint(size) if size else b""
+    return varint(2 << 3 | 2) + varint(len(any_type_url) + len(value_head) + size) + any_type_url + value_head
+
+
+def discovery_response_bytes(
+    version: str, type_url: str, encodings: Iterable[bytes | SplitResource]
+) -> bytes:
     """``DiscoveryResponse(version_info, resources=[Any(type_url, value) ...], type_url)``, serialized.
 
     The bytes ``SerializeToString(deterministic=True)`` gives for the same
@@ -217,53 +277,78 @@ def discovery_response_bytes(version: str, type_url: str, encodings: Iterable[by
     ConfigMap write, beside the passes. A unit test compares the two on every
     edge (empty version, empty resource, no resource, multi-byte lengths).
     """
-    # DiscoveryResponse: version_info 1, resources 2, type_url 4; Any: type_url 1, value 2.
+    return discovery_response_file(version, type_url, encodings).content()
+
+
+def discovery_response_file(
+    version: str, type_url: str, encodings: Iterable[bytes | SplitResource]
+) -> SnapshotFile:
+    """``discovery_response_bytes`` as a ``SnapshotFile``: a piece per resource or virtual host.
+
+    The head holds the version, and the first split resource's framing, whose
+    lengths change with any of its pieces.
+    """
+    # DiscoveryResponse: version_info 1, resources 2, type_url 4.
     any_type_url = length_delimited(1, type_url.encode()) if type_url else b""
-    pieces: list[bytes] = [length_delimited(1, version.encode())] if version else []
+    head = length_delimited(1, version.encode()) if version else b""
+    pieces: list[Piece] = []
     for encoding in encodings:
-        value_head = varint(2 << 3 | 2) + varint(len(encoding)) if encoding else b""
-        size = len(any_type_url) + len(value_head) + len(encoding)
-        pieces += (varint(2 << 3 | 2) + varint(size) + any_type_url + value_head, encoding)
+        if not isinstance(encoding, SplitResource):
+            pieces.append((encoding, _any_framing(any_type_url, len(encoding)), encoding))
+            continue
+        size = len(encoding.head) + sum(len(prefix) + len(data) for _, prefix, data in encoding.pieces)
+        framing = _any_framing(any_type_url, size) + encoding.head
+        if pieces:
+            pieces.append((b"", framing, b""))
+        else:
+            head += framing
+        pieces.extend(encoding.pieces)
     if type_url:
-        pieces.append(length_delimited(4, type_url.encode()))
-    return b"".join(pieces)
+        pieces.append((b"", length_delimited(4, type_url.encode()), b""))
+    return SnapshotFile(head, pieces)
 
 
 class SnapshotFiles(Mapping[str, bytes]):
-    """The files of one snapshot, built on first read of a file's bytes.
+    """The files of one snapshot, built on first read.
 
     The snapshot ConfigMaps of a version that did not change are reused by
     their renderer (``kubernetes/envoy_snapshot.py``), which then never looks
     at the files: a pass that changed nothing Envoy sees builds no JSON. Once
-    built, the builder (and the resources it holds) is dropped.
+    built, the builder (and the resources it holds) is dropped. The renderer
+    reads ``layouts`` (heads and pieces); reading a file's bytes joins them.
     """
 
-    def __init__(self, version: str, build: Callable[[], dict[str, bytes]]) -> None:
+    def __init__(self, version: str, build: Callable[[], dict[str, SnapshotFile]]) -> None:
         self.version = version
-        self._build: Callable[[], dict[str, bytes]] | None = build
-        self._files: dict[str, bytes] | None = None
+        self._build: Callable[[], dict[str, SnapshotFile]] | None = build
+        self._files: dict[str, SnapshotFile] | None = None
 
-    def _built(self) -> dict[str, bytes]:
+    def layouts(self) -> dict[str, SnapshotFile]:
         if self._files is None:
             assert self._build is not None
             self._files, self._build = self._build(), None
         return self._files
 
     def __getitem__(self, name: str) -> bytes:
-        return self._built()[name]
+        return self.layouts()[name].content()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._built())
+        return iter(self.layouts())
 
     def __len__(self) -> int:
-        return len(self._built())
+        return len(self.layouts())
 
 
 __all__ = [
     "JSON_MAX_PB_BYTES",
+    "Piece",
+    "SnapshotFile",
     "SnapshotFiles",
+    "SplitResource",
     "discovery_response_bytes",
+    "discovery_response_file",
     "discovery_response_json",
+    "discovery_response_json_file",
     "resource_text",
     "snapshot_files",
 ]
