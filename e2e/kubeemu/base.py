@@ -248,13 +248,6 @@ class StoreBase:
                     if not self._owned[owner]:
                         del self._owned[owner]
 
-    def _dependents_keys(self, uid: str) -> list[Key]:
-        """The keys of stored objects whose ownerReferences name ``uid``."""
-        return list(self._owned.get(uid, ()))
-
-    def _live_uid_set(self) -> set[str]:
-        return set(self._uids)
-
     def _storage_kind(self, storage: kmock.resource) -> Kind | None:
         return self.registry.by_storage(storage)
 

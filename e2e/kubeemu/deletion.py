@@ -138,7 +138,7 @@ class DeletionStore(StoreBase):
 
     def _dependents(self, uid: str) -> list[tuple[Key, dict[str, Any]]]:
         dependents = []
-        for key in self._dependents_keys(uid):  # the owner index ``_emit`` keeps
+        for key in list(self._owned.get(uid, ())):  # the owner index ``_emit`` keeps
             obj = self._peek(key)
             refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
             if obj is not None and any(ref.get("uid") == uid for ref in refs):
@@ -146,7 +146,7 @@ class DeletionStore(StoreBase):
         return dependents
 
     def _live_uids(self) -> set[str]:
-        return self._live_uid_set()
+        return set(self._uids)
 
     def _drop_owner_refs(self, key: Key, obj: dict[str, Any], uids: set[str]) -> None:
         kind = self._storage_kind(key[0])
